@@ -1,0 +1,1 @@
+"""Placeholder: initializers (issue 4, in progress)."""

@@ -1,0 +1,1 @@
+"""Placeholder: layer mirrors of brainstate and elektronn3 (issue 4, in progress)."""
