@@ -1,0 +1,107 @@
+"""The ``refws`` command: ``refws golden build | verify | list | show``.
+
+Exit codes of ``verify``: 0 all cases match, 1 a mismatch, 2 a corrupt or missing file or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from . import golden
+from .golden.build import select
+from .golden.catalog import SUITES
+from .golden.store import GoldenError
+
+
+def _progress(stream):
+    tty = stream.isatty()
+
+    def show(i, n, name):
+        if tty:
+            stream.write(f"\r[{i:>{len(str(n))}}/{n}] {name[:60]:<60}")
+            if i == n:
+                stream.write("\n")
+        elif i == n or i % max(1, n // 10) == 0:
+            stream.write(f"[{i}/{n}] {name}\n")
+        stream.flush()
+    return show
+
+
+def _cmd_build(args) -> int:
+    summary = golden.build(args.out, args.suite, args.case, progress=_progress(sys.stderr))
+    print(f"built {summary['built']} case(s); store {summary['root']} holds {summary['cases']} case(s), "
+          f"{summary['bytes'] / 2**20:.2f} MiB; {summary['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    report = golden.verify(args.dir, progress=_progress(sys.stderr))
+    for name, problems in sorted({**report.mismatches, **report.corrupt}.items()):
+        for p in problems:
+            print(f"MISMATCH {name}: {p}" if name in report.mismatches else f"CORRUPT {name}: {p}")
+    status = {0: "all match", 1: "MISMATCH", 2: "CORRUPT"}[report.exit_code]
+    print(f"verified {report.checked} case(s) in {report.seconds:.1f} s: {status} "
+          f"({len(report.mismatches)} mismatching, {len(report.corrupt)} corrupt or missing)")
+    return report.exit_code
+
+
+def _cmd_list(args) -> int:
+    for case in select(args.suite):
+        print(f"{case.name:<60} {case.suite}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    case = golden.load(args.name, args.dir)
+    print(f"{case.name}  (suite {case.suite})")
+    print("params: " + json.dumps(case.params, sort_keys=True))
+    with np.printoptions(precision=17, threshold=6, edgeitems=3):
+        for key in sorted(case.arrays):
+            a = case.arrays[key]
+            print(f"  {key:<16} shape {str(a.shape):<18} {a.ravel()[:4]}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refws", description="refws: reference convolution and golden fixtures")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("golden", help="build, verify, list and show the golden fixtures")
+    gs = g.add_subparsers(dest="action", required=True)
+    b = gs.add_parser("build", help="evaluate the catalog and write the store atomically")
+    b.add_argument("--out", default=None, help="store folder (default: the repository's golden/)")
+    b.add_argument("--suite", default=None, choices=SUITES)
+    b.add_argument("--case", default=None, metavar="PATTERN", help="shell pattern on case names, e.g. 'conv/2d_*'")
+    b.set_defaults(run=_cmd_build)
+    v = gs.add_parser("verify", help="check checksums and compare with a rebuild, byte for byte")
+    v.add_argument("dir", nargs="?", default=None)
+    v.set_defaults(run=_cmd_verify)
+    ls = gs.add_parser("list", help="list the catalog's cases")
+    ls.add_argument("--suite", default=None)
+    ls.set_defaults(run=_cmd_list)
+    sh = gs.add_parser("show", help="parameters, shapes and a few values of one stored case")
+    sh.add_argument("name")
+    sh.add_argument("--dir", default=None)
+    sh.set_defaults(run=_cmd_show)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:          # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.run(args)
+    except (GoldenError, KeyError, ValueError) as exc:
+        print(f"refws: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:            # `refws golden list | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Exact rational arrays and the two ways golden numbers are made exact.
+
+1. Bilinear maps (convolution, its VJP and JVP, linear layers) of dyadic grid operands are
+   computed by refws's float64 code and are *exact*: every product is a multiple of the product
+   of the operands' grid units, and when ``op(|a|, |b|) <= 2**52`` units every partial sum is an
+   integer number of units below 2**53, so no rounding happens in any order of summation.
+   :func:`exact_bilinear` checks that bound for every call and refuses to go on otherwise.
+2. Weight standardization is not bilinear: it is evaluated in exact rational arithmetic
+   (:class:`fractions.Fraction`), with square roots to ``SQRT_BITS`` bits by ``math.isqrt``,
+   and combined with the exact bilinear pieces as a :class:`QArray` (integer numerators over
+   one common denominator). The final division ``num / den`` of two Python ints is correctly
+   rounded by CPython, so a stored value differs from the exact real value by at most half
+   an ulp plus the ``2**-SQRT_BITS`` relative error of the square root.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["SQRT_BITS", "sqrt_q", "QArray", "exact_bilinear", "grid_exponent"]
+
+SQRT_BITS = 256
+
+
+def sqrt_q(v: Fraction) -> Fraction:
+    """sqrt(v) for a rational ``v >= 0``, to a relative error below ``2**-SQRT_BITS``."""
+    if v < 0:
+        raise ValueError(f"sqrt of a negative number {v}")
+    if v == 0:
+        return Fraction(0)
+    p, q = v.numerator, v.denominator
+    # sqrt(p/q) = sqrt(p*q)/q; scale so the integer root has SQRT_BITS + 2 bits at least.
+    shift = max(0, SQRT_BITS + 2 - (p * q).bit_length() // 2)
+    return Fraction(math.isqrt(p * q << (2 * shift)), q << shift)
+
+
+def grid_exponent(a: np.ndarray) -> int:
+    """Smallest ``e >= 0`` with ``a * 2**e`` integral (the array's dyadic grid unit is ``2**-e``)."""
+    a = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("golden operands must be finite")
+    nz = a[a != 0]
+    if nz.size == 0:
+        return 0
+    _, exps = np.frexp(nz)
+    # a = m * 2**exp with 0.5 <= |m| < 1 and 53-bit m: find the lowest set bit of each mantissa.
+    mant = np.ldexp(np.abs(np.frexp(nz)[0]), 53).astype(np.int64)
+    low = (mant & -mant).astype(np.float64)
+    return max(0, int(np.max(53 - exps - np.log2(low).astype(np.int64))))
+
+
+class QArray:
+    """An exact rational array: Python-int numerators (object ndarray) over one positive denominator."""
+
+    __slots__ = ("num", "den")
+
+    def __init__(self, num: np.ndarray, den: int = 1):
+        self.num = np.asarray(num, dtype=object)
+        self.den = int(den)
+
+    @classmethod
+    def from_float(cls, a: np.ndarray) -> "QArray":
+        """Exact conversion of a dyadic float64 array (every finite float64 is dyadic)."""
+        a = np.asarray(a, dtype=np.float64)
+        e = grid_exponent(a)
+        ints = np.ldexp(a, e)
+        if np.max(np.abs(ints), initial=0) < 2**53:
+            num = ints.astype(np.int64).astype(object)
+        else:
+            num = np.frompyfunc(lambda v: int(v), 1, 1)(ints)
+        return cls(num, 1 << e)
+
+    @property
+    def shape(self):
+        return self.num.shape
+
+    def _common(self, other: "QArray"):
+        d = math.lcm(self.den, other.den)
+        return self.num * (d // self.den), other.num * (d // other.den), d
+
+    def __add__(self, other: "QArray") -> "QArray":
+        a, b, d = self._common(other)
+        return QArray(a + b, d)
+
+    def __sub__(self, other: "QArray") -> "QArray":
+        a, b, d = self._common(other)
+        return QArray(a - b, d)
+
+    def __neg__(self) -> "QArray":
+        return QArray(-self.num, self.den)
+
+    def __mul__(self, other: "QArray") -> "QArray":
+        return QArray(self.num * other.num, self.den * other.den)
+
+    def scale(self, coefs, axis: int | None = None) -> "QArray":
+        """Multiply by one Fraction, or by one Fraction per index along ``axis``."""
+        if axis is None:
+            c = Fraction(coefs)
+            return QArray(self.num * c.numerator, self.den * c.denominator)
+        coefs = [Fraction(c) for c in coefs]
+        d = math.lcm(*(c.denominator for c in coefs))
+        shape = [1] * self.num.ndim
+        shape[axis] = len(coefs)
+        factors = np.empty(len(coefs), dtype=object)
+        factors[:] = [c.numerator * (d // c.denominator) for c in coefs]
+        return QArray(self.num * factors.reshape(shape), self.den * d)
+
+    def sum(self, axis=None, keepdims=False) -> "QArray":
+        return QArray(np.asarray(np.sum(self.num, axis=axis, keepdims=keepdims), dtype=object), self.den)
+
+    def fractions(self) -> list:
+        """Exact values as a flat list of Fractions (for per-channel scalars)."""
+        return [Fraction(int(n), self.den) for n in self.num.ravel()]
+
+    def to_float(self) -> np.ndarray:
+        """Correctly rounded float64 values (CPython's int / int is correctly rounded)."""
+        den = self.den
+        out = np.frompyfunc(lambda n: int(n) / den, 1, 1)(self.num) if self.num.size else self.num
+        return np.asarray(out, dtype=np.float64).reshape(self.num.shape)
+
+
+def exact_bilinear(op, a: np.ndarray, b: np.ndarray) -> QArray:
+    """``op(a, b)`` for a bilinear ``op`` and dyadic-grid operands, computed exactly in float64.
+
+    The check: with grid units ``ua, ub``, every partial sum of ``op`` is an integer multiple of
+    ``ua * ub`` bounded by ``op(|a|, |b|)``; if that bound is below ``2**52`` units, no partial sum
+    is ever rounded, whatever the summation order, BLAS or thread count.
+    """
+    ea, eb = grid_exponent(a), grid_exponent(b)
+    bound = np.ldexp(op(np.abs(a), np.abs(b)), ea + eb)
+    if np.max(bound, initial=0) >= 2.0**52:
+        raise ArithmeticError(f"golden operands too wide for an exact float64 evaluation: "
+                              f"|op| bound {np.max(bound):.3g} units >= 2**52")
+    result = op(a, b)
+    return QArray(np.ldexp(result, ea + eb).astype(np.int64).astype(object), 1 << (ea + eb))

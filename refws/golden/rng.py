@@ -1,0 +1,56 @@
+"""A counter-based integer stream that no library upgrade can change, and grid-valued arrays.
+
+Golden inputs must be the same numbers forever, on every machine. NumPy's ``Generator`` makes
+no such promise across versions, so the stream here is SplitMix64 (Steele, Lea & Flood,
+"Fast splittable pseudorandom number generators", OOPSLA 2014) evaluated at counters
+``1, 2, ...`` from a seed derived by SHA-256 from the case and array names:
+
+    z = seed + i * 0x9E3779B97F4A7C15           (mod 2**64)
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    value_i = z ^ (z >> 31)
+
+An integer in ``[lo, hi]`` is ``lo + value_i mod (hi - lo + 1)``; a grid value is that integer
+times ``2**-exponent``. Integers of at most 24 bits times a power of two are exactly
+representable in float32, so float32 backends see exactly the stored numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["seed_of", "splitmix64", "grid_ints", "grid_array"]
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def seed_of(*names: str) -> int:
+    """64-bit seed: the first 8 bytes (big-endian) of SHA-256 of the names joined by '/'."""
+    return int.from_bytes(hashlib.sha256("/".join(names).encode()).digest()[:8], "big")
+
+
+def splitmix64(seed: int, count: int) -> np.ndarray:
+    """The first ``count`` SplitMix64 outputs for ``seed`` (uint64)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + np.arange(1, count + 1, dtype=np.uint64) * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def grid_ints(seed: int, shape, lo: int, hi: int) -> np.ndarray:
+    """Integers in ``[lo, hi]`` (int64) of the given shape from the stream of ``seed``."""
+    count = int(np.prod(shape, dtype=np.int64))
+    span = np.uint64(hi - lo + 1)
+    return (splitmix64(seed, count) % span).astype(np.int64).reshape(shape) + lo
+
+
+def grid_array(seed: int, shape, lo: int, hi: int, exponent: int) -> np.ndarray:
+    """float64 array of ``grid_ints(...) * 2**-exponent`` (exactly float32-representable)."""
+    if max(abs(lo), abs(hi)) >= 2**24:
+        raise ValueError(f"grid range [{lo}, {hi}] is not float32-representable")
+    return np.ldexp(grid_ints(seed, shape, lo, hi).astype(np.float64), -exponent)
