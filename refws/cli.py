@@ -39,7 +39,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    report = golden.verify(args.dir, progress=_progress(sys.stderr))
+    report = golden.verify(args.dir, progress=_progress(sys.stderr), complete=not args.partial)
     for name, problems in sorted({**report.mismatches, **report.corrupt}.items()):
         for p in problems:
             print(f"MISMATCH {name}: {p}" if name in report.mismatches else f"CORRUPT {name}: {p}")
@@ -78,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(run=_cmd_build)
     v = gs.add_parser("verify", help="check checksums and compare with a rebuild, byte for byte")
     v.add_argument("dir", nargs="?", default=None)
+    v.add_argument("--partial", action="store_true", help="check only the stored cases (a subset store)")
     v.set_defaults(run=_cmd_verify)
     ls = gs.add_parser("list", help="list the catalog's cases")
     ls.add_argument("--suite", default=None)

@@ -175,6 +175,7 @@ def write_store(root, files: dict, manifest: bytes, keep: dict | None = None) ->
     _recover_interrupted_swap(root)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
     try:
+        tmp.chmod(0o755)                       # mkdtemp makes it private; the store is not
         for name in keep or {}:
             dest = case_path(tmp, name)
             dest.parent.mkdir(parents=True, exist_ok=True)
