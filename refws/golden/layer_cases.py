@@ -1,13 +1,307 @@
-"""Golden cases of the layer mirrors (suites ``brainstate`` and ``elektronn3``)."""
+"""Golden cases of the layer mirrors (suites ``brainstate`` and ``elektronn3``).
+
+A layer is evaluated here from its definition, not by calling the mirror in :mod:`refws.nn`:
+its *core* is a map bilinear in ``(x, W)`` (a convolution with the library's layouts and padding,
+a transposed convolution, a matrix product), and its effective weight is
+``W = mask * WS(weight, gain)`` (or ``mask * weight`` without standardization). Since WS is an
+affine form per channel (:mod:`refws.golden.exact_ws`), every output is a sum of exact bilinear
+pieces times exact rational coefficients, rounded once. The spec tests check that the mirrors
+in :mod:`refws.nn` reproduce these values.
+"""
 
 from __future__ import annotations
 
-__all__ = ["layer_cases", "evaluate_layer"]
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import conv as conv_fn
+from .. import conv_transpose, conv_transpose_vjp, conv_vjp
+from .catalog import Case
+from .exact_ws import Variant, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
+from .rational import QArray, exact_bilinear
+from .rng import grid_ints, seed_of
+
+__all__ = ["layer_cases", "evaluate_layer", "LayerMath", "layer_math"]
+
+
+# --- the catalog ----------------------------------------------------------------------------
+
+def _bs(name, cls, x_shape, mask=False, **kwargs):
+    return Case(f"brainstate/{name}", "brainstate",
+                dict(library="brainstate", cls=cls, x_shape=list(x_shape), mask=mask, kwargs=kwargs))
+
+
+def _e3(name, cls, x_shape, output_size=None, **kwargs):
+    p = dict(library="elektronn3", cls=cls, x_shape=list(x_shape), mask=False, kwargs=kwargs)
+    if output_size is not None:
+        p["output_size"] = output_size
+    return Case(f"elektronn3/{name}", "elektronn3", p)
 
 
 def layer_cases() -> list:
-    return []
+    out = []
+    spatial = {1: (9,), 2: (6, 5), 3: (4, 3, 4)}
+    for nd, sp in spatial.items():
+        in_size = [*sp, 4]
+        for ws in (False, True):
+            cls = f"{'ScaledWS' if ws else ''}Conv{nd}d"
+            base = dict(in_size=in_size, out_channels=6, kernel_size=3)
+            out.append(_bs(f"{cls}_default", cls, (2, *sp, 4), **base))
+            out.append(_bs(f"{cls}_bias_mask", cls, (2, *sp, 4), mask=True, b_init=True, **base))
+            out.append(_bs(f"{cls}_groups_stride", cls, (2, *sp, 4), b_init=True,
+                           **dict(base, groups=2, stride=2, padding="VALID")))
+            out.append(_bs(f"{cls}_channel_first", cls, (2, 4, *sp), b_init=True,
+                           **dict(base, in_size=[4, *sp], channel_first=True, rhs_dilation=2)))
+            out.append(_bs(f"{cls}_unbatched", cls, (*sp, 4), b_init=True, **dict(base, padding=1)))
+            if ws:
+                out.append(_bs(f"{cls}_no_gain", cls, (2, *sp, 4), **dict(base, ws_gain=False)))
+                out.append(_bs(f"{cls}_eps_1e-2_mask", cls, (2, *sp, 4), mask=True, **dict(base, eps=1e-2)))
+    out.append(_bs("Conv2d_lhs_dilation_pairs", "Conv2d", (1, 5, 4, 4), b_init=True,
+                   in_size=[5, 4, 4], out_channels=3, kernel_size=[3, 2], lhs_dilation=2,
+                   padding=[[1, 2], [0, -1]]))
+    out.append(_bs("ScaledWSConv2d_channel_first_unbatched", "ScaledWSConv2d", (4, 6, 5), b_init=True, mask=True,
+                   in_size=[4, 6, 5], out_channels=6, kernel_size=3, channel_first=True))
+    for cls in ("Linear", "ScaledWSLinear"):
+        out.append(_bs(f"{cls}_default", cls, (3, 5), in_size=5, out_size=4))
+        out.append(_bs(f"{cls}_mask", cls, (3, 5), mask=True, in_size=5, out_size=4))
+        out.append(_bs(f"{cls}_batch_dims", cls, (2, 3, 5), in_size=5, out_size=4))
+    out.append(_bs("ScaledWSLinear_no_gain", "ScaledWSLinear", (3, 5), in_size=5, out_size=4, ws_gain=False))
+    out.append(_bs("Linear_no_bias", "Linear", (3, 5), in_size=5, out_size=4, b_init=False))
+
+    for nd, sp in spatial.items():
+        cls = f"WSConv{nd}d"
+        base = dict(in_channels=4, out_channels=6, kernel_size=3)
+        out.append(_e3(f"{cls}_default", cls, (2, 4, *sp), **base))
+        out.append(_e3(f"{cls}_same_dilation", cls, (2, 4, *sp), **dict(base, padding="same", dilation=2)))
+        out.append(_e3(f"{cls}_valid_stride_groups", cls, (2, 4, *sp),
+                       **dict(base, padding="valid", stride=2, groups=2, bias=False)))
+        for mode in ("reflect", "replicate", "circular"):
+            out.append(_e3(f"{cls}_{mode}", cls, (2, 4, *sp), **dict(base, padding=1, padding_mode=mode)))
+    for nd, sp in ((2, (4, 3)), (3, (3, 2, 3))):
+        cls = f"WSConvTranspose{nd}d"
+        base = dict(in_channels=4, out_channels=6, kernel_size=3)
+        out.append(_e3(f"{cls}_default", cls, (2, 4, *sp), **base))
+        out.append(_e3(f"{cls}_stride_output_padding", cls, (2, 4, *sp),
+                       **dict(base, stride=2, padding=1, output_padding=1)))
+        out.append(_e3(f"{cls}_groups_dilation_no_bias", cls, (1, 4, *sp),
+                       **dict(base, groups=2, dilation=2, bias=False)))
+        sizes = [(n - 1) * 2 - 2 + 3 for n in sp]
+        out.append(_e3(f"{cls}_output_size", cls, (2, 4, *sp), output_size=[s + 1 for s in sizes],
+                       **dict(base, stride=2, padding=1)))
+    return out
+
+
+# --- what each layer computes ---------------------------------------------------------------
+
+@dataclass
+class LayerMath:
+    """A layer as ``y = core(x, W) + bias`` with ``W = mask * WS(weight, gain)``."""
+
+    core: Callable            # (x, W) -> y, bilinear
+    core_vjp: Callable        # (x, W, dy) -> (dx, dW)
+    weight_shape: tuple
+    ws_axis: int              # the axis WS keeps (its "output channel" axis)
+    variant: Variant | None   # None: no standardization
+    gain_shape: tuple | None
+    bias_shape: tuple | None
+    channel_axis: int         # channel axis of y (where the bias goes)
+    terms: int                # products per output element of core (without the bias)
+
+
+def _ints(v, n):
+    return [v] * n if isinstance(v, int) else list(v)
+
+
+def _brainstate(p) -> LayerMath:
+    cls, kw = p["cls"], p["kwargs"]
+    eps = kw.get("eps", 1e-4)
+    variant = Variant(0, "max_var_n", "fan_in", eps) if cls.startswith("ScaledWS") else None
+    ws_gain = variant is not None and kw.get("ws_gain", True)
+    if cls.endswith("Linear"):
+        n_in, n_out = kw["in_size"], kw["out_size"]
+        has_bias = kw.get("b_init", True)      # brainstate's Linear layers default to ZeroInit bias
+
+        def core(x, w):
+            return x @ w
+
+        def core_vjp(x, w, dy):
+            return dy @ w.T, x.reshape(-1, n_in).T @ dy.reshape(-1, n_out)
+        return LayerMath(core, core_vjp, (n_in, n_out), -1, variant, (1, n_out) if ws_gain else None,
+                         (n_out,) if has_bias else None, -1, n_in)
+    nd = int(cls[-2])
+    cf = kw.get("channel_first", False)
+    c_in = kw["in_size"][0] if cf else kw["in_size"][-1]
+    groups, c_out = kw.get("groups", 1), kw["out_channels"]
+    k = _ints(kw["kernel_size"], nd)
+    args = dict(stride=kw.get("stride", 1), padding=_padding(kw.get("padding", "SAME")),
+                lhs_dilation=kw.get("lhs_dilation", 1), rhs_dilation=kw.get("rhs_dilation", 1),
+                groups=groups, channel_first=cf)
+    batched = len(p["x_shape"]) == nd + 2
+    bias_shape = ((1, c_out) + (1,) * nd if cf else (1,) * nd + (c_out,)) if kw.get("b_init") else None
+    return LayerMath(lambda x, w: conv_fn(x, w, **args), lambda x, w, dy: conv_vjp(x, w, dy, **args),
+                     (*k, c_in // groups, c_out), -1, variant, (1,) * (nd + 1) + (c_out,) if ws_gain else None,
+                     bias_shape, (1 if batched else 0) if cf else -1, int(np.prod(k)) * (c_in // groups))
+
+
+def _padding(p):
+    return [tuple(q) if isinstance(q, list) else q for q in p] if isinstance(p, list) else p
+
+
+def _torch_pads(padding, k, dilation, nd):
+    """PyTorch's padding argument as explicit (lo, hi) pairs ('same': total d(k-1), extra at the end)."""
+    if padding == "valid":
+        return [(0, 0)] * nd
+    if padding == "same":
+        return [(d * (kk - 1) // 2, d * (kk - 1) - d * (kk - 1) // 2) for kk, d in zip(k, dilation)]
+    return [(q, q) for q in _ints(padding, nd)]
+
+
+def _elektronn3(p) -> LayerMath:
+    from .. import pad as pad_fn
+    from ..pad import pad_vjp
+
+    cls, kw = p["cls"], p["kwargs"]
+    nd = int(cls[-2])
+    c_in, c_out, groups = kw["in_channels"], kw["out_channels"], kw.get("groups", 1)
+    k = _ints(kw["kernel_size"], nd)
+    stride, dilation = _ints(kw.get("stride", 1), nd), _ints(kw.get("dilation", 1), nd)
+    variant = Variant(1, "max_var_n", "numel", 1e-4)
+    bias_shape = (c_out,) if kw.get("bias", True) else None
+    to_cl, from_cl = (lambda a: np.moveaxis(a, 1, -1)), (lambda a: np.moveaxis(a, -1, 1))
+    kernel_first = tuple(range(2, 2 + nd))
+    if cls.startswith("WSConvTranspose"):
+        args = dict(stride=stride, padding=_ints(kw.get("padding", 0), nd),
+                    output_padding=_ints(kw.get("output_padding", 0), nd), dilation=dilation, groups=groups,
+                    output_size=p.get("output_size"))
+
+        def core(x, w):                      # w: (C_in, C_out/groups, *k) -> (*k, C_out/groups, C_in)
+            return from_cl(conv_transpose(to_cl(x), np.transpose(w, kernel_first + (1, 0)), **args))
+
+        def core_vjp(x, w, dy):
+            dx, dw = conv_transpose_vjp(to_cl(x), np.transpose(w, kernel_first + (1, 0)), to_cl(dy), **args)
+            return from_cl(dx), np.transpose(dw, (nd + 1, nd) + tuple(range(nd)))
+        return LayerMath(core, core_vjp, (c_in, c_out // groups, *k), 0, variant, (c_in,), bias_shape, 1,
+                         int(np.prod(k)) * (c_out // groups))
+    pads = _torch_pads(kw.get("padding", 0), k, dilation, nd)
+    mode = kw.get("padding_mode", "zeros")
+    conv_args = dict(stride=stride, rhs_dilation=dilation, groups=groups)
+    hwio = kernel_first + (1, 0)             # (O, I/g, *k) -> (*k, I/g, O)
+
+    def padded(x):
+        return (to_cl(x), pads) if mode == "zeros" else (pad_fn(to_cl(x), pads, mode), [(0, 0)] * nd)
+
+    def core(x, w):
+        xp, conv_pads = padded(x)
+        return from_cl(conv_fn(xp, np.transpose(w, hwio), padding=conv_pads, **conv_args))
+
+    def core_vjp(x, w, dy):
+        xp, conv_pads = padded(x)
+        dxp, dw = conv_vjp(xp, np.transpose(w, hwio), to_cl(dy), padding=conv_pads, **conv_args)
+        dx = dxp if mode == "zeros" else pad_vjp(dxp, pads, mode)
+        return from_cl(dx), np.transpose(dw, (nd + 1, nd) + tuple(range(nd)))
+    return LayerMath(core, core_vjp, (c_out, c_in // groups, *k), 0, variant, (c_out,), bias_shape, 1,
+                     int(np.prod(k)) * (c_in // groups))
+
+
+def layer_math(params) -> LayerMath:
+    return {"brainstate": _brainstate, "elektronn3": _elektronn3}[params["library"]](params)
+
+
+# --- exact evaluation -----------------------------------------------------------------------
+
+def _channel_pieces(grid: np.ndarray, axis: int):
+    """``grid`` split into one array per index along ``axis`` (zeros elsewhere)."""
+    for c in range(grid.shape[axis]):
+        piece = np.zeros_like(grid)
+        sel = [slice(None)] * grid.ndim
+        sel[axis] = c
+        piece[tuple(sel)] = grid[tuple(sel)]
+        yield c, piece
+
+
+def _apply_terms(op, operand, terms, axis, mask) -> QArray:
+    """``op(operand, sum_k coef_k[c] * mask * G_k)`` exactly: one exact bilinear call per (k, c)."""
+    total = None
+    for coefs, grid in terms:
+        masked = grid * mask if mask is not None else grid
+        for c, piece in _channel_pieces(masked, axis):
+            if coefs[c] == 0 or not piece.any():
+                continue
+            q = exact_bilinear(op, operand, piece).scale(coefs[c])
+            total = q if total is None else total + q
+    if total is None:
+        shape = np.shape(op(np.zeros_like(operand), np.zeros_like(terms[0][1])))
+        total = QArray(np.zeros(shape, dtype=np.int64).astype(object), 1)
+    return total
+
+
+def _plain_terms(w, axis):
+    return [([1] * w.shape[axis], w)]
 
 
 def evaluate_layer(case):
-    raise KeyError(f"no evaluator for suite {case.suite!r}")
+    from .evaluate import data_array, per_channel   # shared with the functional suites
+
+    p, n = case.params, case.name
+    m = layer_math(p)
+    x = data_array(n, "x", p["x_shape"])
+    w = data_array(n, "weight", m.weight_shape)
+    mask = grid_ints(seed_of(n, "w_mask"), m.weight_shape, 0, 1).astype(np.float64) if p["mask"] else None
+    gain = data_array(n, "gain", m.gain_shape, 1, 2**11, 10) if m.gain_shape else None
+    y_shape = m.core(np.zeros(x.shape), np.zeros(w.shape)).shape
+    arrays = dict(x=x, weight=w)
+    if mask is not None:
+        arrays["w_mask"] = mask
+    if gain is not None:
+        arrays["gain"] = gain
+    if m.bias_shape:
+        arrays["bias"] = data_array(n, "bias", m.bias_shape)
+    differentiable = [k for k in ("x", "weight", "bias", "gain") if k in arrays]
+    dy = data_array(n, "dy", y_shape)
+    tangents = {k: data_array(n, "t" + k, arrays[k].shape) for k in differentiable}
+
+    def bias_q(b):
+        return QArray.from_float(np.broadcast_to(per_channel(b.ravel(), len(y_shape), m.channel_axis), y_shape))
+
+    st = channel_stats(w, m.variant, m.ws_axis) if m.variant else None
+    terms = ws_terms(w, st, gain, m.ws_axis)[0] if st else _plain_terms(w, m.ws_axis)
+    w_eff = combine_terms(terms, m.ws_axis).to_float() * (mask if mask is not None else 1)
+
+    # forward
+    yq = _apply_terms(m.core, x, terms, m.ws_axis, mask)
+    out = dict(arrays, dy=dy, **{"t" + k: v for k, v in tangents.items()})
+    absbound = m.core(np.abs(x), np.abs(w_eff))
+    if m.bias_shape:
+        yq = yq + bias_q(arrays["bias"])
+        absbound = absbound + np.abs(per_channel(arrays["bias"].ravel(), len(y_shape), m.channel_axis))
+    out["y"], out["y__absbound"] = yq.to_float(), absbound
+
+    # VJP
+    out["dx"] = _apply_terms(lambda c, W: m.core_vjp(x, W, c)[0], dy, terms, m.ws_axis, mask).to_float()
+    out["dx__absbound"] = m.core_vjp(x, np.abs(w_eff), np.abs(dy))[0]
+    d_eff = exact_bilinear(lambda a, c: m.core_vjp(a, w, c)[1], x, dy).to_float()
+    g = d_eff * mask if mask is not None else d_eff
+    if st:
+        vterms, dgain = ws_vjp_terms(w, g, st, gain, m.ws_axis)
+        out["dweight"] = combine_terms(vterms, m.ws_axis).to_float()
+        if gain is not None:
+            out["dgain"] = np.array([float(v) for v in dgain]).reshape(gain.shape)
+    else:
+        out["dweight"] = g
+    if m.bias_shape:
+        axes = tuple(i for i in range(len(y_shape)) if i != m.channel_axis % len(y_shape))
+        out["dbias"] = QArray.from_float(dy).sum(axis=axes).to_float().reshape(m.bias_shape)
+
+    # JVP
+    tyq = _apply_terms(m.core, tangents["x"], terms, m.ws_axis, mask)
+    tw = tangents["weight"]
+    tterms = (ws_jvp_terms(w, tw, st, gain, tangents.get("gain"), m.ws_axis) if st
+              else _plain_terms(tw, m.ws_axis))
+    tyq = tyq + _apply_terms(m.core, x, tterms, m.ws_axis, mask)
+    if m.bias_shape:
+        tyq = tyq + bias_q(tangents["bias"])
+    out["ty"] = tyq.to_float()
+    k = m.terms + (1 if m.bias_shape else 0)
+    return out, dict(y=k, ty=2 * k)
