@@ -1,8 +1,388 @@
-"""Placeholder: hand-derived VJPs/JVPs and transposed convolution (issue 3, in progress)."""
+"""Hand-derived derivatives of :func:`refws.conv`: VJPs, JVP, and the transposed convolution.
+
+The forward map (channels-last, per spatial dimension, see :mod:`refws.conv`)::
+
+    P[n, i*L + lo, c] = x[n, i, c]                                    (zeros elsewhere)
+    y[n, o, g*Cog + j] = sum_{t, c} P[n, o*s + t*d, g*Cg + c] * w[t, c, g*Cog + j]
+
+is bilinear in ``(x, w)``, so its derivatives are two linear maps of the cotangent ``dy``::
+
+    dx[n, i, g*Cg + c]  = sum_{o, t, j : i*L + lo = o*s + t*d} dy[n, o, g*Cog + j] * w[t, c, g*Cog + j]
+    dw[t, c, g*Cog + j] = sum_{n, o} P[n, o*s + t*d, g*Cg + c] * dy[n, o, g*Cog + j]
+
+Two independent derivations compute them (``method``):
+
+- ``"col2im"``: the forward is ``cols @ w``; so ``dw = cols^T @ dy`` and ``dx = col2im(dy @ w^T)``.
+- ``"conv"``: each of ``dx`` and ``dw`` is one call of :func:`refws.conv` with derived arguments
+  (:func:`input_grad_pads`, :func:`weight_grad_pads`). docs/backward.md derives them index by index.
+
+The transposed convolution (PyTorch/ONNX ``ConvTranspose``) *is* ``dx`` of a forward convolution,
+seen as a function of ``dy``; :func:`conv_transpose` says which forward convolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .arrays import as_float64, from_canonical, to_canonical
+from .conv import check_conv_operands, check_groups, conv
+from .geometry import ConvGeometry, as_int_tuple, conv_geometry
+from .im2col import chunk_plan, col2im, dilate_pad, gather_windows
+
+__all__ = ["conv_vjp", "conv_jvp", "bias_vjp", "conv_transpose", "conv_transpose_vjp",
+           "input_grad_pads", "weight_grad_pads", "flip_swap_kernel"]
+
+_METHODS = ("col2im", "conv")
 
 
-def _todo(*args, **kwargs):
-    raise NotImplementedError("refws.grads is not written yet (issue 3)")
+def _check_method(method) -> str:
+    if method not in _METHODS:
+        raise ValueError(f"method={method!r}: expected one of {_METHODS}")
+    return method
 
 
-conv_vjp = conv_jvp = bias_vjp = conv_transpose = conv_transpose_vjp = _todo
+def _layout_shape(n_batch, spatial, channels, channel_first: bool, unbatched: bool) -> tuple:
+    """The user-facing shape of a canonical ``(N, *spatial, C)`` array."""
+    inner = (channels, *spatial) if channel_first else (*spatial, channels)
+    return inner if unbatched else (n_batch, *inner)
+
+
+def _check_cotangent(dy, expected: tuple, what: str) -> np.ndarray:
+    dy = as_float64(dy, "dy")
+    if dy.shape != expected:
+        raise ValueError(f"dy.shape={dy.shape}: expected {expected}, the shape of the {what} output "
+                         "for these arguments (same layout, same batching)")
+    return dy
+
+
+# --- the derived arguments of method "conv" --------------------------------------------------
+
+def flip_swap_kernel(w: np.ndarray, groups: int) -> np.ndarray:
+    """Kernel of the adjoint map: spatially flipped, in/out channels exchanged within each group.
+
+    ``w`` of shape ``(*k, A, G*B)`` becomes ``w'`` of shape ``(*k, B, G*A)`` with
+    ``w'[t', b, g*A + a] = w[k - 1 - t', a, g*B + b]``.
+    """
+    k, (a, gb) = w.shape[:-2], w.shape[-2:]
+    flipped = w[(slice(None, None, -1),) * len(k)]
+    swapped = flipped.reshape(*k, a, groups, gb // groups).swapaxes(-3, -1)     # (*k, B, G, A)
+    return swapped.reshape(*k, gb // groups, groups * a)
+
+
+def input_grad_pads(g: ConvGeometry) -> tuple:
+    """``(lo', hi')`` per dimension of the convolution that computes ``dx`` from ``dy``.
+
+    ``dy`` is lhs-dilated by the stride ``s`` (``D[o*s] = dy[o]``), padded by
+    ``lo' = k_d - 1 - lo`` (so that tap ``t`` of the flipped kernel meets ``dy[o]`` exactly when
+    ``i*L + lo = o*s + t*d``) and by ``hi'`` chosen so that the output, read with stride ``L``,
+    has exactly ``n`` entries: ``hi' = (n - 1)*L + k_d - len(D) - lo'``. Rows of ``x`` that no
+    window read (stride remainder, cropping) fall on zeros of the padding and get gradient 0.
+    """
+    pads = []
+    for n, (lo, _), L, s, kd, out in zip(g.in_spatial, g.padding, g.lhs_dilation, g.stride,
+                                          g.dilated_kernel, g.out_spatial):
+        stuffed = (out - 1) * s + 1 if out > 0 else 0
+        lo_t = kd - 1 - lo
+        pads.append((lo_t, (n - 1) * L + kd - stuffed - lo_t))
+    return tuple(pads)
+
+
+def weight_grad_pads(g: ConvGeometry) -> tuple:
+    """``(lo, hi - r)`` per dimension of the convolution that computes ``dw`` from ``x`` and ``dy``.
+
+    ``r = n_p - k_d - (out - 1)*s`` is the number of padded rows past the last window (the stride
+    remainder; they are never read). Cutting them off makes the output size exactly ``k``.
+    """
+    pads = []
+    for n, (lo, hi), L, s, kd, out in zip(g.in_spatial, g.padding, g.lhs_dilation, g.stride,
+                                          g.dilated_kernel, g.out_spatial):
+        n_padded = ((n - 1) * L + 1 if n > 0 else 0) + lo + hi
+        pads.append((lo, hi - (n_padded - kd - (out - 1) * s)))
+    return tuple(pads)
+
+
+def _dx_conv(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int) -> np.ndarray:
+    """``dx`` as one convolution: stride-dilated ``dy`` with the flipped, in/out-swapped kernel.
+
+    The roles of stride and lhs dilation exchange: ``lhs_dilation = s``, ``stride = L``;
+    ``rhs_dilation`` stays ``d``; pads from :func:`input_grad_pads`; same ``groups``.
+    """
+    return conv(dy_cl, flip_swap_kernel(w, groups), stride=g.lhs_dilation, padding=input_grad_pads(g),
+                lhs_dilation=g.stride, rhs_dilation=g.rhs_dilation, groups=groups)
+
+
+def _dw_conv(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int) -> np.ndarray:
+    """``dw`` as one convolution of ``x`` with ``dy`` as the kernel, batch and channels exchanged.
+
+    Input ``x'[c, p, g*N + n] = x[n, p, g*Cg + c]`` (batch = channel within a group, channels =
+    group-major samples), kernel ``dy'[o, n, g*Cog + j] = dy[n, o, g*Cog + j]`` (spatial = the
+    output positions), ``groups = G`` keeps the groups apart. Stride and rhs dilation exchange
+    (``stride = d``, ``rhs_dilation = s``), ``lhs_dilation = L``, pads from :func:`weight_grad_pads`.
+    The result ``z[c, t, g*Cog + j]`` is ``dw[t, c, g*Cog + j]``.
+    """
+    n_batch, spatial, c_in = x_cl.shape[0], x_cl.shape[1:-1], x_cl.shape[-1]
+    x_t = x_cl.reshape(n_batch, *spatial, groups, c_in // groups)
+    x_t = np.moveaxis(x_t, (0, -1), (-1, 0)).reshape(c_in // groups, *spatial, groups * n_batch)
+    z = conv(x_t, np.moveaxis(dy_cl, 0, -2), stride=g.rhs_dilation, padding=weight_grad_pads(g),
+             lhs_dilation=g.lhs_dilation, rhs_dilation=g.stride, groups=groups)
+    return np.moveaxis(z, 0, -2)
+
+
+# --- method "col2im": the transposed matrix products ------------------------------------------
+
+def _batch_chunks(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int):
+    """Batch slices whose columns fit the workspace budget (whole samples; at least one)."""
+    step, _ = chunk_plan(g, n_batch, c_in, c_out, groups)
+    return [slice(b0, b0 + step) for b0 in range(0, n_batch, step)]
+
+
+def _dw_col2im(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int, w_shape) -> np.ndarray:
+    """``dw_g = cols_g^T @ dy_g`` per group, accumulated over batch chunks."""
+    c_in, c_out = x_cl.shape[-1], dy_cl.shape[-1]
+    k_cg, cog = int(np.prod(g.kernel_spatial)) * (c_in // groups), c_out // groups
+    dw = np.zeros((groups, k_cg, cog))
+    for b in _batch_chunks(g, x_cl.shape[0], c_in, c_out, groups):
+        cols = gather_windows(dilate_pad(x_cl[b], g.lhs_dilation, g.padding), g.kernel_spatial,
+                              g.out_spatial, g.stride, g.rhs_dilation, groups)
+        cols = cols.reshape(groups, -1, k_cg)                              # (G, M, K*Cg)
+        dy_g = dy_cl[b].reshape(-1, groups, cog).transpose(1, 0, 2)        # (G, M, Cog)
+        dw += cols.transpose(0, 2, 1) @ dy_g
+    return dw.transpose(1, 0, 2).reshape(w_shape)                          # row t*Cg + c, column g*Cog + j
+
+
+def _dx_col2im(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x_shape) -> np.ndarray:
+    """``dx = col2im(dcols)`` with ``dcols_g = dy_g @ w_g^T`` per group, per batch chunk."""
+    c_in, c_out = x_shape[-1], w.shape[-1]
+    k_cg, cog = int(np.prod(g.kernel_spatial)) * (c_in // groups), c_out // groups
+    w_t = w.reshape(k_cg, groups, cog).transpose(1, 2, 0)                  # (G, Cog, K*Cg)
+    dx = np.empty(x_shape)
+    for b in _batch_chunks(g, x_shape[0], c_in, c_out, groups):
+        dy_g = dy_cl[b].reshape(-1, groups, cog).transpose(1, 0, 2)        # (G, M, Cog)
+        nb = dy_g.shape[1] // int(np.prod(g.out_spatial))
+        dcols = (dy_g @ w_t).reshape(groups, nb, *g.out_spatial, *g.kernel_spatial, c_in // groups)
+        dcols = np.moveaxis(dcols, 0, -2).reshape(nb, *g.out_spatial, *g.kernel_spatial, c_in)
+        dx[b] = col2im(dcols, (nb, *x_shape[1:]), g.kernel_spatial, g.stride, g.padding,
+                       g.lhs_dilation, g.rhs_dilation)
+    return dx
+
+
+def _input_grad(dy_cl, w, g, groups, x_shape, method) -> np.ndarray:
+    if dy_cl.size == 0 or int(np.prod(x_shape)) == 0:
+        return np.zeros(x_shape)
+    if method == "conv":
+        return _dx_conv(dy_cl, w, g, groups)
+    return _dx_col2im(dy_cl, w, g, groups, x_shape)
+
+
+def _weight_grad(x_cl, dy_cl, g, groups, w_shape, method) -> np.ndarray:
+    if dy_cl.size == 0 or x_cl.size == 0:
+        return np.zeros(w_shape)
+    if method == "conv":
+        return _dw_conv(x_cl, dy_cl, g, groups)
+    return _dw_col2im(x_cl, dy_cl, g, groups, w_shape)
+
+
+# --- conv: VJP, JVP, bias ---------------------------------------------------------------------
+
+def conv_vjp(x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
+             channel_first=False, method="col2im"):
+    """Cotangents ``(dx, dw)`` of :func:`refws.conv` for the output cotangent ``dy``.
+
+    Parameters
+    ----------
+    x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first : as for :func:`refws.conv`.
+    dy : array_like, exactly the shape of ``conv(x, w, ...)`` (same layout, same batching).
+    method : ``"col2im"`` (``dw = cols^T dy``, ``dx = col2im(dy w^T)``) or ``"conv"`` (each of
+        ``dx`` and ``dw`` one call of :func:`refws.conv`); both are exact, they agree to round-off.
+
+    Returns
+    -------
+    dx : float64, the shape of ``x``;  dw : float64, the shape of ``w``.
+        ``<conv(x, w), dy> = <x, dx> = <w, dw>``. Input elements no window reads get 0; a zero-size
+        output gives zero gradients.
+    """
+    method = _check_method(method)
+    x_cl, w, unbatched = check_conv_operands(x, w, groups, channel_first)
+    g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
+    expected = _layout_shape(x_cl.shape[0], g.out_spatial, w.shape[-1], channel_first, unbatched)
+    dy_cl = to_canonical(_check_cotangent(dy, expected, "conv"), channel_first, unbatched)
+    dx = _input_grad(dy_cl, w, g, int(groups), x_cl.shape, method)
+    dw = _weight_grad(x_cl, dy_cl, g, int(groups), w.shape, method)
+    return from_canonical(dx, channel_first, unbatched), dw
+
+
+def conv_jvp(x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
+             channel_first=False):
+    """Forward-mode derivative of :func:`refws.conv`: ``(y, ty)`` for tangents ``tx``, ``tw``.
+
+    conv is bilinear, so ``ty = conv(tx, w) + conv(x, tw)`` exactly (no second-order term).
+    ``tx`` must have the shape of ``x`` and ``tw`` that of ``w``.
+    """
+    for name, t, like in (("tx", tx, x), ("tw", tw, w)):
+        if np.shape(t) != np.shape(like):
+            raise ValueError(f"{name}.shape={np.shape(t)}: expected {np.shape(like)}, the shape of {name[1:]}")
+    kw = dict(stride=stride, padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+              groups=groups, channel_first=channel_first)
+    return conv(x, w, **kw), conv(tx, w, **kw) + conv(x, tw, **kw)
+
+
+def bias_vjp(dy, *, channel_first=False, unbatched=False) -> np.ndarray:
+    """Cotangent of a per-channel bias added to an output: ``dy`` summed over all but the channel axis.
+
+    The channel axis is the last one (channels-last), axis 1 (``channel_first``), or axis 0
+    (``channel_first`` and ``unbatched``: ``dy`` is ``(C, *spatial)``; the flag is needed only
+    there, since the rank alone cannot tell ``(C, H, W)`` from ``(N, C, H)``).
+    """
+    dy = as_float64(dy, "dy")
+    axis = -1 if not channel_first else (0 if unbatched else 1)
+    if dy.ndim < (1 if axis == 0 else 2):
+        raise ValueError(f"dy.shape={dy.shape}: expected an output-like array with a channel axis "
+                         f"(channel_first={channel_first}, unbatched={unbatched})")
+    return dy.sum(axis=tuple(i for i in range(dy.ndim) if i != axis % dy.ndim))
+
+
+# --- the transposed convolution -------------------------------------------------------------
+
+def _check_transpose_operands(x, w, groups, channel_first):
+    """Canonical ``x`` ``(N, *n, C_in)``, float64 ``w`` ``(*k, C_out // G, C_in)``, unbatched flag."""
+    groups = check_groups(groups)
+    x, w = as_float64(x, "x"), as_float64(w, "w")
+    if w.ndim < 3:
+        raise ValueError(f"w.shape={w.shape}: expected (*kernel_spatial, C_out // groups, C_in) with at "
+                         "least one spatial dimension")
+    if x.ndim not in (w.ndim, w.ndim - 1):
+        raise ValueError(f"x.shape={x.shape}: expected rank {w.ndim} (batched) or {w.ndim - 1} "
+                         f"(unbatched) for a kernel w of shape {w.shape}")
+    unbatched = x.ndim == w.ndim - 1
+    x_cl = to_canonical(x, channel_first, unbatched)
+    if x_cl.shape[-1] != w.shape[-1] or w.shape[-1] % groups:
+        raise ValueError(f"x has C_in={x_cl.shape[-1]} channels but w.shape={w.shape} expects "
+                         f"C_in = w.shape[-1] = {w.shape[-1]}, divisible by groups={groups}")
+    return x_cl, w, unbatched, groups
+
+
+def _resolve_output_size(output_size, in_spatial, min_sizes, stride, n_non_spatial) -> tuple:
+    """PyTorch's ``_output_padding``: the output padding that yields ``output_size``.
+
+    ``output_size`` has one entry per spatial dimension, optionally preceded by the batch and
+    channel sizes (or the channel size alone for unbatched input), which are ignored. Each entry
+    must lie in ``[min_size, min_size + stride - 1]``.
+    """
+    sizes = list(output_size) if isinstance(output_size, Sequence) else None
+    s_dims = len(in_spatial)
+    if sizes is not None and len(sizes) == s_dims + n_non_spatial:
+        sizes = sizes[n_non_spatial:]
+    if sizes is None or len(sizes) != s_dims or not all(isinstance(v, (int, np.integer)) for v in sizes):
+        raise ValueError(f"output_size={output_size!r}: expected {s_dims} or {s_dims + n_non_spatial} ints "
+                         "(the spatial sizes, optionally preceded by the non-spatial ones)")
+    max_sizes = [m + s - 1 for m, s in zip(min_sizes, stride)]
+    if any(not lo <= v <= hi for v, lo, hi in zip(sizes, min_sizes, max_sizes)):
+        raise ValueError(f"output_size={output_size!r} is unreachable: valid sizes range from {min_sizes} "
+                         f"to {max_sizes} (for an input of spatial size {tuple(in_spatial)})")
+    return tuple(int(v) - m for v, m in zip(sizes, min_sizes))
+
+
+def transpose_geometry(in_spatial, kernel_spatial, stride=1, padding=0, output_padding=0, dilation=1,
+                       output_size=None, n_non_spatial=2) -> ConvGeometry:
+    """The forward convolution whose input gradient is this transposed convolution.
+
+    Per dimension the transposed output has ``m = (n - 1)*s - 2p + d*(k - 1) + op + 1`` entries;
+    the forward convolution maps a size-``m`` input with stride ``s``, rhs dilation ``d`` and pads
+    ``(p, p - op)`` back to exactly ``n`` outputs (``(m + p + p - op - d(k-1) - 1) / s = n - 1``).
+    """
+    s_dims = len(in_spatial)
+    stride = as_int_tuple(stride, s_dims, "stride")
+    dilation = as_int_tuple(dilation, s_dims, "dilation")
+    padding = as_int_tuple(padding, s_dims, "padding", minimum=0)
+    min_sizes = [(n - 1) * s - 2 * p + d * (k - 1) + 1
+                 for n, k, s, p, d in zip(in_spatial, kernel_spatial, stride, padding, dilation)]
+    if output_size is not None:      # as PyTorch: output_size takes precedence over output_padding
+        op = _resolve_output_size(output_size, in_spatial, min_sizes, stride, n_non_spatial)
+    else:
+        op = as_int_tuple(output_padding, s_dims, "output_padding", minimum=0)
+        limit = tuple(max(s, d) for s, d in zip(stride, dilation))
+        if any(o >= m for o, m in zip(op, limit)):
+            raise ValueError(f"output_padding={output_padding!r}: each entry must be smaller than "
+                             f"max(stride, dilation) = {limit}")
+    out = tuple(m + o for m, o in zip(min_sizes, op))
+    if any(v < 0 for v in out):
+        raise ValueError(f"padding={padding}: too large, the output size {out} would be negative")
+    return conv_geometry(out, kernel_spatial, stride, tuple((p, p - o) for p, o in zip(padding, op)),
+                         1, dilation)
+
+
+def _transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first):
+    x_cl, w, unbatched, groups = _check_transpose_operands(x, w, groups, channel_first)
+    g = transpose_geometry(x_cl.shape[1:-1], w.shape[:-2], stride, padding, output_padding, dilation,
+                           output_size, 1 if unbatched else 2)
+    y_shape = (x_cl.shape[0], *g.in_spatial, w.shape[-2] * groups)
+    return x_cl, w, unbatched, groups, g, y_shape
+
+
+def conv_transpose(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
+                   output_size=None, bias=None, channel_first=False) -> np.ndarray:
+    """Transposed convolution with PyTorch/ONNX ``ConvTranspose`` semantics.
+
+    Definition (per dimension, ``o = i*s - p + t*d``; entries outside ``[0, m)`` are dropped)::
+
+        y[n, i*s - p + t*d, g*Cog + j] += x[n, i, g*Cg + c] * w[t, j, g*Cg + c]
+
+    Parameters
+    ----------
+    x : array_like ``(N, *n, C_in)`` or unbatched ``(*n, C_in)``; ``(N, C_in, *n)`` / ``(C_in, *n)``
+        with ``channel_first``. The output has the same layout.
+    w : array_like ``(*k, C_out // groups, C_in)``: the kernel of the forward conv whose input
+        gradient this is. From PyTorch's ``(C_in, C_out // groups, *k)`` weight ``W``:
+        ``w = np.moveaxis(W, (0, 1), (-1, -2))``, i.e. ``W.transpose(2, ..., S + 1, 1, 0)``.
+    stride, dilation : int or S positive ints.  padding : int or S ints >= 0 (symmetric, as PyTorch).
+    output_padding : int or S ints, each ``< max(stride, dilation)``: extra size at the high end
+        (it only lengthens the output; no input element lands there).
+    groups : int dividing ``C_in``.
+    output_size : optional sizes (S, or with the leading non-spatial ones); resolved to an
+        output_padding exactly as PyTorch's ``ConvTranspose*d(..., output_size=...)`` (which then
+        ignores ``output_padding``); unreachable sizes raise ValueError with the valid range.
+    bias : optional ``(C_out,)`` added to every output channel (groups > 1 included).
+
+    Returns
+    -------
+    float64 ``(N, *m, C_out)`` in the layout of ``x``, ``m = (n - 1)*s - 2p + d*(k - 1) + op + 1``.
+
+    Notes
+    -----
+    This is ``dx`` of ``conv(y, w, stride=s, padding=[(p, p - op)], rhs_dilation=d, groups=G)`` for
+    the cotangent ``x``; it is computed as that one convolution of the stride-dilated ``x`` with the
+    flipped, in/out-swapped kernel (docs/backward.md).
+    """
+    x_cl, w, unbatched, groups, g, y_shape = _transpose_setup(x, w, stride, padding, output_padding,
+                                                              dilation, groups, output_size, channel_first)
+    y = _input_grad(x_cl, w, g, groups, y_shape, "conv")
+    if bias is not None:
+        b = as_float64(bias, "bias")
+        if b.shape != (y_shape[-1],):
+            raise ValueError(f"bias.shape={b.shape}: expected ({y_shape[-1]},), one entry per output channel")
+        y = y + b
+    return from_canonical(y, channel_first, unbatched)
+
+
+def conv_transpose_vjp(x, w, dy, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
+                       output_size=None, channel_first=False, method="col2im"):
+    """Cotangents ``(dx, dw)`` of :func:`conv_transpose` (without bias: ``db = bias_vjp(dy)``).
+
+    ``conv_transpose(x, w) = T(x, w)`` is defined by ``<T(x, w), u> = <x, conv(u, w)>`` with the
+    forward convolution ``conv(., w, stride=s, padding=[(p, p - op)], rhs_dilation=d, groups=G)``.
+    Hence ``<dy, T(x, w)> = <x, conv(dy, w)>``:
+
+    - ``dx = conv(dy, w, ...)``: a plain convolution of the cotangent (no flip, no dilation trick);
+    - ``dw`` = the weight gradient of that forward convolution with input ``dy`` and output
+      cotangent ``x`` (``method`` picks its derivation, as in :func:`conv_vjp`).
+    """
+    method = _check_method(method)
+    x_cl, w, unbatched, groups, g, y_shape = _transpose_setup(x, w, stride, padding, output_padding,
+                                                              dilation, groups, output_size, channel_first)
+    expected = _layout_shape(y_shape[0], y_shape[1:-1], y_shape[-1], channel_first, unbatched)
+    dy_cl = to_canonical(_check_cotangent(dy, expected, "conv_transpose"), channel_first, unbatched)
+    dx = conv(dy_cl, w, stride=g.stride, padding=g.padding, rhs_dilation=g.rhs_dilation, groups=groups)
+    dw = _weight_grad(dy_cl, x_cl, g, groups, w.shape, method)
+    return from_canonical(dx, channel_first, unbatched), dw
