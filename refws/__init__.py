@@ -11,7 +11,7 @@ from .im2col import col2im, get_workspace_bytes, im2col, set_workspace_bytes
 from .conv import conv
 from .grads import bias_vjp, conv_jvp, conv_transpose, conv_transpose_vjp, conv_vjp
 from .ws import WS_PRESETS, WSSpec, weight_standardize, weight_standardize_jvp, weight_standardize_vjp
-from .pad import pad
+from .pad import pad, pad_vjp
 from . import init, nn
 
 __all__ = [
@@ -20,5 +20,5 @@ __all__ = [
     "conv",
     "conv_vjp", "conv_jvp", "bias_vjp", "conv_transpose", "conv_transpose_vjp",
     "WSSpec", "WS_PRESETS", "weight_standardize", "weight_standardize_vjp", "weight_standardize_jvp",
-    "pad", "init", "nn",
+    "pad", "pad_vjp", "init", "nn",
 ]
