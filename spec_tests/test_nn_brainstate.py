@@ -355,3 +355,14 @@ def test_params_of_wrong_shape_or_name_are_refused():
         conv.params["bias"] = np.zeros((1, 3))
     with pytest.raises(TypeError, match=r"params\['weight'\] has dtype complex128"):
         conv.params["weight"] = before + 0j
+
+
+def test_general_class_and_fixed_rank_classes_agree():
+    a = nn.ScaledWSConv((5, 5, 2), 3, 3, num_spatial_dims=2, rng=0)
+    b = nn.ScaledWSConv2d((5, 5, 2), 3, 3, rng=0)
+    x = np.random.default_rng(0).normal(size=(5, 5, 2))
+    np.testing.assert_array_equal(a(x), b(x))
+    with pytest.raises(ValueError, match=r"num_spatial_dims=3: Conv2d is 2-d"):
+        nn.Conv2d((5, 5, 2), 3, 3, num_spatial_dims=3)
+    with pytest.raises(ValueError, match=r"num_spatial_dims=None: the general Conv needs num_spatial_dims"):
+        nn.Conv((5, 5, 2), 3, 3)

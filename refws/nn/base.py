@@ -24,7 +24,7 @@ from ..arrays import as_float64
 from ..ws import weight_standardize, weight_standardize_vjp
 
 __all__ = ["ParamDict", "Layer", "WeightPipeline", "make_rng", "initial_value", "resolve_mask",
-           "check_mask_shape", "check_positive_int"]
+           "check_mask_shape", "check_positive_int", "spatial_dims", "fixed_rank"]
 
 
 class ParamDict(MutableMapping):
@@ -142,6 +142,27 @@ def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}={value!r}: expected a positive int")
     return int(value)
+
+
+def spatial_dims(layer, given) -> int:
+    """``num_spatial_dims`` of ``layer``: fixed by its 1d/2d/3d class, or given to the general class."""
+    fixed = type(layer).num_spatial_dims
+    if given is None:
+        if fixed is None:
+            raise ValueError(f"num_spatial_dims=None: the general {type(layer).__name__} needs "
+                             "num_spatial_dims (or use one of its 1d/2d/3d classes)")
+        return fixed
+    given = check_positive_int(given, "num_spatial_dims")
+    if fixed is not None and given != fixed:
+        raise ValueError(f"num_spatial_dims={given}: {type(layer).__name__} is {fixed}-d")
+    return given
+
+
+def fixed_rank(base, n: int, module: str, doc: str):
+    """A thin subclass of ``base`` with ``num_spatial_dims = n`` (the libraries' Conv2d etc.)."""
+    name = f"{base.__name__}{n}d"
+    return type(name, (base,), {"num_spatial_dims": n, "__module__": module,
+                                "__doc__": f"``{name}``: {doc} See :class:`{base.__name__}`."})
 
 
 def make_rng(rng, keep_none: bool = False):

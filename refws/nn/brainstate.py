@@ -34,7 +34,8 @@ from ..arrays import as_float64
 from ..conv import check_groups, conv
 from ..geometry import as_int_tuple, conv_geometry
 from ..grads import bias_vjp, conv_vjp
-from .base import Layer, ParamDict, WeightPipeline, check_positive_int, initial_value, make_rng, resolve_mask
+from .base import (Layer, ParamDict, WeightPipeline, check_positive_int, fixed_rank, initial_value, make_rng,
+                   resolve_mask, spatial_dims)
 
 __all__ = ["Conv", "Conv1d", "Conv2d", "Conv3d", "ScaledWSConv", "ScaledWSConv1d", "ScaledWSConv2d",
            "ScaledWSConv3d", "Linear", "ScaledWSLinear"]
@@ -144,12 +145,7 @@ class Conv(_Brainstate):
 
     def _setup_geometry(self, in_size, out_channels, kernel_size, stride, padding, lhs_dilation,
                         rhs_dilation, groups, channel_first, num_spatial_dims):
-        n = self.num_spatial_dims if num_spatial_dims is None else check_positive_int(num_spatial_dims,
-                                                                                      "num_spatial_dims")
-        if n is None:
-            raise ValueError("num_spatial_dims=None: the general Conv needs num_spatial_dims (or use "
-                             "Conv1d / Conv2d / Conv3d)")
-        self.num_spatial_dims = n
+        self.num_spatial_dims = n = spatial_dims(self, num_spatial_dims)
         in_size = tuple(in_size) if isinstance(in_size, (tuple, list)) else in_size
         if not (isinstance(in_size, tuple) and len(in_size) == n + 1):
             layout = "(C_in, *spatial)" if channel_first else "(*spatial, C_in)"
@@ -233,19 +229,12 @@ class ScaledWSConv(Conv):
         return dict(_WS, eps=self.eps)
 
 
-def _fixed_rank(base, n: int, doc: str):
-    """A thin subclass of ``base`` with ``num_spatial_dims = n`` (brainstate's Conv1d/2d/3d)."""
-    name = f"{base.__name__}{n}d"
-    return type(name, (base,), {"num_spatial_dims": n, "__module__": __name__,
-                                "__doc__": f"brainstate ``{name}``: {doc} See :class:`{base.__name__}`."})
-
-
-Conv1d = _fixed_rank(Conv, 1, "input ``(B, L, C)``, kernel ``(k, C_in // groups, C_out)``.")
-Conv2d = _fixed_rank(Conv, 2, "input ``(B, H, W, C)``, kernel ``(kh, kw, C_in // groups, C_out)``.")
-Conv3d = _fixed_rank(Conv, 3, "input ``(B, H, W, D, C)``, kernel ``(kh, kw, kd, C_in // groups, C_out)``.")
-ScaledWSConv1d = _fixed_rank(ScaledWSConv, 1, "weight-standardized 1-d convolution.")
-ScaledWSConv2d = _fixed_rank(ScaledWSConv, 2, "weight-standardized 2-d convolution.")
-ScaledWSConv3d = _fixed_rank(ScaledWSConv, 3, "weight-standardized 3-d convolution.")
+Conv1d = fixed_rank(Conv, 1, __name__, "input ``(B, L, C)``, kernel ``(k, C_in // groups, C_out)``.")
+Conv2d = fixed_rank(Conv, 2, __name__, "input ``(B, H, W, C)``, kernel ``(kh, kw, C_in // groups, C_out)``.")
+Conv3d = fixed_rank(Conv, 3, __name__, "input ``(B, H, W, D, C)``, kernel ``(kh, kw, kd, C_in // groups, C_out)``.")
+ScaledWSConv1d = fixed_rank(ScaledWSConv, 1, __name__, "weight-standardized 1-d convolution.")
+ScaledWSConv2d = fixed_rank(ScaledWSConv, 2, __name__, "weight-standardized 2-d convolution.")
+ScaledWSConv3d = fixed_rank(ScaledWSConv, 3, __name__, "weight-standardized 3-d convolution.")
 
 
 # --- linear layers ----------------------------------------------------------------------------

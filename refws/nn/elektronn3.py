@@ -37,7 +37,7 @@ from ..geometry import as_int_tuple, conv_geometry
 from ..grads import bias_vjp, conv_transpose, conv_transpose_vjp, conv_vjp, transpose_geometry
 from ..pad import pad, pad_vjp
 from ..ws import weight_standardize
-from .base import Layer, ParamDict, WeightPipeline, check_positive_int, make_rng
+from .base import Layer, ParamDict, WeightPipeline, check_positive_int, fixed_rank, make_rng, spatial_dims
 
 __all__ = ["WSConv", "WSConv1d", "WSConv2d", "WSConv3d", "WSConvTranspose", "WSConvTranspose2d",
            "WSConvTranspose3d", "FWS"]
@@ -85,12 +85,7 @@ class _WSConvBase(_TorchModule):
 
     def _setup(self, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode,
                rng, num_spatial_dims):
-        n = self.num_spatial_dims if num_spatial_dims is None else check_positive_int(num_spatial_dims,
-                                                                                      "num_spatial_dims")
-        if n is None:
-            raise ValueError(f"num_spatial_dims=None: the general {type(self).__name__} needs "
-                             "num_spatial_dims (or use one of its 1d/2d/3d subclasses)")
-        self.num_spatial_dims = n
+        self.num_spatial_dims = n = spatial_dims(self, num_spatial_dims)
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.groups = check_groups(groups)
@@ -299,16 +294,9 @@ class WSConvTranspose(_WSConvBase):
                                   self.dilation, output_size).in_spatial
 
 
-def _fixed_rank(base, n: int):
-    """A thin subclass of ``base`` with ``num_spatial_dims = n`` (elektronn3's WSConv2d etc.)."""
-    name = base.__name__ + f"{n}d"
-    return type(name, (base,), {"num_spatial_dims": n, "__module__": __name__,
-                                "__doc__": f"elektronn3 ``{name}``, {n} spatial dimensions. See :class:`{base.__name__}`."})
-
-
-WSConv1d, WSConv2d, WSConv3d = (_fixed_rank(WSConv, n) for n in (1, 2, 3))
-WSConvTranspose2d, WSConvTranspose3d = (_fixed_rank(WSConvTranspose, n) for n in (2, 3))
-
+_DOC = "elektronn3's {}-d layer, PyTorch layouts."
+WSConv1d, WSConv2d, WSConv3d = (fixed_rank(WSConv, n, __name__, _DOC.format(n)) for n in (1, 2, 3))
+WSConvTranspose2d, WSConvTranspose3d = (fixed_rank(WSConvTranspose, n, __name__, _DOC.format(n)) for n in (2, 3))
 
 # --- FWS --------------------------------------------------------------------------------------
 
@@ -329,8 +317,9 @@ class FWS(_TorchModule):
     """
 
     def __init__(self, layer, learnable_gain=True, const_eval=False, eps=1e-4):
-        if not (isinstance(layer, Layer) and "weight" in layer.params):
-            raise TypeError(f"layer={layer!r}: expected a refws.nn layer with a 'weight' parameter")
+        if not isinstance(layer, _WSConvBase):
+            raise TypeError(f"layer={layer!r}: expected one of the elektronn3 conv mirrors (WSConv*d, "
+                            "WSConvTranspose*d), whose weight has the output axis first as FWS assumes")
         self.layer, self.const_eval, self.eps = layer, bool(const_eval), eps
         self.learnable_gain = bool(learnable_gain)
         self._submodules = (layer,)
