@@ -4,15 +4,18 @@
   after WS, bias shapes) followed by the definition-level loop ``naive_conv`` (no refws code);
 - vjp: central finite differences of ``layer(x)`` for the input and every parameter (float64);
 - parameter and output shapes: the formulas of NOTES.md and of brainstate's documentation;
-- the seed doc examples; bad input with the messages brainstate gives.
+- the seed doc examples; bad input with the messages brainstate gives;
+- the committed golden layer fixtures (exact values from refws.golden, when golden/ is built).
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from refws import init, nn
+from refws import golden, init, nn
 from spec_tests.naive import from_channels_last, naive_conv, naive_explicit_pads, to_channels_last
 
 # Central differences on smooth maps of O(1) values: truncation ~ h^2 |f'''| ~ 1e-12 and rounding
@@ -65,6 +68,39 @@ def assert_vjp_matches_fd(layer, x, call=None, vjp=None, seed=0):
         assert got.shape == want.shape, name
         scale = max(np.abs(want).max(), 1.0)
         np.testing.assert_allclose(got, want, rtol=0, atol=FD_TOL * scale, err_msg=name)
+
+
+def golden_layer_names(library: str) -> list:
+    """Names of the committed golden cases of ``library``'s suite (none while golden/ is not built)."""
+    manifest = golden.default_root() / "manifest.json"
+    if not manifest.exists():
+        return []
+    return sorted(n for n, e in json.loads(manifest.read_text())["cases"].items() if e["suite"] == library)
+
+
+def assert_mirror_reproduces_golden(name: str):
+    """Build the mirror of a golden layer case, replay its arrays, compare y and every cotangent.
+
+    The stored values are correctly rounded exact results; ``y__absbound`` (``|core|(|x|, |W|)``)
+    bounds the rounding of a float64 evaluation by ``K u`` times it, K <= a few hundred terms.
+    """
+    case = golden.load(name)
+    p, kw, extra = case.params, dict(case.params["kwargs"]), {}
+    if p["library"] == "brainstate":
+        if "b_init" in kw:                               # the catalog records whether a bias exists
+            kw["b_init"] = init.ZeroInit() if kw["b_init"] else None
+        if p["mask"]:
+            kw["w_mask"] = case["w_mask"]
+    elif p.get("output_size") is not None:
+        extra["output_size"] = p["output_size"]
+    layer = getattr(nn, p["cls"])(**kw, rng=0)
+    layer.params = {k: case[k] for k in layer.params}
+    y = layer(case["x"], **extra)
+    assert np.all(np.abs(y - case["y"]) <= 1e-12 * (case["y__absbound"] + np.abs(case["y"])))
+    dx, grads = layer.vjp(case["x"], case["dy"], **extra)
+    for got, key in [(dx, "dx")] + [(grads[k], "d" + k) for k in grads]:
+        want = case[key]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-11 * max(np.abs(want).max(), 1.0), err_msg=key)
 
 
 def randomize(layer, seed=1):
@@ -366,3 +402,8 @@ def test_general_class_and_fixed_rank_classes_agree():
         nn.Conv2d((5, 5, 2), 3, 3, num_spatial_dims=3)
     with pytest.raises(ValueError, match=r"num_spatial_dims=None: the general Conv needs num_spatial_dims"):
         nn.Conv((5, 5, 2), 3, 3)
+
+
+@pytest.mark.parametrize("name", golden_layer_names("brainstate"))
+def test_mirror_reproduces_golden_case(name):
+    assert_mirror_reproduces_golden(name)

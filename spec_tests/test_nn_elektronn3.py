@@ -5,7 +5,8 @@
   reflect/edge/wrap) and the loop ``naive_conv``, or a scatter-add loop for the transposed
   convolution written here; when PyTorch is installed, also ``torch.nn.functional`` in float64;
 - vjp: central finite differences of ``layer(x)`` for the input and every parameter;
-- FWS: the in-place update against the literal formula; PyTorch's argument errors.
+- FWS: the in-place update against the literal formula; PyTorch's argument errors;
+- the committed golden layer fixtures (exact values from refws.golden, when golden/ is built).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 
 from refws import nn
 from spec_tests.naive import naive_conv
-from spec_tests.test_nn_brainstate import assert_vjp_matches_fd, numeric_vjp, randomize
+from spec_tests.test_nn_brainstate import (assert_mirror_reproduces_golden, assert_vjp_matches_fd, golden_layer_names,
+                                           numeric_vjp, randomize)
 
 NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -324,3 +326,8 @@ def test_input_and_cotangent_errors():
         conv.params["weight"] = np.ones((2, 2, 3, 3))
     with pytest.raises(TypeError, match=r"expected one of the elektronn3 conv mirrors"):
         nn.FWS(nn.Conv1d((5, 2), 2, 3, rng=0))
+
+
+@pytest.mark.parametrize("name", golden_layer_names("elektronn3"))
+def test_mirror_reproduces_golden_case(name):
+    assert_mirror_reproduces_golden(name)
