@@ -123,6 +123,8 @@ def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int) -
             else:
                 per_group = np.matmul(cols.reshape(groups, m, k_cg), w_groups)  # (G, m, Cog)
                 target.reshape(m, groups, cog)[...] = per_group.transpose(1, 0, 2)
+                del per_group
+            del window, cols       # free this chunk before the next is allocated: one chunk at a time
     return y
 
 

@@ -156,7 +156,8 @@ def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_
     n_batch, c = padded.shape[0], padded.shape[-1]
     cg = c // groups
     cols = np.empty((groups, n_batch, *out_spatial, *kernel_spatial, cg), dtype=np.float64)
-    flat = cols.reshape(groups, n_batch, *out_spatial, -1, cg)           # taps flattened, a view
+    taps = int(np.prod(kernel_spatial))
+    flat = cols.reshape(groups, n_batch, *out_spatial, taps, cg)         # taps flattened, a view
     for t, window in enumerate(_tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation)):
         patch = padded[(slice(None), *window)].reshape(n_batch, *out_spatial, groups, cg)
         flat[..., t, :] = np.moveaxis(patch, -2, 0)
@@ -172,7 +173,7 @@ def scatter_windows(cols: np.ndarray, padded_spatial, stride, rhs_dilation) -> n
     s_dims = len(padded_spatial)
     n_batch, out_spatial = cols.shape[0], cols.shape[1:1 + s_dims]
     kernel_spatial, c = cols.shape[1 + s_dims:1 + 2 * s_dims], cols.shape[-1]
-    flat = cols.reshape(n_batch, *out_spatial, -1, c)
+    flat = cols.reshape(n_batch, *out_spatial, int(np.prod(kernel_spatial)), c)
     padded = np.zeros((n_batch, *padded_spatial, c), dtype=np.float64)
     for t, window in enumerate(_tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation)):
         padded[(slice(None), *window)] += flat[..., t, :]       # one tap never hits a cell twice
