@@ -8,6 +8,7 @@ without using refws's golden code or geometry.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import itertools
 import json
@@ -372,7 +373,7 @@ def test_npz_bytes_are_standard_and_deterministic():
 
 def test_interrupted_build_leaves_previous_store_intact(small_store, monkeypatch):
     before = _tree(small_store)
-    import refws.golden.build as gb
+    gb = importlib.import_module("refws.golden.build")     # the module, not the build() it exports
 
     calls = {"n": 0}
     real = gb.build_case
@@ -434,3 +435,63 @@ def test_catalog_size_and_store_size():
     assert {e["suite"] for e in manifest["cases"].values()} == set(SUITES)
     size = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
     assert size < 20 * 2**20
+
+
+# --- layer suites against mpmath ------------------------------------------------------------
+
+def _layer_names():
+    return _names("brainstate") + _names("elektronn3") if (ROOT / "manifest.json").exists() else []
+
+
+@pytest.mark.parametrize("name", _layer_names())
+def test_layer_case_within_one_ulp(name):
+    """y and dx at sampled elements, and dweight by central differences, all in mpmath.
+
+    The effective weight ``mask * WS(weight, gain)`` is transcribed from NOTES.md in mpmath
+    (``_ws_mp``). A layer is linear in its weight, so ``y[i] = sum_j W_eff[j] * J_i[j] + b`` with
+    ``J_i = d y[i] / d W`` from the layer's core VJP, which is exact on the grid inputs; likewise
+    ``dx[i] = sum_j W_eff[j] * d<core(e_i, W), dy>/dW[j]``.
+    """
+    from refws.golden.layer_cases import layer_math
+
+    case = golden.load(name)
+    p = case.params
+    m = layer_math(p)
+    x, w, dy = case["x"], case["weight"], case["dy"]
+    gain, mask, bias = case.arrays.get("gain"), case.arrays.get("w_mask"), case.arrays.get("bias")
+    if m.variant is None:
+        w_eff = np.asarray([mpmath.mpf(float(v)) for v in w.ravel()], dtype=object).reshape(w.shape)
+        args = None
+    else:
+        spec = "brainstate" if p["library"] == "brainstate" else "elektronn3"
+        ddof, den, fan, eps, gamma = _PRESETS[spec]
+        eps = p["kwargs"].get("eps", eps)
+        args = (ddof, den, fan, eps, gamma, m.ws_axis)
+        w_eff = _ws_mp(w, gain, *args)
+    if mask is not None:
+        w_eff = w_eff * mask
+    y, dx = case["y"], case["dx"]
+    for i in _sample(y.shape, 3, 4):
+        e = np.zeros(y.shape)
+        e[i] = 1.0
+        jac = m.core_vjp(x, np.zeros(w.shape), e)[1]
+        b = mpmath.mpf(float(bias.ravel()[i[m.channel_axis]])) if bias is not None else 0
+        exact = mpmath.fsum(a * float(j) for a, j in zip(w_eff.ravel(), jac.ravel()) if j) + b
+        assert _ulps(y[i], exact) <= 1.0, i
+    for i in _sample(dx.shape, 3, 5):
+        e = np.zeros(x.shape)
+        e[i] = 1.0
+        jac = m.core_vjp(e, np.zeros(w.shape), dy)[1]
+        exact = mpmath.fsum(a * float(j) for a, j in zip(w_eff.ravel(), jac.ravel()) if j)
+        assert _ulps(dx[i], exact) <= 1.0, i
+    if args is None:
+        return
+    g = m.core_vjp(x, np.zeros(w.shape), dy)[1] * (mask if mask is not None else 1)   # exact
+    h = mpmath.mpf("1e-25")
+    wo = np.asarray(w, dtype=object)
+    for idx in _sample(w.shape, 2, 6):
+        wp, wm = wo.copy(), wo.copy()
+        wp[idx], wm[idx] = mpmath.mpf(float(w[idx])) + h, mpmath.mpf(float(w[idx])) - h
+        lp = mpmath.fsum(a * float(b) for a, b in zip(_ws_mp(wp, gain, *args).ravel(), g.ravel()))
+        lm = mpmath.fsum(a * float(b) for a, b in zip(_ws_mp(wm, gain, *args).ravel(), g.ravel()))
+        assert _ulps(case["dweight"][idx], (lp - lm) / (2 * h)) <= 1.0, idx

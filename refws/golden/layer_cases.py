@@ -189,8 +189,8 @@ def _elektronn3(p) -> LayerMath:
     conv_args = dict(stride=stride, rhs_dilation=dilation, groups=groups)
     hwio = kernel_first + (1, 0)             # (O, I/g, *k) -> (*k, I/g, O)
 
-    def padded(x):
-        return (to_cl(x), pads) if mode == "zeros" else (pad_fn(to_cl(x), pads, mode), [(0, 0)] * nd)
+    def padded(x):                           # torch pads NCHW's trailing (spatial) axes
+        return (to_cl(x), pads) if mode == "zeros" else (to_cl(pad_fn(x, pads, mode)), [(0, 0)] * nd)
 
     def core(x, w):
         xp, conv_pads = padded(x)
@@ -199,8 +199,8 @@ def _elektronn3(p) -> LayerMath:
     def core_vjp(x, w, dy):
         xp, conv_pads = padded(x)
         dxp, dw = conv_vjp(xp, np.transpose(w, hwio), to_cl(dy), padding=conv_pads, **conv_args)
-        dx = dxp if mode == "zeros" else pad_vjp(dxp, pads, mode)
-        return from_cl(dx), np.transpose(dw, (nd + 1, nd) + tuple(range(nd)))
+        dx = from_cl(dxp) if mode == "zeros" else pad_vjp(from_cl(dxp), pads, mode)
+        return dx, np.transpose(dw, (nd + 1, nd) + tuple(range(nd)))
     return LayerMath(core, core_vjp, (c_out, c_in // groups, *k), 0, variant, (c_out,), bias_shape, 1,
                      int(np.prod(k)) * (c_in // groups))
 
