@@ -13,7 +13,6 @@ import io
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 from fractions import Fraction
@@ -324,8 +323,10 @@ def test_builds_with_one_and_two_blas_threads_are_byte_identical_and_equal_the_s
 
 @pytest.fixture
 def small_store(tmp_path):
+    """A store of a few cases of every kind, built in-process (the CLI tests verify it with --partial)."""
     root = tmp_path / "store"
-    shutil.copytree(ROOT, root)
+    for pattern in ("conv/1d_pad_s*", "ws/bit_linear", "brainstate/Linear_mask", "elektronn3/WSConv1d_default"):
+        golden.build(root, pattern=pattern)
     return root
 
 
