@@ -1,0 +1,80 @@
+"""Spec tests for ``refws.im2col`` (issue 2): column order ``(N, *out_spatial, *kernel_spatial,
+C_in)`` checked against a direct loop, and ``cols.reshape(-1, K * C_in) @ w.reshape(K * C_in, C_out)``
+is the ungrouped convolution of the definition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+import refws
+from .naive import naive_conv, naive_im2col
+from .strategies import conv_problems
+
+
+def _im2col(p):
+    geo = p.geometry
+    return refws.im2col(p.x_cl, geo.kernel_spatial, **geo.kwargs)
+
+
+
+
+@given(conv_problems(exact=True))
+def test_columns_match_direct_loop(p):
+    """cols[n, o..., t..., c] = xpad[n, o * stride + t * rhs_dilation ..., c] for every padding form,
+    stride and dilation; shape (N, *out_spatial, *kernel_spatial, C_in)."""
+    geo = p.geometry
+    x = p.x_cl
+    cols = _im2col(p)
+    assert cols.shape == (x.shape[0], *geo.out_spatial, *geo.kernel_spatial, x.shape[-1])
+    assert cols.dtype == np.float64
+    np.testing.assert_array_equal(cols, naive_im2col(x, geo.kernel_spatial, geo.stride, geo.pads,
+                                                     geo.lhs_dilation, geo.rhs_dilation))
+
+
+@given(conv_problems(groups=1, exact=True))
+def test_columns_times_kernel_is_the_ungrouped_conv(p):
+    geo = p.geometry
+    x = p.x_cl
+    cols = _im2col(p)
+    k_cin = int(np.prod(geo.kernel_spatial)) * x.shape[-1]
+    c_out = p.w.shape[-1]
+    y = (cols.reshape(-1, k_cin) @ p.w.reshape(k_cin, c_out)).reshape(x.shape[0], *geo.out_spatial, c_out)
+    np.testing.assert_array_equal(y, naive_conv(x, p.w, **p.naive_kwargs))
+
+
+def test_column_order_by_hand():
+    """1-D, VALID, x = [1, 2, 3, 4] with two channels (c, 10 c): windows of 2, then channels last."""
+    x = np.array([[[1, 10], [2, 20], [3, 30], [4, 40]]], dtype=float)  # (1, 4, 2)
+    cols = refws.im2col(x, (2,), padding="VALID")
+    expected = np.array([[[[1, 10], [2, 20]], [[2, 20], [3, 30]], [[3, 30], [4, 40]]]], dtype=float)
+    np.testing.assert_array_equal(cols, expected)  # (N=1, out=3, k=2, C=2)
+    # stride 2, rhs dilation 2, pads (1, 0): xpad = [0, 1, 2, 3, 4], windows start at 0 and 2
+    cols = refws.im2col(x[..., :1], (2,), stride=2, padding=[(1, 0)], rhs_dilation=2)
+    np.testing.assert_array_equal(cols[0, :, :, 0], [[0, 2], [2, 4]])
+
+
+def test_column_order_2d_by_hand():
+    """2-D: out positions row-major, then kernel taps row-major, then channels."""
+    x = np.arange(12, dtype=float).reshape(1, 3, 4, 1)
+    cols = refws.im2col(x, (2, 2), padding="VALID")
+    assert cols.shape == (1, 2, 3, 2, 2, 1)
+    np.testing.assert_array_equal(cols[0, 1, 2, :, :, 0], [[6, 7], [10, 11]])
+    np.testing.assert_array_equal(cols.reshape(6, 4)[0], [0, 1, 4, 5])
+
+
+@pytest.mark.parametrize("x_shape, kernel, kwargs, out_spatial", [
+    ((1, 2, 1), (3,), dict(padding="VALID"), (0,)),                  # kernel larger than input
+    ((1, 2, 1), (1,), dict(padding=-1), (0,)),                       # cropped to nothing
+    ((2, 0, 3), (1,), dict(padding="VALID"), (0,)),                  # empty input axis
+    ((1, 0, 3, 2), (1, 1), dict(padding="VALID"), (0, 3)),
+    ((1, 4, 4, 2), (2, 5), dict(padding="VALID", stride=2), (2, 0)),
+])
+def test_zero_size_output_columns(x_shape, kernel, kwargs, out_spatial):
+    """Zero-size outputs are legal: an empty column array of the documented shape
+    (regression: im2col once reshaped with -1 on the empty array and raised)."""
+    x = np.ones(x_shape)
+    cols = refws.im2col(x, kernel, **kwargs)
+    assert cols.shape == (x_shape[0], *out_spatial, *kernel, x_shape[-1])
