@@ -64,7 +64,6 @@ def naive_conv_transpose(x, w, stride, padding, output_padding, dilation, groups
 
     ``y[b, g*Cog + j, i*s - p + t*d] += x[b, g*Cg + c, i] * w[g*Cg + c, j, t]``.
     """
-    nd = x.ndim - 2
     c_in, cog, k = w.shape[0], w.shape[1], w.shape[2:]
     cg = c_in // groups
     if out_spatial is None:
