@@ -102,9 +102,9 @@ def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int) -
     float64 ``(N, *g.out_spatial, C_out)``
     """
     n_batch, c_in, c_out = x.shape[0], x.shape[-1], w.shape[-1]
-    y = np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
-    if y.size == 0:
-        return y
+    if 0 in g.out_spatial or n_batch == 0 or c_out == 0:
+        return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
+    y = np.empty((n_batch, *g.out_spatial, c_out), dtype=np.float64)     # every element is written below
     k_cg, cog = int(np.prod(g.kernel_spatial)) * (c_in // groups), c_out // groups
     w_groups = w.reshape(k_cg, groups, cog).transpose(1, 0, 2)           # (G, K*Cg, Cog)
     batch_step, row_step = chunk_plan(g, n_batch, c_in, c_out, groups)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import refws
 from .naive import naive_conv, naive_im2col
@@ -78,3 +79,26 @@ def test_zero_size_output_columns(x_shape, kernel, kwargs, out_spatial):
     x = np.ones(x_shape)
     cols = refws.im2col(x, kernel, **kwargs)
     assert cols.shape == (x_shape[0], *out_spatial, *kernel, x_shape[-1])
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_fast_gather_equals_the_tap_loop(data):
+    """The one-copy strided-view gather and the teaching tap loop give identical columns."""
+    from refws.im2col import gather_windows, gather_windows_by_taps
+
+    nd = data.draw(st.integers(1, 3))
+    groups = data.draw(st.integers(1, 3))
+    cg = data.draw(st.sampled_from([1, 3, 8, 9]))          # both sides of the route threshold
+    k = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    s = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    d = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
+    out = tuple(data.draw(st.integers(0, 4)) for _ in range(nd))
+    padded_spatial = tuple((o - 1) * si + (ki - 1) * di + 1 + data.draw(st.integers(0, 2)) if o else ki
+                           for o, si, ki, di in zip(out, s, k, d))
+    padded = np.arange(2 * int(np.prod(padded_spatial)) * groups * cg, dtype=np.float64).reshape(
+        2, *padded_spatial, groups * cg)
+    fast = gather_windows(padded, k, out, s, d, groups)
+    slow = gather_windows_by_taps(padded, k, out, s, d, groups)
+    assert fast.shape == slow.shape == (groups, 2, *out, *k, cg)
+    np.testing.assert_array_equal(fast, slow)
