@@ -9,20 +9,11 @@ Suites: ``conv``, ``conv_transpose``, ``ws``, ``brainstate``, ``elektronn3``.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+
+from .case import SUITES, Case
+from .layer_cases import layer_cases
 
 __all__ = ["Case", "catalog", "SUITES"]
-
-SUITES = ("conv", "conv_transpose", "ws", "brainstate", "elektronn3")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One golden case. ``params`` holds only JSON values (lists, not tuples)."""
-
-    name: str
-    suite: str
-    params: dict = field(hash=False)
 
 
 def _conv(name, x_shape, w_shape, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
@@ -153,9 +144,7 @@ def _ws_cases():
 
 def catalog() -> list:
     """Every case, in a stable order (sorted by name)."""
-    cases = _conv_cases() + _transpose_cases() + _ws_cases()
-    from .layer_cases import layer_cases   # the layer suites follow the mirrors in refws.nn
-    cases += layer_cases()
+    cases = _conv_cases() + _transpose_cases() + _ws_cases() + layer_cases()
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         raise RuntimeError("duplicate golden case names")

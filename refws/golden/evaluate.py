@@ -21,19 +21,12 @@ from .. import conv as conv_fn
 from .. import conv_transpose, conv_transpose_vjp, conv_vjp
 from ..ws import WS_PRESETS
 from .exact_ws import Variant, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
+from .layer_cases import channel_axis, evaluate_layer, per_channel
 from .rational import QArray, exact_bilinear
-from .rng import grid_array, seed_of
+from .rng import BITS as _BITS
+from .rng import data_array
 
-__all__ = ["evaluate", "data_array", "variant_of"]
-
-# Operands: 12-bit integers over 2**11, i.e. values in [-1, 1] with 2**-11 steps (float32-exact).
-_BITS = 11
-
-
-def data_array(case_name: str, array: str, shape, lo: int = -(2**_BITS), hi: int = 2**_BITS, exponent: int = _BITS):
-    """The stored input ``array`` of ``case_name``: grid integers from the case's own stream."""
-    return grid_array(seed_of(case_name, array), tuple(shape), lo, hi, exponent)
-
+__all__ = ["evaluate", "variant_of"]
 
 def _tuple(v):
     return tuple(v) if isinstance(v, list) else v
@@ -87,18 +80,6 @@ def _transpose_kwargs(p):
     return dict(stride=_tuple(p["stride"]), padding=_tuple(p["padding"]), output_padding=_tuple(p["output_padding"]),
                 dilation=_tuple(p["dilation"]), groups=p["groups"],
                 output_size=_tuple(p["output_size"]), channel_first=p["channel_first"])
-
-
-def channel_axis(channel_first: bool, batched: bool) -> int:
-    """Index of the channel axis of an input-like or output-like array."""
-    return (1 if batched else 0) if channel_first else -1
-
-
-def per_channel(b: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    """View a per-channel vector so that it broadcasts along ``axis`` of an ``ndim``-array."""
-    shape = [1] * ndim
-    shape[axis] = -1
-    return b.reshape(shape)
 
 
 def _eval_transpose(case):
@@ -180,7 +161,4 @@ _EVALUATORS = {"conv": _eval_conv, "conv_transpose": _eval_transpose, "ws": _eva
 
 def evaluate(case) -> tuple[dict, dict]:
     """``(arrays, terms)`` for a case: every stored array, and terms per output element."""
-    if case.suite in _EVALUATORS:
-        return _EVALUATORS[case.suite](case)
-    from .layer_cases import evaluate_layer
-    return evaluate_layer(case)
+    return _EVALUATORS.get(case.suite, evaluate_layer)(case)

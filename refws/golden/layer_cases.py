@@ -18,12 +18,14 @@ import numpy as np
 
 from .. import conv as conv_fn
 from .. import conv_transpose, conv_transpose_vjp, conv_vjp
-from .catalog import Case
+from ..pad import pad as pad_fn
+from ..pad import pad_vjp
+from .case import Case
 from .exact_ws import Variant, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
 from .rational import QArray, exact_bilinear
-from .rng import grid_ints, seed_of
+from .rng import data_array, grid_ints, seed_of
 
-__all__ = ["layer_cases", "evaluate_layer", "LayerMath", "layer_math"]
+__all__ = ["layer_cases", "evaluate_layer", "LayerMath", "layer_math", "channel_axis", "per_channel"]
 
 
 # --- the catalog ----------------------------------------------------------------------------
@@ -159,9 +161,6 @@ def _torch_pads(padding, k, dilation, nd):
 
 
 def _elektronn3(p) -> LayerMath:
-    from .. import pad as pad_fn
-    from ..pad import pad_vjp
-
     cls, kw = p["cls"], p["kwargs"]
     nd = int(cls[-2])
     c_in, c_out, groups = kw["in_channels"], kw["out_channels"], kw.get("groups", 1)
@@ -211,6 +210,18 @@ def layer_math(params) -> LayerMath:
 
 # --- exact evaluation -----------------------------------------------------------------------
 
+def channel_axis(channel_first: bool, batched: bool) -> int:
+    """Index of the channel axis of an input-like or output-like array."""
+    return (1 if batched else 0) if channel_first else -1
+
+
+def per_channel(b: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """View a per-channel vector so that it broadcasts along ``axis`` of an ``ndim``-array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return b.reshape(shape)
+
+
 def _channel_pieces(grid: np.ndarray, axis: int):
     """``grid`` split into one array per index along ``axis`` (zeros elsewhere)."""
     for c in range(grid.shape[axis]):
@@ -242,8 +253,6 @@ def _plain_terms(w, axis):
 
 
 def evaluate_layer(case):
-    from .evaluate import data_array, per_channel   # shared with the functional suites
-
     p, n = case.params, case.name
     m = layer_math(p)
     x = data_array(n, "x", p["x_shape"])

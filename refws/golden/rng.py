@@ -21,7 +21,10 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["seed_of", "splitmix64", "grid_ints", "grid_array"]
+__all__ = ["seed_of", "splitmix64", "grid_ints", "grid_array", "data_array", "BITS"]
+
+# Operands: 12-bit integers over 2**11, i.e. values in [-1, 1] with 2**-11 steps (float32-exact).
+BITS = 11
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -54,3 +57,8 @@ def grid_array(seed: int, shape, lo: int, hi: int, exponent: int) -> np.ndarray:
     if max(abs(lo), abs(hi)) >= 2**24:
         raise ValueError(f"grid range [{lo}, {hi}] is not float32-representable")
     return np.ldexp(grid_ints(seed, shape, lo, hi).astype(np.float64), -exponent)
+
+
+def data_array(case_name: str, array: str, shape, lo: int = -(2**BITS), hi: int = 2**BITS, exponent: int = BITS):
+    """The stored input ``array`` of ``case_name``: grid integers from the case's own stream."""
+    return grid_array(seed_of(case_name, array), tuple(shape), lo, hi, exponent)
