@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import refws
@@ -130,7 +130,6 @@ def random_like(shape, seed, exact=True):
 
 # --- the definition, the adjoint of conv, conv_vjp's dx -----------------------------------------
 
-@settings(max_examples=100)
 @given(p=transpose_problems())
 def test_matches_scatter_add(p):
     got = refws.conv_transpose(p.x, p.w, **p.kwargs, bias=p.bias)
@@ -177,7 +176,6 @@ def test_vjp_adjoint_identities_and_methods(p):
     np.testing.assert_array_equal(dw, dw2)
 
 
-@settings(max_examples=60)
 @given(p=transpose_problems())
 def test_vjp_matches_the_definition(p):
     """Each entry of dx and dw is the derivative of <scatter_add(x, w), dy>: since the loss is
@@ -194,7 +192,6 @@ def test_vjp_matches_the_definition(p):
             assert grad[idx] == np.vdot(val, dy_cl), (other, idx)
 
 
-@settings(max_examples=50)
 @given(p=transpose_problems(exact=False))
 def test_vjp_central_differences(p):
     """conv_transpose is bilinear: the central difference with h = 1/2 is exact up to rounding
@@ -357,7 +354,6 @@ def _torch():
     return torch
 
 
-@settings(max_examples=40)
 @given(p=transpose_problems(exact=False))
 def test_against_torch(p):
     torch = _torch()

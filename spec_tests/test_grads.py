@@ -105,7 +105,6 @@ def vjp_problem(p, seed_offset=1):
 # --- both derivations against the definition and against each other ---------------------------
 
 @pytest.mark.parametrize("method", ["col2im", "conv"])
-@settings(max_examples=80)
 @given(p=conv_problems())
 def test_vjp_matches_definition(p, method):
     dy, nkw = vjp_problem(p)
@@ -195,7 +194,6 @@ def test_im2col_col2im_zero_size_output():
 H = 0.5
 
 
-@settings(max_examples=60)
 @given(p=conv_problems(exact=False))
 def test_vjp_central_differences(p):
     dy, _ = vjp_problem(p)
@@ -214,7 +212,6 @@ def test_vjp_central_differences(p):
         assert abs(cd - derivative) <= 4 * gamma(k) * bound / H + 1e-300
 
 
-@settings(max_examples=60)
 @given(p=conv_problems(exact=False))
 def test_jvp_central_differences(p):
     rng = np.random.default_rng(p.seed + 4)

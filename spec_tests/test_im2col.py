@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import refws
@@ -81,7 +81,6 @@ def test_zero_size_output_columns(x_shape, kernel, kwargs, out_spatial):
     assert cols.shape == (x_shape[0], *out_spatial, *kernel, x_shape[-1])
 
 
-@settings(max_examples=60)
 @given(data=st.data())
 def test_fast_gather_equals_the_tap_loop(data):
     """The one-copy strided-view gather and the teaching tap loop give identical columns."""
