@@ -496,3 +496,9 @@ def test_layer_case_within_one_ulp(name):
         lp = mpmath.fsum(a * float(b) for a, b in zip(_ws_mp(wp, gain, *args).ravel(), g.ravel()))
         lm = mpmath.fsum(a * float(b) for a, b in zip(_ws_mp(wm, gain, *args).ravel(), g.ravel()))
         assert _ulps(case["dweight"][idx], (lp - lm) / (2 * h)) <= 1.0, idx
+
+
+def test_cli_build_with_no_matching_case_is_a_usage_error(tmp_path):
+    out = _cli("golden", "build", "--out", tmp_path / "s", "--case", "conv/no_such_*")
+    assert out.returncode == 2 and "no golden case matches" in out.stderr
+    assert not (tmp_path / "s").exists()
