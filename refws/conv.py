@@ -20,7 +20,7 @@ from .arrays import as_float64, from_canonical, to_canonical
 from .geometry import ConvGeometry, conv_geometry
 from .im2col import chunk_plan, dilate_pad, gather_windows
 
-__all__ = ["conv", "conv_canonical", "check_conv_operands", "as_float64", "to_canonical", "from_canonical"]
+__all__ = ["conv", "conv_canonical", "check_conv_operands", "canonical_operands", "as_float64", "to_canonical", "from_canonical"]
 
 
 def check_groups(groups) -> int:
@@ -30,6 +30,25 @@ def check_groups(groups) -> int:
     if groups < 1:
         raise ValueError(f"groups={groups!r}: expected a positive int")
     return int(groups)
+
+
+def canonical_operands(x, w, channel_first: bool, w_layout: str):
+    """The checks every convolution-like map shares: real dtypes, a kernel with at least one spatial
+    axis, ``x`` of the kernel's rank (batched) or one less (unbatched).
+
+    Returns ``(x_cl, w, unbatched)`` with ``x_cl`` batched channels-last float64 (a view where
+    possible); ``w_layout`` describes the expected kernel in the error message.
+    """
+    x = as_float64(x, "x")
+    w = as_float64(w, "w")
+    if w.ndim < 3:
+        raise ValueError(f"w.shape={w.shape}: expected {w_layout} with at least one spatial dimension")
+    if x.ndim not in (w.ndim, w.ndim - 1):
+        layout = "(N, C, *spatial)" if channel_first else "(N, *spatial, C)"
+        raise ValueError(f"x.shape={x.shape}: expected rank {w.ndim} (batched) or {w.ndim - 1} (unbatched) "
+                         f"input of layout {layout} for a kernel w of shape {w.shape}")
+    unbatched = x.ndim == w.ndim - 1
+    return to_canonical(x, channel_first, unbatched), w, unbatched
 
 
 def check_conv_operands(x, w, groups, channel_first: bool):
@@ -49,22 +68,9 @@ def check_conv_operands(x, w, groups, channel_first: bool):
     unbatched : bool, whether ``x`` had no batch axis.
     """
     groups = check_groups(groups)
-    x = as_float64(x, "x")
-    w = as_float64(w, "w")
-    if w.ndim < 3:
-        raise ValueError(f"w.shape={w.shape}: expected (*kernel_spatial, C_in // groups, C_out) with at "
-                         "least one spatial dimension")
+    x_cl, w, unbatched = canonical_operands(x, w, channel_first, "(*kernel_spatial, C_in // groups, C_out)")
     if any(k < 1 for k in w.shape[:-2]):
         raise ValueError(f"w.shape={w.shape}: kernel spatial sizes must be >= 1")
-    if x.ndim == w.ndim:
-        unbatched = False
-    elif x.ndim == w.ndim - 1:
-        unbatched = True
-    else:
-        layout = "(N, C_in, *spatial)" if channel_first else "(N, *spatial, C_in)"
-        raise ValueError(f"x.shape={x.shape}: expected rank {w.ndim} {layout} or rank {w.ndim - 1} "
-                         f"(unbatched) for a kernel w of shape {w.shape}")
-    x_cl = to_canonical(x, channel_first, unbatched)
     c_in, c_out = x_cl.shape[-1], w.shape[-1]
     if c_in != w.shape[-2] * groups:
         raise ValueError(f"x has C_in={c_in} channels but w.shape={w.shape} with groups={groups} expects "

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .arrays import as_float64, from_canonical, to_canonical
-from .conv import check_conv_operands, check_groups, conv
+from .conv import canonical_operands, check_conv_operands, check_groups, conv
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
 from .im2col import chunk_plan, col2im, dilate_pad, gather_windows
 
@@ -250,15 +250,7 @@ def bias_vjp(dy, *, channel_first=False, unbatched=False) -> np.ndarray:
 def _check_transpose_operands(x, w, groups, channel_first):
     """Canonical ``x`` ``(N, *n, C_in)``, float64 ``w`` ``(*k, C_out // G, C_in)``, unbatched flag."""
     groups = check_groups(groups)
-    x, w = as_float64(x, "x"), as_float64(w, "w")
-    if w.ndim < 3:
-        raise ValueError(f"w.shape={w.shape}: expected (*kernel_spatial, C_out // groups, C_in) with at "
-                         "least one spatial dimension")
-    if x.ndim not in (w.ndim, w.ndim - 1):
-        raise ValueError(f"x.shape={x.shape}: expected rank {w.ndim} (batched) or {w.ndim - 1} "
-                         f"(unbatched) for a kernel w of shape {w.shape}")
-    unbatched = x.ndim == w.ndim - 1
-    x_cl = to_canonical(x, channel_first, unbatched)
+    x_cl, w, unbatched = canonical_operands(x, w, channel_first, "(*kernel_spatial, C_out // groups, C_in)")
     if x_cl.shape[-1] != w.shape[-1] or w.shape[-1] % groups:
         raise ValueError(f"x has C_in={x_cl.shape[-1]} channels but w.shape={w.shape} expects "
                          f"C_in = w.shape[-1] = {w.shape[-1]}, divisible by groups={groups}")
