@@ -28,21 +28,10 @@ from .rng import data_array
 
 __all__ = ["evaluate", "variant_of"]
 
-def _tuple(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
-def _padding(p):
-    if isinstance(p, list):
-        return [tuple(q) if isinstance(q, list) else q for q in p]
-    return p
-
-
 # --- conv -----------------------------------------------------------------------------------
 
 def _conv_kwargs(p):
-    return dict(stride=_tuple(p["stride"]), padding=_padding(p["padding"]), lhs_dilation=_tuple(p["lhs_dilation"]),
-                rhs_dilation=_tuple(p["rhs_dilation"]), groups=p["groups"], channel_first=p["channel_first"])
+    return {k: p[k] for k in ("stride", "padding", "lhs_dilation", "rhs_dilation", "groups", "channel_first")}
 
 
 def _bilinear_output(out: dict, name: str, op, a, b):
@@ -77,9 +66,8 @@ def _eval_conv(case):
 # --- conv_transpose -------------------------------------------------------------------------
 
 def _transpose_kwargs(p):
-    return dict(stride=_tuple(p["stride"]), padding=_tuple(p["padding"]), output_padding=_tuple(p["output_padding"]),
-                dilation=_tuple(p["dilation"]), groups=p["groups"],
-                output_size=_tuple(p["output_size"]), channel_first=p["channel_first"])
+    keys = ("stride", "padding", "output_padding", "dilation", "groups", "output_size", "channel_first")
+    return {k: p[k] for k in keys}
 
 
 def _eval_transpose(case):

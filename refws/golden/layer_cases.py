@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import conv as conv_fn
 from .. import conv_transpose, conv_transpose_vjp, conv_vjp
+from ..geometry import as_int_tuple
 from ..pad import pad as pad_fn
 from ..pad import pad_vjp
 from .case import Case
@@ -112,10 +113,6 @@ class LayerMath:
     terms: int                # products per output element of core (without the bias)
 
 
-def _ints(v, n):
-    return [v] * n if isinstance(v, int) else list(v)
-
-
 def _brainstate(p) -> LayerMath:
     cls, kw = p["cls"], p["kwargs"]
     eps = kw.get("eps", 1e-4)
@@ -136,8 +133,8 @@ def _brainstate(p) -> LayerMath:
     cf = kw.get("channel_first", False)
     c_in = kw["in_size"][0] if cf else kw["in_size"][-1]
     groups, c_out = kw.get("groups", 1), kw["out_channels"]
-    k = _ints(kw["kernel_size"], nd)
-    args = dict(stride=kw.get("stride", 1), padding=_padding(kw.get("padding", "SAME")),
+    k = as_int_tuple(kw["kernel_size"], nd, "kernel_size")
+    args = dict(stride=kw.get("stride", 1), padding=kw.get("padding", "SAME"),
                 lhs_dilation=kw.get("lhs_dilation", 1), rhs_dilation=kw.get("rhs_dilation", 1),
                 groups=groups, channel_first=cf)
     batched = len(p["x_shape"]) == nd + 2
@@ -147,32 +144,30 @@ def _brainstate(p) -> LayerMath:
                      bias_shape, (1 if batched else 0) if cf else -1, int(np.prod(k)) * (c_in // groups))
 
 
-def _padding(p):
-    return [tuple(q) if isinstance(q, list) else q for q in p] if isinstance(p, list) else p
-
-
 def _torch_pads(padding, k, dilation, nd):
     """PyTorch's padding argument as explicit (lo, hi) pairs ('same': total d(k-1), extra at the end)."""
     if padding == "valid":
         return [(0, 0)] * nd
     if padding == "same":
         return [(d * (kk - 1) // 2, d * (kk - 1) - d * (kk - 1) // 2) for kk, d in zip(k, dilation)]
-    return [(q, q) for q in _ints(padding, nd)]
+    return [(q, q) for q in as_int_tuple(padding, nd, "padding", minimum=0)]
 
 
 def _elektronn3(p) -> LayerMath:
     cls, kw = p["cls"], p["kwargs"]
     nd = int(cls[-2])
     c_in, c_out, groups = kw["in_channels"], kw["out_channels"], kw.get("groups", 1)
-    k = _ints(kw["kernel_size"], nd)
-    stride, dilation = _ints(kw.get("stride", 1), nd), _ints(kw.get("dilation", 1), nd)
+    k = as_int_tuple(kw["kernel_size"], nd, "kernel_size")
+    stride = as_int_tuple(kw.get("stride", 1), nd, "stride")
+    dilation = as_int_tuple(kw.get("dilation", 1), nd, "dilation")
     variant = Variant(1, "max_var_n", "numel", 1e-4)
     bias_shape = (c_out,) if kw.get("bias", True) else None
     to_cl, from_cl = (lambda a: np.moveaxis(a, 1, -1)), (lambda a: np.moveaxis(a, -1, 1))
     kernel_first = tuple(range(2, 2 + nd))
     if cls.startswith("WSConvTranspose"):
-        args = dict(stride=stride, padding=_ints(kw.get("padding", 0), nd),
-                    output_padding=_ints(kw.get("output_padding", 0), nd), dilation=dilation, groups=groups,
+        args = dict(stride=stride, padding=as_int_tuple(kw.get("padding", 0), nd, "padding", minimum=0),
+                    output_padding=as_int_tuple(kw.get("output_padding", 0), nd, "output_padding", minimum=0),
+                    dilation=dilation, groups=groups,
                     output_size=p.get("output_size"))
 
         def core(x, w):                      # w: (C_in, C_out/groups, *k) -> (*k, C_out/groups, C_in)

@@ -85,13 +85,6 @@ class QArray:
         a, b, d = self._common(other)
         return QArray(a + b, d)
 
-    def __sub__(self, other: "QArray") -> "QArray":
-        a, b, d = self._common(other)
-        return QArray(a - b, d)
-
-    def __neg__(self) -> "QArray":
-        return QArray(-self.num, self.den)
-
     def __mul__(self, other: "QArray") -> "QArray":
         return QArray(self.num * other.num, self.den * other.den)
 
