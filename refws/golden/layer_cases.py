@@ -1,6 +1,7 @@
 """Golden cases of the layer mirrors (suites ``brainstate`` and ``elektronn3``).
 
-A layer is evaluated here from its definition, not by calling the mirror in :mod:`refws.nn`:
+A layer is evaluated here from its definition, not by calling the mirrors' forward or vjp in
+:mod:`refws.nn` (only PyTorch's padding rule and weight layout, ``torch_pads`` and ``to_hwio``, are shared):
 its *core* is a map bilinear in ``(x, W)`` (a convolution with the library's layouts and padding,
 a transposed convolution, a matrix product), and its effective weight is
 ``W = mask * WS(weight, gain)`` (or ``mask * weight`` without standardization). Since WS is an
@@ -18,7 +19,9 @@ import numpy as np
 
 from .. import conv as conv_fn
 from .. import conv_transpose, conv_transpose_vjp, conv_vjp
+from ..arrays import from_canonical, to_canonical
 from ..geometry import as_int_tuple
+from ..nn.elektronn3 import from_hwio, to_hwio, torch_pads
 from ..pad import pad as pad_fn
 from ..pad import pad_vjp
 from .case import Case
@@ -144,15 +147,6 @@ def _brainstate(p) -> LayerMath:
                      bias_shape, (1 if batched else 0) if cf else -1, int(np.prod(k)) * (c_in // groups))
 
 
-def _torch_pads(padding, k, dilation, nd):
-    """PyTorch's padding argument as explicit (lo, hi) pairs ('same': total d(k-1), extra at the end)."""
-    if padding == "valid":
-        return [(0, 0)] * nd
-    if padding == "same":
-        return [(d * (kk - 1) // 2, d * (kk - 1) - d * (kk - 1) // 2) for kk, d in zip(k, dilation)]
-    return [(q, q) for q in as_int_tuple(padding, nd, "padding", minimum=0)]
-
-
 def _elektronn3(p) -> LayerMath:
     cls, kw = p["cls"], p["kwargs"]
     nd = int(cls[-2])
@@ -162,8 +156,12 @@ def _elektronn3(p) -> LayerMath:
     dilation = as_int_tuple(kw.get("dilation", 1), nd, "dilation")
     variant = Variant(1, "max_var_n", "numel", 1e-4)
     bias_shape = (c_out,) if kw.get("bias", True) else None
-    to_cl, from_cl = (lambda a: np.moveaxis(a, 1, -1)), (lambda a: np.moveaxis(a, -1, 1))
-    kernel_first = tuple(range(2, 2 + nd))
+
+    def to_cl(a):                            # NCHW <-> channels-last, batched
+        return to_canonical(a, True, False)
+
+    def from_cl(a):
+        return from_canonical(a, True, False)
     if cls.startswith("WSConvTranspose"):
         args = dict(stride=stride, padding=as_int_tuple(kw.get("padding", 0), nd, "padding", minimum=0),
                     output_padding=as_int_tuple(kw.get("output_padding", 0), nd, "output_padding", minimum=0),
@@ -171,30 +169,29 @@ def _elektronn3(p) -> LayerMath:
                     output_size=p.get("output_size"))
 
         def core(x, w):                      # w: (C_in, C_out/groups, *k) -> (*k, C_out/groups, C_in)
-            return from_cl(conv_transpose(to_cl(x), np.transpose(w, kernel_first + (1, 0)), **args))
+            return from_cl(conv_transpose(to_cl(x), to_hwio(w), **args))
 
         def core_vjp(x, w, dy):
-            dx, dw = conv_transpose_vjp(to_cl(x), np.transpose(w, kernel_first + (1, 0)), to_cl(dy), **args)
-            return from_cl(dx), np.transpose(dw, (nd + 1, nd) + tuple(range(nd)))
+            dx, dw = conv_transpose_vjp(to_cl(x), to_hwio(w), to_cl(dy), **args)
+            return from_cl(dx), from_hwio(dw)
         return LayerMath(core, core_vjp, (c_in, c_out // groups, *k), 0, variant, (c_in,), bias_shape, 1,
                          int(np.prod(k)) * (c_out // groups))
-    pads = _torch_pads(kw.get("padding", 0), k, dilation, nd)
+    pads = torch_pads(kw.get("padding", 0), k, stride, dilation)
     mode = kw.get("padding_mode", "zeros")
     conv_args = dict(stride=stride, rhs_dilation=dilation, groups=groups)
-    hwio = kernel_first + (1, 0)             # (O, I/g, *k) -> (*k, I/g, O)
 
     def padded(x):                           # torch pads NCHW's trailing (spatial) axes
         return (to_cl(x), pads) if mode == "zeros" else (to_cl(pad_fn(x, pads, mode)), [(0, 0)] * nd)
 
     def core(x, w):
         xp, conv_pads = padded(x)
-        return from_cl(conv_fn(xp, np.transpose(w, hwio), padding=conv_pads, **conv_args))
+        return from_cl(conv_fn(xp, to_hwio(w), padding=conv_pads, **conv_args))
 
     def core_vjp(x, w, dy):
         xp, conv_pads = padded(x)
-        dxp, dw = conv_vjp(xp, np.transpose(w, hwio), to_cl(dy), padding=conv_pads, **conv_args)
+        dxp, dw = conv_vjp(xp, to_hwio(w), to_cl(dy), padding=conv_pads, **conv_args)
         dx = from_cl(dxp) if mode == "zeros" else pad_vjp(from_cl(dxp), pads, mode)
-        return dx, np.transpose(dw, (nd + 1, nd) + tuple(range(nd)))
+        return dx, from_hwio(dw)
     return LayerMath(core, core_vjp, (c_out, c_in // groups, *k), 0, variant, (c_out,), bias_shape, 1,
                      int(np.prod(k)) * (c_in // groups))
 
