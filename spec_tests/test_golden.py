@@ -27,6 +27,8 @@ import refws.golden as golden
 from refws.golden.catalog import SUITES
 from refws.golden.store import GoldenError, npz_bytes, read_npz
 
+from .naive import as_tuple, naive_explicit_pads, to_channels_last
+
 ROOT = Path(__file__).resolve().parents[1] / "golden"
 pytestmark = pytest.mark.skipif(not (ROOT / "manifest.json").exists(), reason="golden/ not built")
 
@@ -41,39 +43,11 @@ def _names(suite):
 
 # --- independent definitions ----------------------------------------------------------------
 
-def _same(n, k, s, d, lower):
-    out = -(-n // s)
-    total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
-    return (total - total // 2, total // 2) if lower else (total // 2, total - total // 2)
-
-
-def _explicit_pads(padding, xs, ks, s, d):
-    nd = len(xs)
-    if isinstance(padding, str):
-        if padding.upper() == "VALID":
-            return [(0, 0)] * nd
-        return [_same(n, k, si, di, padding.upper() == "SAME_LOWER") for n, k, si, di in zip(xs, ks, s, d)]
-    if isinstance(padding, int):
-        return [(padding, padding)] * nd
-    if all(isinstance(p, int) for p in padding):
-        return [tuple(padding)] if nd == 1 and len(padding) == 2 else [(p, p) for p in padding]
-    return [tuple(p) for p in padding] * (nd if len(padding) == 1 else 1)
-
-
-def _per_dim(v, nd):
-    return [v] * nd if isinstance(v, int) else list(v)
-
-
-def _canonical(case):
-    """x in (N, *spatial, C) and dy likewise, as the case's layout dictates."""
+def _cl(case, key):
+    """A stored input- or output-like array in batched channels-last layout, as its case dictates."""
     p = case.params
-    x, dy = case["x"], case["dy"]
-    unbatched = len(p["x_shape"]) == len(p["w_shape"]) - 1
-    if unbatched:
-        x, dy = x[None], dy[None]
-    if p["channel_first"]:
-        x, dy = np.moveaxis(x, 1, -1), np.moveaxis(dy, 1, -1)
-    return x, dy
+    batched = len(p["x_shape"]) == len(p["w_shape"])
+    return to_channels_last(case[key], p["channel_first"], batched)
 
 
 def _conv_exact_element(x, w, idx, s, pads, L, d, groups):
@@ -108,14 +82,10 @@ def _exact_dot(a, b):
 def test_conv_case_is_exact(name):
     case = golden.load(name)
     p = case.params
-    x, dy = _canonical(case)
-    y = case["y"]
-    unbatched = len(p["x_shape"]) == len(p["w_shape"]) - 1
-    yc = y[None] if unbatched else y
-    yc = np.moveaxis(yc, 1, -1) if p["channel_first"] else yc
+    x, dy, yc = _cl(case, "x"), _cl(case, "dy"), _cl(case, "y")
     nd = x.ndim - 2
-    s, L, d = (_per_dim(p[k], nd) for k in ("stride", "lhs_dilation", "rhs_dilation"))
-    pads = _explicit_pads(p["padding"], x.shape[1:-1], case["w"].shape[:nd], s, d)
+    s, L, d = (as_tuple(p[k], nd) for k in ("stride", "lhs_dilation", "rhs_dilation"))
+    pads = naive_explicit_pads(p["padding"], x.shape[1:-1], case["w"].shape[:nd], s, L, d)
     for idx in _sample(yc.shape, 6, 0):
         assert Fraction(float(yc[idx])) == _conv_exact_element(x, case["w"], idx, s, pads, L, d, p["groups"])
     # VJP and JVP, all elements at once: exact adjoint identities and bilinearity
@@ -127,10 +97,7 @@ def test_conv_case_is_exact(name):
 
 def _conv_kwargs(p):
     keys = ("stride", "padding", "lhs_dilation", "rhs_dilation", "groups", "channel_first")
-    kw = {k: p[k] for k in keys}
-    if isinstance(kw["padding"], list):
-        kw["padding"] = [tuple(q) if isinstance(q, list) else q for q in kw["padding"]]
-    return kw
+    return {k: p[k] for k in keys}          # refws takes the JSON lists as they are
 
 
 @pytest.mark.parametrize("name", _names("conv_transpose") if (ROOT / "manifest.json").exists() else [])
@@ -138,10 +105,10 @@ def test_conv_transpose_case_is_exact(name):
     """y = scatter-add definition (PyTorch ConvTranspose), in Fractions; VJP by exact adjointness."""
     case = golden.load(name)
     p = case.params
-    x, dy = _canonical(case)
+    x, dy = _cl(case, "x"), _cl(case, "dy")
     w = case["w"]                                        # (*k, C_out/groups, C_in)
     nd = x.ndim - 2
-    s, d, pad = (_per_dim(p[k], nd) for k in ("stride", "dilation", "padding"))
+    s, d, pad = (as_tuple(p[k], nd) for k in ("stride", "dilation", "padding"))
     groups, cin = p["groups"], x.shape[-1]
     cog, cig = w.shape[-2], cin // groups
     y_shape = dy.shape
@@ -158,9 +125,7 @@ def test_conv_transpose_case_is_exact(name):
                         key = (n, *pos, g * cog + j)
                         exact[key] = exact.get(key, Fraction(0)) + \
                             Fraction(float(x[(n, *i, ci)])) * Fraction(float(w[(*t, j, ci)]))
-    unbatched = len(p["x_shape"]) == len(p["w_shape"]) - 1
-    yc = case["y"][None] if unbatched else case["y"]
-    yc = np.moveaxis(yc, 1, -1) if p["channel_first"] else yc
+    yc = _cl(case, "y")
     b = case.arrays.get("b")
     for idx in _sample(yc.shape, 8, 1):
         want = exact.get(idx, Fraction(0)) + (Fraction(float(b[idx[-1]])) if b is not None else 0)
