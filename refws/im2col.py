@@ -26,8 +26,8 @@ from .arrays import as_float64
 from .geometry import ConvGeometry, conv_geometry
 
 __all__ = [
-    "lhs_dilate", "pad_or_crop", "dilate_pad", "dilate_pad_adjoint",
-    "im2col", "col2im", "window_view", "gather_windows", "gather_windows_by_taps", "scatter_windows",
+    "lhs_dilate", "pad_or_crop", "dilate_pad", "dilate_pad_shape", "dilate_pad_adjoint",
+    "im2col", "col2im", "window_view", "gather_windows", "gather_windows_by_taps", "gather_windows_shape", "scatter_windows",
     "set_workspace_bytes", "get_workspace_bytes", "chunk_plan",
 ]
 
@@ -85,7 +85,13 @@ def _dilate_pad_plan(spatial, lhs_dilation, pads):
     return tuple(sizes), tuple(src), tuple(dst)
 
 
-def dilate_pad(x: np.ndarray, lhs_dilation, pads) -> np.ndarray:
+def dilate_pad_shape(x_shape, lhs_dilation, pads) -> tuple:
+    """Shape of ``dilate_pad(x, lhs_dilation, pads)`` for ``x`` of shape ``x_shape``."""
+    sizes, _, _ = _dilate_pad_plan(x_shape[1:-1], lhs_dilation, pads)
+    return (x_shape[0], *sizes, x_shape[-1])
+
+
+def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None) -> np.ndarray:
     """lhs-dilate then pad (positive entries) or crop (negative entries), in one allocation.
 
     Parameters
@@ -95,6 +101,9 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads) -> np.ndarray:
         ``L - 1`` zeros are inserted between neighbouring input elements.
     pads : tuple of S ``(lo, hi)`` pairs
         Zeros added (or, when negative, elements removed) at each end of the dilated input.
+    out : ndarray, optional
+        float64 array of the result's shape (see :func:`dilate_pad_shape`) to write into, so a
+        caller can reuse one workspace; its previous contents are overwritten.
 
     Returns
     -------
@@ -102,9 +111,27 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads) -> np.ndarray:
         ``out[:, i * L + lo] = x[:, i]`` for every ``i`` landing inside, zeros elsewhere.
     """
     sizes, src, dst = _dilate_pad_plan(x.shape[1:-1], lhs_dilation, pads)
-    out = np.zeros((x.shape[0], *sizes, x.shape[-1]), dtype=np.float64)
+    if out is None:
+        out = np.zeros((x.shape[0], *sizes, x.shape[-1]), dtype=np.float64)
+    else:
+        _zero_outside(out, dst, lhs_dilation)
     out[dst + (slice(None),)] = x[src + (slice(None),)]
     return out
+
+
+def _zero_outside(out: np.ndarray, dst, lhs_dilation) -> None:
+    """Zero every element of ``out`` that the copy into ``out[dst]`` will not overwrite.
+
+    Without lhs dilation these are the pad borders of each spatial axis (cheaper than zeroing
+    all of ``out``); with it, the holes between input elements too, so all of ``out`` is zeroed.
+    """
+    if any(L != 1 for L in lhs_dilation):
+        out[...] = 0.0
+        return
+    for axis, d in enumerate(dst[1:], start=1):
+        lead = (slice(None),) * axis
+        out[lead + (slice(0, d.start),)] = 0.0
+        out[lead + (slice(d.stop, None),)] = 0.0
 
 
 def dilate_pad_adjoint(dp: np.ndarray, spatial, lhs_dilation, pads) -> np.ndarray:
@@ -151,8 +178,13 @@ def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dil
     return np.lib.stride_tricks.as_strided(padded, shape, strides, writeable=False)
 
 
+def gather_windows_shape(padded_shape, kernel_spatial, out_spatial, groups: int = 1) -> tuple:
+    """Shape ``(G, N, *out_spatial, *kernel_spatial, C // G)`` of the columns of :func:`gather_windows`."""
+    return (groups, padded_shape[0], *out_spatial, *kernel_spatial, padded_shape[-1] // groups)
+
+
 def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation,
-                           groups: int = 1) -> np.ndarray:
+                           groups: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """Copy every kernel window of ``padded`` into a column array, one kernel tap at a time.
 
     The teaching version (and the faster one when a group has few channels): for each tap ``t``,
@@ -164,6 +196,9 @@ def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stri
     padded : ndarray, shape ``(N, *padded_spatial, C)``, the dilated and padded input.
     groups : int
         Channel groups ``G``; the columns of group ``g`` hold channels ``g*C/G : (g+1)*C/G``.
+    out : ndarray, optional
+        float64 array of the result's shape (:func:`gather_windows_shape`) to fill, so a caller
+        can reuse one workspace; every element is overwritten.
 
     Returns
     -------
@@ -173,7 +208,7 @@ def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stri
     """
     n_batch, c = padded.shape[0], padded.shape[-1]
     cg = c // groups
-    cols = np.empty((groups, n_batch, *out_spatial, *kernel_spatial, cg), dtype=np.float64)
+    cols = _output(out, gather_windows_shape(padded.shape, kernel_spatial, out_spatial, groups))
     taps = int(np.prod(kernel_spatial))
     flat = cols.reshape(groups, n_batch, *out_spatial, taps, cg)         # taps flattened, a view
     for t, window in enumerate(_tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation)):
@@ -182,12 +217,22 @@ def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stri
     return cols
 
 
+def _output(out: np.ndarray | None, shape: tuple) -> np.ndarray:
+    """``out`` (checked to have ``shape``) or a new uninitialised float64 array of that shape."""
+    if out is None:
+        return np.empty(shape, dtype=np.float64)
+    if out.shape != shape:
+        raise ValueError(f"out.shape={out.shape}: expected {shape}")
+    return out
+
+
 # Below this many channels per group, copying tap by tap beats one copy of the strided view
 # (whose innermost contiguous run is then only a few elements long).
 _VIEW_MIN_GROUP_CHANNELS = 8
 
 
-def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation, groups: int = 1) -> np.ndarray:
+def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation, groups: int = 1,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """Same result as :func:`gather_windows_by_taps`, by the fastest route for the shape.
 
     Ungrouped, or with at least ``_VIEW_MIN_GROUP_CHANNELS`` channels per group, the columns are
@@ -195,12 +240,12 @@ def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_
     """
     c = padded.shape[-1]
     if padded.size == 0 or c // groups < _VIEW_MIN_GROUP_CHANNELS:
-        return gather_windows_by_taps(padded, kernel_spatial, out_spatial, stride, rhs_dilation, groups)
+        return gather_windows_by_taps(padded, kernel_spatial, out_spatial, stride, rhs_dilation, groups, out)
+    cols = _output(out, gather_windows_shape(padded.shape, kernel_spatial, out_spatial, groups))
     view = window_view(padded, kernel_spatial, out_spatial, stride, rhs_dilation)
-    if groups == 1:
-        return np.ascontiguousarray(view)[None]
     grouped = view.reshape(*view.shape[:-1], groups, c // groups)         # still a view
-    return np.ascontiguousarray(np.moveaxis(grouped, -2, 0))
+    np.copyto(cols, np.moveaxis(grouped, -2, 0))
+    return cols
 
 
 def scatter_windows(cols: np.ndarray, padded_spatial, stride, rhs_dilation) -> np.ndarray:

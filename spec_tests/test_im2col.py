@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refws
-from .naive import naive_conv, naive_im2col
+from .naive import naive_conv, naive_dilate_pad, naive_im2col
 from .strategies import conv_problems
 
 
@@ -101,3 +101,30 @@ def test_fast_gather_equals_the_tap_loop(data):
     slow = gather_windows_by_taps(padded, k, out, s, d, groups)
     assert fast.shape == slow.shape == (groups, 2, *out, *k, cg)
     np.testing.assert_array_equal(fast, slow)
+    # Into a reused (dirty) workspace: every element is overwritten, by both routes.
+    for gather in (gather_windows, gather_windows_by_taps):
+        dirty = np.full(fast.shape, np.nan)
+        assert gather(padded, k, out, s, d, groups, out=dirty) is dirty
+        np.testing.assert_array_equal(dirty, slow)
+
+
+@given(conv_problems(exact=True))
+def test_dilate_pad_into_a_dirty_buffer(p):
+    """``dilate_pad(..., out=buf)`` overwrites a reused workspace completely: pad borders, the
+    holes of lhs dilation and the copied input, for every padding form (incl. crops)."""
+    from refws.im2col import dilate_pad, dilate_pad_shape
+
+    geo, x = p.geometry, p.x_cl
+    expected = naive_dilate_pad(x, geo.pads, geo.lhs_dilation)
+    buf = np.full(dilate_pad_shape(x.shape, geo.lhs_dilation, geo.pads), np.nan)
+    assert buf.shape == expected.shape
+    assert dilate_pad(x, geo.lhs_dilation, geo.pads, out=buf) is buf
+    np.testing.assert_array_equal(buf, expected)
+
+
+def test_gather_into_a_buffer_of_the_wrong_shape_is_refused():
+    from refws.im2col import gather_windows
+
+    padded = np.zeros((1, 5, 2))
+    with pytest.raises(ValueError, match=r"out.shape=\(1, 1, 3, 3, 2\): expected \(2, 1, 3, 3, 1\)"):
+        gather_windows(padded, (3,), (3,), (1,), (1,), groups=2, out=np.empty((1, 1, 3, 3, 2)))

@@ -17,7 +17,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 import refws
+from .strategies import conv_problems
 from .naive import naive_conv, naive_conv_at, naive_out_size, naive_same_pads
 
 MiB = 2**20
@@ -129,3 +133,15 @@ def test_results_do_not_depend_on_the_budget(restore_budget, budget, case):
     refws.set_workspace_bytes(budget)
     y = refws.conv(x, w, padding=case["pads"], **kw)
     np.testing.assert_array_equal(y, naive_conv(x, w, pads=case["pads"], **kw))
+
+
+@given(conv_problems(exact=True), st.sampled_from([1, 700, 4096, 64 * 1024]))
+def test_chunked_conv_matches_the_definition(p, budget):
+    """Small budgets split every problem of the conv strategy into chunks that share one reused
+    workspace (a smaller last chunk included); each chunk must overwrite what the previous left."""
+    old = refws.set_workspace_bytes(budget)
+    try:
+        got = refws.conv(p.x, p.w, **p.kwargs)
+    finally:
+        refws.set_workspace_bytes(old)
+    np.testing.assert_array_equal(got, p.expected())
