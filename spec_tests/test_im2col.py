@@ -88,7 +88,7 @@ def test_fast_gather_equals_the_tap_loop(data):
 
     nd = data.draw(st.integers(1, 3))
     groups = data.draw(st.integers(1, 3))
-    cg = data.draw(st.sampled_from([1, 3, 8, 9]))          # both sides of the route threshold
+    cg = data.draw(st.sampled_from([1, 3, 8, 9]))          # one to many channels per group
     k = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
     s = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
     d = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
@@ -101,7 +101,7 @@ def test_fast_gather_equals_the_tap_loop(data):
     slow = gather_windows_by_taps(padded, k, out, s, d, groups)
     assert fast.shape == slow.shape == (groups, 2, *out, *k, cg)
     np.testing.assert_array_equal(fast, slow)
-    # Into a reused (dirty) workspace: every element is overwritten, by both routes.
+    # Into a reused (dirty) workspace: every element is overwritten, by both gathers.
     for gather in (gather_windows, gather_windows_by_taps):
         dirty = np.full(fast.shape, np.nan)
         assert gather(padded, k, out, s, d, groups, out=dirty) is dirty
