@@ -8,7 +8,8 @@ Timing protocol (the machine has 2 cores shared with other work): every implemen
 is prepared and called once as a warm-up (jax's compile happens there), then the implementations
 are called in turn, one call each per round, for ``repeat`` rounds; each reports the median of its
 rounds. Interleaving the rounds spreads a burst of outside load over every implementation
-instead of penalising the one that happened to run during it.
+instead of penalising the one that happened to run during it; a pause before each call and an
+order rotating per round keep one library's spinning worker threads from always slowing the next.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ except ImportError:                      # running from a checkout without `pip 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")   # no accelerator probing or warnings
 
 NOT_INSTALLED = "not installed"
+SETTLE_SECONDS = 0.25        # pause before each timed call, see time_interleaved
 
 
 # --- cases ----------------------------------------------------------------------------------
@@ -135,15 +137,37 @@ def time_interleaved(fns: dict, repeat: int) -> dict:
     """Median seconds per callable; ``fns`` maps a label to a blocking zero-argument callable.
 
     Each callable has already been warmed up by its preparer; here every round calls each
-    callable once, in turn.
+    callable once, in turn, after a pause of ``SETTLE_SECONDS``. Worker threads keep spinning
+    for a while after their library returns (OpenBLAS for about 0.1 s, OpenMP and XLA pools
+    briefly), stealing the cores from whatever runs next; the pause lets them go idle, and the
+    order rotates by one place per round so no implementation always follows the same one.
     """
     timings = {label: Timing() for label in fns}
-    for _ in range(repeat):
-        for label, fn in fns.items():
+    labels = list(fns)
+    for round_ in range(repeat):
+        shift = round_ % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            time.sleep(SETTLE_SECONDS)
             t0 = time.perf_counter()
-            fn()
+            fns[label]()
             timings[label].samples.append(time.perf_counter() - t0)
     return {label: t.median for label, t in timings.items()}
+
+
+def dgemm_probe(size: int = 2048, rounds: int = 3) -> float:
+    """Best GFLOP/s of a square float64 matrix product: how fast this machine's BLAS is right now.
+
+    Printed next to the figures because the cores are virtual and shared: the same code runs
+    up to 1.5x slower when the host is busy, and compute-bound code (refws's product) suffers
+    more than memory-bound code.
+    """
+    a = np.random.default_rng(0).standard_normal((size, size))
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
 
 
 # --- optional peers -------------------------------------------------------------------------
@@ -195,7 +219,8 @@ def versions() -> list[str]:
 def machine() -> str:
     load = os.getloadavg()
     return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}; "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+            f"square 2048 float64 matmul {dgemm_probe():.0f} GFLOP/s")
 
 
 def _dn(dims: int):
@@ -368,5 +393,6 @@ def print_header(title: str, repeat: int) -> None:
         print(line)
     threads = "library defaults (all cores)" if THREADS is None else f"{THREADS} per library"
     print(f"threads: {threads}")
-    print(f"timing: median of {repeat} interleaved rounds after one warm-up call (jit compile excluded)")
+    print(f"timing: median of {repeat} interleaved rounds (order rotating each round) "
+          "after one warm-up call (jit compile excluded)")
     print()
