@@ -85,6 +85,15 @@ def _dilate_pad_plan(spatial, lhs_dilation, pads):
     return tuple(sizes), tuple(src), tuple(dst)
 
 
+def _output(out: np.ndarray | None, shape: tuple) -> np.ndarray:
+    """``out`` (checked to have ``shape``) or a new uninitialised float64 array of that shape."""
+    if out is None:
+        return np.empty(shape, dtype=np.float64)
+    if out.shape != shape:
+        raise ValueError(f"out.shape={out.shape}: expected {shape}")
+    return out
+
+
 def dilate_pad_shape(x_shape, lhs_dilation, pads) -> tuple:
     """Shape of ``dilate_pad(x, lhs_dilation, pads)`` for ``x`` of shape ``x_shape``."""
     sizes, _, _ = _dilate_pad_plan(x_shape[1:-1], lhs_dilation, pads)
@@ -103,7 +112,8 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None)
         Zeros added (or, when negative, elements removed) at each end of the dilated input.
     out : ndarray, optional
         float64 array of the result's shape (see :func:`dilate_pad_shape`) to write into, so a
-        caller can reuse one workspace; its previous contents are overwritten.
+        caller can reuse one workspace; its previous contents are overwritten. Without it a new
+        array is allocated; either way only what the copy of ``x`` leaves is zeroed.
 
     Returns
     -------
@@ -111,10 +121,8 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None)
         ``out[:, i * L + lo] = x[:, i]`` for every ``i`` landing inside, zeros elsewhere.
     """
     sizes, src, dst = _dilate_pad_plan(x.shape[1:-1], lhs_dilation, pads)
-    if out is None:
-        out = np.zeros((x.shape[0], *sizes, x.shape[-1]), dtype=np.float64)
-    else:
-        _zero_outside(out, dst, lhs_dilation)
+    out = _output(out, (x.shape[0], *sizes, x.shape[-1]))
+    _zero_outside(out, dst, lhs_dilation)
     out[dst + (slice(None),)] = x[src + (slice(None),)]
     return out
 
@@ -215,15 +223,6 @@ def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stri
         patch = padded[(slice(None), *window)].reshape(n_batch, *out_spatial, groups, cg)
         flat[..., t, :] = np.moveaxis(patch, -2, 0)
     return cols
-
-
-def _output(out: np.ndarray | None, shape: tuple) -> np.ndarray:
-    """``out`` (checked to have ``shape``) or a new uninitialised float64 array of that shape."""
-    if out is None:
-        return np.empty(shape, dtype=np.float64)
-    if out.shape != shape:
-        raise ValueError(f"out.shape={out.shape}: expected {shape}")
-    return out
 
 
 def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation, groups: int = 1,

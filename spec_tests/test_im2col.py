@@ -122,9 +122,12 @@ def test_dilate_pad_into_a_dirty_buffer(p):
     np.testing.assert_array_equal(buf, expected)
 
 
-def test_gather_into_a_buffer_of_the_wrong_shape_is_refused():
-    from refws.im2col import gather_windows
+def test_a_buffer_of_the_wrong_shape_is_refused():
+    from refws.im2col import dilate_pad, gather_windows
 
     padded = np.zeros((1, 5, 2))
     with pytest.raises(ValueError, match=r"out.shape=\(1, 1, 3, 3, 2\): expected \(2, 1, 3, 3, 1\)"):
         gather_windows(padded, (3,), (3,), (1,), (1,), groups=2, out=np.empty((1, 1, 3, 3, 2)))
+    # a larger buffer would otherwise keep stale values beyond the padded extent: refused too
+    with pytest.raises(ValueError, match=r"out.shape=\(1, 8, 2\): expected \(1, 7, 2\)"):
+        dilate_pad(padded, (1,), ((1, 1),), out=np.empty((1, 8, 2)))
