@@ -46,6 +46,10 @@ __all__ = [
     "naive_conv",
     "naive_conv_at",
     "naive_im2col",
+    "naive_conv_vjp",
+    "naive_torch_pads",
+    "naive_torch_pad",
+    "naive_conv_transpose_weight_grad",
     "zero_stuff",
     "to_channels_last",
     "from_channels_last",
@@ -308,3 +312,90 @@ def ceil_div(a: int, b: int) -> int:
     """``ceil(a / b)`` for ints, exactly."""
     return -(-a // b)
 
+
+
+# --------------------------------------------------------------------------------------------
+# Derivatives, PyTorch's padding, the transposed convolution (for the gradient and golden tests)
+# --------------------------------------------------------------------------------------------
+def naive_conv_vjp(x, w, dy, stride, pads, lhs_dilation, rhs_dilation, groups):
+    """``dx``, ``dw`` of the convolution from its definition (canonical layouts, explicit pads).
+
+    Output position ``o`` and tap ``t`` read padded position ``q = o*s + t*d``; that is input
+    element ``i = (q - lo) / L`` when the division is exact and ``0 <= i < n``, else a zero. Each
+    such (o, t, i) contributes ``dy[o] w[t]^T`` to ``dx[i]`` and ``x[i]^T dy[o]`` to ``dw[t]``.
+    The output positions are those of ``dy``: pass a ``dy`` of the convolution's output shape.
+    """
+    x, w, dy = (np.asarray(a, dtype=np.float64) for a in (x, w, dy))
+    nd = w.ndim - 2
+    kernel, cg, m = w.shape[:nd], w.shape[-2], w.shape[-1] // groups
+    stride, lhs, rhs = (as_tuple(v, nd) for v in (stride, lhs_dilation, rhs_dilation))
+    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
+    for o in np.ndindex(*dy.shape[1:-1]):
+        for t in np.ndindex(*kernel):
+            src = []
+            for oi, ti, s, d, L, (lo, _), n in zip(o, t, stride, rhs, lhs, pads, x.shape[1:-1]):
+                q = oi * s + ti * d - lo
+                if q < 0 or q % L or q // L >= n:
+                    break
+                src.append(q // L)
+            else:
+                for g in range(groups):
+                    ci, co = slice(g * cg, (g + 1) * cg), slice(g * m, (g + 1) * m)
+                    dy_v = dy[(slice(None), *o, co)]                      # (N, M)
+                    dx[(slice(None), *src, ci)] += dy_v @ w[(*t, slice(None), co)].T
+                    dw[(*t, slice(None), co)] += x[(slice(None), *src, ci)].T @ dy_v
+    return dx, dw
+
+
+def naive_torch_pads(padding, kernel_spatial, dilation=1) -> tuple[tuple[int, int], ...]:
+    """PyTorch ``ConvNd``'s ``padding`` as explicit ``(lo, hi)`` pairs (torch.nn.Conv2d docs).
+
+    An int or N ints: symmetric; ``'valid'``: none; ``'same'``: total ``d * (k - 1)`` per
+    dimension, ``lo = total // 2`` and the odd element at the end (``hi = total - lo``).
+    """
+    nd = len(kernel_spatial)
+    dilation = as_tuple(dilation, nd)
+    if padding == "valid":
+        return ((0, 0),) * nd
+    if padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel_spatial, dilation)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    return tuple((p, p) for p in as_tuple(padding, nd))
+
+
+#: PyTorch's ``padding_mode`` names -> ``numpy.pad`` modes with the same meaning.
+TORCH_TO_NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def naive_torch_pad(x: np.ndarray, pads, padding_mode: str = "zeros") -> np.ndarray:
+    """Pad the trailing ``len(pads)`` (spatial) axes of ``x`` as PyTorch's ``padding_mode`` does,
+    with ``numpy.pad`` (torch's reflect / replicate / circular are numpy's reflect / edge / wrap)."""
+    lead = [(0, 0)] * (np.ndim(x) - len(pads))
+    return np.pad(x, lead + [tuple(p) for p in pads], mode=TORCH_TO_NUMPY_PAD_MODE[padding_mode])
+
+
+def naive_conv_transpose_weight_grad(x, dy, kernel_spatial, stride, padding, dilation, groups) -> np.ndarray:
+    """``dw`` of PyTorch's ConvTranspose from its scatter definition, PyTorch layouts.
+
+    x: ``(N, C_in, *n)``; dy: ``(N, C_out, *m)`` (the output's shape); result ``(C_in, C_out/g, *k)``.
+    The definition ``y[b, g*Cog + j, i*s - p + t*d] += x[b, g*Cg + c, i] * w[g*Cg + c, j, t]``
+    (positions outside ``[0, m)`` dropped) gives
+    ``dw[g*Cg + c, j, t] = sum over b, i of x[b, g*Cg + c, i] * dy[b, g*Cog + j, i*s - p + t*d]``.
+    """
+    x, dy = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    nd = x.ndim - 2
+    stride, padding, dilation = (as_tuple(v, nd) for v in (stride, padding, dilation))
+    kernel_spatial = as_tuple(kernel_spatial, nd)
+    c_in, cog = x.shape[1], dy.shape[1] // groups
+    cg = c_in // groups
+    dw = np.zeros((c_in, cog, *kernel_spatial))
+    for i in np.ndindex(*x.shape[2:]):
+        for t in np.ndindex(*kernel_spatial):
+            o = tuple(ii * s - p + tt * d for ii, s, p, tt, d in zip(i, stride, padding, t, dilation))
+            if not all(0 <= oo < mm for oo, mm in zip(o, dy.shape[2:])):
+                continue
+            for ci in range(c_in):
+                g = ci // cg
+                dy_o = dy[(slice(None), slice(g * cog, (g + 1) * cog), *o)]          # (N, Cog)
+                dw[(ci, slice(None), *t)] += x[(slice(None), ci, *i)] @ dy_o
+    return dw

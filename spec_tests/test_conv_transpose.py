@@ -2,7 +2,7 @@
 
 Independent evidence: a scatter-add loop written here from PyTorch's definition of ConvTranspose
 (every input element scatters ``x[i] * w[t]`` to output position ``i*s - p + t*d``); the adjoint
-of ``refws.conv``; ``conv_vjp``'s input gradient; PyTorch's output-size formula and
+of ``refws.conv``; ``conv_vjp(method="col2im")``'s input gradient; PyTorch's output-size formula and
 ``output_size`` rule, hard-coded from its documentation / ``_ConvTransposeNd._output_padding``;
 a ConvTranspose with ``group > 1`` and a bias written in ONNX's layout; central finite
 differences; and, when torch is installed, ``torch.nn.functional.conv_transpose{1,2,3}d``.
@@ -152,13 +152,16 @@ def test_is_the_adjoint_of_conv(p):
     assert np.vdot(y, u) == np.vdot(p.x, refws.conv(u, p.w, **p.forward_conv_kwargs()))
 
 
-@pytest.mark.parametrize("method", ["col2im", "conv"])
 @given(p=transpose_problems())
-def test_is_the_input_gradient_of_conv(p, method):
-    """conv_transpose(c) == dx of conv_vjp for the cotangent c (the forward conv's input has the
-    transposed conv's output shape)."""
+def test_is_the_input_gradient_of_conv(p):
+    """conv_transpose(c) == dx of conv_vjp(method="col2im") for the cotangent c (the forward conv's
+    input has the transposed conv's output shape).
+
+    Only the ``col2im`` derivation is compared: conv_transpose *is* the code path of
+    ``conv_vjp(method="conv")``'s dx, so comparing with it could not fail (that dx is checked
+    against the definition in test_grads.py, and conv_transpose against scatter_add above)."""
     y = refws.conv_transpose(p.x, p.w, **p.kwargs)
-    dx, _ = refws.conv_vjp(np.zeros(y.shape), p.w, p.x, **p.forward_conv_kwargs(), method=method)
+    dx, _ = refws.conv_vjp(np.zeros(y.shape), p.w, p.x, **p.forward_conv_kwargs(), method="col2im")
     np.testing.assert_array_equal(y, dx)
 
 
@@ -166,13 +169,14 @@ def test_is_the_input_gradient_of_conv(p, method):
 
 @given(p=transpose_problems())
 def test_vjp_adjoint_identities_and_methods(p):
+    """<y, dy> == <x, dx> == <w, dw> for both derivations of dw (``method`` only picks how dw is
+    derived; dx is the same code either way, so it is compared with the definition below)."""
     y = refws.conv_transpose(p.x, p.w, **p.kwargs)
     dy = random_like(y.shape, p.seed + 2)
     dx, dw = refws.conv_transpose_vjp(p.x, p.w, dy, **p.kwargs)
-    dx2, dw2 = refws.conv_transpose_vjp(p.x, p.w, dy, **p.kwargs, method="conv")
+    _, dw2 = refws.conv_transpose_vjp(p.x, p.w, dy, **p.kwargs, method="conv")
     assert dx.shape == p.x.shape and dw.shape == p.w.shape
     assert np.vdot(y, dy) == np.vdot(p.x, dx) == np.vdot(p.w, dw)
-    np.testing.assert_array_equal(dx, dx2)
     np.testing.assert_array_equal(dw, dw2)
 
 

@@ -3,8 +3,9 @@ derivations), ``conv_jvp``, ``bias_vjp``, ``col2im``.
 
 Independent evidence used here:
 
-* ``naive_conv_vjp`` below: ``dx`` and ``dw`` straight from the index map of the definition
+* ``naive.naive_conv_vjp``: ``dx`` and ``dw`` straight from the index map of the definition
   (every pair of output position and kernel tap that reads an input element), no refws code;
+* ``naive_conv`` (the forward's definition) for the primal output ``conv_jvp`` returns;
 * the adjoint identities ``<conv(x, w), dy> = <x, dx> = <w, dw>`` and ``<im2col(x), z> =
   <x, col2im(z)>``, with ``refws.conv`` / ``refws.im2col`` (checked against the definition in the
   core tests) on the other side;
@@ -27,7 +28,7 @@ from hypothesis import given, settings
 
 import refws
 import refws.grads
-from .naive import as_tuple, from_channels_last, naive_im2col, to_channels_last
+from .naive import from_channels_last, naive_conv_vjp, naive_im2col, to_channels_last
 from .strategies import conv_problems
 
 EPS = np.finfo(np.float64).eps
@@ -37,34 +38,6 @@ def gamma(k: int) -> float:
     """``gamma_K = K u / (1 - K u)`` with ``u = eps / 2``, the relative error bound of a K-term sum."""
     u = EPS / 2
     return k * u / (1 - k * u)
-
-
-def naive_conv_vjp(x, w, dy, stride, pads, lhs_dilation, rhs_dilation, groups):
-    """``dx``, ``dw`` of the convolution from its definition (canonical layouts, explicit pads).
-
-    Output position ``o`` and tap ``t`` read padded position ``q = o*s + t*d``; that is input
-    element ``i = (q - lo) / L`` when the division is exact and ``0 <= i < n``, else a zero. Each
-    such (o, t, i) contributes ``dy[o] w[t]^T`` to ``dx[i]`` and ``x[i]^T dy[o]`` to ``dw[t]``.
-    """
-    nd = w.ndim - 2
-    kernel, cg, m = w.shape[:nd], w.shape[-2], w.shape[-1] // groups
-    stride, lhs, rhs = (as_tuple(v, nd) for v in (stride, lhs_dilation, rhs_dilation))
-    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
-    for o in np.ndindex(*dy.shape[1:-1]):
-        for t in np.ndindex(*kernel):
-            src = []
-            for oi, ti, s, d, L, (lo, _), n in zip(o, t, stride, rhs, lhs, pads, x.shape[1:-1]):
-                q = oi * s + ti * d - lo
-                if q < 0 or q % L or q // L >= n:
-                    break
-                src.append(q // L)
-            else:
-                for g in range(groups):
-                    ci, co = slice(g * cg, (g + 1) * cg), slice(g * m, (g + 1) * m)
-                    dy_v = dy[(slice(None), *o, co)]                      # (N, M)
-                    dx[(slice(None), *src, ci)] += dy_v @ w[(*t, slice(None), co)].T
-                    dw[(*t, slice(None), co)] += x[(slice(None), *src, ci)].T @ dy_v
-    return dx, dw
 
 
 def out_shape(p) -> tuple:
@@ -217,7 +190,7 @@ def test_jvp_central_differences(p):
     rng = np.random.default_rng(p.seed + 4)
     tx, tw = rng.standard_normal(p.x.shape), rng.standard_normal(p.w.shape)
     y, ty = refws.conv_jvp(p.x, p.w, tx, tw, **p.kwargs)
-    np.testing.assert_array_equal(y, refws.conv(p.x, p.w, **p.kwargs))
+    p.assert_close(y, err_msg="y")                  # the primal output, against the definition loop
     cd = (refws.conv(p.x + H * tx, p.w + H * tw, **p.kwargs)
           - refws.conv(p.x - H * tx, p.w - H * tw, **p.kwargs)) / (2 * H)
     bound = refws.conv(np.abs(p.x) + H * np.abs(tx), np.abs(p.w) + H * np.abs(tw), **p.kwargs)
