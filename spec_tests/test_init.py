@@ -47,12 +47,35 @@ def test_torch_fans(shape):
     assert init.torch_fans(shape) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
 
 
-def test_calculate_gain_matches_torch():
+# Every nonlinearity refws.init.calculate_gain supports, with the gain of PyTorch's documented table
+# (torch.nn.init.calculate_gain): 1 for linear, the convolutions and sigmoid; 5/3 tanh; sqrt(2) relu;
+# sqrt(2 / (1 + a**2)) leaky_relu, a = 0.01 when not given; 3/4 selu.
+GAINS = [
+    ("linear", None, 1.0), ("conv1d", None, 1.0), ("conv2d", None, 1.0), ("conv3d", None, 1.0),
+    ("conv_transpose1d", None, 1.0), ("conv_transpose2d", None, 1.0), ("conv_transpose3d", None, 1.0),
+    ("sigmoid", None, 1.0), ("tanh", None, 5 / 3), ("relu", None, math.sqrt(2)), ("selu", None, 3 / 4),
+    ("leaky_relu", None, math.sqrt(2 / (1 + 0.01**2))), ("leaky_relu", 0.2, math.sqrt(2 / 1.04)),
+    ("leaky_relu", 0, math.sqrt(2)),
+]
+
+
+@pytest.mark.parametrize("name, a, gain", GAINS)
+def test_calculate_gain_follows_pytorchs_table(name, a, gain):
+    assert init.calculate_gain(name, a) == pytest.approx(gain, rel=1e-15)
+
+
+@pytest.mark.parametrize("name, a, gain", GAINS)
+def test_calculate_gain_matches_torch(name, a, gain):
     torch = pytest.importorskip("torch")
-    for name, a in [("linear", None), ("conv2d", None), ("sigmoid", None), ("tanh", None),
-                    ("relu", None), ("selu", None), ("leaky_relu", None), ("leaky_relu", 0.2),
-                    ("leaky_relu", 0)]:
-        assert init.calculate_gain(name, a) == pytest.approx(torch.nn.init.calculate_gain(name, a), rel=1e-15)
+    assert init.calculate_gain(name, a) == pytest.approx(torch.nn.init.calculate_gain(name, a), rel=1e-15)
+
+
+def test_calculate_gain_refuses_what_torch_refuses():
+    with pytest.raises(ValueError, match="nonlinearity='gelu'"):
+        init.calculate_gain("gelu")
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="gelu"):
+        torch.nn.init.calculate_gain("gelu")
 
 
 @pytest.mark.parametrize("make, scale, mode", [
