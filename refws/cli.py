@@ -1,6 +1,8 @@
-"""The ``refws`` command: ``refws golden build | verify | list | show``.
+"""The ``refws`` command: ``refws golden build | verify | list | show`` and ``refws check BACKEND``.
 
 Exit codes of ``verify``: 0 all cases match, 1 a mismatch, 2 a corrupt or missing file or bad usage.
+Exit codes of ``check``: 0 every expressible array passes, 1 a failure or an adapter error, 2 bad
+usage, a corrupt store or a backend that cannot be loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from . import golden
 from .golden.build import select
 from .golden.catalog import SUITES
+from .conformance.registry import BackendLoadError
 from .golden.store import GoldenError
 
 
@@ -66,6 +69,21 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from .conformance import load_backend, run
+    from .conformance.registry import parse_options
+    from .conformance.report import json_bytes, junit_report, text_report, write_atomic
+    backend = load_backend(args.backend, args.precision, **parse_options(args.opt))
+    report = run(backend, args.golden, suite=args.suite, case=args.case, repeat=args.repeat,
+                 progress=_progress(sys.stderr))
+    print(text_report(report))
+    if args.json:
+        write_atomic(args.json, json_bytes(report))
+    if args.junit:
+        write_atomic(args.junit, junit_report(report))
+    return report.exit_code
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refws", description="refws: reference convolution and golden fixtures")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +105,22 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("name")
     sh.add_argument("--dir", default=None)
     sh.set_defaults(run=_cmd_show)
+    c = sub.add_parser("check", help="run a backend against the golden store and judge every array",
+                       description="Run BACKEND (a built-in name: torch, jax; or package.module:Attribute) "
+                                   "over every stored case it can express and judge each array under the "
+                                   "rigorous error bound of its precision. Exit 0: all expressible arrays pass; "
+                                   "1: a failure or adapter error; 2: bad usage, corrupt store, backend not loadable.")
+    c.add_argument("backend", help="torch, jax, or package.module:Attribute")
+    c.add_argument("--precision", default=None, help="passed to the backend's factory (e.g. float64, float32)")
+    c.add_argument("--suite", default=None, choices=SUITES)
+    c.add_argument("--case", default=None, metavar="PATTERN", help="shell pattern on case names, e.g. 'conv/2d_*'")
+    c.add_argument("--golden", default=None, metavar="DIR", help="golden store (default: the repository's golden/)")
+    c.add_argument("--json", default=None, metavar="FILE", help="write the JSON report here")
+    c.add_argument("--junit", default=None, metavar="FILE", help="write JUnit XML here")
+    c.add_argument("--repeat", type=int, default=1, help="run each call N times; report bitwise nondeterminism")
+    c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for the backend's factory, e.g. device=cuda (repeatable)")
+    c.set_defaults(run=_cmd_check)
     return p
 
 
@@ -97,7 +131,7 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     try:
         return args.run(args)
-    except (GoldenError, KeyError, ValueError) as exc:
+    except (GoldenError, KeyError, ValueError, BackendLoadError) as exc:
         print(f"refws: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:            # `refws golden list | head`

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,14 @@ class GoldenError(Exception):
 
 @dataclass(frozen=True)
 class GoldenCase:
-    """A loaded case: its name, suite, parameters (JSON values) and arrays (float64)."""
+    """A loaded case: its name, suite, parameters (JSON values), arrays (float64) and, per output
+    array, the number of terms of its bilinear part (the manifest's ``terms``)."""
 
     name: str
     suite: str
     params: dict
     arrays: dict
+    terms: dict = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.arrays[key]
@@ -130,20 +132,27 @@ def load(name: str, root=None) -> GoldenCase:
     manifest = read_manifest(root)
     if name not in manifest["cases"]:
         raise KeyError(f"golden case {name!r} is not in {root / 'manifest.json'}")
-    entry = manifest["cases"][name]
+    return _load_entry(root, name, manifest["cases"][name])
+
+
+def _load_entry(root: Path, name: str, entry: dict) -> GoldenCase:
     arrays = read_npz(_read_verified(root, name, entry), str(case_path(root, name)))
     expected = set(entry["arrays"])
     if set(arrays) != expected:
         raise GoldenError(f"{case_path(root, name)}: arrays {sorted(arrays)} differ from the manifest's {sorted(expected)}")
-    return GoldenCase(name, entry["suite"], entry["params"], arrays)
+    return GoldenCase(name, entry["suite"], entry["params"], arrays, dict(entry.get("terms", {})))
 
 
 def cases(root=None, suite=None):
-    """Iterate over the stored cases (optionally one suite), each loaded and verified."""
+    """Iterate over the stored cases (optionally one suite), each loaded and verified.
+
+    The manifest is read once, when iteration starts.
+    """
+    root = Path(root) if root is not None else default_root()
     manifest = read_manifest(root)
     for name in sorted(manifest["cases"]):
         if suite is None or manifest["cases"][name]["suite"] == suite:
-            yield load(name, root)
+            yield _load_entry(root, name, manifest["cases"][name])
 
 
 def manifest_entry(case, arrays: dict, terms: dict, data: bytes) -> dict:
