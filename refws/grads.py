@@ -380,3 +380,144 @@ def conv_transpose_vjp(x, w, dy, stride=1, padding=0, output_padding=0, dilation
     dx = conv(dy_cl, w, stride=g.stride, padding=g.padding, rhs_dilation=g.rhs_dilation, groups=groups)
     dw = _weight_grad(dy_cl, x_cl, g, groups, w.shape, method)
     return from_canonical(dx, channel_first, unbatched), dw
+
+
+# --- the transposed convolution, lax convention -----------------------------------------------
+#
+# jax.lax.conv_transpose(x, w, strides, padding, rhs_dilation, transpose_kernel) is, by its
+# definition, conv_general_dilated(x, w', window_strides=1, padding=pads, lhs_dilation=strides,
+# rhs_dilation): the input is zero-stuffed by the stride and convolved with stride 1. Nothing but
+# the padding rule for 'SAME'/'VALID' and the optional kernel flip is new, so it is written as one
+# call of refws.conv (docs/backward.md, section 8, relates it to the PyTorch convention above).
+
+_LAX_TRANSPOSE_STRINGS = ("SAME", "VALID")
+
+
+def _lax_transpose_padding(k_d: int, s: int, mode: str) -> tuple:
+    """``(lo, hi)`` of jax.lax.conv_transpose (the Keras ``Conv*DTranspose`` rule) for one dimension.
+
+    ``k_d`` is the rhs-dilated kernel extent, ``s`` the stride. 'SAME' gives ``n*s`` outputs
+    (total ``k_d + s - 2``, ``lo = k_d - 1`` when ``s > k_d - 1`` else ``ceil(total / 2)``: the odd
+    element goes at the *start*); 'VALID' gives ``n*s + max(k_d - s, 0)`` (``lo = k_d - 1``).
+    """
+    if mode == "SAME":
+        total = k_d + s - 2
+        lo = k_d - 1 if s > k_d - 1 else -(-total // 2)
+    else:
+        total = k_d + s - 2 + max(k_d - s, 0)
+        lo = k_d - 1
+    return lo, total - lo
+
+
+def lax_transpose_geometry(in_spatial, kernel_spatial, strides, padding, rhs_dilation=None) -> ConvGeometry:
+    """The geometry of the convolution that computes :func:`conv_transpose_lax`.
+
+    Window stride 1, ``lhs_dilation = strides``, the given ``rhs_dilation`` and explicit pads:
+    for ``'SAME'`` / ``'VALID'`` (exactly these strings, as jax.lax.conv_transpose tests them) the
+    pads of :func:`_lax_transpose_padding` computed with the rhs-dilated kernel; any other padding
+    is passed through as explicit ``(lo, hi)`` pads of the stride-dilated input (every form
+    :func:`refws.conv_geometry` accepts; negative entries crop).
+    """
+    n = len(kernel_spatial)
+    strides = as_int_tuple(strides, n, "strides")
+    rhs_dilation = as_int_tuple(1 if rhs_dilation is None else rhs_dilation, n, "rhs_dilation")
+    if isinstance(padding, str):
+        if padding not in _LAX_TRANSPOSE_STRINGS:
+            raise ValueError(f"padding={padding!r}: expected 'SAME' or 'VALID' (exactly; jax.lax.conv_transpose "
+                             "applies its transposed rule only to these two strings) or explicit (lo, hi) pairs")
+        padding = tuple(_lax_transpose_padding((k - 1) * d + 1, s, padding)
+                        for k, s, d in zip(kernel_spatial, strides, rhs_dilation))
+    return conv_geometry(in_spatial, kernel_spatial, 1, padding, strides, rhs_dilation)
+
+
+def _lax_transpose_setup(x, w, strides, padding, rhs_dilation, transpose_kernel, groups, channel_first):
+    """Canonical ``x``, the kernel the convolution uses, the unbatched flag, groups and geometry."""
+    if transpose_kernel:
+        x_cl, w, unbatched, groups = _check_transpose_operands(x, w, groups, channel_first)
+        w_conv = flip_swap_kernel(w, groups)                   # (*k, C_in // G, C_out)
+    else:
+        x_cl, w_conv, unbatched = check_conv_operands(x, w, groups, channel_first)
+        groups = int(groups)
+    g = lax_transpose_geometry(x_cl.shape[1:-1], w_conv.shape[:-2], strides, padding, rhs_dilation)
+    return x_cl, w_conv, unbatched, groups, g
+
+
+def _lax_conv_kwargs(g: ConvGeometry, groups: int) -> dict:
+    return dict(stride=1, padding=g.padding, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation,
+                groups=groups)
+
+
+def conv_transpose_lax(x, w, strides, padding, rhs_dilation=None, *, transpose_kernel=False, groups=1,
+                       channel_first=False) -> np.ndarray:
+    """Transposed convolution with ``jax.lax.conv_transpose`` semantics (flax ``ConvTranspose``).
+
+    Definition: the input zero-stuffed by the stride, padded, and correlated with stride 1::
+
+        conv_transpose_lax(x, w, s, padding, d) = conv(x, w', stride=1, padding=pads,
+                                                       lhs_dilation=s, rhs_dilation=d, groups=groups)
+
+    with ``w' = w`` (default) or ``w' = flip_swap_kernel(w, groups)`` (``transpose_kernel=True``).
+    Per dimension, input element ``i`` and tap ``t`` of ``w'`` meet at output ``i*s + lo - t*d``.
+
+    Parameters
+    ----------
+    x : array_like ``(N, *n, C_in)`` or unbatched ``(*n, C_in)``; ``(N, C_in, *n)`` / ``(C_in, *n)``
+        with ``channel_first``. The output has the same layout.
+    w : array_like. ``transpose_kernel=False``: ``(*k, C_in // groups, C_out)``, refws's (and lax's
+        default HWIO) kernel, used as it is (no flip: *not* PyTorch's ``ConvTranspose``).
+        ``transpose_kernel=True``: ``(*k, C_out // groups, C_in)``, the kernel of the forward
+        convolution ``C_out -> C_in`` whose input gradient this is (the layout of
+        :func:`conv_transpose`); it is flipped spatially and its in/out channels are exchanged
+        within each group (lax: flip and swap the I/O axes).
+    strides : int or S positive ints: the lhs dilation of the input.
+    padding : ``'SAME'`` (``n*s`` outputs), ``'VALID'`` (``n*s + max(k_d - s, 0)``), exactly these
+        strings, computed with the rhs-dilated extent ``k_d = (k - 1)*d + 1`` as lax does (Keras'
+        rule: for odd totals the extra pad goes at the start); or explicit ``(lo, hi)`` pairs (any
+        form :func:`refws.conv_geometry` accepts) padding the stride-dilated input, negative crops.
+        Other strings raise (lax passes them to ``conv_general_dilated``, which refuses them for
+        stride > 1 and applies the *forward* SAME rule for stride 1).
+    rhs_dilation : int, S ints or None (= 1).
+    transpose_kernel : bool, as in lax.
+    groups : int (keyword only; an extension, lax.conv_transpose has none; 1 is lax). Without
+        ``transpose_kernel`` it is ``conv_general_dilated``'s ``feature_group_count`` (brainstate's
+        ``ConvTranspose`` uses it so); with it, the result is the input gradient of the grouped
+        forward convolution with kernel ``w``.
+    channel_first : bool
+
+    Returns
+    -------
+    float64 ``(N, *m, C_out)`` in the layout of ``x``, ``m = (n - 1)*s + 1 + lo + hi - k_d + 1``
+    (0 when negative, as in lax).
+
+    Notes
+    -----
+    With ``transpose_kernel=True``, explicit pads ``(k_d - 1 - p, k_d - 1 - p + op)`` give exactly
+    ``conv_transpose(x, w, s, p, op, d, groups)`` (PyTorch's convention); docs/backward.md, section 8.
+    """
+    x_cl, w_conv, unbatched, groups, g = _lax_transpose_setup(x, w, strides, padding, rhs_dilation,
+                                                              transpose_kernel, groups, channel_first)
+    return from_canonical(conv(x_cl, w_conv, **_lax_conv_kwargs(g, groups)), channel_first, unbatched)
+
+
+def conv_transpose_lax_vjp(x, w, dy, strides, padding, rhs_dilation=None, *, transpose_kernel=False, groups=1,
+                           channel_first=False, method="col2im"):
+    """Cotangents ``(dx, dw)`` of :func:`conv_transpose_lax` for the output cotangent ``dy``.
+
+    The map is ``conv(x, P(w))`` with ``P`` the identity or (``transpose_kernel``) the permutation
+    :func:`flip_swap_kernel`, so ``(dx, dw') = conv_vjp`` of that convolution (stride 1, lhs
+    dilation = strides) and ``dw = P^T dw'``. ``P`` is an involution (flipping twice and exchanging
+    the channel axes twice restores ``w``), so ``P^T = P^{-1} = P``: ``dw = flip_swap_kernel(dw')``.
+    ``method`` as for :func:`conv_vjp`. ``dy`` has exactly the output's shape and layout.
+    """
+    method = _check_method(method)
+    x_cl, w_conv, unbatched, groups, g = _lax_transpose_setup(x, w, strides, padding, rhs_dilation,
+                                                              transpose_kernel, groups, channel_first)
+    expected = _layout_shape(x_cl.shape[0], g.out_spatial, w_conv.shape[-1], channel_first, unbatched)
+    dy_cl = to_canonical(_check_cotangent(dy, expected, "conv_transpose_lax"), channel_first, unbatched)
+    dx, dw = conv_vjp(x_cl, w_conv, dy_cl, **_lax_conv_kwargs(g, groups), method=method)
+    if transpose_kernel:
+        dw = flip_swap_kernel(dw, groups)
+    return from_canonical(dx, channel_first, unbatched), dw
+
+
+__all__ += ["conv_transpose_lax", "conv_transpose_lax_vjp", "lax_transpose_geometry"]
