@@ -1,5 +1,6 @@
-r"""NumPy mirrors of brainstate 0.6.0's ``Conv1d/2d/3d``, ``ScaledWSConv1d/2d/3d``, ``Linear``
-and ``ScaledWSLinear`` (what their code computes, see ../shared/NOTES.md and docs/layers.md).
+r"""NumPy mirrors of brainstate 0.6.0's ``Conv1d/2d/3d``, ``ScaledWSConv1d/2d/3d``,
+``ConvTranspose1d/2d/3d``, ``Linear`` and ``ScaledWSLinear`` (what their code computes, see
+../shared/NOTES.md and docs/layers.md).
 
 Convolutions (``N`` spatial dimensions; channels-last shown, ``channel_first`` moves ``C`` to axis 1
 of the input and output only)::
@@ -14,7 +15,13 @@ of the input and output only)::
 
 ``WS`` is the NFNets formula brainstate's ``weight_standardization`` implements (ddof 0,
 ``scale = rsqrt(max(var * fan_in, eps)) * gain``, ``w_hat = w * scale - mean * scale``), recomputed
-at every call; the mask multiplies the *standardized* kernel. Linear layers::
+at every call; the mask multiplies the *standardized* kernel. Transposed convolutions (no WS)::
+
+    weight  (*kernel_size, C_out, C_in // groups)
+    y       = conv_transpose_lax(x, flip(weight * w_mask).swapaxes(-1, -2), stride, padding, rhs_dilation,
+                                 groups=groups) + bias      (lax's rule for 'SAME'/'VALID')
+
+Linear layers::
 
     Linear          weight (in, out), bias (out,)              y = x @ (weight * w_mask) + bias
     ScaledWSLinear  weight (in, out), bias (out,), gain (1, out)   y = x @ (WS(weight, gain) * w_mask) + bias
@@ -33,12 +40,13 @@ from .. import init as _init
 from ..arrays import as_float64
 from ..conv import check_groups, conv
 from ..geometry import as_int_tuple, conv_geometry
-from ..grads import bias_vjp, conv_vjp
+from ..grads import bias_vjp, conv_transpose_lax, conv_transpose_lax_vjp, conv_vjp, lax_transpose_geometry
 from .base import (Layer, ParamDict, WeightPipeline, check_positive_int, fixed_rank, initial_value, make_rng,
                    resolve_mask, spatial_dims)
 
 __all__ = ["Conv", "Conv1d", "Conv2d", "Conv3d", "ScaledWSConv", "ScaledWSConv1d", "ScaledWSConv2d",
-           "ScaledWSConv3d", "Linear", "ScaledWSLinear"]
+           "ScaledWSConv3d", "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+           "Linear", "ScaledWSLinear"]
 
 _WS = dict(spec="brainstate", out_axis=-1)
 
@@ -161,13 +169,19 @@ class Conv(_Brainstate):
                 raise ValueError(f'"{what}" should be divisible by groups: {what}={size}, groups={self.groups}')
         self.kernel_size = as_int_tuple(kernel_size, n, "kernel_size")
         self.padding = _check_padding(padding)
-        self.geometry = conv_geometry(spatial, self.kernel_size, stride, padding, lhs_dilation, rhs_dilation)
-        self.stride, self.lhs_dilation = self.geometry.stride, self.geometry.lhs_dilation
-        self.rhs_dilation = self.geometry.rhs_dilation
-        self.kernel_shape = self.kernel_size + (self.in_channels // self.groups, self.out_channels)
+        self._set_geometry(spatial, stride, padding, lhs_dilation, rhs_dilation)
+        self.kernel_shape = self.kernel_size + self._kernel_channels()
         self.bias_shape = (1, self.out_channels) + (1,) * n if channel_first else (1,) * n + (self.out_channels,)
         out_spatial = self.geometry.out_spatial
         self.out_size = (self.out_channels, *out_spatial) if channel_first else (*out_spatial, self.out_channels)
+
+    def _set_geometry(self, spatial, stride, padding, lhs_dilation, rhs_dilation):
+        self.geometry = conv_geometry(spatial, self.kernel_size, stride, padding, lhs_dilation, rhs_dilation)
+        self.stride, self.lhs_dilation = self.geometry.stride, self.geometry.lhs_dilation
+        self.rhs_dilation = self.geometry.rhs_dilation
+
+    def _kernel_channels(self) -> tuple:
+        return (self.in_channels // self.groups, self.out_channels)
 
     # the input check and messages are brainstate's _check_input_dim
     def _batched(self, x):
@@ -235,6 +249,73 @@ Conv3d = fixed_rank(Conv, 3, __name__, "input ``(B, H, W, D, C)``, kernel ``(kh,
 ScaledWSConv1d = fixed_rank(ScaledWSConv, 1, __name__, "weight-standardized 1-d convolution.")
 ScaledWSConv2d = fixed_rank(ScaledWSConv, 2, __name__, "weight-standardized 2-d convolution.")
 ScaledWSConv3d = fixed_rank(ScaledWSConv, 3, __name__, "weight-standardized 3-d convolution.")
+
+
+# --- transposed convolutions ------------------------------------------------------------------
+
+def _flip_swap(w: np.ndarray) -> np.ndarray:
+    """brainstate's ``(*k, C_out, C_in // G)`` kernel as the ``(*k, C_in // G, C_out)`` kernel its
+    ``conv_general_dilated`` call applies: spatially flipped, the last two axes exchanged (the
+    transposed dimension numbers read axis -2 as the output features). Its own inverse and adjoint."""
+    return np.flip(w, axis=tuple(range(w.ndim - 2))).swapaxes(-1, -2)
+
+
+class ConvTranspose(Conv):
+    """brainstate ``ConvTranspose{N}d``: the lax-convention transposed convolution (mirror, float64).
+
+    ``ConvTranspose(in_size, out_channels, kernel_size, stride=1, padding='SAME', rhs_dilation=1,
+    groups=1, w_init=XavierNormal(), b_init=None, w_mask=None, channel_first=False, name=None)``;
+    no ``lhs_dilation`` and no weight standardization (brainstate 0.6.0 has no ScaledWS variant).
+
+    What brainstate 0.6.0's code computes (``_ConvTranspose._conv_op``)::
+
+        weight  (*kernel_size, C_out, C_in // groups)          -- note: C_out before C_in
+        y = conv(x, flip(weight * w_mask).swapaxes(-1, -2), stride=1, padding=pads,
+                 lhs_dilation=stride, rhs_dilation=rhs_dilation, groups=groups) + bias
+          = conv_transpose_lax(x, flip(weight * w_mask).swapaxes(-1, -2), stride, pads, rhs_dilation, groups=groups)
+
+    ``pads``: for ``'SAME'`` / ``'VALID'`` jax.lax.conv_transpose's rule with the rhs-dilated kernel
+    (:func:`refws.grads.lax_transpose_geometry`; output ``n*s`` / ``n*s + max(k_d - s, 0)``); every
+    explicit form (int, N ints, pairs; as :class:`Conv`) pads the stride-dilated input as given, so
+    larger pads give *larger* outputs. With ``groups=1`` this is
+    ``refws.conv_transpose_lax(x, weight, stride, padding, rhs_dilation, transpose_kernel=True)``.
+    Bias shapes, ``w_mask``, ``channel_first``, unbatched input and ``rng`` are as for :class:`Conv`;
+    ``stride`` here is brainstate's ``stride`` attribute (the lhs dilation of the underlying
+    convolution, whose geometry is ``self.geometry``).
+    """
+
+    def __init__(self, in_size, out_channels, kernel_size, stride=1, padding="SAME", rhs_dilation=1, groups=1,
+                 w_init=_init.XavierNormal(), b_init=None, w_mask=None, channel_first=False, name=None, *,
+                 rng=None, num_spatial_dims=None):
+        super().__init__(in_size, out_channels, kernel_size, stride, padding, 1, rhs_dilation, groups, w_init,
+                         b_init, w_mask, channel_first, name, rng=rng, num_spatial_dims=num_spatial_dims)
+
+    def _set_geometry(self, spatial, stride, padding, lhs_dilation, rhs_dilation):
+        stride = as_int_tuple(stride, self.num_spatial_dims, "stride")
+        self.geometry = lax_transpose_geometry(spatial, self.kernel_size, stride, padding, rhs_dilation)
+        self.stride, self.rhs_dilation = self.geometry.lhs_dilation, self.geometry.rhs_dilation
+
+    def _kernel_channels(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups)
+
+    def _transpose_kwargs(self) -> dict:
+        g = self.geometry
+        return dict(strides=g.lhs_dilation, padding=g.padding, rhs_dilation=g.rhs_dilation, groups=self.groups,
+                    channel_first=self.channel_first)
+
+    def _op(self, x, w):
+        return conv_transpose_lax(x, _flip_swap(w), **self._transpose_kwargs())
+
+    def _op_vjp(self, x, w, dy):
+        dx, dw = conv_transpose_lax_vjp(x, _flip_swap(w), dy, **self._transpose_kwargs())
+        return dx, _flip_swap(dw)
+
+
+ConvTranspose1d = fixed_rank(ConvTranspose, 1, __name__, "input ``(B, L, C)``, kernel ``(k, C_out, C_in // groups)``.")
+ConvTranspose2d = fixed_rank(ConvTranspose, 2, __name__,
+                             "input ``(B, H, W, C)``, kernel ``(kh, kw, C_out, C_in // groups)``.")
+ConvTranspose3d = fixed_rank(ConvTranspose, 3, __name__,
+                             "input ``(B, H, W, D, C)``, kernel ``(kh, kw, kd, C_out, C_in // groups)``.")
 
 
 # --- linear layers ----------------------------------------------------------------------------
