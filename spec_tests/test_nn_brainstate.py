@@ -5,7 +5,10 @@
 - vjp: central finite differences of ``layer(x)`` for the input and every parameter (float64);
 - parameter and output shapes: the formulas of NOTES.md and of brainstate's documentation;
 - the seed doc examples; bad input with the messages brainstate gives;
-- the committed golden layer fixtures (exact values from refws.golden, when golden/ is built).
+- the committed golden layer fixtures replayed into the mirror (when golden/ is built). The golden
+  values are computed by refws.golden with refws's own convolution code, so this replay is a
+  consistency check of two refws code paths, not independent evidence; the golden values
+  themselves are checked against definitions without refws in test_golden.py.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def golden_layer_names(library: str) -> list:
 def assert_mirror_reproduces_golden(name: str):
     """Build the mirror of a golden layer case, replay its arrays, compare y and every cotangent.
 
+    A consistency check between the mirror and the golden builder (both refws; the builder uses
+    refws.conv / conv_vjp / conv_transpose_vjp and the mirrors' torch_pads and layouts), not an
+    independent reference: test_golden.py checks the stored values against the layers' definitions.
     The stored values are correctly rounded exact results; ``y__absbound`` (``|core|(|x|, |W|)``)
     bounds the rounding of a float64 evaluation by ``K u`` times it, K <= a few hundred terms.
     """

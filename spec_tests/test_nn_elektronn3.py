@@ -6,7 +6,9 @@
   convolution written here; when PyTorch is installed, also ``torch.nn.functional`` in float64;
 - vjp: central finite differences of ``layer(x)`` for the input and every parameter;
 - FWS: the in-place update against the literal formula; PyTorch's argument errors;
-- the committed golden layer fixtures (exact values from refws.golden, when golden/ is built).
+- the committed golden layer fixtures replayed into the mirror (when golden/ is built): a
+  consistency check of two refws code paths (see ``assert_mirror_reproduces_golden``); the golden
+  values themselves are checked against definitions without refws in test_golden.py.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ import numpy as np
 import pytest
 
 from refws import nn
-from spec_tests.naive import naive_conv
+from spec_tests.naive import naive_conv, naive_torch_pad, naive_torch_pads
 from spec_tests.test_nn_brainstate import (assert_mirror_reproduces_golden, assert_vjp_matches_fd, golden_layer_names,
                                            numeric_vjp, randomize)
-
-NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
 
 def e3_ws(w, gain, eps=1e-4):
     """elektronn3 ``standardize_weight``: ``var, mean = torch.var_mean(w, dim=all but 0)`` (unbiased),
@@ -32,26 +31,15 @@ def e3_ws(w, gain, eps=1e-4):
     return w * scale - mean * scale
 
 
-def torch_same_pads(k, d):
-    total = d * (k - 1)
-    return (total // 2, total - total // 2)
-
-
 def literal_wsconv(x, params, nd, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", eps=1e-4):
-    """WSConv*d from its definition: WS, pad the NC* input with numpy, convolve with naive_conv."""
+    """WSConv*d from its definition: WS, pad the NC* input with numpy (PyTorch's padding rule and
+    modes, naive.py), convolve with naive_conv."""
     unbatched = x.ndim == nd + 1
     xb = x[None] if unbatched else x
     w = e3_ws(params["weight"], params["gain"], eps)
     k = w.shape[2:]
     d = (dilation,) * nd if isinstance(dilation, int) else tuple(dilation)
-    if padding == "same":
-        pads = [torch_same_pads(kk, dd) for kk, dd in zip(k, d)]
-    elif padding == "valid":
-        pads = [(0, 0)] * nd
-    else:
-        pads = [(p, p) for p in ((padding,) * nd if isinstance(padding, int) else padding)]
-    xp = np.pad(xb, [(0, 0), (0, 0), *pads], mode=NP_PAD_MODE[padding_mode])
-    x_cl = np.moveaxis(xp, 1, -1)
+    x_cl = np.moveaxis(naive_torch_pad(xb, naive_torch_pads(padding, k, d), padding_mode), 1, -1)
     w_hwio = np.moveaxis(w, (0, 1), (-1, -2))            # (O, I/g, *k) -> (*k, I/g, O)
     y = np.moveaxis(naive_conv(x_cl, w_hwio, stride, None, 1, d, groups), -1, 1)
     if "bias" in params:
@@ -98,6 +86,7 @@ CONV_CASES = [
     (1, dict(in_channels=2, out_channels=3, kernel_size=3), (2, 2, 7)),
     (1, dict(in_channels=4, out_channels=2, kernel_size=2, stride=2, groups=2, bias=False), (2, 4, 7)),
     (2, dict(in_channels=2, out_channels=4, kernel_size=(3, 2), padding="same", dilation=(1, 2)), (2, 2, 5, 5)),
+    (1, dict(in_channels=2, out_channels=2, kernel_size=4, padding="same"), (2, 2, 6)),   # odd total: (1, 2)
     (2, dict(in_channels=2, out_channels=2, kernel_size=3, padding=(1, 2), padding_mode="reflect"), (2, 6, 5)),
     (2, dict(in_channels=4, out_channels=2, kernel_size=2, padding=1, groups=2, padding_mode="replicate"),
      (1, 4, 4, 3)),
@@ -205,7 +194,8 @@ def _torch_f():
     return torch, torch.nn.functional
 
 
-@pytest.mark.parametrize("nd, kwargs, x_shape", CONV_CASES[2:6])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")   # torch's copy notice
+@pytest.mark.parametrize("nd, kwargs, x_shape", CONV_CASES[2:7])
 def test_wsconv_matches_torch_functional(nd, kwargs, x_shape):
     torch, F = _torch_f()
     layer = _layer(getattr(nn, f"WSConv{nd}d"), **kwargs)
