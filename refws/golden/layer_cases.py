@@ -18,9 +18,10 @@ from typing import Callable
 import numpy as np
 
 from .. import conv as conv_fn
-from .. import conv_transpose, conv_transpose_vjp, conv_vjp
+from .. import conv_transpose, conv_transpose_lax, conv_transpose_lax_vjp, conv_transpose_vjp, conv_vjp
 from ..arrays import from_canonical, to_canonical
 from ..geometry import as_int_tuple
+from ..nn.brainstate import flip_swap_io
 from ..nn.elektronn3 import from_hwio, to_hwio, torch_pads
 from ..pad import pad as pad_fn
 from ..pad import pad_vjp
@@ -44,6 +45,31 @@ def _e3(name, cls, x_shape, output_size=None, **kwargs):
     if output_size is not None:
         p["output_size"] = output_size
     return Case(f"elektronn3/{name}", "elektronn3", p)
+
+
+def _brainstate_transpose_cases() -> list:
+    """brainstate ConvTranspose1d/2d/3d: strides 1-3, SAME / VALID / explicit pads (negative too),
+    rhs dilation, groups, mask, bias, channel_first, unbatched."""
+    def ct(name, nd, x_shape, mask=False, **kw):
+        return _bs(f"ConvTranspose{nd}d_{name}", f"ConvTranspose{nd}d", x_shape, mask=mask, **kw)
+    c1, c2, c3 = (dict(in_size=list(sp) + [4], out_channels=6, kernel_size=3) for sp in ((5,), (4, 3), (3, 2, 3)))
+    return [
+        ct("default", 1, (2, 5, 4), **c1),
+        ct("s2_valid_bias", 1, (2, 5, 4), b_init=True, **dict(c1, stride=2, padding="VALID")),
+        ct("s3_lohi_rhs2_mask", 1, (2, 5, 4), mask=True, **dict(c1, stride=3, padding=[1, 2], rhs_dilation=2)),
+        ct("default", 2, (2, 4, 3, 4), **c2),
+        ct("s2_same_groups2_bias", 2, (2, 4, 3, 4), b_init=True, **dict(c2, stride=2, groups=2)),
+        ct("s3_valid_rhs2", 2, (1, 4, 3, 4), **dict(c2, stride=3, padding="VALID", rhs_dilation=2)),
+        ct("pairs_neg_mask", 2, (2, 4, 3, 4), mask=True, **dict(c2, stride=[2, 1], padding=[[2, -1], [2, 0]])),
+        ct("channel_first", 2, (2, 4, 4, 3), b_init=True, mask=True,
+           **dict(c2, in_size=[4, 4, 3], channel_first=True, stride=2, kernel_size=[3, 2])),
+        ct("unbatched_int_pad", 2, (4, 3, 4), b_init=True, **dict(c2, stride=2, padding=1)),
+        ct("s2_same_bias_mask", 3, (1, 3, 2, 3, 4), b_init=True, mask=True, **dict(c3, stride=2)),
+        ct("s3_valid_groups2_channel_first", 3, (1, 4, 3, 2, 3), b_init=True,
+           **dict(c3, in_size=[4, 3, 2, 3], channel_first=True, stride=3, padding="VALID", groups=2, kernel_size=2)),
+        ct("aniso_pairs_rhs", 3, (1, 3, 2, 3, 4),
+           **dict(c3, stride=[1, 2, 3], padding=[[0, 1], [1, 1], [2, 0]], rhs_dilation=[1, 1, 2], kernel_size=2)),
+    ]
 
 
 def layer_cases() -> list:
@@ -75,6 +101,7 @@ def layer_cases() -> list:
         out.append(_bs(f"{cls}_batch_dims", cls, (2, 3, 5), in_size=5, out_size=4))
     out.append(_bs("ScaledWSLinear_no_gain", "ScaledWSLinear", (3, 5), in_size=5, out_size=4, ws_gain=False))
     out.append(_bs("Linear_no_bias", "Linear", (3, 5), in_size=5, out_size=4, b_init=False))
+    out.extend(_brainstate_transpose_cases())
 
     for nd, sp in spatial.items():
         cls = f"WSConv{nd}d"
@@ -133,6 +160,8 @@ def _brainstate(p) -> LayerMath:
         return LayerMath(core, core_vjp, (n_in, n_out), -1, variant, (1, n_out) if ws_gain else None,
                          (n_out,) if has_bias else None, -1, n_in)
     nd = int(cls[-2])
+    if cls.startswith("ConvTranspose"):
+        return _brainstate_transpose(p, nd)
     cf = kw.get("channel_first", False)
     c_in = kw["in_size"][0] if cf else kw["in_size"][-1]
     groups, c_out = kw.get("groups", 1), kw["out_channels"]
@@ -145,6 +174,27 @@ def _brainstate(p) -> LayerMath:
     return LayerMath(lambda x, w: conv_fn(x, w, **args), lambda x, w, dy: conv_vjp(x, w, dy, **args),
                      (*k, c_in // groups, c_out), -1, variant, (1,) * (nd + 1) + (c_out,) if ws_gain else None,
                      bias_shape, (1 if batched else 0) if cf else -1, int(np.prod(k)) * (c_in // groups))
+
+
+def _brainstate_transpose(p, nd) -> LayerMath:
+    """brainstate ConvTranspose: ``conv_transpose_lax(x, flip_swap_io(W), stride, padding, rhs_dilation,
+    groups)``, weight ``(*k, C_out, C_in // groups)``, no WS; bias and channel axis as for Conv."""
+    kw = p["kwargs"]
+    cf = kw.get("channel_first", False)
+    c_in = kw["in_size"][0] if cf else kw["in_size"][-1]
+    groups, c_out = kw.get("groups", 1), kw["out_channels"]
+    k = as_int_tuple(kw["kernel_size"], nd, "kernel_size")
+    args = dict(strides=kw.get("stride", 1), padding=kw.get("padding", "SAME"), rhs_dilation=kw.get("rhs_dilation", 1),
+                groups=groups, channel_first=cf)
+
+    def core_vjp(x, w, dy):
+        dx, dw = conv_transpose_lax_vjp(x, flip_swap_io(w), dy, **args)
+        return dx, flip_swap_io(dw)
+    batched = len(p["x_shape"]) == nd + 2
+    bias_shape = ((1, c_out) + (1,) * nd if cf else (1,) * nd + (c_out,)) if kw.get("b_init") else None
+    return LayerMath(lambda x, w: conv_transpose_lax(x, flip_swap_io(w), **args), core_vjp,
+                     (*k, c_out, c_in // groups), -2, None, None, bias_shape,
+                     (1 if batched else 0) if cf else -1, int(np.prod(k)) * (c_in // groups))
 
 
 def _elektronn3(p) -> LayerMath:

@@ -46,7 +46,7 @@ from .base import (Layer, ParamDict, WeightPipeline, check_positive_int, fixed_r
 
 __all__ = ["Conv", "Conv1d", "Conv2d", "Conv3d", "ScaledWSConv", "ScaledWSConv1d", "ScaledWSConv2d",
            "ScaledWSConv3d", "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-           "Linear", "ScaledWSLinear"]
+           "Linear", "ScaledWSLinear", "flip_swap_io"]
 
 _WS = dict(spec="brainstate", out_axis=-1)
 
@@ -253,7 +253,7 @@ ScaledWSConv3d = fixed_rank(ScaledWSConv, 3, __name__, "weight-standardized 3-d 
 
 # --- transposed convolutions ------------------------------------------------------------------
 
-def _flip_swap(w: np.ndarray) -> np.ndarray:
+def flip_swap_io(w: np.ndarray) -> np.ndarray:
     """brainstate's ``(*k, C_out, C_in // G)`` kernel as the ``(*k, C_in // G, C_out)`` kernel its
     ``conv_general_dilated`` call applies: spatially flipped, the last two axes exchanged (the
     transposed dimension numbers read axis -2 as the output features). Its own inverse and adjoint."""
@@ -304,11 +304,11 @@ class ConvTranspose(Conv):
                     channel_first=self.channel_first)
 
     def _op(self, x, w):
-        return conv_transpose_lax(x, _flip_swap(w), **self._transpose_kwargs())
+        return conv_transpose_lax(x, flip_swap_io(w), **self._transpose_kwargs())
 
     def _op_vjp(self, x, w, dy):
-        dx, dw = conv_transpose_lax_vjp(x, _flip_swap(w), dy, **self._transpose_kwargs())
-        return dx, _flip_swap(dw)
+        dx, dw = conv_transpose_lax_vjp(x, flip_swap_io(w), dy, **self._transpose_kwargs())
+        return dx, flip_swap_io(dw)
 
 
 ConvTranspose1d = fixed_rank(ConvTranspose, 1, __name__, "input ``(B, L, C)``, kernel ``(k, C_out, C_in // groups)``.")
