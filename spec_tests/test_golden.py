@@ -36,6 +36,7 @@ from refws.golden.store import GoldenError, npz_bytes, read_npz
 
 from .naive import (as_tuple, from_channels_last, naive_conv_transpose_weight_grad, naive_conv_vjp,
                     naive_explicit_pads, naive_out_size, naive_torch_pad, naive_torch_pads, to_channels_last)
+from .test_nn_brainstate_transpose import transcribed_pads
 
 ROOT = Path(__file__).resolve().parents[1] / "golden"
 pytestmark = pytest.mark.skipif(not (ROOT / "manifest.json").exists(), reason="golden/ not built")
@@ -579,7 +580,10 @@ class _LayerDef:
 
 def _brainstate_def(p, x_shape) -> _LayerDef:
     """brainstate 0.6.0: HWIO kernel in both layouts, lax padding (SAME: odd element at the end),
-    NFNets WS over every axis but the last; Linear: ``x @ W`` over the last axis of x."""
+    NFNets WS over every axis but the last; Linear: ``x @ W`` over the last axis of x;
+    ConvTranspose: lax's conv with ``lhs_dilation = stride`` and window stride 1, its kernel
+    ``(*k, C_out, C_in/g)`` flipped spatially and read as HWIO, SAME / VALID by lax.conv_transpose's
+    rule (``transcribed_pads`` of test_nn_brainstate_transpose.py), explicit pads as given."""
     cls, kw = p["cls"], p["kwargs"]
     ws = None
     if cls.startswith("ScaledWS"):
@@ -596,14 +600,20 @@ def _brainstate_def(p, x_shape) -> _LayerDef:
     k = as_tuple(kw["kernel_size"], nd)
     s, L, d = (as_tuple(kw.get(a, 1), nd) for a in ("stride", "lhs_dilation", "rhs_dilation"))
     x_cl_shape = to_channels_last(np.empty(x_shape), cf, batched).shape
-    pads = naive_explicit_pads(kw.get("padding", "SAME"), x_cl_shape[1:-1], k, s, L, d)
+    transpose = cls.startswith("ConvTranspose")
+    if transpose:                                        # the stride dilates the input; the window moves by 1
+        s, L = (1,) * nd, s
+        pads = transcribed_pads(kw.get("padding", "SAME"), x_cl_shape[1:-1], k, L, d)
+    else:
+        pads = naive_explicit_pads(kw.get("padding", "SAME"), x_cl_shape[1:-1], k, s, L, d)
     out = [naive_out_size(*a) for a in zip(x_cl_shape[1:-1], k, s, pads, L, d)]
     y_shape = from_channels_last(np.empty((x_cl_shape[0], *out, c_out)), cf, batched).shape
 
     def wgrad(x, dy):
         w0 = np.zeros((*k, c_in // groups, c_out))
-        return naive_conv_vjp(to_channels_last(x, cf, batched), w0, to_channels_last(dy, cf, batched),
-                              s, pads, L, d, groups)[1]
+        dw = naive_conv_vjp(to_channels_last(x, cf, batched), w0, to_channels_last(dy, cf, batched),
+                            s, pads, L, d, groups)[1]
+        return np.flip(np.swapaxes(dw, -1, -2), axis=tuple(range(nd))) if transpose else dw
     return _LayerDef(wgrad, y_shape, (1 if batched else 0) if cf else -1, ws)
 
 
