@@ -4,8 +4,9 @@ The references are the stored golden arrays, which are exact (bilinear outputs) 
 rounded (WS and layer outputs), so they are independent of the adapter. The bounds are the ones
 docs/golden-format.md states:
 
-- bilinear outputs (``conv``, ``conv_transpose`` suites): ``gamma_K(u) * absbound`` with ``K`` the
-  manifest's ``terms``; at float64 torch is bit-exact there (no rounding happens at all);
+- bilinear outputs (``conv``, ``conv_transpose`` suites, layers without standardization):
+  ``gamma_K(u) * absbound`` with ``K`` the manifest's ``terms`` where the store has both; at
+  float64 torch is bit-exact there (no rounding happens at all);
 - outputs through a weight standardization (``ws`` suite, layer suites): the usual first-order
   practice, a few ``n u`` times the magnitude (``absbound`` where stored, else ``max |exact|``),
   ``n`` the weights per output channel.
@@ -38,9 +39,11 @@ CASES = {
            "ws/bit_hwio_no_gain", "ws/timm_std_oihw_eps_1e-2"],
     "brainstate": ["brainstate/Conv2d_lhs_dilation_pairs", "brainstate/ScaledWSConv2d_channel_first_unbatched",
                    "brainstate/ScaledWSLinear_mask", "brainstate/Linear_no_bias", "brainstate/ScaledWSConv1d_no_gain",
-                   "brainstate/Conv3d_groups_stride"],
-    "elektronn3": ["elektronn3/WSConv2d_reflect", "elektronn3/WSConv3d_circular", "elektronn3/WSConv1d_same_dilation",
-                   "elektronn3/WSConvTranspose2d_output_size", "elektronn3/WSConvTranspose3d_groups_dilation_no_bias"],
+                   "brainstate/Conv3d_groups_stride", "brainstate/ConvTranspose2d_pairs_neg_mask",
+                   "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first"],
+    "elektronn3": ["elektronn3/WSConv2d_reflect", "elektronn3/WSConv3d_circular",
+                   "elektronn3/WSConv1d_same_dilation", "elektronn3/WSConvTranspose2d_output_size",
+                   "elektronn3/WSConvTranspose3d_groups_dilation_no_bias"],
 }
 
 _BACKENDS = {}
@@ -102,14 +105,19 @@ def _bias_grad_bound_data(case):
     return np.abs(dy).sum(axis=axes), dy.size // dy.shape[axis]
 
 
+def standardized(case) -> bool:
+    """Whether the case's outputs go through a weight standardization (else they are bilinear)."""
+    return case.suite in ("ws", "elektronn3") or case.params.get("cls", "").startswith("ScaledWS")
+
+
 def tolerance(case, name, precision) -> np.ndarray:
     exact, u = case[name], UNIT[precision]
     absbound = case.arrays.get(name + "__absbound")
-    if case.suite in ("conv", "conv_transpose"):
-        if absbound is None and name == "db":
-            absbound, K = _bias_grad_bound_data(case)
-        else:
-            K = case.terms[name]
+    if case.suite in ("conv", "conv_transpose") and absbound is None and name == "db":
+        absbound, K = _bias_grad_bound_data(case)
+        return K * u / (1 - K * u) * absbound
+    if not standardized(case) and absbound is not None and name in case.terms:
+        K = case.terms[name]
         return K * u / (1 - K * u) * absbound
     n = _per_channel_n(case)
     scale = absbound if absbound is not None else np.abs(exact).max(initial=0.0)
@@ -119,6 +127,8 @@ def tolerance(case, name, precision) -> np.ndarray:
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("name", [n for names in CASES.values() for n in names])
 def test_golden_case_within_documented_bound(name, precision):
+    if name not in golden.store.read_manifest()["cases"]:
+        pytest.skip(f"{name} is in the catalog but not yet in this golden store (rebuild golden/)")
     case = golden.load(name)
     got = outputs(backend(precision), case)
     expected = {k for k in case.arrays if "__" not in k and (k in got or k in ("y", "dx", "ty"))}
@@ -128,7 +138,7 @@ def test_golden_case_within_documented_bound(name, precision):
         value = np.asarray(value, dtype=np.float64)
         assert value.shape == exact.shape, (name, array)
         assert np.all(np.isfinite(value)), (name, array)
-        if precision == "float64" and case.suite in ("conv", "conv_transpose"):
+        if precision == "float64" and not standardized(case):
             assert np.array_equal(value, exact), f"{name} {array}: float64 torch should be bit-exact"
         err = np.abs(value - exact)
         bound = tolerance(case, array, precision)

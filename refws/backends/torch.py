@@ -57,6 +57,7 @@ import numpy as np
 
 from ..conformance.protocol import NotExpressible, Unimplemented
 from ..geometry import conv_geometry
+from ..grads import lax_transpose_geometry
 from ..ws import resolve_spec
 
 __all__ = ["TorchBackend"]
@@ -250,11 +251,8 @@ class TorchBackend:
 
     def _conv_setup(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
                     channel_first=False):
-        """The geometry (explicit pads from refws.conv_geometry) and ``f(x, w)``; ``x`` batched or not
-        (only the shapes of ``x`` and ``w`` are read)."""
-        nd = np.ndim(w) - 2
-        x_shape = np.shape(x)
-        spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
+        """The geometry (explicit pads from refws.conv_geometry) and ``f(x, w)``; ``x`` batched or not."""
+        spatial = _spatial(np.shape(x), np.ndim(w) - 2, channel_first)
         g = conv_geometry(spatial, np.shape(w)[:-2], stride, padding, lhs_dilation, rhs_dilation)
         return g, self._conv_fn(g, int(groups), bool(channel_first))
 
@@ -431,19 +429,23 @@ class TorchBackend:
         return f, ["x", "weight", "gain"] + ["bias"] * has_bias
 
     def _brainstate_fn(self, params, arrays):
-        """brainstate's Conv*d / ScaledWSConv*d / Linear / ScaledWSLinear (as refws.nn.brainstate):
-        ``y = core(x, W) + bias`` with ``W = WS(weight, gain) * w_mask`` (NFNets WS, axis -1)."""
+        """brainstate's Conv*d / ScaledWSConv*d / ConvTranspose*d / Linear / ScaledWSLinear (as
+        refws.nn.brainstate): ``y = core(x, W) + bias`` with ``W = WS(weight, gain) * w_mask``
+        (NFNets WS, axis -1; only the ScaledWS layers standardize)."""
         cls, kw = params["cls"], params["kwargs"]
-        match = re.fullmatch(r"(ScaledWS)?(Conv([123])d|Linear)", cls)
+        match = re.fullmatch(r"(ScaledWS)?(Linear|Conv([123])d)|ConvTranspose([123])d", cls)
         if match is None:
-            raise ValueError(f"cls={cls!r}: expected a brainstate layer of the golden suite "
-                             "(Conv1d/2d/3d, ScaledWSConv1d/2d/3d, Linear, ScaledWSLinear)")
+            raise ValueError(f"cls={cls!r}: expected a brainstate layer of the golden suite (Conv1d/2d/3d, "
+                             "ScaledWSConv1d/2d/3d, ConvTranspose1d/2d/3d, Linear, ScaledWSLinear)")
         scaled, linear = match.group(1) is not None, match.group(2) == "Linear"
         has_gain = scaled and kw.get("ws_gain", True)
         has_bias = bool(kw.get("b_init", True) if linear else kw.get("b_init"))   # brainstate's defaults
         ws = self._ws_fn(np.shape(arrays["weight"]), kw.get("eps", 1e-4), -1, "brainstate") if scaled else None
         mask = self._t(arrays["w_mask"]) if params.get("mask") else None
-        core = _linear if linear else self._brainstate_conv(params, arrays["weight"], int(match.group(3)))
+        if linear:
+            core = _linear
+        else:
+            core = self._brainstate_conv(params, np.shape(arrays["weight"]), transposed=match.group(4) is not None)
 
         def f(x, weight, *rest):
             gain = rest[0] if has_gain else None
@@ -452,17 +454,30 @@ class TorchBackend:
             return core(x, w_eff if mask is None else w_eff * mask, bias)
         return f, ["x", "weight"] + ["gain"] * has_gain + ["bias"] * has_bias
 
-    def _brainstate_conv(self, params, weight, nd):
-        """``core(x, W, b)`` of brainstate's Conv{nd}d: lax padding, HWIO kernel, bias per channel."""
+    def _brainstate_conv(self, params, w_shape, transposed):
+        """``core(x, W, b)`` of brainstate's Conv{N}d or ConvTranspose{N}d: bias per channel.
+
+        Conv: lax padding, HWIO kernel. ConvTranspose: what brainstate computes, a convolution with
+        window stride 1, ``lhs_dilation = stride``, the kernel ``(*k, C_out, C_in // G)`` flipped
+        spatially with its last two axes exchanged, and jax.lax.conv_transpose's pads for
+        'SAME' / 'VALID' (from refws.grads.lax_transpose_geometry; explicit pads as given).
+        """
         kw = params["kwargs"]
+        nd = len(w_shape) - 2
         cf = bool(kw.get("channel_first", False))
         unbatched = len(params["x_shape"]) == nd + 1
-        conv_kw = {k: kw[k] for k in ("stride", "padding", "lhs_dilation", "rhs_dilation", "groups") if k in kw}
-        x_like = np.broadcast_to(0.0, params["x_shape"])         # the shape is all _conv_setup reads
-        g, conv = self._conv_setup(x_like, weight, channel_first=cf, **conv_kw)
+        spatial = _spatial(params["x_shape"], nd, cf)
+        stride, padding, rhs = kw.get("stride", 1), kw.get("padding", "SAME"), kw.get("rhs_dilation", 1)
+        if transposed:
+            g = lax_transpose_geometry(spatial, w_shape[:-2], stride, padding, rhs)
+        else:
+            g = conv_geometry(spatial, w_shape[:-2], stride, padding, kw.get("lhs_dilation", 1), rhs)
+        conv = self._conv_fn(g, int(kw.get("groups", 1)), cf)
         channel_axis = 1 if cf else -1
 
         def core(x, w, b):
+            if transposed:
+                w = w.flip(tuple(range(nd))).transpose(-1, -2)
             # brainstate expands an unbatched input, convolves, adds the bias and squeezes.
             xb = x.unsqueeze(0) if unbatched else x
             with _refusals(g.out_spatial):
@@ -473,6 +488,11 @@ class TorchBackend:
                 y = y + b.reshape(shape)
             return y.squeeze(0) if unbatched else y
         return core
+
+
+def _spatial(x_shape, nd: int, channel_first: bool) -> tuple:
+    """The spatial sizes of an input-like shape, batched or not."""
+    return tuple(x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1])
 
 
 def _linear(x, w, b):
