@@ -1,6 +1,9 @@
 r"""NumPy mirrors of elektronn3 0.1.1's ``WSConv1d/2d/3d``, ``WSConvTranspose2d/3d`` and ``FWS``
-(``elektronn3/modules/wsconv.py``), implementing their documented intent (docs/layers.md lists
-where 0.1.1 itself deviates from it).
+(``elektronn3/modules/wsconv.py``). By default they implement the library's documented intent;
+``behaviour="0.1.1"`` (keyword only, every class) reproduces what 0.1.1's code computes instead
+(docs/layers.md lists the differences per class): ``padding_mode`` ignored by ``WSConv*d``, the raw
+weight in ``WSConvTranspose2d``, ``WSConvTranspose3d`` failing, ``eps`` as a float32 scalar, NaN
+for one weight element per channel.
 
 PyTorch layouts at the door, channels-last inside (this module is the one place where NCHW and
 OIHW are converted)::
@@ -36,14 +39,61 @@ from ..conv import check_groups, conv
 from ..geometry import as_int_tuple, conv_geometry
 from ..grads import bias_vjp, conv_transpose, conv_transpose_vjp, conv_vjp, transpose_geometry
 from ..pad import pad, pad_vjp
-from ..ws import weight_standardize
 from .base import Layer, ParamDict, WeightPipeline, check_positive_int, fixed_rank, make_rng, spatial_dims
 
 __all__ = ["WSConv", "WSConv1d", "WSConv2d", "WSConv3d", "WSConvTranspose", "WSConvTranspose2d",
-           "WSConvTranspose3d", "FWS"]
+           "WSConvTranspose3d", "FWS", "BEHAVIOURS"]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _WS = dict(spec="elektronn3", out_axis=0)
+#: ``"intent"``: what elektronn3 documents (the default); ``"0.1.1"``: what its 0.1.1 code computes.
+BEHAVIOURS = ("intent", "0.1.1")
+
+
+def _check_behaviour(behaviour) -> str:
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour={behaviour!r}: expected one of {BEHAVIOURS}")
+    return behaviour
+
+
+class _ReleasedWS(WeightPipeline):
+    """elektronn3 0.1.1's WS as its code runs it: ``eps`` enters as ``torch.tensor(eps)``, a float32
+    scalar (so the clamp uses ``float32(eps)``), and with one element per output channel the unbiased
+    variance is 0/0: every standardized value, and every gradient through them, is NaN."""
+
+    @staticmethod
+    def _degenerate(params) -> bool:
+        w = params["weight"]
+        return w.size == w.shape[0]              # n = 1 element per channel (ddof 1)
+
+    @staticmethod
+    def _eps32(eps):
+        return float(np.float32(1e-4 if eps is None else eps))
+
+    def effective(self, params, eps=None) -> np.ndarray:
+        if self._degenerate(params):
+            return np.full(params["weight"].shape, np.nan)
+        return super().effective(params, self._eps32(eps))
+
+    def grads(self, params, dw_eff, eps=None) -> dict:
+        if self._degenerate(params):
+            return {"weight": np.full(dw_eff.shape, np.nan), "gain": np.full(params["gain"].shape, np.nan)}
+        return super().grads(params, dw_eff, self._eps32(eps))
+
+
+class _RawWeight(WeightPipeline):
+    """0.1.1's ``WSConvTranspose2d.forward``: the convolution gets the raw ``self.weight``; the gain is
+    unused (PyTorch leaves its ``.grad`` None; zeros here)."""
+
+    def __init__(self):
+        super().__init__(None, None)
+
+    def grads(self, params, dw_eff, eps=None) -> dict:
+        return {"weight": dw_eff, "gain": np.zeros_like(params["gain"])}
+
+
+def _ws_pipeline(behaviour: str) -> WeightPipeline:
+    return (_ReleasedWS if behaviour == "0.1.1" else WeightPipeline)(None, dict(_WS, eps=1e-4))
 
 
 def to_hwio(w: np.ndarray) -> np.ndarray:
@@ -84,8 +134,14 @@ class _WSConvBase(_TorchModule):
     transposed = False
 
     def _setup(self, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode,
-               rng, num_spatial_dims):
+               rng, num_spatial_dims, behaviour):
         self.num_spatial_dims = n = spatial_dims(self, num_spatial_dims)
+        self.behaviour = _check_behaviour(behaviour)
+        self.released = behaviour == "0.1.1"
+        released_dims = (2, 3) if self.transposed else (1, 2, 3)
+        if self.released and n not in released_dims:
+            raise ValueError(f"behaviour='0.1.1' with num_spatial_dims={n}: elektronn3 0.1.1 has no "
+                             f"{type(self).__name__.rstrip('d')}{n}d (only {released_dims})")
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.groups = check_groups(groups)
@@ -108,11 +164,13 @@ class _WSConvBase(_TorchModule):
             params["bias"] = rng.uniform(-bound, bound, size=self.out_channels)
         params["gain"] = np.ones(self.weight_shape[0])
         self._params = ParamDict(params)
-        self._weights = WeightPipeline(None, dict(_WS, eps=1e-4))
+        self._ws = _ws_pipeline(behaviour)
+        self._weights = self._ws                 # the kernel the convolution uses (see WSConvTranspose)
 
     def standardize_weight(self, eps=1e-4) -> np.ndarray:
-        """The standardized weight ``w_hat`` in PyTorch layout (elektronn3's method of that name)."""
-        return self._weights.effective(self._params, eps)
+        """The standardized weight ``w_hat`` in PyTorch layout (elektronn3's method of that name;
+        with ``behaviour='0.1.1'`` as 0.1.1 computes it: float32 ``eps``, NaN for one element per channel)."""
+        return self._ws.effective(self._params, eps)
 
     def _canonical_input(self, x):
         """Check an NC* input as PyTorch does; return it batched channels-last and the unbatched flag."""
@@ -131,7 +189,7 @@ class _WSConvBase(_TorchModule):
 
     def _forward(self, x, eps, **kw):
         x_cl, unbatched = self._canonical_input(x)
-        y = self._core(x_cl, to_hwio(self.standardize_weight(eps)), **kw)
+        y = self._core(x_cl, to_hwio(self._weights.effective(self._params, eps)), **kw)
         if "bias" in self._params:
             y = y + self._params["bias"]
         return from_canonical(y, True, unbatched)
@@ -146,7 +204,7 @@ class _WSConvBase(_TorchModule):
             raise ValueError(f"dy.shape={dy.shape}: expected {expected}, the shape of the output for "
                              f"input of size {list(np.shape(x))}")
         dy_cl = to_canonical(dy, True, unbatched)
-        dx, dw = self._core_vjp(x_cl, to_hwio(self.standardize_weight(eps)), dy_cl, **kw)
+        dx, dw = self._core_vjp(x_cl, to_hwio(self._weights.effective(self._params, eps)), dy_cl, **kw)
         grads = self._weights.grads(self._params, from_hwio(dw), eps)
         if "bias" in self._params:
             grads["bias"] = bias_vjp(dy_cl)
@@ -189,12 +247,17 @@ class WSConv(_WSConvBase):
         via :func:`refws.pad`; the VJP goes through its adjoint :func:`refws.pad.pad_vjp`)
     rng : numpy Generator, int seed or None (keyword only): source of the initial values
     num_spatial_dims : int, keyword only, for the general class (the subclasses fix it)
+    behaviour : ``"intent"`` (default) or ``"0.1.1"`` (keyword only). ``"0.1.1"``: as 0.1.1's
+        ``forward``, which calls ``F.conv{N}d(input, weight, bias, stride, padding, ...)`` directly:
+        ``padding_mode`` is checked but ignored (zero padding always); ``eps`` as a float32 scalar;
+        NaN (outputs, ``dx``, ``weight`` and ``gain`` gradients) for one weight element per channel,
+        where the default raises ValueError.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", *, rng=None, num_spatial_dims=None):
+                 bias=True, padding_mode="zeros", *, rng=None, num_spatial_dims=None, behaviour="intent"):
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode, rng,
-                    num_spatial_dims)
+                    num_spatial_dims, behaviour)
         self.padding = padding
         self.pads = torch_pads(padding, self.kernel_size, self.stride, self.dilation)
 
@@ -206,9 +269,13 @@ class WSConv(_WSConvBase):
         """``(dx, grads)`` for the output cotangent ``dy`` (the shape of ``forward(input, eps)``)."""
         return self._vjp(input, dy, eps)
 
+    @property
+    def _zero_padded(self) -> bool:
+        return self.padding_mode == "zeros" or self.released        # 0.1.1 ignores padding_mode
+
     def _padded(self, x_cl):
         """The input as the convolution sees it and the pads left for the convolution itself."""
-        if self.padding_mode == "zeros":
+        if self._zero_padded:
             return x_cl, self.pads
         return pad(x_cl, self.pads, self.padding_mode, axes=self._spatial_axes), ((0, 0),) * self.num_spatial_dims
 
@@ -226,8 +293,7 @@ class WSConv(_WSConvBase):
     def _core_vjp(self, x_cl, w, dy_cl):
         xp, pads = self._padded(x_cl)
         dxp, dw = conv_vjp(xp, w, dy_cl, **self._conv_kwargs(pads))
-        dx = dxp if self.padding_mode == "zeros" else pad_vjp(dxp, self.pads, self.padding_mode,
-                                                              axes=self._spatial_axes)
+        dx = dxp if self._zero_padded else pad_vjp(dxp, self.pads, self.padding_mode, axes=self._spatial_axes)
         return dx, dw
 
     def _out_spatial(self, in_spatial):
@@ -243,14 +309,24 @@ class WSConvTranspose(_WSConvBase):
     PyTorch semantics); ``forward(x, output_size=None, eps=1e-4)`` honours ``output_size`` (the
     spatial sizes, optionally preceded by batch and channel sizes) as PyTorch's ConvTranspose does.
     ``padding`` is an int or N ints; ``padding_mode`` must be ``'zeros'`` (PyTorch refuses others).
+
+    ``behaviour="0.1.1"`` (keyword only) reproduces 0.1.1's ``forward``: ``WSConvTranspose2d`` computes
+    the standardized weight and then convolves with the **raw** ``weight`` (the gain has no effect; its
+    gradient is zeros here, ``None`` in PyTorch) and ignores ``output_size`` (the output keeps the
+    ``output_padding`` size); ``WSConvTranspose3d`` calls ``F.conv_transpose2d`` on its 5-d operands,
+    so every call raises RuntimeError with PyTorch's message. ``standardize_weight(eps)`` uses the
+    float32 ``eps`` and gives NaN for one weight element per channel, as 0.1.1's method does.
     """
 
     transposed = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups=1, bias=True, dilation=1, padding_mode="zeros", *, rng=None, num_spatial_dims=None):
+                 groups=1, bias=True, dilation=1, padding_mode="zeros", *, rng=None, num_spatial_dims=None,
+                 behaviour="intent"):
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode, rng,
-                    num_spatial_dims)
+                    num_spatial_dims, behaviour)
+        if self.released:
+            self._weights = _RawWeight()
         if padding_mode != "zeros":
             raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__} '
                              f"(got padding_mode={padding_mode!r})")
@@ -264,16 +340,33 @@ class WSConvTranspose(_WSConvBase):
     def forward(self, input, output_size=None, eps=1e-4):
         """``y`` ``(N, C_out, *out)``, ``out = (n - 1) s - 2 p + d (k - 1) + output_padding + 1``
         (``output_padding`` derived from ``output_size`` when given)."""
+        self._fail_as_released(input)
         return self._forward(input, eps, output_size=self._spatial_size(input, output_size))
 
     def vjp(self, input, dy, output_size=None, eps=1e-4):
         """``(dx, grads)`` for the output cotangent ``dy`` (the shape of ``forward(input, output_size, eps)``)."""
+        self._fail_as_released(input)
         return self._vjp(input, dy, eps, output_size=self._spatial_size(input, output_size))
+
+    def _fail_as_released(self, x):
+        """0.1.1's WSConvTranspose3d.forward: ``F.conv_transpose2d`` on a 5-d weight; PyTorch's errors."""
+        if not (self.released and self.num_spatial_dims == 3):
+            return
+        shape = list(np.shape(x))
+        if len(shape) in (3, 4):                 # conv_transpose2d batches a 3-d input first
+            got = [1] + shape if len(shape) == 3 else shape
+            detail = (f"Expected 5-dimensional input for 5-dimensional weight {list(self.weight_shape)}, but got "
+                      f"4-dimensional input of size {got} instead")
+        else:
+            detail = ("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input of "
+                      f"size: {shape}")
+        raise RuntimeError(f"{detail} (elektronn3 0.1.1's WSConvTranspose3d.forward calls F.conv_transpose2d; "
+                           "behaviour='intent' computes the 3-d transposed convolution)")
 
     def _spatial_size(self, x, output_size):
         """Drop the leading non-spatial sizes (2 batched, 1 unbatched: PyTorch's rule) here, where
-        the input is still in its PyTorch layout."""
-        if output_size is None:
+        the input is still in its PyTorch layout. 0.1.1 ignores ``output_size``."""
+        if output_size is None or self.released:
             return None
         sizes = list(output_size)
         n_non_spatial = 1 if np.ndim(x) == self.num_spatial_dims + 1 else 2
@@ -314,12 +407,19 @@ class FWS(_TorchModule):
     ``(dx, grads)`` as PyTorch autograd would after that forward: elektronn3 updates the weight
     under ``torch.no_grad()``, so ``'layer.weight'`` gets the gradient at the standardized weight
     and ``'gain'`` gets none (zeros here). Use it *instead of* a call, not after one.
+
+    ``behaviour`` (keyword only): ``"intent"``, ``"0.1.1"`` or None (default: the wrapped layer's).
+    ``"0.1.1"``: ``eps`` is the float32 buffer 0.1.1 registers, and a weight with one element per
+    output channel becomes NaN in place (0.1.1's unbiased variance is 0/0) where ``"intent"`` raises
+    ValueError. The wrapped layer keeps its own ``behaviour``.
     """
 
-    def __init__(self, layer, learnable_gain=True, const_eval=False, eps=1e-4):
+    def __init__(self, layer, learnable_gain=True, const_eval=False, eps=1e-4, *, behaviour=None):
         if not isinstance(layer, _WSConvBase):
             raise TypeError(f"layer={layer!r}: expected one of the elektronn3 conv mirrors (WSConv*d, "
                             "WSConvTranspose*d), whose weight has the output axis first as FWS assumes")
+        self.behaviour = _check_behaviour(layer.behaviour if behaviour is None else behaviour)
+        self._ws = _ws_pipeline(self.behaviour)
         self.layer, self.const_eval, self.eps = layer, bool(const_eval), eps
         self.learnable_gain = bool(learnable_gain)
         self._submodules = (layer,)
@@ -334,8 +434,8 @@ class FWS(_TorchModule):
 
     def standardize_weight(self) -> None:
         """``layer.params['weight'] = WS(weight, gain, eps)``, in place (elektronn3's method)."""
-        w = self.layer.params["weight"]
-        self.layer.params["weight"] = weight_standardize(w, self.gain, self.eps, **_WS)
+        params = {"weight": self.layer.params["weight"], "gain": self.gain}
+        self.layer.params["weight"] = self._ws.effective(params, self.eps)
 
     def _step(self):
         if self.training or not self.const_eval:
