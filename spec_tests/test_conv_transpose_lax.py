@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import refws
 from .naive import from_channels_last, to_channels_last
+from .test_conv_transpose import random_like
 
 
 # --- the definition (test side) -----------------------------------------------------------------
@@ -146,11 +147,6 @@ def lax_problems(draw, dims=(1, 2, 3), exact=True, max_groups=3):
     strides = draw(st.sampled_from([s, list(s)] + ([s[0]] if len(set(s)) == 1 else [])))
     return LaxProblem(from_channels_last(x_cl, channel_first, batched), w, strides, s, padding, pads, d,
                       transpose_kernel, groups, channel_first, batched, seed)
-
-
-def random_like(shape, seed, exact=True):
-    rng = np.random.default_rng(seed)
-    return rng.integers(-4, 5, size=shape).astype(np.float64) if exact else rng.standard_normal(shape)
 
 
 # --- forward ----------------------------------------------------------------------------------
