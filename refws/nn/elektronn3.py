@@ -137,7 +137,6 @@ class _WSConvBase(_TorchModule):
                rng, num_spatial_dims, behaviour):
         self.num_spatial_dims = n = spatial_dims(self, num_spatial_dims)
         self.behaviour = _check_behaviour(behaviour)
-        self.released = behaviour == "0.1.1"
         released_dims = (2, 3) if self.transposed else (1, 2, 3)
         if self.released and n not in released_dims:
             raise ValueError(f"behaviour='0.1.1' with num_spatial_dims={n}: elektronn3 0.1.1 has no "
@@ -166,6 +165,11 @@ class _WSConvBase(_TorchModule):
         self._params = ParamDict(params)
         self._ws = _ws_pipeline(behaviour)
         self._weights = self._ws                 # the kernel the convolution uses (see WSConvTranspose)
+
+    @property
+    def released(self) -> bool:
+        """Whether the layer computes what elektronn3 0.1.1's code does (``behaviour='0.1.1'``)."""
+        return self.behaviour == "0.1.1"
 
     def standardize_weight(self, eps=1e-4) -> np.ndarray:
         """The standardized weight ``w_hat`` in PyTorch layout (elektronn3's method of that name;
