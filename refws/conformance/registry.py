@@ -14,6 +14,10 @@ __all__ = ["BUILTIN", "load_backend", "parse_options", "BackendLoadError"]
 BUILTIN = {
     "torch": "refws.backends.torch:TorchBackend",
     "jax": "refws.backends.jax:JaxBackend",
+    "onnxruntime": "refws.backends.onnx:OnnxRuntimeBackend",
+    "onnx-reference": "refws.backends.onnx:OnnxReferenceBackend",
+    "tensorflow": "refws.backends.tensorflow:TensorflowBackend",
+    "lax-reference": "refws.backends.lax_reference:LaxReferenceBackend",
 }
 
 
