@@ -10,7 +10,6 @@ bound) and a where-description that names the right place.
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
