@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-import refws.golden as golden
+from refws import golden
 from refws.conformance.protocol import NotExpressible, Unimplemented
 from refws.conformance.runner import run_case
 
@@ -212,3 +212,20 @@ def test_registered_as_builtin():
     from refws.conformance.registry import BUILTIN
     assert BUILTIN["onnxruntime"] == "refws.backends.onnx:OnnxRuntimeBackend"
     assert BUILTIN["onnx-reference"] == "refws.backends.onnx:OnnxReferenceBackend"
+
+
+def test_onnxruntime_without_opset_22_gets_opset_11_models(ort_backend, monkeypatch):
+    """An onnxruntime that cannot load opset 22 (before 1.20) is given opset-11 models (same Conv)."""
+    import onnx
+    import onnxruntime
+    real = onnxruntime.InferenceSession
+
+    def old_runtime(model_bytes, *args, **kwargs):
+        if onnx.load_from_string(model_bytes).opset_import[0].version > 21:
+            raise RuntimeError("opset 22 is not supported")
+        return real(model_bytes, *args, **kwargs)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", old_runtime)
+    be = ort_backend()
+    assert be.opset == 11 and be.version.endswith("opset 11)")
+    y = be.conv(np.ones((1, 5, 2)), np.ones((3, 2, 1)), padding="VALID")
+    np.testing.assert_array_equal(y, np.full((1, 3, 1), 6.0))

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-import refws.golden as golden
+from refws import golden
 from refws.conformance.protocol import NotExpressible, Unimplemented
 from refws.conformance.runner import run_case
 

@@ -60,7 +60,7 @@ from ..conformance.protocol import NotExpressible, Unimplemented
 from ..geometry import conv_geometry
 from ..grads import transpose_geometry
 
-__all__ = ["OnnxRuntimeBackend", "OnnxReferenceBackend", "conv_node_args", "conv_node_out_sizes",
+__all__ = ["OnnxReferenceBackend", "OnnxRuntimeBackend", "conv_node_args", "conv_node_out_sizes",
            "transpose_node_args"]
 
 _PRECISIONS = ("float64", "float32")
@@ -119,7 +119,7 @@ def conv_node_args(x_shape, w_shape, stride=1, padding="SAME", lhs_dilation=1, r
     nd = len(w_shape) - 2
     spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
     g = conv_geometry(spatial, w_shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
-    attrs = dict(kernel_shape=list(g.kernel_spatial), strides=list(g.stride), dilations=list(g.rhs_dilation))
+    attrs = {"kernel_shape": list(g.kernel_spatial), "strides": list(g.stride), "dilations": list(g.rhs_dilation)}
     if isinstance(padding, str):
         attrs["auto_pad"] = _AUTO_PAD[padding.upper()]
         pads = ((0, 0),) * nd
@@ -145,8 +145,8 @@ def transpose_node_args(x_shape, w_shape, stride=1, padding=0, output_padding=0,
     g = transpose_geometry(spatial, w_shape[:-2], stride, padding, output_padding, dilation, output_size,
                            1 if unbatched else 2)
     p = [lo for lo, _ in g.padding]
-    attrs = dict(kernel_shape=list(g.kernel_spatial), strides=list(g.stride), dilations=list(g.rhs_dilation),
-                 pads=p + p, output_padding=[lo - hi for lo, hi in g.padding])
+    attrs = {"kernel_shape": list(g.kernel_spatial), "strides": list(g.stride), "dilations": list(g.rhs_dilation),
+             "pads": p + p, "output_padding": [lo - hi for lo, hi in g.padding]}
     return g, attrs
 
 
@@ -205,7 +205,7 @@ class _OnnxBackend:
         model = self._model(op, inputs, y_rank, attrs)
         try:
             return np.asarray(self._run(model, inputs))
-        except Exception as exc:                          # noqa: BLE001 - every refusal is classified
+        except Exception as exc:                          # every refusal of a checked node is classified
             raise Unimplemented(f"{self.name} refuses a {op} node that the ONNX checker accepts "
                                 f"({_describe(attrs)}, {self.precision}): "
                                 f"{type(exc).__name__}: {str(exc).strip()}") from exc
@@ -235,7 +235,7 @@ class _OnnxBackend:
         """``refws.conv_transpose`` by one ``ConvTranspose`` node (bias as its ``B`` input)."""
         nd = np.ndim(w) - 2
         unbatched = np.ndim(x) == nd + 1
-        g, attrs = transpose_node_args(np.shape(x), np.shape(w), stride, padding, output_padding, dilation,
+        _, attrs = transpose_node_args(np.shape(x), np.shape(w), stride, padding, output_padding, dilation,
                                        output_size, channel_first=channel_first)
         attrs["group"] = int(groups)
         xb = np.asarray(x)[None] if unbatched else np.asarray(x)
@@ -291,7 +291,19 @@ class OnnxRuntimeBackend(_OnnxBackend):
         self._options.intra_op_num_threads = int(threads)
         self._options.inter_op_num_threads = 1
         self._options.log_severity_level = 3         # errors only: refusals come back as exceptions
+        if self.opset != FALLBACK_OPSET and not self._loads_opset():
+            self.opset = FALLBACK_OPSET
         self.version = f"{onnxruntime.__version__} (onnx {self._onnx.__version__}, opset {self.opset})"
+
+    def _loads_opset(self) -> bool:
+        """Whether this onnxruntime loads a Conv model at ``self.opset`` (older ones stop at 21)."""
+        one = np.ones((1, 1, 1), np.float32)
+        model = self._model("Conv", {"X": one, "W": one}, 3, {})
+        try:
+            self._ort.InferenceSession(model.SerializeToString(), self._options, providers=["CPUExecutionProvider"])
+        except Exception:                                 # noqa: BLE001 - any load failure means "no"
+            return False
+        return True
 
     def _run(self, model, feeds) -> np.ndarray:
         session = self._ort.InferenceSession(model.SerializeToString(), self._options,
