@@ -35,6 +35,11 @@ than it declares does. Exceeding it is a **warn**; exceeding the rigorous bound 
 
 Every bound is evaluated in float64 and multiplied by ``1 + 2**-40`` to cover the rounding of
 its own evaluation (a few float64 operations, each ``<= 2**-53`` relative).
+
+Assumption: input rounding is relative (``u_in``), i.e. no input underflows into the subnormal
+range of the backend's format when rounded. The golden grids never do (their inputs are exact in
+every format or, in bfloat16 and TF32, far above the smallest normal number); for your own data
+in float16, values below ``2**-14`` that are not on the subnormal grid break it.
 """
 
 from __future__ import annotations

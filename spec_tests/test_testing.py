@@ -406,11 +406,6 @@ def test_describe_where_batch_groups_and_kernel_axes():
     assert "every batch item" in describe_where(np.ones((4, 2), bool), ("batch", "channel"))[1]
 
 
-@pytest.mark.xfail(reason="refws.testing._positions_text tests 'both borders' against {0, 1, size-2, size-1} "
-                          "whatever the size, while the one-sided checks use a border of min(2, size // 2): the "
-                          "centre of a 3-wide axis (position 1) is called 'both borders' instead of interior. "
-                          "Fix: b = min(2, size // 2); both_borders only if set(pos) <= set(range(b)) | "
-                          "set(range(size - b, size))", strict=True)
 def test_describe_where_centre_of_a_three_wide_axis_is_interior():
     where, text = describe_where(_mask(3, [1]), ("spatial",))
     assert where["axes"][0]["kind"] == "interior" and "interior position 1 (1 of 3)" in text

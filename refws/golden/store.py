@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["SCHEMA_VERSION", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes", "read_npz",
-           "default_root", "case_path", "read_manifest", "load", "cases", "write_store", "sha256"]
+           "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store", "sha256"]
 
 SCHEMA_VERSION = 1
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -132,10 +132,11 @@ def load(name: str, root=None) -> GoldenCase:
     manifest = read_manifest(root)
     if name not in manifest["cases"]:
         raise KeyError(f"golden case {name!r} is not in {root / 'manifest.json'}")
-    return _load_entry(root, name, manifest["cases"][name])
+    return load_entry(root, name, manifest["cases"][name])
 
 
-def _load_entry(root: Path, name: str, entry: dict) -> GoldenCase:
+def load_entry(root: Path, name: str, entry: dict) -> GoldenCase:
+    """Load the case ``name`` described by its manifest ``entry``, checking its checksum and arrays."""
     arrays = read_npz(_read_verified(root, name, entry), str(case_path(root, name)))
     expected = set(entry["arrays"])
     if set(arrays) != expected:
@@ -152,7 +153,7 @@ def cases(root=None, suite=None):
     manifest = read_manifest(root)
     for name in sorted(manifest["cases"]):
         if suite is None or manifest["cases"][name]["suite"] == suite:
-            yield _load_entry(root, name, manifest["cases"][name])
+            yield load_entry(root, name, manifest["cases"][name])
 
 
 def manifest_entry(case, arrays: dict, terms: dict, data: bytes) -> dict:
