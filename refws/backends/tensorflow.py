@@ -43,8 +43,10 @@ What it cannot do, and how that is reported:
   protocol.Unimplemented`, with TensorFlow's message. Measured on 2.21 (CPU): float64 has no
   NCHW/NCDHW kernels and no dilation > 1 in ``Conv3D`` or in the input gradient
   (``Conv2DBackpropInput``, so neither the transposed convolution nor ``conv_vjp`` with
-  dilation); ``Conv3D`` has no grouped kernel in either precision. float32 runs on oneDNN and
-  accepts all of these except grouped 3-D.
+  dilation), and no gradient of a grouped convolution; ``Conv3D`` has no grouped kernel in
+  either precision. float32 runs on oneDNN and accepts the rest, except where explicit padding
+  sends it to TensorFlow's own kernels: ``conv2d`` with explicit padding and dilation has no
+  input gradient, ``conv2d_transpose`` with explicit padding no dilation and no NCHW.
 - Weight standardization and the layer suites are not single TensorFlow ops: not offered
   (``skipped``).
 """
