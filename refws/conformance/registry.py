@@ -18,6 +18,9 @@ BUILTIN = {
     "onnx-reference": "refws.backends.onnx:OnnxReferenceBackend",
     "tensorflow": "refws.backends.tensorflow:TensorflowBackend",
     "lax-reference": "refws.backends.lax_reference:LaxReferenceBackend",
+    "elektronn3": "refws.backends.elektronn3:Elektronn3Backend",
+    "brainstate": "refws.backends.brainstate:BrainstateBackend",
+    "timm": "refws.backends.timm:TimmBackend",
 }
 
 
