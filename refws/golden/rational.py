@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["SQRT_BITS", "sqrt_q", "QArray", "exact_bilinear", "grid_exponent"]
+__all__ = ["SQRT_BITS", "sqrt_q", "QArray", "exact_bilinear", "grid_exponent", "bilinear_upper", "sum_up"]
 
 SQRT_BITS = 256
 
@@ -104,6 +104,10 @@ class QArray:
     def sum(self, axis=None, keepdims=False) -> "QArray":
         return QArray(np.asarray(np.sum(self.num, axis=axis, keepdims=keepdims), dtype=object), self.den)
 
+    def abs(self) -> "QArray":
+        """``|self|`` elementwise (exact)."""
+        return QArray(np.abs(self.num), self.den)
+
     def fractions(self) -> list:
         """Exact values as a flat list of Fractions (for per-channel scalars)."""
         return [Fraction(int(n), self.den) for n in self.num.ravel()]
@@ -113,6 +117,25 @@ class QArray:
         den = self.den
         out = np.frompyfunc(lambda n: int(n) / den, 1, 1)(self.num) if self.num.size else self.num
         return np.asarray(out, dtype=np.float64).reshape(self.num.shape)
+
+    def to_float_up(self, strict: bool = False) -> np.ndarray:
+        """The smallest float64 ``>=`` each exact value (rounding toward +inf).
+
+        With ``strict``, a nonzero value that is exactly a float64 is raised by one ulp too: used
+        for quantities whose Fractions approximate an irrational value (square roots to
+        ``2**-SQRT_BITS``), so that the float64 result stays an upper bound of the real value.
+        """
+        near = self.to_float()
+        if not near.size:
+            return near
+        den = self.den
+
+        def below(num, f):                   # f < num / den, compared exactly in integers
+            p, q = float(f).as_integer_ratio()
+            n = int(num)
+            return p * den < n * q or (strict and n != 0 and p * den == n * q)
+        raise_ = np.frompyfunc(below, 2, 1)(self.num, near).astype(bool)
+        return np.where(raise_, np.nextafter(near, np.inf), near)
 
 
 def exact_bilinear(op, a: np.ndarray, b: np.ndarray) -> QArray:
@@ -129,3 +152,35 @@ def exact_bilinear(op, a: np.ndarray, b: np.ndarray) -> QArray:
                               f"|op| bound {np.max(bound):.3g} units >= 2**52")
     result = op(a, b)
     return QArray(np.ldexp(result, ea + eb).astype(np.int64).astype(object), 1 << (ea + eb))
+
+
+def sum_up(*arrays) -> np.ndarray:
+    """``sum(arrays)`` (float64 arrays that broadcast together), exact, then rounded toward +inf."""
+    total = None
+    for a in arrays:
+        q = QArray.from_float(np.asarray(a, dtype=np.float64))
+        total = q if total is None else total + q
+    return total.to_float_up()
+
+
+def bilinear_upper(op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A float64 upper bound of ``op(|a|, b)`` for a bilinear ``op``, a grid ``a`` and any ``b >= 0``.
+
+    ``b`` is rounded up onto the grid ``2**-e`` with the finest ``e`` for which ``op`` stays exact
+    (:func:`exact_bilinear`'s argument: ``op(|a|, ones) * max(b) * 2**e < 2**50`` units), so the
+    result is ``op(|a|, ceil(b * 2**e) * 2**-e) >= op(|a|, b)``, computed without any rounding:
+    the same bytes with any BLAS, thread count or summation order. A ``b`` already on a grid no
+    finer than ``2**-e`` is used as it is (then the result is the exact ``op(|a|, b)``).
+    """
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    b = np.asarray(b, dtype=np.float64)
+    if np.any(b < 0) or not np.all(np.isfinite(b)):
+        raise ValueError("bilinear_upper: b must be finite and >= 0")
+    ea = grid_exponent(a)
+    count = float(np.max(op(a, np.ones_like(b)), initial=0.0)) * 2.0**ea   # op(|a|, 1) in a's units
+    top = float(np.max(b, initial=0.0))
+    if count == 0 or top == 0:
+        return op(a, np.zeros_like(b))
+    e = 50 - math.frexp(count * top)[1]          # count * top < 2**(50 - e)
+    grid_b = np.ldexp(np.ceil(np.ldexp(b, e)), -e)
+    return exact_bilinear(op, a, grid_b).to_float()
