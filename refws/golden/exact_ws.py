@@ -37,7 +37,8 @@ import numpy as np
 
 from .rational import QArray, sqrt_q
 
-__all__ = ["Variant", "ChannelStats", "channel_stats", "ws_terms", "ws_vjp_terms", "ws_jvp_terms", "combine_terms"]
+__all__ = ["Variant", "ChannelStats", "channel_stats", "ws_terms", "ws_vjp_terms", "ws_jvp_terms", "combine_terms",
+           "WS_SAFETY", "WSBounds"]
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,165 @@ def combine_terms(terms, out_axis: int = -1) -> QArray:
         q = QArray.from_float(grid).scale(coefs, axis=out_axis % np.ndim(grid))
         total = q if total is None else total + q
     return total
+
+
+# --- bound data: the magnitude Jacobian and the first-order error model -----------------------
+
+#: Safety factor of the first-order WS bound (``<array>__wsbound``); see :class:`WSBounds`.
+WS_SAFETY = 2.0
+
+
+def _float_up(v: Fraction) -> float:
+    """A float64 strictly above ``|v|`` unless ``v == 0`` (``v`` approximates a real to ``2**-256``)."""
+    v = abs(v)
+    f = float(v)
+    return float(np.nextafter(f, np.inf)) if v and Fraction(f) <= v else f
+
+
+class WSBounds:
+    r"""Bound data of weight standardization for one weight: per channel ``c`` with ``n`` elements.
+
+    Notation (exact, per channel): ``d_i = w_i - mean``, ``s = sum d_i**2``, ``q = sum w_i**2``,
+    ``M = max |w_i|``, ``m = n - ddof``, ``sigma`` and ``sigma' = d sigma / d var`` as in
+    :func:`channel_stats`, ``S = |F gain| / sigma`` (the scale), ``c = sigma' * 2 / (sigma m)``
+    (``<= 1/s`` for every variant). Then ``w_hat_i = S d_i`` (up to sign) and
+
+    .. math::  \partial \hat w_j / \partial w_i = S (\delta_{ij} - 1/n - c\, d_i d_j),
+
+    so the **magnitude Jacobian** :meth:`magnitude_vjp` ``A(v)_i = S (v_i + sum(v)/n) + S c |d_i|
+    sum_j |d_j| v_j`` bounds ``|J^T| v`` and ``|J| v`` for ``v >= 0``; it is evaluated in exact
+    rationals and rounded up.
+
+    The **first-order error model** (:meth:`forward`, :meth:`vjp`, :meth:`jvp`) bounds, in units of
+    the unit roundoff, the change of ``w_hat`` (its VJP, its JVP) when the standardization is
+    computed in floating point with any summation order (sequential, pairwise, Welford; two-pass
+    variance, or one-pass ``E[w^2] - E[w]^2`` where it does not cancel), ``(w - mean) * scale`` or
+    ``w * scale - mean * scale``, and from inputs rounded to a format: per-channel error budgets
+
+    - mean: ``E_mu = (n + 4) M``; a mean of a cotangent/tangent ``a``: ``(n + 4) max|a|``;
+    - sum of squares: ``E_s = (n + 4) q + 2 n |mean| E_mu`` (covers the one-pass form);
+    - variance fed to the denominator: ``E_var = E_s / m + 3 var (+ 2 eps inside the sqrt)``;
+    - denominator, relative: ``rho_sigma = |sigma'| E_var / sigma + 3``; scale:
+      ``rho_S = rho_sigma + 6`` (gain, fixed scale, division or rsqrt);
+    - a sum ``T = sum a_j d_j`` (VJP and JVP): ``E_T = (n + 4)(sum |a||d| + 2 |mean| sum |a|)
+      + E_mu sum |a|`` (also covers autodiff's ``sum a w - mean sum a``);
+    - ``c`` relative: ``rho_c = rho_S + rho_sigma + 1 + rho_sigma' + 4``, with ``rho_sigma'`` the
+      relative error of ``sigma'`` (``rho_sigma + 1``; ``E_var / (2 var) + 2`` for ``std_plus_eps``;
+      0 where ``sigma' = 0``),
+
+    propagated to first order through ``w_hat = S d``, ``dw = S (g - mean g) - c S T_g d`` and
+    ``t_hat = S (t - mean t) + (F tg / sigma - c S T_t) d``, each term with its own magnitude, and
+    multiplied by :data:`WS_SAFETY`. Raw-input rounding (``w``, ``gain``, cotangent, tangents, each
+    by ``u_in`` relative) perturbs every intermediate by no more than these budgets, so
+    ``(u + u_in) * bound`` covers both. It is a first-order bound: second-order terms are not
+    included, the safety factor is there for them and for a few ulps of ``rsqrt``/``sqrt``.
+    """
+
+    def __init__(self, w, st: ChannelStats, v: Variant, gain=None, out_axis: int = -1):
+        w = np.asarray(w, dtype=np.float64)
+        self.out_axis = out_axis % w.ndim
+        wl = _to_channels_last(w, self.out_axis)
+        self._lshape = wl.shape
+        flat = wl.reshape(-1, wl.shape[-1])
+        n, m = st.n, st.n - st.ddof
+        self.n = n
+        wq = QArray.from_float(flat)
+        total = wq.sum(axis=0)
+        self._d = QArray(wq.num * n - total.num[None, :], wq.den * n)       # d_i = w_i - mean, exact
+        self._absd = self._d.abs()
+        self.absd = np.abs(self._d.to_float())
+        scale_q = [abs(st.fixed * g) / s for g, s in zip(_gains(gain, len(st.sigma)), st.sigma)]
+        c_q = [ds * 2 / (s * m) for s, ds in zip(st.sigma, st.dsigma)]
+        fos_q = [abs(st.fixed) / s for s in st.sigma]
+        self._scale_q, self._c_q, self._fos_q = scale_q, c_q, fos_q
+        self.scale = np.array([float(a) for a in scale_q])
+        self.c = np.array([float(a) for a in c_q])
+        self.fos = np.array([float(a) for a in fos_q])
+        self.mu = np.array([abs(float(a)) for a in st.mean])
+        var = np.array([float(a) for a in st.var])
+        sigma = np.array([float(a) for a in st.sigma])
+        dsigma = np.array([float(a) for a in st.dsigma])
+        q = np.array([float(a) for a in (wq * wq).sum(axis=0).fractions()])
+        big_m = np.max(np.abs(flat), axis=0, initial=0.0)
+        self.e_mu = (n + 4) * big_m
+        e_s = (n + 4) * q + 2 * n * self.mu * self.e_mu
+        e_var = e_s / m + 3 * var + (2 * v.eps if v.denominator == "sqrt_var_plus_eps" else 0.0)
+        self.rho_sigma = dsigma * e_var / sigma + 3
+        self.rho_scale = self.rho_sigma + 6
+        if v.denominator == "std_plus_eps":
+            safe = np.where(var > 0, var, 1.0)
+            rho_dsigma = np.where(dsigma > 0, e_var / (2 * safe) + 2, 0.0)
+        else:
+            rho_dsigma = np.where(dsigma > 0, self.rho_sigma + 1, 0.0)
+        self.rho_c = self.rho_scale + self.rho_sigma + 1 + rho_dsigma + 4
+
+    # -- layout -----------------------------------------------------------------------------
+    def _flat(self, a) -> np.ndarray:
+        return _to_channels_last(a, self.out_axis).reshape(-1, self._lshape[-1])
+
+    def _back(self, flat: np.ndarray) -> np.ndarray:
+        return np.moveaxis(flat.reshape(self._lshape), -1, self.out_axis)
+
+    def _channel_data(self, a):
+        """For a grid array ``a``: ``|a|`` (flat), ``max|a|``, ``|mean a|``, ``sum|a|``, ``sum|a||d|``,
+        ``|sum a d|`` per channel (sums exact, then rounded)."""
+        flat = self._flat(a)
+        aq = QArray.from_float(flat)
+        as_float = lambda q: np.array([float(f) for f in q.sum(axis=0).fractions()])   # noqa: E731
+        mean = np.abs(as_float(aq)) / self.n
+        return (np.abs(flat), np.max(np.abs(flat), axis=0, initial=0.0), mean, as_float(aq.abs()),
+                as_float(aq.abs() * self._absd), np.abs(as_float(aq * self._d)))
+
+    def _e_t(self, sum_abs, sum_abs_d):
+        return (self.n + 4) * (sum_abs_d + 2 * self.mu * sum_abs) + self.e_mu * sum_abs
+
+    def _centring(self, abs_a, top, mean):
+        """Error terms of ``S (a_i - mean a)``: the scale's error (with the product and the final
+        additions), the mean's error ``(n + 4) max|a|`` and the subtraction's rounding."""
+        return self.scale * (abs_a + mean) * (self.rho_scale + 4) + self.scale * ((self.n + 4) * top + abs_a + mean)
+
+    # -- the first-order model ----------------------------------------------------------------
+    def forward(self) -> np.ndarray:
+        """``bound`` with ``|fl(w_hat) - w_hat| <= (u + u_in) * bound`` to first order (shape of w)."""
+        what = self.scale * self.absd
+        shift = self.e_mu + 2 * self.absd + 2 * self.mu               # errors of d (both forms)
+        return self._back(WS_SAFETY * (self.scale * shift + what * (self.rho_scale + 2)))
+
+    def vjp(self, g):
+        """First-order bounds of ``dw`` (shape of w) and ``dgain`` (per channel) for the cotangent ``g``."""
+        abs_g, top, mean, sum_abs, sum_abs_d, t = self._channel_data(g)
+        e_t = self._e_t(sum_abs, sum_abs_d)
+        k = self.c * self.scale * t                                    # |c S T|
+        dw = self._centring(abs_g, top, mean) + self.c * self.scale * e_t * self.absd \
+            + k * (self.e_mu + 2 * self.absd + 2 * self.mu) + k * self.absd * (self.rho_c + 4)
+        dgain = self.fos * e_t + self.fos * t * (self.rho_sigma + 4)
+        return self._back(WS_SAFETY * dw), WS_SAFETY * dgain
+
+    def jvp(self, t, tgain=None) -> np.ndarray:
+        """First-order bound of ``t_hat`` (shape of w) for tangents ``t`` of w and ``tgain`` of the gain."""
+        abs_t, top, mean, sum_abs, sum_abs_d, tt = self._channel_data(t)
+        e_t = self._e_t(sum_abs, sum_abs_d)
+        tg = np.zeros_like(self.fos) if tgain is None else np.abs(np.asarray(tgain, dtype=np.float64).ravel())
+        da_g = self.fos * tg                                           # |F tg / sigma|
+        da_t = self.c * self.scale * tt                                # |c S T_t|
+        bound = self._centring(abs_t, top, mean) + self.c * self.scale * e_t * self.absd \
+            + (da_g + da_t) * (self.e_mu + 2 * self.absd + 2 * self.mu) \
+            + da_g * self.absd * (self.rho_sigma + 6) + da_t * self.absd * (self.rho_c + 4)
+        return self._back(WS_SAFETY * bound)
+
+    # -- the magnitude Jacobian (rigorous, rounded up) ------------------------------------------
+    def magnitude_vjp(self, v):
+        """``(A(v), a_gain(v))`` for a grid ``v >= 0`` shaped like w: upper bounds of ``|J^T| v`` and
+        of ``|d w_hat / d gain|^T v = |F| / sigma * sum_i |d_i| v_i`` (per channel), exact then rounded up."""
+        vq = QArray.from_float(self._flat(v))
+        if np.any(vq.num < 0):
+            raise ValueError("magnitude_vjp: v must be >= 0")
+        sum_v = vq.sum(axis=0).fractions()
+        sum_dv = (vq * self._absd).sum(axis=0).fractions()
+        ones = QArray.from_float(np.ones(vq.shape))
+        n = self.n
+        a = vq.scale(self._scale_q, axis=1) \
+            + ones.scale([sc * sv / n for sc, sv in zip(self._scale_q, sum_v)], axis=1) \
+            + self._absd.scale([sc * c * sd for sc, c, sd in zip(self._scale_q, self._c_q, sum_dv)], axis=1)
+        dgain = np.array([_float_up(f * sd) for f, sd in zip(self._fos_q, sum_dv)])
+        return self._back(a.to_float_up(strict=True)), dgain
