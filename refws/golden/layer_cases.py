@@ -26,8 +26,8 @@ from ..nn.elektronn3 import from_hwio, to_hwio, torch_pads
 from ..pad import pad as pad_fn
 from ..pad import pad_vjp
 from .case import Case
-from .exact_ws import Variant, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
-from .rational import QArray, exact_bilinear
+from .exact_ws import Variant, WSBounds, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
+from .rational import QArray, bilinear_upper, exact_bilinear, sum_up
 from .rng import data_array, grid_ints, seed_of
 
 __all__ = ["layer_cases", "evaluate_layer", "LayerMath", "layer_math", "channel_axis", "per_channel"]
@@ -140,7 +140,8 @@ class LayerMath:
     gain_shape: tuple | None
     bias_shape: tuple | None
     channel_axis: int         # channel axis of y (where the bias goes)
-    terms: int                # products per output element of core (without the bias)
+    terms: int                # products summed per output element of core by its definition (all taps, no bias);
+                              # informational: the manifest's ``terms`` are counted (core applied to ones)
 
 
 def _brainstate(p) -> LayerMath:
@@ -225,7 +226,7 @@ def _elektronn3(p) -> LayerMath:
             dx, dw = conv_transpose_vjp(to_cl(x), to_hwio(w), to_cl(dy), **args)
             return from_cl(dx), from_hwio(dw)
         return LayerMath(core, core_vjp, (c_in, c_out // groups, *k), 0, variant, (c_in,), bias_shape, 1,
-                         int(np.prod(k)) * (c_out // groups))
+                         int(np.prod(k)) * (c_in // groups))    # y sums taps * C_in/groups products
     pads = torch_pads(kw.get("padding", 0), k, stride, dilation)
     mode = kw.get("padding_mode", "zeros")
     conv_args = dict(stride=stride, rhs_dilation=dilation, groups=groups)
@@ -294,7 +295,41 @@ def _plain_terms(w, axis):
     return [([1] * w.shape[axis], w)]
 
 
+def _most(count) -> int:
+    """K: the largest number of products in one element (``count`` = the op applied to ones)."""
+    return int(np.max(count, initial=0))
+
+
+def _masked(a, mask):
+    return a if mask is None else a * mask
+
+
+def _effective_q(terms, axis, mask) -> QArray:
+    """``mask * sum_k coef_k[c] G_k`` exactly: the effective kernel (or its tangent)."""
+    q = combine_terms(terms, axis)
+    return q if mask is None else q * QArray.from_float(mask)
+
+
 def evaluate_layer(case):
+    """Every stored array of a layer case and its ``terms`` (see docs/golden-format.md).
+
+    Bound data (``W = mask * WS(weight, gain)``, ``|W|`` its exact magnitude rounded up, ``g =
+    mask * core_vjp_W(x, dy)`` the bilinear weight gradient, ``J`` the Jacobian of WS):
+
+    - ``y__absbound = core(|x|, |W|) + |bias|``, ``dx__absbound = core_vjp_x(|dy|, |W|)``,
+      ``ty__absbound = core(|tx|, |W|) + core(|x|, |tW|) + |tbias|``, ``dbias__absbound = sum |dy|``;
+    - ``dweight__absbound = A(mask * core_vjp_W(|x|, |dy|))`` (:meth:`WSBounds.magnitude_vjp`; without
+      WS the bilinear magnitude itself), ``dgain__absbound = |F| / sigma * sum |d| (that magnitude)``;
+    - WS layers: ``y__wsbound = core(|x|, mask * B)``, ``dx__wsbound = core_vjp_x(|dy|, mask * B)``,
+      ``ty__wsbound = core(|tx|, mask * B) + core(|x|, mask * B_t)`` with ``B``, ``B_t`` the first-order
+      bounds of :class:`WSBounds` for ``w_hat`` and its JVP; ``dweight__wsbound`` and ``dgain__wsbound``
+      from :meth:`WSBounds.vjp` at the exact ``g``.
+
+    The cores of magnitudes are evaluated exactly (:func:`bilinear_upper`), so every bound array
+    is reproducible byte for byte. ``terms``: the largest count of core products in one element
+    (the core applied to ones), ``+ 1`` for a bias; ``2x`` for ``ty``; for ``dbias`` the number of
+    ``dy`` elements per channel; ``dgain`` counts the products of ``g``.
+    """
     p, n = case.params, case.name
     m = layer_math(p)
     x = data_array(n, "x", p["x_shape"])
@@ -312,38 +347,66 @@ def evaluate_layer(case):
     differentiable = [k for k in ("x", "weight", "bias", "gain") if k in arrays]
     dy = data_array(n, "dy", y_shape)
     tangents = {k: data_array(n, "t" + k, arrays[k].shape) for k in differentiable}
+    has_bias = 1 if m.bias_shape else 0
+
+    def bias_col(b):
+        return np.broadcast_to(per_channel(b.ravel(), len(y_shape), m.channel_axis), y_shape)
 
     def bias_q(b):
-        return QArray.from_float(np.broadcast_to(per_channel(b.ravel(), len(y_shape), m.channel_axis), y_shape))
+        return QArray.from_float(bias_col(b))
+
+    def core_x(c, W):                        # dx as a bilinear map of (dy, W)
+        return m.core_vjp(x, W, c)[0]
+
+    def core_w(a, c):                        # the kernel gradient as a bilinear map of (x, dy)
+        return m.core_vjp(a, w, c)[1]
 
     st = channel_stats(w, m.variant, m.ws_axis) if m.variant else None
+    bounds = WSBounds(w, st, m.variant, gain, m.ws_axis) if st else None
     terms = ws_terms(w, st, gain, m.ws_axis)[0] if st else _plain_terms(w, m.ws_axis)
-    w_eff = combine_terms(terms, m.ws_axis).to_float() * (mask if mask is not None else 1)
+    w_mag = _effective_q(terms, m.ws_axis, mask).abs().to_float_up(strict=st is not None)
+    ws_w = _masked(bounds.forward(), mask) if bounds else None
+    count_y = m.core(np.ones(x.shape), np.ones(w.shape))
+    count_dx, count_dw = m.core_vjp(np.ones(x.shape), np.ones(w.shape), np.ones(y_shape))
+    k = dict(y=_most(count_y) + has_bias, dx=_most(count_dx), dweight=_most(count_dw),
+             ty=2 * _most(count_y) + has_bias)
 
     # forward
     yq = _apply_terms(m.core, x, terms, m.ws_axis, mask)
     out = dict(arrays, dy=dy, **{"t" + k: v for k, v in tangents.items()})
-    absbound = m.core(np.abs(x), np.abs(w_eff))
+    y_mag = [bilinear_upper(m.core, x, w_mag)]
     if m.bias_shape:
         yq = yq + bias_q(arrays["bias"])
-        absbound = absbound + np.abs(per_channel(arrays["bias"].ravel(), len(y_shape), m.channel_axis))
-    out["y"], out["y__absbound"] = yq.to_float(), absbound
+        y_mag.append(np.abs(bias_col(arrays["bias"])))
+    out["y"], out["y__absbound"] = yq.to_float(), sum_up(*y_mag)
+    if bounds:
+        out["y__wsbound"] = bilinear_upper(m.core, x, ws_w)
 
     # VJP
-    out["dx"] = _apply_terms(lambda c, W: m.core_vjp(x, W, c)[0], dy, terms, m.ws_axis, mask).to_float()
-    out["dx__absbound"] = m.core_vjp(x, np.abs(w_eff), np.abs(dy))[0]
-    d_eff = exact_bilinear(lambda a, c: m.core_vjp(a, w, c)[1], x, dy).to_float()
-    g = d_eff * mask if mask is not None else d_eff
+    out["dx"] = _apply_terms(core_x, dy, terms, m.ws_axis, mask).to_float()
+    out["dx__absbound"] = bilinear_upper(core_x, dy, w_mag)
+    if bounds:
+        out["dx__wsbound"] = bilinear_upper(core_x, dy, ws_w)
+    d_eff = exact_bilinear(core_w, x, dy).to_float()
+    g = _masked(d_eff, mask)
+    g_mag = _masked(core_w(np.abs(x), np.abs(dy)), mask)           # exact: grid operands
     if st:
         vterms, dgain = ws_vjp_terms(w, g, st, gain, m.ws_axis)
         out["dweight"] = combine_terms(vterms, m.ws_axis).to_float()
+        out["dweight__absbound"], gain_mag = bounds.magnitude_vjp(g_mag)
+        out["dweight__wsbound"], gain_ws = bounds.vjp(g)
         if gain is not None:
             out["dgain"] = np.array([float(v) for v in dgain]).reshape(gain.shape)
+            out["dgain__absbound"] = gain_mag.reshape(gain.shape)
+            out["dgain__wsbound"] = gain_ws.reshape(gain.shape)
+            k["dgain"] = k["dweight"]
     else:
-        out["dweight"] = g
+        out["dweight"], out["dweight__absbound"] = g, g_mag
     if m.bias_shape:
         axes = tuple(i for i in range(len(y_shape)) if i != m.channel_axis % len(y_shape))
         out["dbias"] = QArray.from_float(dy).sum(axis=axes).to_float().reshape(m.bias_shape)
+        out["dbias__absbound"] = QArray.from_float(np.abs(dy)).sum(axis=axes).to_float_up().reshape(m.bias_shape)
+        k["dbias"] = int(np.prod(y_shape)) // y_shape[m.channel_axis]
 
     # JVP
     tyq = _apply_terms(m.core, tangents["x"], terms, m.ws_axis, mask)
@@ -351,8 +414,13 @@ def evaluate_layer(case):
     tterms = (ws_jvp_terms(w, tw, st, gain, tangents.get("gain"), m.ws_axis) if st
               else _plain_terms(tw, m.ws_axis))
     tyq = tyq + _apply_terms(m.core, x, tterms, m.ws_axis, mask)
+    t_mag = _effective_q(tterms, m.ws_axis, mask).abs().to_float_up(strict=st is not None)
+    ty_mag = [bilinear_upper(m.core, tangents["x"], w_mag), bilinear_upper(m.core, x, t_mag)]
     if m.bias_shape:
         tyq = tyq + bias_q(tangents["bias"])
-    out["ty"] = tyq.to_float()
-    k = m.terms + (1 if m.bias_shape else 0)
-    return out, dict(y=k, ty=2 * k)
+        ty_mag.append(np.abs(bias_col(tangents["bias"])))
+    out["ty"], out["ty__absbound"] = tyq.to_float(), sum_up(*ty_mag)
+    if bounds:
+        ws_t = _masked(bounds.jvp(tw, tangents.get("gain")), mask)
+        out["ty__wsbound"] = sum_up(bilinear_upper(m.core, tangents["x"], ws_w), bilinear_upper(m.core, x, ws_t))
+    return out, k
