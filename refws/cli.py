@@ -73,10 +73,15 @@ def _cmd_check(args) -> int:
     from .conformance import load_backend, run
     from .conformance.registry import parse_options
     from .conformance.report import json_bytes, junit_report, text_report, write_atomic
+    from .conformance.diagnosis import diagnose, explain_records
+    if args.explain and args.case and args.case != args.explain:
+        raise ValueError(f"--explain {args.explain!r} with --case {args.case!r}: --explain names the one case to run")
     backend = load_backend(args.backend, args.precision, **parse_options(args.opt))
-    report = run(backend, args.golden, suite=args.suite, case=args.case, repeat=args.repeat,
-                 progress=_progress(sys.stderr))
+    report = run(backend, args.golden, suite=args.suite, case=args.explain or args.case, repeat=args.repeat,
+                 progress=_progress(sys.stderr), diagnose=None if args.no_diagnose else diagnose)
     print(text_report(report))
+    if args.explain:
+        print("\n" + explain_records(golden.load(args.explain, args.golden), report.records))
     if args.json:
         write_atomic(args.json, json_bytes(report))
     if args.junit:
@@ -120,6 +125,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--repeat", type=int, default=1, help="run each call N times; report bitwise nondeterminism")
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="option for the backend's factory, e.g. device=cuda (repeatable)")
+    c.add_argument("--explain", default=None, metavar="CASE",
+                   help="run only CASE and print its geometry (pads, output size, the taps each output "
+                        "position reads) with the failing elements marked")
+    c.add_argument("--no-diagnose", action="store_true",
+                   help="do not try the near-miss conventions on failing arrays (docs/conformance.md)")
     c.set_defaults(run=_cmd_check)
     return p
 

@@ -101,6 +101,27 @@ def _positions_text(pos: np.ndarray, size: int) -> tuple[str, str]:
     return "spread", f"{len(pos)} of {size} positions: {listed}"
 
 
+_SLAB_NAMES = {2: ("row", "column"), 3: ("depth plane", "row plane", "column plane")}
+
+
+def _slabs(v: np.ndarray, roles: tuple) -> list | None:
+    """Whole slabs along two or more spatial axes whose union is exactly the violating positions
+    (a cross or an L, where each axis alone says "every position"), as ``[(k, positions)]``."""
+    axes = [i for i, r in enumerate(roles[:v.ndim]) if r == "spatial"]
+    if len(axes) < 2:
+        return None
+    m = v.any(axis=tuple(i for i in range(v.ndim) if i not in axes))
+    found, union = [], np.zeros_like(m)
+    for k in range(m.ndim):
+        pos = np.nonzero(m.all(axis=tuple(j for j in range(m.ndim) if j != k)))[0]
+        if len(pos) == m.shape[k]:
+            return None
+        if len(pos):
+            found.append((k, pos))
+            union[(slice(None),) * k + (pos,)] = True
+    return found if len(found) >= 2 and np.array_equal(union, m) else None
+
+
 def describe_where(violations: np.ndarray, roles: tuple, groups: int = 1) -> tuple[dict, str]:
     """Summarise a boolean violation mask: fraction, and per axis where the violations cluster.
 
@@ -148,6 +169,18 @@ def describe_where(violations: np.ndarray, roles: tuple, groups: int = 1) -> tup
             label = f"axis {axis}"
         where["axes"].append(entry)
         parts.append(f"{label}: {words}")
+    slabs = _slabs(v, roles)
+    if slabs:
+        sizes = [v.shape[i] for i, r in enumerate(roles[:v.ndim]) if r == "spatial"]
+        names = _SLAB_NAMES.get(len(sizes), tuple(f"spatial axis {k} position" for k in range(len(sizes))))
+        said = []
+        for k, pos in slabs:
+            kind, words = _positions_text(pos, sizes[k])
+            listed = ", ".join(str(int(p)) for p in pos[:6]) + (", ..." if len(pos) > 6 else "")
+            said.append(f"{names[k]}{'s' if len(pos) > 1 else ''} {listed}"
+                        + (f" ({kind.replace('_', ' ')})" if "border" in kind else ""))
+            where.setdefault("slabs", []).append({"spatial_axis": k, "kind": kind, "positions": [int(p) for p in pos]})
+        parts.append("all in " + " and ".join(said))
     return where, "; ".join(parts)
 
 
@@ -258,19 +291,30 @@ def golden_roles(case, array: str) -> tuple:
     return axis_roles(nd, "io", cf, nd == n_sp + 2)
 
 
-def check_golden(actual, case, array: str, *, precision="float64") -> Result:
-    """Judge ``actual`` against array ``array`` of a loaded golden case (:func:`refws.golden.load`)."""
+def check_golden(actual, case, array: str, *, precision="float64", diagnose: bool = False) -> Result:
+    """Judge ``actual`` against array ``array`` of a loaded golden case (:func:`refws.golden.load`).
+
+    ``diagnose=True`` adds, for a failing array, the near-miss conventions it matches
+    (:mod:`refws.conformance.diagnosis`): ``diagnosis: matches refws under variant ...``.
+    """
     if array not in case.arrays or array not in case.terms:
         outputs = sorted(case.terms)
         raise ValueError(f"array={array!r}: not an output of golden case {case.name!r}; expected one of {outputs}")
     groups = case.params.get("groups", case.params.get("kwargs", {}).get("groups", 1))
-    return check_array(actual, case.arrays[array], golden_bound(case, array), precision,
-                       name=f"{case.name}:{array}", roles=golden_roles(case, array), groups=groups)
+    result = check_array(actual, case.arrays[array], golden_bound(case, array), precision,
+                         name=f"{case.name}:{array}", roles=golden_roles(case, array), groups=groups)
+    if diagnose and result.status == "fail":
+        # the diagnosis lives in refws.conformance, which builds on this module: imported on use
+        from .conformance.diagnosis import diagnose as _diagnose, diagnosis_text
+        text = diagnosis_text(_diagnose(None, case, array, actual, precision))
+        result.text += "\n  diagnosis: " + text.replace("\n", "\n  diagnosis: ")
+    return result
 
 
-def assert_golden_close(actual, case, array: str, *, precision="float64") -> Result:
-    """Raise AssertionError (with the description) if ``actual`` violates the golden bound; else the Result."""
-    return _raise_if_failed(check_golden(actual, case, array, precision=precision))
+def assert_golden_close(actual, case, array: str, *, precision="float64", diagnose: bool = True) -> Result:
+    """Raise AssertionError (with the description and, unless ``diagnose=False``, the near-miss
+    conventions the array matches) if ``actual`` violates the golden bound; else the Result."""
+    return _raise_if_failed(check_golden(actual, case, array, precision=precision, diagnose=diagnose))
 
 
 # --- against refws on the caller's own inputs ----------------------------------------------

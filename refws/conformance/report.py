@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .. import __version__
+from .diagnosis import diagnosis_text
 from .runner import STATUSES, Report
 
 __all__ = ["text_report", "json_report", "junit_report", "write_atomic"]
@@ -54,6 +55,8 @@ def text_report(report: Report, max_failures: int = 20) -> str:
     for r in bad[:max_failures]:
         lines.append(f"\n{r.status.upper()} {r.case}:{r.array}")
         lines.append("  " + r.message.replace("\n", "\n  "))
+        if r.diagnosis is not None:
+            lines.append("  diagnosis: " + diagnosis_text(r.diagnosis).replace("\n", "\n  diagnosis: "))
     if len(bad) > max_failures:
         lines.append(f"\n... and {len(bad) - max_failures} more (see --json)")
     for status in ("unimplemented",):

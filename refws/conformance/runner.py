@@ -32,6 +32,7 @@ from .. import golden
 from ..golden.store import default_root
 from ..testing import check_golden
 from ..tolerance import FINGERPRINT_ORDER, resolve_precision
+from .diagnosis import diagnose as default_diagnose
 from .protocol import NotExpressible, Unimplemented
 
 __all__ = ["STATUSES", "CALLS", "Call", "Record", "Report", "run_case", "run"]
@@ -164,7 +165,8 @@ def _same_bits(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def run_case(backend, case, precision=None, repeat: int = 1, diagnose: Callable | None = None) -> list:
+def run_case(backend, case, precision=None, repeat: int = 1,
+             diagnose: Callable | None = default_diagnose) -> list:
     """Every record of one loaded golden case (see :data:`STATUSES`)."""
     prec = resolve_precision(precision if precision is not None else getattr(backend, "precision", "float64"))
     records = []
@@ -264,13 +266,15 @@ def select_cases(root, suite=None, pattern=None):
 
 
 def run(backend, golden_dir=None, *, suite=None, case=None, precision=None, repeat: int = 1,
-        progress=None, diagnose: Callable | None = None) -> Report:
+        progress=None, diagnose: Callable | None = default_diagnose) -> Report:
     """Run ``backend`` over every case of the store (``golden_dir``, default the repository's).
 
     ``suite`` and ``case`` (a shell pattern on case names) select cases; ``precision`` overrides
     the adapter's declared precision for judging; ``repeat`` runs each call that many times and
     marks arrays whose bits differ between runs as nondeterministic; ``progress(i, n, name)`` is
-    called after each case.
+    called after each case. ``diagnose(backend, case, array, actual, precision)`` is called for
+    failing arrays only (default: :func:`refws.conformance.diagnosis.diagnose`, the near-miss
+    variants); ``None`` turns the diagnosis off.
     """
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f"repeat={repeat!r}: expected an integer >= 1")

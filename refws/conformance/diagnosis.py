@@ -1,0 +1,974 @@
+"""Diagnosis: when a backend's array fails, which near-miss convention does it implement?
+
+Most convolution bugs are convention slips: a flipped kernel, SAME's odd pad on the wrong side,
+interleaved groups, ``output_padding`` read as zero-fill. Each slip is a refws computation with
+changed arguments, so refws can compute exactly what a backend with that slip returns and check
+the backend against it. :data:`VARIANTS` is the one table of those near-miss variants (documented
+in docs/conformance.md, section *Diagnosis*); :data:`PAIRS` lists the double slips tried when no
+single variant explains a failure. :func:`diagnose` is the runner's hook
+(:func:`refws.conformance.run` calls it for failing arrays only).
+
+How a variant is computed
+-------------------------
+A convolution-like case is a *problem* (:class:`ConvProblem`)::
+
+    y = Y(conv(X(x), W(w), stride, padding, lhs_dilation, rhs_dilation, groups)) + bias_scale * b
+
+with ``X``, ``W``, ``Y`` chains of index maps (flips, axis swaps, channel permutations,
+reshapes, zero padding: each output element is one input element or a zero). The transposed
+convolution is the same form: the input dilated by the stride, the kernel flipped with its
+in/out channels swapped per group, pads ``d(k - 1) - p`` and ``d(k - 1) - p + output_padding``.
+A variant maps a problem to a changed problem; the derivatives follow from the changed forward
+(``dx = X^T(dx_inner)``, ``dw = W^T(dw_inner)`` of :func:`refws.conv_vjp` at ``Y^T(dy)``,
+``ty`` by bilinearity), because a backend with a slip in its forward differentiates that forward.
+Weight standardization variants change the :class:`refws.WSSpec` (or the gain, or the centring).
+
+When a variant matches
+----------------------
+The variant value ``v`` is computed in float64 by refws. A variant matches when the backend's
+array has ``v``'s shape and lies within the rigorous bound of the backend's precision around
+``v``, with the bound's magnitudes and term count *of the variant* (``conv(|x|, |w|)`` evaluated
+through the same variant, so a variant that reads data where the correct convolution reads
+padding gets the magnitudes it needs), the stored operands (their exactness per format), and
+refws's own float64 rounding of ``v`` added. For weight standardization the stored
+``<array>__wsbound`` is scaled by ``max |v| / max |exact|`` where that exceeds 1 (a first-order
+bound, like the stored one); without stored bound data ``(n + 4) max |v|`` stands in. A variant
+whose value equals refws's correct value on the case (to float64 rounding) is not tried: it
+cannot explain a failure there.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
+
+import numpy as np
+
+from ..arrays import from_canonical, to_canonical
+from ..conv import conv, conv_canonical
+from ..explain import explain_case
+from ..geometry import as_int_tuple, conv_geometry, normalize_padding, same_pads
+from ..grads import conv_vjp, flip_swap_kernel, input_grad_pads, transpose_geometry
+from ..testing import golden_bound
+from ..tolerance import Bound, element_bound, gamma, resolve_precision
+from ..ws import resolve_spec, weight_standardize, weight_standardize_jvp, weight_standardize_vjp
+
+__all__ = ["Variant", "VARIANTS", "PAIRS", "ConvProblem", "WSProblem", "diagnose", "diagnosis_text",
+           "variant_value", "base_problem", "variant_geometry", "explain_records"]
+
+_U64 = 2.0**-53
+
+
+# --- index maps: data, so that problems are hashable and their adjoints are computed, not written ---
+
+def _apply_map(m: tuple, a: np.ndarray) -> np.ndarray:
+    """Apply one index map ``(kind, *args)``; every kind only moves, copies or zero-fills elements."""
+    kind = m[0]
+    if kind == "flip":                                  # ("flip", axes)
+        return a[tuple(slice(None, None, -1) if i in m[1] else slice(None) for i in range(a.ndim))]
+    if kind == "swapaxes":                              # ("swapaxes", i, j)
+        return np.swapaxes(a, m[1], m[2])
+    if kind == "chan_perm":                             # ("chan_perm", axis, groups): interleaved groups
+        axis, groups = m[1], m[2]
+        per = a.shape[axis] // groups
+        return np.take(a, [c * groups + g for g in range(groups) for c in range(per)], axis=axis)
+    if kind == "relayout":                              # ("relayout", channel_first, batched): reshape
+        cf, batched = m[1], m[2]
+        lead = 1 if batched else 0
+        s = a.shape
+        new = s[:lead] + (s[lead + 1:] + s[lead:lead + 1] if cf else s[-1:] + s[lead:-1])
+        return a.reshape(new)
+    if kind == "pad_high":                              # ("pad_high", axes, amounts)
+        widths = [(0, 0)] * a.ndim
+        for axis, amount in zip(m[1], m[2]):
+            widths[axis] = (0, amount)
+        return np.pad(a, widths)
+    if kind == "swap_io":                               # ("swap_io", groups): in/out per group, no flip
+        nd = a.ndim - 2
+        return flip_swap_kernel(a, m[1])[(slice(None, None, -1),) * nd]
+    if kind == "reshape_io":                            # ("reshape_io", groups): PyTorch weight reshaped
+        nd, groups = a.ndim - 2, m[1]
+        pt = np.moveaxis(a, (-1, -2), (0, 1))           # (C_in, C_out/G, *k)
+        fwd = pt.reshape(groups * a.shape[-2], a.shape[-1] // groups, *a.shape[:nd])
+        return np.moveaxis(fwd, (0, 1), (-1, -2))       # (*k, C_in/G, C_out)
+    raise ValueError(f"unknown index map {m!r}")
+
+
+def _apply(maps: tuple, a: np.ndarray) -> np.ndarray:
+    for m in maps:
+        a = _apply_map(m, a)
+    return a
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _index(maps: tuple, shape: tuple) -> np.ndarray:
+    """Where each element of ``_apply(maps, a)`` comes from in ``a.ravel()`` (+1; 0 = a zero)."""
+    key = (maps, shape)
+    if key not in _INDEX_CACHE:
+        if len(_INDEX_CACHE) > 256:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = _apply(maps, np.arange(1, math.prod(shape) + 1, dtype=np.int64).reshape(shape))
+    return _INDEX_CACHE[key]
+
+
+def _adjoint(maps: tuple, shape: tuple, g: np.ndarray) -> np.ndarray | None:
+    """``maps^T g`` for an input of ``shape`` (None when ``g`` does not have the mapped shape)."""
+    if not maps:
+        return g if g.shape == tuple(shape) else None
+    idx = _index(maps, shape)
+    if idx.shape != g.shape:
+        return None
+    keep = idx.ravel() > 0
+    out = np.bincount(idx.ravel()[keep] - 1, weights=g.ravel()[keep], minlength=math.prod(shape))
+    return out.reshape(shape)
+
+
+def _mapped_shape(maps: tuple, shape: tuple) -> tuple:
+    return _index(maps, shape).shape if maps else tuple(shape)
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+def _spatial_axes(ndim: int, nd: int, channel_first: bool, batched: bool) -> tuple:
+    start = (1 if batched else 0) + (1 if channel_first else 0)
+    return tuple(range(start, start + nd))
+
+
+def _channel_axis(ndim: int, channel_first: bool, batched: bool) -> int:
+    return (1 if batched else 0) if channel_first else ndim - 1
+
+
+def _spatial(shape: tuple, nd: int, channel_first: bool, batched: bool) -> tuple:
+    return tuple(shape[i] for i in _spatial_axes(len(shape), nd, channel_first, batched))
+
+
+# --- problems ------------------------------------------------------------------------------------
+
+def _hashable(padding):
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, (list, tuple)):
+        return tuple(_hashable(p) for p in padding)
+    return padding
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """``y = Y(conv(X(x), W(w), ...)) + bias_scale * b`` and its derivatives (see the module doc).
+
+    ``channel_first`` is the layout the inner convolution reads (``batched`` is the case's);
+    ``output_padding`` is kept for the transposed convolution's variants; the last three flags
+    change only how ``dx`` / ``dw`` are derived.
+    """
+
+    nd: int
+    stride: tuple
+    padding: object                 # "SAME" / "SAME_LOWER" / "VALID" or ((lo, hi), ...)
+    lhs_dilation: tuple
+    rhs_dilation: tuple
+    groups: int
+    channel_first: bool
+    batched: bool
+    x_maps: tuple = ()
+    w_maps: tuple = ()
+    y_maps: tuple = ()              # applied to the inner output, first to last
+    bias_scale: int = 0
+    output_padding: tuple = ()
+    dx_unstuffed: bool = False
+    dw_first_sample: bool = False
+    dw_flip: bool = False
+
+    def geometry(self, x_shape: tuple, w_shape: tuple):
+        """``(geometry, x_inner_shape, w_inner_shape)`` of the inner convolution for the case's
+        ``x`` and ``w`` shapes (after the maps)."""
+        return _geometry(self, tuple(x_shape), tuple(w_shape))
+
+    def pads(self, case) -> tuple:
+        return self.geometry(case["x"].shape, case["w"].shape)[0].padding
+
+
+@functools.lru_cache(maxsize=4096)
+def _inner_geometry(P: ConvProblem, xi: tuple, wi: tuple):
+    """The geometry of the inner convolution for its operands' shapes ``xi``, ``wi``."""
+    return conv_geometry(_spatial(xi, P.nd, P.channel_first, P.batched), wi[:-2], P.stride, P.padding,
+                         P.lhs_dilation, P.rhs_dilation)
+
+
+def _geometry(P: ConvProblem, x_shape: tuple, w_shape: tuple):
+    xi, wi = _mapped_shape(P.x_maps, x_shape), _mapped_shape(P.w_maps, w_shape)
+    return _inner_geometry(P, xi, wi), xi, wi
+
+
+@dataclass(frozen=True)
+class WSProblem:
+    """``w_hat = scale * weight_standardize(w, gain if use_gain, eps, spec)`` (centred unless not)."""
+
+    spec: object
+    eps: float
+    out_axis: int
+    use_gain: bool
+    scale: float = 1.0
+    centred: bool = True
+
+
+def _conv_problem(case) -> ConvProblem:
+    p = case.params
+    nd = len(p["w_shape"]) - 2
+    batched = len(p["x_shape"]) == len(p["w_shape"])
+    pad = p["padding"]
+    spatial = _spatial(tuple(p["x_shape"]), nd, p["channel_first"], batched)
+    stride = as_int_tuple(p["stride"], nd, "stride")
+    lhs, rhs = as_int_tuple(p["lhs_dilation"], nd, "lhs_dilation"), as_int_tuple(p["rhs_dilation"], nd, "rhs_dilation")
+    if not isinstance(pad, str):
+        pad = normalize_padding(pad, spatial, tuple(p["w_shape"][:-2]), stride, lhs, rhs)
+    return ConvProblem(nd, stride, _hashable(pad), lhs, rhs, int(p["groups"]), p["channel_first"], batched)
+
+
+def _transpose_problem(case) -> ConvProblem:
+    p = case.params
+    nd = len(p["w_shape"]) - 2
+    batched = len(p["x_shape"]) == len(p["w_shape"])
+    spatial = _spatial(tuple(p["x_shape"]), nd, p["channel_first"], batched)
+    fwd = transpose_geometry(spatial, tuple(p["w_shape"][:-2]), p["stride"], p["padding"], p["output_padding"],
+                             p["dilation"], p["output_size"], 2 if batched else 1)
+    groups = int(p["groups"])
+    return ConvProblem(nd, (1,) * nd, input_grad_pads(fwd), fwd.stride, fwd.rhs_dilation, groups,
+                       p["channel_first"], batched, w_maps=(("swap_io", groups), ("flip", tuple(range(nd)))),
+                       bias_scale=1 if p.get("bias") else 0,
+                       output_padding=tuple(lo - hi for lo, hi in fwd.padding))
+
+
+def _ws_problem(case) -> WSProblem:
+    p = case.params
+    spec = resolve_spec(p["spec"])
+    eps = spec.eps if p.get("eps") is None else float(p["eps"])
+    return WSProblem(spec, eps, int(p["out_axis"]), bool(p.get("gain")))
+
+
+_FAMILIES = {"conv": _conv_problem, "conv_transpose": _transpose_problem, "ws": _ws_problem}
+
+
+def base_problem(case):
+    """The correct computation of a golden case as a problem (None for suites without variants)."""
+    make = _FAMILIES.get(case.suite)
+    return None if make is None else make(case)
+
+
+# --- evaluating a problem ------------------------------------------------------------------------
+
+def _bias_view(b: np.ndarray, ndim: int, channel_axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[channel_axis] = b.shape[0]
+    return b.reshape(shape)
+
+
+def _operand(case, name: str, absolute: bool) -> np.ndarray:
+    a = case.arrays[name]
+    return np.abs(a) if absolute else a
+
+
+def _inner_conv(P: ConvProblem, x, w):
+    """``refws.conv`` with the problem's arguments, through its canonical entry point and the
+    cached geometry (the operands are the case's, already checked by the store)."""
+    g = _inner_geometry(P, x.shape, w.shape)
+    x_cl = to_canonical(x, P.channel_first, not P.batched)
+    return from_canonical(conv_canonical(x_cl, w, g, P.groups), P.channel_first, not P.batched)
+
+
+def _forward(P: ConvProblem, case, names: tuple, bias_name: str, absolute: bool) -> np.ndarray:
+    """``Y(sum of conv(X a, W b) over the operand pairs)`` plus the scaled bias (``y`` and ``ty``)."""
+    out = None
+    for a_name, b_name in names:
+        term = _inner_conv(P, _apply(P.x_maps, _operand(case, a_name, absolute)),
+                           _apply(P.w_maps, _operand(case, b_name, absolute)))
+        out = term if out is None else out + term
+    out = _apply(P.y_maps, out)
+    if P.bias_scale and bias_name in case.arrays:
+        layout_cf = case.params["channel_first"]
+        b = abs(P.bias_scale) * np.abs(case[bias_name]) if absolute else P.bias_scale * case[bias_name]
+        out = out + _bias_view(b, out.ndim, _channel_axis(out.ndim, layout_cf, P.batched))
+    return out
+
+
+def _dx_unstuffed(P: ConvProblem, g, dyi: np.ndarray, wi: np.ndarray) -> np.ndarray:
+    """``dx`` with ``dy`` not zero-stuffed by the stride: the low pad of the correct ``dx``
+    convolution, the high pad fitted so that the result has ``x``'s size."""
+    unbatched = not P.batched
+    dy_cl = to_canonical(dyi, P.channel_first, unbatched)
+    pads = tuple((lo, (n - 1) * L + kd - out - lo)
+                 for (lo, _), n, L, kd, out in zip(input_grad_pads(g), g.in_spatial, g.lhs_dilation,
+                                                   g.dilated_kernel, g.out_spatial))
+    dx = conv(dy_cl, flip_swap_kernel(wi, P.groups), stride=g.lhs_dilation, padding=pads,
+              rhs_dilation=g.rhs_dilation, groups=P.groups)
+    return from_canonical(dx, P.channel_first, unbatched)
+
+
+def _backward(P: ConvProblem, case, absolute: bool):
+    """``(dx, dw)`` of the problem at the stored ``dy`` (None when ``dy`` does not fit its output)."""
+    x, w = _operand(case, "x", absolute), _operand(case, "w", absolute)
+    g, xi_shape, wi_shape = P.geometry(x.shape, w.shape)
+    xi, wi = _apply(P.x_maps, x), _apply(P.w_maps, w)
+    dyi = _adjoint(P.y_maps, _inner_out_shape(P, g, xi_shape, wi_shape), _operand(case, "dy", absolute))
+    if dyi is None:
+        return None
+    if P.dw_first_sample:
+        dw_i = conv_vjp(xi[:1], wi, dyi[:1], P.stride, P.padding, P.lhs_dilation, P.rhs_dilation, P.groups,
+                        channel_first=P.channel_first)[1]
+        dx_i = None
+    else:
+        dx_i, dw_i = conv_vjp(xi, wi, dyi, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation, P.groups,
+                              channel_first=P.channel_first)
+    if P.dx_unstuffed:
+        dx_i = _dx_unstuffed(P, g, dyi, wi)
+    dx = None if dx_i is None else _adjoint(P.x_maps, x.shape, dx_i)
+    dw = _adjoint(P.w_maps, w.shape, dw_i)
+    if P.dw_flip:
+        dw = _apply_map(("flip", tuple(range(P.nd))), dw)
+    return dx, dw
+
+
+def _inner_out_shape(P: ConvProblem, g, xi_shape: tuple, wi_shape: tuple) -> tuple:
+    n_lead = 1 if P.batched else 0
+    c_out = wi_shape[-1]
+    inner = (c_out, *g.out_spatial) if P.channel_first else (*g.out_spatial, c_out)
+    return tuple(xi_shape[:n_lead]) + inner
+
+
+def _bias_grad(P: ConvProblem, case, absolute: bool) -> np.ndarray:
+    dy = _operand(case, "dy", absolute)
+    axis = _channel_axis(dy.ndim, case.params["channel_first"], P.batched)
+    return abs(P.bias_scale) * dy.sum(axis=tuple(i for i in range(dy.ndim) if i != axis))
+
+
+def _ws_value(P: WSProblem, case, array: str):
+    w = case["w"]
+    gain = case["gain"] if P.use_gain and "gain" in case.arrays else None
+    kw = dict(out_axis=P.out_axis, spec=P.spec)
+    if array == "w_hat":
+        v = weight_standardize(w, gain, P.eps, **kw)
+        if not P.centred:
+            # w * (scale per channel): the scale read off the element of largest |w - mean|
+            axes = tuple(i for i in range(w.ndim) if i != P.out_axis % w.ndim)
+            c = w - w.mean(axis=axes, keepdims=True)
+            flat_c = np.moveaxis(c, P.out_axis, 0).reshape(c.shape[P.out_axis], -1)
+            flat_v = np.moveaxis(v, P.out_axis, 0).reshape(flat_c.shape)
+            pick = np.argmax(np.abs(flat_c), axis=1)
+            rows = np.arange(flat_c.shape[0])
+            if np.any(flat_c[rows, pick] == 0):
+                return None
+            ratio = flat_v[rows, pick] / flat_c[rows, pick]
+            shape = [1] * w.ndim
+            shape[P.out_axis] = -1
+            v = w * ratio.reshape(shape)
+        return P.scale * v
+    if not P.centred:
+        return None
+    if array in ("dw", "dgain"):
+        dw, dgain = weight_standardize_vjp(w, case["dw_hat"], gain, P.eps, **kw)
+        if array == "dw":
+            return P.scale * dw
+        return np.zeros_like(case["gain"]) if dgain is None else P.scale * dgain
+    if array == "tw_hat":
+        tgain = case["tgain"] if gain is not None and "tgain" in case.arrays else None
+        return P.scale * weight_standardize_jvp(w, case["tw"], gain, tgain, P.eps, **kw)[1]
+    return None
+
+
+_CACHE: dict = {"case": None, "values": {}}
+
+
+def variant_value(P, case, array: str, absolute: bool = False):
+    """The value of ``array`` under problem ``P`` (a variant, or :func:`base_problem`), or None when
+    the problem does not define it (e.g. ``dy`` does not fit a variant's output shape).
+
+    ``absolute=True`` evaluates the bilinear problem on the inputs' absolute values: the
+    magnitudes ``m`` of the rounding bound. Values are cached for the case last asked about.
+    """
+    if _CACHE["case"] is not case:
+        _CACHE["case"], _CACHE["values"] = case, {}
+    key = (P, array, absolute)
+    values = _CACHE["values"]
+    if key in values:
+        return values[key]
+    if isinstance(P, WSProblem):
+        v = _ws_value(P, case, array)
+    elif array == "y":
+        v = _forward(P, case, (("x", "w"),), "b", absolute)
+    elif array == "ty":
+        v = _forward(P, case, (("tx", "w"), ("x", "tw")), "tb", absolute)
+    elif array in ("dx", "dw"):
+        bkey = (P, "backward", absolute)
+        if bkey not in values:
+            values[bkey] = _backward(P, case, absolute)
+        pair = values[bkey]
+        v = None if pair is None else pair[0 if array == "dx" else 1]
+    elif array == "db":
+        v = _bias_grad(P, case, absolute) if P.bias_scale else None
+    else:
+        v = None
+    values[key] = v
+    return v
+
+
+# --- the variants ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """A named near-miss convention: what it means, where it applies, and the changed problem
+    (``slip(problem, case)`` returns it, or None when the slip cannot apply to the case)."""
+
+    name: str
+    description: str
+    suites: tuple
+    arrays: tuple
+    slip: Callable
+
+
+_CONV = ("conv",)
+_TRANSPOSE = ("conv_transpose",)
+_BOTH = ("conv", "conv_transpose")
+_FWD = ("y", "dx", "dw", "ty")
+_WS = ("ws",)
+_WS_ARRAYS = ("w_hat", "dw", "dgain", "tw_hat")
+
+
+def _kernel_flipped(P, case):
+    if math.prod(case["w"].shape[:-2]) == 1:
+        return None
+    return replace(P, w_maps=P.w_maps + (("flip", tuple(range(P.nd))),))
+
+
+def _same_to(target: str):
+    source = "SAME_LOWER" if target == "SAME" else "SAME"
+
+    def slip(P, case):
+        if P.padding != source or all(lo == hi for lo, hi in P.pads(case)):
+            return None
+        return replace(P, padding=target)
+    return slip
+
+
+def _same_ignores_rhs_dilation(P, case):
+    if P.padding not in ("SAME", "SAME_LOWER") or all(d == 1 for d in P.rhs_dilation):
+        return None
+    g = P.geometry(case["x"].shape, case["w"].shape)[0]
+    pads = tuple(same_pads(n, k, s, 1, lower=P.padding == "SAME_LOWER")
+                 for n, k, s in zip(g.in_spatial, g.kernel_spatial, g.stride))
+    return replace(P, padding=pads)
+
+
+def _pads_swapped(P, case):
+    pads = P.pads(case)
+    if all(lo == hi for lo, hi in pads):
+        return None
+    return replace(P, padding=tuple((hi, lo) for lo, hi in pads))
+
+
+def _high_crop_ignores_low_pad(P, case):
+    pads = P.pads(case)
+    if not any(lo > 0 > hi for lo, hi in pads):
+        return None
+    return replace(P, padding=tuple((lo, hi - lo) if lo > 0 > hi else (lo, hi) for lo, hi in pads))
+
+
+def _padding_ignored(P, case):
+    if all(p == (0, 0) for p in P.pads(case)):
+        return None
+    return replace(P, padding=((0, 0),) * P.nd)
+
+
+def _set_factor(field: str, new):
+    """A changed stride or dilation; the padding stays as resolved with the case's arguments (a
+    front end resolves SAME, the convolution itself slips)."""
+    def slip(P, case):
+        old = getattr(P, field)
+        value = new(old)
+        if value is None or value == old:
+            return None
+        return replace(P, padding=P.pads(case), **{field: value})
+    return slip
+
+
+def _swap01(t: tuple) -> tuple:
+    return (t[1], t[0]) + tuple(t[2:])
+
+
+def _spatial_args_swapped(P, case):
+    if P.nd < 2:
+        return None
+    Q = replace(P, stride=_swap01(P.stride), padding=_swap01(P.pads(case)), lhs_dilation=_swap01(P.lhs_dilation),
+                rhs_dilation=_swap01(P.rhs_dilation))
+    return None if Q == replace(P, padding=P.pads(case)) else Q
+
+
+def _kernel_axes_swapped(P, case):
+    return None if P.nd < 2 else replace(P, w_maps=P.w_maps + (("swapaxes", 0, 1),))
+
+
+def _spatial_axes_swapped(P, case):
+    if P.nd < 2:
+        return None
+    xa = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
+    swap = ("swapaxes", xa[0], xa[1])
+    return replace(P, x_maps=P.x_maps + (swap,), y_maps=(swap,) + P.y_maps)
+
+
+def _groups_interleaved(P, case):
+    c_in = case["x"].shape[_channel_axis(case["x"].ndim, case.params["channel_first"], P.batched)]
+    if P.groups < 2 or c_in // P.groups < 2:
+        return None
+    axis = _channel_axis(case["x"].ndim, P.channel_first, P.batched)
+    return replace(P, x_maps=P.x_maps + (("chan_perm", axis, P.groups),))
+
+
+def _channels_first_misread(P, case):
+    return replace(P, channel_first=not P.channel_first,
+                   x_maps=P.x_maps + (("relayout", P.channel_first, P.batched),),
+                   y_maps=(("relayout", not P.channel_first, P.batched),) + P.y_maps)
+
+
+def _output_padding(low: bool):
+    def slip(P, case):
+        op = P.output_padding
+        if not op or not any(op):
+            return None
+        pads = P.pads(case)
+        if low:
+            return replace(P, padding=tuple((lo + o, hi - o) for (lo, hi), o in zip(pads, op)))
+        axes = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
+        return replace(P, padding=tuple((lo, hi - o) for (lo, hi), o in zip(pads, op)),
+                       y_maps=(("pad_high", axes, op),) + P.y_maps)
+    return slip
+
+
+def _transpose_kernel_not_flipped(P, case):
+    return _kernel_flipped(P, case)
+
+
+def _transpose_weight_io_swapped(P, case):
+    maps = tuple(("reshape_io",) + m[1:] if m[0] == "swap_io" else m for m in P.w_maps)
+    return None if maps == P.w_maps else replace(P, w_maps=maps)
+
+
+def _bias(scale: int):
+    def slip(P, case):
+        return None if P.bias_scale != 1 else replace(P, bias_scale=scale)
+    return slip
+
+
+def _dx_stride_ignored(P, case):
+    return None if all(s == 1 for s in P.stride) else replace(P, dx_unstuffed=True)
+
+
+def _dw_not_summed(P, case):
+    if not P.batched or case["x"].shape[0] < 2:
+        return None
+    return replace(P, dw_first_sample=True)
+
+
+def _dw_kernel_flipped(P, case):
+    return None if math.prod(case["w"].shape[:-2]) == 1 else replace(P, dw_flip=True)
+
+
+# weight standardization
+
+def _n_per_channel(P: WSProblem, case) -> int:
+    w = case["w"]
+    return w.size // w.shape[P.out_axis]
+
+
+def _ws_spec(P: WSProblem, case, **changes):
+    """``P`` with spec fields changed (None when nothing changes or the spec is invalid)."""
+    spec = P.spec
+    try:
+        new = replace(spec, **changes)
+    except ValueError:
+        return None
+    if new == spec or (new.ddof == 1 and _n_per_channel(P, case) < 2):
+        return None
+    return replace(P, spec=new)
+
+
+def _ws_ddof(ddof: int):
+    return lambda P, case: _ws_spec(P, case, ddof=ddof)
+
+
+def _ws_denominator(form: str):
+    def slip(P, case):
+        spec = P.spec
+        if spec.denominator == form:
+            return None
+        fan = spec.fan or "fan_in" if form == "max_var_n" or spec.fixed_scale is not None else None
+        return _ws_spec(P, case, denominator=form, fan=fan)
+    return slip
+
+
+def _ws_fan(fan: str):
+    def slip(P, case):
+        if P.spec.fan is None or case["w"].size == _n_per_channel(P, case):
+            return None
+        return _ws_spec(P, case, fan=fan)
+    return slip
+
+
+def _ws_no_fan(P, case):
+    spec, n = P.spec, _n_per_channel(P, case)
+    if spec.fan is None:
+        return None
+    if spec.denominator == "max_var_n":
+        # sqrt(max(var, eps)) = sqrt(max(var * n, eps * n)) / sqrt(n): refws with N = n, eps * n
+        q = _ws_spec(P, case, fan="fan_in")
+        q = replace(q if q is not None else P, eps=P.eps * n, scale=P.scale * math.sqrt(n))
+        if spec.fixed_scale is not None:
+            q = replace(q, scale=q.scale * math.sqrt(_fan_size(spec, case, n)))
+        return q
+    q = _ws_spec(P, case, fixed_scale=None, fan=None)
+    return None if q is None else replace(q, scale=P.scale * spec.fixed_scale)
+
+
+def _fan_size(spec, case, n: int) -> int:
+    return n if spec.fan == "fan_in" else case["w"].size
+
+
+def _ws_gain_ignored(P, case):
+    return replace(P, use_gain=False) if P.use_gain and "gain" in case.arrays else None
+
+
+def _ws_mean_not_subtracted(P, case):
+    return replace(P, centred=False) if P.centred else None
+
+
+VARIANTS: dict = {v.name: v for v in (
+    # convolution
+    Variant("kernel_flipped", "true convolution: the kernel flipped along every spatial axis (instead of "
+            "cross-correlation)", _CONV, _FWD, _kernel_flipped),
+    Variant("same_lower", "SAME's extra pad on the low side (SAME_LOWER instead of SAME)", _CONV, _FWD,
+            _same_to("SAME_LOWER")),
+    Variant("same_upper", "SAME_LOWER's extra pad on the high side (SAME instead of SAME_LOWER)", _CONV, _FWD,
+            _same_to("SAME")),
+    Variant("same_ignores_rhs_dilation", "SAME pads computed for the undilated kernel (the padding rule "
+            "ignores rhs_dilation; the convolution does not)", _CONV, _FWD, _same_ignores_rhs_dilation),
+    Variant("pads_swapped", "each (lo, hi) pad read as (hi, lo)", _CONV, _FWD, _pads_swapped),
+    Variant("padding_ignored", "no padding at all (pads (0, 0))", _CONV, _FWD, _padding_ignored),
+    Variant("high_crop_ignores_low_pad", "a negative high pad cropped at the unpadded input's end, so it also "
+            "removes the low pad's length: (lo, hi) read as (lo, hi - lo) where lo > 0 > hi", _CONV, _FWD,
+            _high_crop_ignores_low_pad),
+    Variant("rhs_dilation_ignored", "rhs (kernel) dilation ignored", _CONV, _FWD,
+            _set_factor("rhs_dilation", lambda d: tuple(1 for _ in d))),
+    Variant("rhs_dilation_plus_one", "rhs dilation d taken as the number of zeros between taps (taps d + 1 "
+            "apart)", _CONV, _FWD, _set_factor("rhs_dilation", lambda d: tuple(v + 1 for v in d))),
+    Variant("lhs_dilation_ignored", "lhs (input) dilation ignored", _CONV, _FWD,
+            _set_factor("lhs_dilation", lambda d: tuple(1 for _ in d))),
+    Variant("stride_ignored", "stride ignored (stride 1)", _CONV, _FWD,
+            _set_factor("stride", lambda s: tuple(1 for _ in s))),
+    Variant("spatial_args_swapped", "per-axis stride, padding and dilations applied to the first two spatial "
+            "axes exchanged", _CONV, _FWD, _spatial_args_swapped),
+    Variant("kernel_axes_swapped", "the kernel's first two spatial axes exchanged", _CONV, _FWD,
+            _kernel_axes_swapped),
+    Variant("spatial_axes_swapped", "the data's first two spatial axes exchanged (kernel and per-axis "
+            "arguments as given)", _CONV, _FWD, _spatial_axes_swapped),
+    Variant("groups_interleaved", "group g takes input channels g, g + G, g + 2G, ... instead of a "
+            "contiguous block", _BOTH, _FWD, _groups_interleaved),
+    Variant("channels_first_misread", "channels-first data reinterpreted as channels-last or the reverse "
+            "(a reshape where a transpose was needed)", _BOTH, _FWD, _channels_first_misread),
+    # transposed convolution
+    Variant("output_padding_ignored", "output_padding only enlarges the output: the rows it adds at the "
+            "high end hold zeros (plus the bias) instead of computed values", _TRANSPOSE, _FWD,
+            _output_padding(low=False)),
+    Variant("output_padding_low", "output_padding added at the start instead of the end", _TRANSPOSE, _FWD,
+            _output_padding(low=True)),
+    Variant("transpose_kernel_not_flipped", "transposed convolution with the kernel not flipped (in/out "
+            "channels swapped only)", _TRANSPOSE, _FWD, _transpose_kernel_not_flipped),
+    Variant("transpose_weight_io_swapped", "the weight (C_in, C_out/g, *k) read as (C_out, C_in/g, *k) "
+            "(reshaped where the in/out axes needed swapping)", _TRANSPOSE, _FWD, _transpose_weight_io_swapped),
+    Variant("bias_missing", "the bias not added", _TRANSPOSE, ("y", "ty", "db"), _bias(0)),
+    Variant("bias_twice", "the bias added twice", _TRANSPOSE, ("y", "ty", "db"), _bias(2)),
+    # derivatives
+    Variant("dx_stride_ignored", "dx computed without zero-stuffing dy by the stride (as for stride 1), "
+            "fitted to x's size", _CONV, ("dx",), _dx_stride_ignored),
+    Variant("dw_not_summed_over_batch", "dw from the first batch item only (not summed over the batch)",
+            _BOTH, ("dw",), _dw_not_summed),
+    Variant("dw_kernel_flipped", "dw flipped along every spatial axis", _BOTH, ("dw",), _dw_kernel_flipped),
+    # weight standardization
+    Variant("ws_ddof0", "variance with ddof 0 (biased) instead of 1", _WS, _WS_ARRAYS, _ws_ddof(0)),
+    Variant("ws_ddof1", "variance with ddof 1 (unbiased) instead of 0", _WS, _WS_ARRAYS, _ws_ddof(1)),
+    Variant("ws_eps_inside_sqrt", "denominator sqrt(var + eps)", _WS, _WS_ARRAYS,
+            _ws_denominator("sqrt_var_plus_eps")),
+    Variant("ws_eps_outside_sqrt", "denominator std + eps", _WS, _WS_ARRAYS, _ws_denominator("std_plus_eps")),
+    Variant("ws_eps_clamp", "denominator sqrt(max(var * N, eps))", _WS, _WS_ARRAYS, _ws_denominator("max_var_n")),
+    Variant("ws_fan_numel", "N = every element of the weight (numel), not the fan-in", _WS, _WS_ARRAYS,
+            _ws_fan("numel")),
+    Variant("ws_fan_in", "N = the fan-in (elements per output channel), not numel", _WS, _WS_ARRAYS,
+            _ws_fan("fan_in")),
+    Variant("ws_no_fan", "no N: sqrt(max(var, eps)) (or no N**-0.5 scale)", _WS, _WS_ARRAYS, _ws_no_fan),
+    Variant("ws_gain_ignored", "the gain not applied", _WS, _WS_ARRAYS, _ws_gain_ignored),
+    Variant("ws_mean_not_subtracted", "the mean not subtracted from the weight (the variance still centred)",
+            _WS, ("w_hat",), _ws_mean_not_subtracted),
+)}
+
+# The double slips tried when no single variant matches (the first is applied first).
+PAIRS: tuple = (
+    ("kernel_flipped", "pads_swapped"), ("kernel_flipped", "same_lower"), ("kernel_flipped", "same_upper"),
+    ("kernel_flipped", "groups_interleaved"), ("kernel_flipped", "spatial_axes_swapped"),
+    ("kernel_flipped", "channels_first_misread"), ("pads_swapped", "spatial_args_swapped"),
+    ("same_lower", "same_ignores_rhs_dilation"), ("same_upper", "same_ignores_rhs_dilation"),
+    ("transpose_kernel_not_flipped", "output_padding_low"), ("transpose_kernel_not_flipped", "output_padding_ignored"),
+    ("transpose_kernel_not_flipped", "transpose_weight_io_swapped"), ("transpose_kernel_not_flipped", "bias_missing"),
+    ("output_padding_ignored", "bias_missing"), ("dw_kernel_flipped", "dw_not_summed_over_batch"),
+    ("ws_ddof0", "ws_fan_in"), ("ws_ddof1", "ws_fan_numel"),
+    ("ws_ddof0", "ws_eps_inside_sqrt"), ("ws_ddof0", "ws_eps_outside_sqrt"),
+    ("ws_ddof1", "ws_eps_inside_sqrt"), ("ws_ddof1", "ws_eps_outside_sqrt"),
+    ("ws_gain_ignored", "ws_ddof0"), ("ws_gain_ignored", "ws_ddof1"),
+)
+
+
+def _check_tables():
+    for pair in PAIRS:
+        for name in pair:
+            if name not in VARIANTS:
+                raise RuntimeError(f"PAIRS names an unknown variant {name!r}")
+
+
+_check_tables()
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+def _applies(variant: Variant, suite: str, array: str) -> bool:
+    return suite in variant.suites and array in variant.arrays
+
+
+def _terms(P, case, array: str) -> int:
+    """An upper bound on the products summed into one element of the variant's ``array``."""
+    w = case["w"]
+    taps = math.prod(w.shape[:-2])
+    if array in ("y", "ty"):
+        c_in = P.geometry(case["x"].shape, w.shape)[2][-2]
+        return (2 if array == "ty" else 1) * taps * c_in + (1 if P.bias_scale else 0)
+    if array == "dx":
+        return taps * max(w.shape[-1], w.shape[-2])
+    dy = case["dy"]
+    return max(1, dy.size // max(1, dy.shape[_channel_axis(dy.ndim, case.params["channel_first"], P.batched)]))
+
+
+def _out_shape(P, case, array: str):
+    """The shape of the variant's ``array`` without computing it (None: the variant does not define it)."""
+    if isinstance(P, WSProblem):
+        return case[array].shape
+    g, xi, wi = P.geometry(case["x"].shape, case["w"].shape)
+    y_shape = _mapped_shape(P.y_maps, _inner_out_shape(P, g, xi, wi))
+    if array in ("y", "ty"):
+        return y_shape
+    if y_shape != case["dy"].shape:
+        return None
+    if array == "db":
+        return case["b"].shape if P.bias_scale and "b" in case.arrays else None
+    return case[{"dx": "x", "dw": "w"}[array]].shape
+
+
+def _maxima(case) -> dict:
+    if _CACHE["case"] is not case:
+        _CACHE["case"], _CACHE["values"] = case, {}
+    values = _CACHE["values"]
+    if "maxima" not in values:
+        values["maxima"] = {k: float(np.max(np.abs(a), initial=0.0)) for k, a in case.arrays.items() if "__" not in k}
+    return values["maxima"]
+
+
+def _upper_magnitude(P, case, array: str, K: int) -> float:
+    """A scalar upper bound on the variant's magnitudes ``m`` (rejects most variants cheaply)."""
+    mx = _maxima(case)
+    bias = abs(P.bias_scale)
+    if array == "y":
+        return K * mx["x"] * mx["w"] + bias * mx.get("b", 0.0)
+    if array == "ty":
+        return K * max(mx["tx"] * mx["w"], mx["x"] * mx["tw"]) + bias * mx.get("tb", 0.0)
+    if array == "dx":
+        return K * mx["dy"] * mx["w"]
+    if array == "dw":
+        return K * mx["x"] * mx["dy"]
+    return K * mx["dy"] * bias
+
+
+@dataclass(frozen=True)
+class _MemoBound(Bound):
+    """A :class:`~refws.tolerance.Bound` that computes its input-rounding terms once per precision
+    (they depend only on the stored operands, which no variant changes)."""
+
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def c_in(self, precision) -> float:
+        key = ("c_in", resolve_precision(precision).name)
+        if key not in self.memo:
+            self.memo[key] = super().c_in(precision)
+        return self.memo[key]
+
+    def u_ws(self, precision) -> float:
+        key = ("u_ws", resolve_precision(precision).name)
+        if key not in self.memo:
+            self.memo[key] = super().u_ws(precision)
+        return self.memo[key]
+
+
+def _errors(actual: np.ndarray, v: np.ndarray) -> np.ndarray:
+    a = actual.astype(np.float64)
+    err = np.abs(a - v)
+    err[~np.isfinite(a)] = np.inf
+    return err
+
+
+def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec) -> str:
+    """``"match"``, ``"differs"`` or ``"same"`` (indistinguishable from refws's correct value).
+
+    The variant's own float64 rounding (``gamma_K(2**-53) m``) is added to the bound and ``m``
+    inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A scalar bound
+    from ``K max|a| max|b|`` rejects most variants before their magnitudes are computed.
+    """
+    K = max(bound.K, _terms(P, case, array))
+    g64 = float(gamma(K, _U64))
+    M = _upper_magnitude(P, case, array, K)
+    exact = case.arrays[array]
+    if v.shape == exact.shape and (v.size == 0 or np.max(np.abs(v - exact)) <= 2 * g64 * M):
+        return "same"
+    err = _errors(actual, v)
+    if not np.any(err):
+        return "match"
+    if v.size:
+        loose = replace(bound, m=np.float64(M * (1 + 2 * g64)), K=K, W=None, extra=np.float64(2 * g64 * M))
+        if np.max(err) > element_bound(loose, np.float64(np.max(np.abs(v))), prec):
+            return "differs"
+    m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
+    tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
+    return "match" if np.all(err <= element_bound(tight, v, prec)) else "differs"
+
+
+def _ws_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec) -> str:
+    exact = case.arrays[array]
+    top = float(np.max(np.abs(exact), initial=0.0))
+    vtop = float(np.max(np.abs(v), initial=0.0))
+    if bound.W is not None:
+        W = bound.W * max(1.0, vtop / top if top > 0 else 1.0)
+    else:
+        W = np.full(v.shape, (_n_per_channel(P, case) + 4) * vtop)
+    own = replace(bound, m=None, W=W, extra=None)
+    own = replace(own, extra=element_bound(own, v, "float64") + 4 * _U64 * np.abs(v))
+    if np.all(_errors(exact, v) <= element_bound(own, v, "float64")):
+        return "same"
+    return "match" if np.all(_errors(actual, v) <= element_bound(own, v, prec)) else "differs"
+
+
+def _try(P, case, array: str, actual: np.ndarray, bound: Bound, prec) -> str | None:
+    """The outcome for one problem: ``"match"``, ``"differs"``, or None (not tried)."""
+    if _out_shape(P, case, array) != actual.shape:
+        return None
+    v = variant_value(P, case, array)
+    if v is None or v.shape != actual.shape:
+        return None
+    match = _ws_match if isinstance(P, WSProblem) else _conv_match
+    outcome = match(P, case, array, actual, v, bound, prec)
+    return None if outcome == "same" else outcome
+
+
+def _slip(names: tuple, P, case):
+    for name in names:
+        P = VARIANTS[name].slip(P, case)
+        if P is None:
+            return None
+    return P
+
+
+def diagnose(backend, case, array: str, actual, precision) -> dict:
+    """Which near-miss variants explain a failing array: ``{"matches": [...], "tried": n}``.
+
+    ``matches`` names every single variant of :data:`VARIANTS` under which ``actual`` passes the
+    rigorous bound of ``precision`` (see the module doc); when none does, every pair of
+    :data:`PAIRS` is tried and matching pairs are named ``"a+b"``. ``tried`` counts the variants
+    and pairs that apply to the case and array, give an output of ``actual``'s shape and differ
+    from refws's correct value there. ``backend`` is not used (the hook's signature).
+    """
+    prec = resolve_precision(precision)
+    base = base_problem(case)
+    try:
+        actual = np.asarray(actual)
+    except Exception:                               # noqa: BLE001 - nothing array-like to compare
+        return {"matches": [], "tried": 0}
+    if base is None or array not in case.arrays or actual.dtype.kind not in "fiu":
+        return {"matches": [], "tried": 0}
+    stored = golden_bound(case, array)
+    bound = _MemoBound(**{f.name: getattr(stored, f.name) for f in fields(Bound)})
+    matches, tried = [], 0
+    for group in ([(name,) for name, v in VARIANTS.items() if _applies(v, case.suite, array)],
+                  [pair for pair in PAIRS if all(_applies(VARIANTS[n], case.suite, array) for n in pair)]):
+        for names in group:
+            P = _slip(names, base, case)
+            outcome = None if P is None else _try(P, case, array, actual, bound, prec)
+            if outcome is not None:
+                tried += 1
+                if outcome == "match":
+                    matches.append("+".join(names))
+        if matches:
+            break
+    return {"matches": matches, "tried": tried}
+
+
+def describe(name: str) -> str:
+    """The description of a variant or pair name (``"a+b"``)."""
+    return "; ".join(VARIANTS[n].description for n in name.split("+"))
+
+
+def diagnosis_text(diagnosis: dict | None) -> str:
+    """One line per match (``matches refws under variant same_lower: SAME's extra pad ...``), or
+    the number tried; empty for no diagnosis."""
+    if not diagnosis:
+        return ""
+    matches, tried = diagnosis.get("matches", []), diagnosis.get("tried", 0)
+    if not matches:
+        return ("no near-miss variant applies to this case" if not tried else
+                f"matches refws under none of the {tried} near-miss variants tried")
+    lines = []
+    for name in matches:
+        parts = name.split("+")
+        label = f"variant {name}" if len(parts) == 1 else f"variants {' + '.join(parts)}"
+        lines.append(f"matches refws under {label}: {describe(name)}")
+    return "\n".join(lines)
+
+
+def variant_geometry(case, name: str) -> str:
+    """The geometry of a convolution-like case under a variant or pair (``""`` for other suites)."""
+    base = base_problem(case)
+    P = None if not isinstance(base, ConvProblem) else _slip(tuple(name.split("+")), base, case)
+    if P is None:
+        return ""
+    g = P.geometry(case["x"].shape, case["w"].shape)[0]
+    return (f"under {name}: explicit pads {g.padding}, stride {g.stride}, lhs_dilation {g.lhs_dilation}, "
+            f"rhs_dilation {g.rhs_dilation} -> output {g.out_spatial}")
+
+
+def explain_records(case, records) -> str:
+    """``refws check --explain``: the case's geometry with the failing elements of ``records``
+    marked, then each failing array's location summary, its diagnosis and the geometry under
+    each matching variant."""
+    failing = {r.array: r.where for r in records if r.case == case.name and r.status == "fail"}
+    lines = [explain_case(case.suite, case.params, failing, title=f"{case.name}: geometry")]
+    shown = set()
+    for r in records:
+        if r.case != case.name or r.status != "fail":
+            continue
+        details = [s.strip() for s in r.message.splitlines()[1:]]
+        where = [s[len("where: "):] for s in details if s.startswith("where: ")]
+        lines.append(f"\nFAIL {r.array}: " + (where[0] if where else (details or [r.message])[0]))
+        text = diagnosis_text(r.diagnosis)
+        if text:
+            lines.append("  " + text.replace("\n", "\n  "))
+        for name in (r.diagnosis or {}).get("matches", []):
+            geometry = variant_geometry(case, name)
+            if geometry and name not in shown:
+                shown.add(name)
+                lines.append("  " + geometry)
+    if not failing:
+        lines.append("\nno failing array in this case")
+    return "\n".join(lines)
