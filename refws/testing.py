@@ -8,8 +8,9 @@ violate it, the worst one (index, value, exact value, error, bound) and where th
 - :func:`assert_golden_close` judges an array against a stored golden case (exact values and the
   bound data stored with them);
 - :func:`assert_conv_close`, :func:`assert_conv_vjp_close`, :func:`assert_conv_jvp_close`,
-  :func:`assert_conv_transpose_close` and :func:`assert_weight_standardize_close` judge against
-  refws computed on your own inputs (refws's own float64 rounding is added to the bound);
+  :func:`assert_conv_transpose_close` judge against refws computed on your own inputs (refws's own
+  float64 rounding is added to the bound); :func:`assert_weight_standardize_close` against the
+  exact standardization, rounded once, under the first-order WS bound;
 - each has a non-raising twin (``check_*``) that returns a :class:`Result` for tools.
 """
 
@@ -29,6 +30,7 @@ from .tolerance import Bound, Judgement, element_bound, gamma, judge, resolve_pr
 __all__ = ["Result", "describe_where", "check_array", "check_golden", "assert_golden_close",
            "check_conv", "assert_conv_close", "check_conv_vjp", "assert_conv_vjp_close",
            "check_conv_jvp", "assert_conv_jvp_close", "check_conv_transpose", "assert_conv_transpose_close",
+           "check_weight_standardize", "assert_weight_standardize_close",
            "axis_roles", "golden_bound", "golden_roles"]
 
 
@@ -90,7 +92,8 @@ def _positions_text(pos: np.ndarray, size: int) -> tuple[str, str]:
         return "low_border", f"position{'s' if len(pos) > 1 else ''} {listed} (low border)"
     if hi:
         return "high_border", f"position{'s' if len(pos) > 1 else ''} {listed} (high border)"
-    if set(pos.tolist()) <= {0, 1, size - 2, size - 1}:
+    b = min(2, size // 2)
+    if set(pos.tolist()) <= set(range(b)) | set(range(size - b, size)):
         return "both_borders", f"positions {listed} (both borders)"
     if len(pos) >= 3:
         steps = np.diff(pos)
@@ -205,7 +208,8 @@ def check_array(actual, exact, bound: Bound, precision, *, name: str = "array", 
                      "a correct backend in this precision essentially never gets there: does it accumulate "
                      "in a lower precision?")
     else:
-        lines.append(f"{name}: not equal to refws within the rigorous {p.name} bound")
+        kind = "rigorous" if bound.W is None else "first-order"      # WS terms are first-order bounds
+        lines.append(f"{name}: not equal to refws within the {kind} {p.name} bound")
         if j.message:
             lines.append(f"  {j.message}")
         if j.violations is not None:
@@ -420,3 +424,39 @@ def check_conv_transpose(actual, x, w, *, precision="float64", **kwargs) -> Resu
 def assert_conv_transpose_close(actual, x, w, *, precision="float64", **kwargs) -> Result:
     """Raise AssertionError unless ``actual`` is ``refws.conv_transpose(x, w, **kwargs)`` within the bound."""
     return _raise_if_failed(check_conv_transpose(actual, x, w, precision=precision, **kwargs))
+
+
+def check_weight_standardize(actual, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate",
+                             precision="float64") -> Result:
+    """Judge ``actual`` against ``refws.weight_standardize(w, gain, eps, out_axis=..., spec=...)``.
+
+    The reference is computed in exact rational arithmetic and rounded once (as the golden ``ws``
+    suite is), and the tolerance is the first-order bound ``(u + u_in) * W`` of
+    docs/golden-format.md (:class:`refws.golden.exact_ws.WSBounds`): first-order, not rigorous,
+    and cost grows with the weight's size (exact rationals), so use it on weight-sized arrays.
+    """
+    from . import weight_standardize
+    from .golden.evaluate import variant_of
+    from .golden.exact_ws import WSBounds, channel_stats, combine_terms, ws_terms
+    w = as_float64(w, "w")
+    weight_standardize(w, gain, eps, out_axis=out_axis, spec=spec)          # the same argument checks
+    axis = out_axis % w.ndim
+    g = None
+    if gain is not None:
+        shape = [1] * w.ndim
+        shape[axis] = w.shape[axis]
+        g = as_float64(gain, "gain").reshape(shape)
+    v = variant_of(spec, eps)
+    st = channel_stats(w, v, axis)
+    exact = combine_terms(ws_terms(w, st, g, axis)[0], axis).to_float()
+    W = WSBounds(w, st, v, g, axis).forward()
+    roles = tuple("out" if i == axis else "tap" for i in range(w.ndim))
+    bound = Bound(None, 0, W, (), (w,) + ((g,) if g is not None else ()))
+    return check_array(actual, exact, bound, precision, name="weight_standardize w_hat", roles=roles)
+
+
+def assert_weight_standardize_close(actual, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate",
+                                    precision="float64") -> Result:
+    """Raise AssertionError unless ``actual`` is the standardized ``w`` within the first-order WS bound."""
+    return _raise_if_failed(check_weight_standardize(actual, w, gain, eps, out_axis=out_axis, spec=spec,
+                                                     precision=precision))

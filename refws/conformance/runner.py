@@ -28,8 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import golden
-from ..golden.store import default_root
+from ..golden.store import default_root, load_entry, read_manifest
 from ..testing import check_golden
 from ..tolerance import FINGERPRINT_ORDER, resolve_precision
 from .diagnosis import diagnose as default_diagnose
@@ -259,10 +258,13 @@ class Report:
 
 
 def select_cases(root, suite=None, pattern=None):
-    """The stored cases of a store (checksum-verified), filtered by suite and name pattern."""
-    for case in golden.cases(root, suite=suite):
-        if pattern is None or fnmatch.fnmatchcase(case.name, pattern):
-            yield case
+    """The stored cases of a store, filtered by suite and name pattern before loading (each checksum-verified)."""
+    root = root if root is not None else default_root()
+    manifest = read_manifest(root)
+    for name in sorted(manifest["cases"]):
+        entry = manifest["cases"][name]
+        if (suite is None or entry["suite"] == suite) and (pattern is None or fnmatch.fnmatchcase(name, pattern)):
+            yield load_entry(Path(root), name, entry)
 
 
 def run(backend, golden_dir=None, *, suite=None, case=None, precision=None, repeat: int = 1,
