@@ -1,4 +1,4 @@
-"""The ``refws`` command: ``refws golden build | verify | list | show`` and ``refws check BACKEND``.
+"""The ``refws`` command: ``refws golden build | verify | list | show``, ``refws check BACKEND``, ``refws explain``.
 
 Exit codes of ``verify``: 0 all cases match, 1 a mismatch, 2 a corrupt or missing file or bad usage.
 Exit codes of ``check``: 0 every expressible array passes, 1 a failure or an adapter error, 2 bad
@@ -89,6 +89,35 @@ def _cmd_check(args) -> int:
     return report.exit_code
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """``"9,9"`` (or ``"9x9"``) as ``(9, 9)``; one int applies to every axis where refws allows it."""
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated ints, e.g. 9,9") from None
+
+
+def _padding(text: str):
+    """SAME / SAME_LOWER / VALID, an int, comma-separated ints, or ``lo:hi`` pairs (``2:-1,0:0``)."""
+    if text.upper() in ("SAME", "SAME_LOWER", "VALID"):
+        return text.upper()
+    try:
+        if ":" in text:
+            return tuple(tuple(int(v) for v in pair.split(":")) for pair in text.split(","))
+        values = _ints(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SAME, SAME_LOWER, VALID, an int, comma-separated "
+                                         "ints or lo:hi pairs such as 2:-1,0:0") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _cmd_explain(args) -> int:
+    from .explain import explain
+    print(explain(args.input, args.kernel, args.stride, args.padding, args.lhs_dilation, args.rhs_dilation,
+                  at=args.at))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refws", description="refws: reference convolution and golden fixtures")
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +160,22 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--no-diagnose", action="store_true",
                    help="do not try the near-miss conventions on failing arrays (docs/conformance.md)")
     c.set_defaults(run=_cmd_check)
+    e = sub.add_parser("explain", help="print a convolution's geometry: pads, output size, the taps each output reads",
+                       description="Print what refws.conv_geometry makes of the arguments (explicit (lo, hi) pads, "
+                                   "the output size and its formula with the numbers filled in) and, per axis, "
+                                   "the lhs-dilated, padded input with the kernel taps each output position "
+                                   "reads. Example: refws explain 9,9 3,3 --stride 2 --padding SAME "
+                                   "--rhs-dilation 2 --at 2,2. Negative pads: --padding=-1:2.")
+    e.add_argument("input", type=_ints, help="input spatial sizes, e.g. 9,9 (1 to 3 axes, or more)")
+    e.add_argument("kernel", type=_ints, help="kernel spatial sizes, e.g. 3,3")
+    e.add_argument("--stride", type=_ints, default=1, help="an int or one per axis (default 1)")
+    e.add_argument("--padding", type=_padding, default="SAME",
+                   help="SAME (default), SAME_LOWER, VALID, an int, one int per axis, or lo:hi pairs "
+                        "(2:-1,0:0; negative entries crop; write --padding=-1:2 when it starts with -)")
+    e.add_argument("--lhs-dilation", type=_ints, default=1, help="input dilation: L-1 zeros between inputs")
+    e.add_argument("--rhs-dilation", type=_ints, default=1, help="kernel dilation (atrous)")
+    e.add_argument("--at", type=_ints, default=None, metavar="O", help="mark one output index, e.g. 2,2")
+    e.set_defaults(run=_cmd_explain)
     return p
 
 
