@@ -409,3 +409,42 @@ def test_describe_where_batch_groups_and_kernel_axes():
 def test_describe_where_centre_of_a_three_wide_axis_is_interior():
     where, text = describe_where(_mask(3, [1]), ("spatial",))
     assert where["axes"][0]["kind"] == "interior" and "interior position 1 (1 of 3)" in text
+
+
+# --- weight standardization -------------------------------------------------------------------
+
+def _ws_float32(w, gain, ddof, denominator, fan, eps, fixed_scale=None):
+    """A float32 transcription of WS written here from the formulas (two-pass mean and variance)."""
+    wf = w.astype(np.float32)
+    axes = tuple(range(w.ndim - 1))
+    n = np.float32(np.prod([w.shape[a] for a in axes]))
+    mean = wf.mean(axis=axes, keepdims=True, dtype=np.float32)
+    d = wf - mean
+    var = (d * d).sum(axis=axes, keepdims=True, dtype=np.float32) / np.float32(n - ddof)
+    N = {"fan_in": n, "numel": np.float32(w.size), None: np.float32(1)}[fan]
+    if denominator == "max_var_n":
+        sigma = np.sqrt(np.maximum(var * N, np.float32(eps)))
+    elif denominator == "std_plus_eps":
+        sigma = np.sqrt(var) + np.float32(eps)
+    else:
+        sigma = np.sqrt(var + np.float32(eps))
+    scale = np.float32(1) if fixed_scale is None else np.float32(fixed_scale) / np.sqrt(n)
+    return (d / sigma) * (gain.astype(np.float32) * scale)
+
+
+@pytest.mark.parametrize("preset", ["brainstate", "elektronn3", "qiao", "timm_std", "timm_scaled", "bit"])
+def test_weight_standardize_float32_transcription_passes_and_a_slip_fails(preset):
+    from refws import WS_PRESETS
+    from refws.testing import assert_weight_standardize_close, check_weight_standardize
+    spec = WS_PRESETS[preset]
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(3, 3, 4, 6))
+    gain = rng.uniform(0.5, 2.0, size=6)
+    ok = _ws_float32(w, gain, spec.ddof, spec.denominator, spec.fan, spec.eps, spec.fixed_scale)
+    r = assert_weight_standardize_close(ok, w, gain, spec=preset, precision="float32")
+    assert r.status == "pass" and r.judgement.max_ratio < 0.5
+    slip = _ws_float32(w, gain, 1 - spec.ddof, spec.denominator, spec.fan, spec.eps, spec.fixed_scale)
+    bad = check_weight_standardize(slip, w, gain, spec=preset, precision="float32")
+    assert bad.status == "fail" and "first-order float32 bound" in bad.text
+    with pytest.raises(AssertionError, match="mismatched elements"):
+        assert_weight_standardize_close(slip, w, gain, spec=preset, precision="float32")
