@@ -100,6 +100,8 @@ def truncated_normal(rng: np.random.Generator, shape, lower=-2.0, upper=2.0) -> 
 class VarianceScaling:
     """brainstate / jax ``variance_scaling``: samples of variance ``scale / fan``.
 
+    Call as ``init(shape, rng=None) -> ndarray`` (float64, ``shape``).
+
     Parameters
     ----------
     scale : float > 0
@@ -111,8 +113,6 @@ class VarianceScaling:
     rng : numpy.random.Generator, int or None
         Used by calls that pass no ``rng``; an int seeds a Generator, None is ``default_rng(0)``.
         The Generator advances with each call.
-
-    Call as ``init(shape, rng=None) -> ndarray`` (float64, ``shape``).
     """
 
     def __init__(self, scale, mode, in_axis=-2, out_axis=-1, distribution="truncated_normal", rng=None):
