@@ -58,12 +58,24 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
 
 
+def message_without(library: str, adapter: str) -> str:
+    """The ImportError message of ``refws.backends.<module>:<Class>`` (``adapter``) constructed in a
+    fresh interpreter where ``library`` cannot be imported."""
+    module, cls = adapter.split(":")
+    r = python(f"import sys; sys.modules[{library!r}] = None\n"
+               f"from refws.backends.{module} import {cls}\n"
+               f"try:\n    {cls}()\nexcept ImportError as e:\n    print(e)\n")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 # --- elektronn3 -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def e3():
     pytest.importorskip("torch")
-    pytest.importorskip("elektronn3.modules.wsconv", reason="elektronn3 is not installed (pip install 'refws[elektronn3]')")
+    pytest.importorskip("elektronn3.modules.wsconv",
+                        reason="elektronn3 is not installed (pip install 'refws[elektronn3]')")
     from refws.backends.elektronn3 import Elektronn3Backend
     return {p: Elektronn3Backend(p) for p in ("float64", "float32")} | {"fws": Elektronn3Backend(fws=True)}
 
@@ -195,14 +207,11 @@ def test_registered_and_versioned(e3):
 def test_importing_refws_and_the_adapters_imports_no_framework():
     r = python("import sys, refws, refws.backends\n"
                "import refws.backends.elektronn3, refws.backends.brainstate, refws.backends.timm\n"
-               "hit = [m for m in ('torch', 'elektronn3', 'brainstate', 'jax', 'timm', 'torchvision') if m in sys.modules]\n"
+               "frameworks = ('torch', 'elektronn3', 'brainstate', 'jax', 'timm', 'torchvision')\n"
+               "hit = [m for m in frameworks if m in sys.modules]\n"
                "assert not hit, hit")
     assert r.returncode == 0, r.stderr
 
 
 def test_missing_elektronn3_says_how_to_install():
-    r = python("import sys; sys.modules['elektronn3'] = None\n"
-               "from refws.backends.elektronn3 import Elektronn3Backend\n"
-               "try:\n    Elektronn3Backend()\nexcept ImportError as e:\n    print(e)\n")
-    assert r.returncode == 0, r.stderr
-    assert "pip install 'refws[elektronn3]'" in r.stdout
+    assert "pip install 'refws[elektronn3]'" in message_without("elektronn3", "elektronn3:Elektronn3Backend")

@@ -17,7 +17,8 @@ import pytest
 
 from refws.conformance import NotExpressible, Unimplemented, load_backend
 from refws.golden.catalog import WS_PRESET_NAMES
-from spec_tests.test_backend_elektronn3 import assert_all_pass, golden_statuses, golden_store, python
+from spec_tests.test_backend_elektronn3 import (assert_all_pass, golden_statuses, golden_store,
+                                             message_without)
 
 SCALED = ["ws/timm_scaled_hwio", "ws/timm_scaled_oihw", "ws/timm_scaled_linear", "ws/timm_scaled_dhwio",
           "ws/timm_scaled_hwio_no_gain", "ws/timm_scaled_hwio_tiny", "ws/timm_scaled_hwio_constant",
@@ -105,8 +106,4 @@ def test_registered_and_versioned(timm):
 
 
 def test_missing_timm_says_how_to_install():
-    r = python("import sys; sys.modules['timm'] = None\n"
-               "from refws.backends.timm import TimmBackend\n"
-               "try:\n    TimmBackend()\nexcept ImportError as e:\n    print(e)\n")
-    assert r.returncode == 0, r.stderr
-    assert "pip install 'refws[timm]'" in r.stdout
+    assert "pip install 'refws[timm]'" in message_without("timm", "timm:TimmBackend")
