@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def _as_shape(shape) -> tuple[int, ...]:
         dims = tuple(shape)
     except TypeError:
         raise TypeError(f"shape={shape!r}: expected an int or a sequence of ints") from None
-    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in dims):
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0 for d in dims):
         raise ValueError(f"shape={shape!r}: expected ints >= 0")
     return tuple(int(d) for d in dims)
 
@@ -68,7 +69,7 @@ def _pick_fan(fan_in: float, fan_out: float, mode: str) -> float:
     return {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
 
 
-def compute_fans(shape, in_axis=-2, out_axis=-1) -> tuple[float, float]:
+def compute_fans(shape: int | Sequence[int], in_axis: int = -2, out_axis: int = -1) -> tuple[float, float]:
     """brainstate / jax fans: ``(shape[in_axis] * rf, shape[out_axis] * rf)``, ``rf`` the rest."""
     shape = _as_shape(shape)
     if len(shape) < 2:
@@ -78,7 +79,7 @@ def compute_fans(shape, in_axis=-2, out_axis=-1) -> tuple[float, float]:
     return n_in * rf, n_out * rf
 
 
-def torch_fans(shape) -> tuple[int, int]:
+def torch_fans(shape: int | Sequence[int]) -> tuple[int, int]:
     """PyTorch ``_calculate_fan_in_and_fan_out``: ``(shape[1] * rf, shape[0] * rf)``, ``rf = prod(shape[2:])``."""
     shape = _as_shape(shape)
     if len(shape) < 2:
@@ -87,7 +88,8 @@ def torch_fans(shape) -> tuple[int, int]:
     return shape[1] * rf, shape[0] * rf
 
 
-def truncated_normal(rng: np.random.Generator, shape, lower=-2.0, upper=2.0) -> np.ndarray:
+def truncated_normal(rng: np.random.Generator, shape: int | Sequence[int], lower: float = -2.0,
+                     upper: float = 2.0) -> np.ndarray:
     """Standard normal samples conditioned on ``[lower, upper]`` (rejection sampling)."""
     out = rng.standard_normal(shape)
     bad = (out < lower) | (out > upper)
@@ -187,7 +189,7 @@ _LINEAR_GAIN = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "con
                 "conv_transpose3d", "sigmoid")
 
 
-def calculate_gain(nonlinearity, a=None) -> float:
+def calculate_gain(nonlinearity: str, a: float | None = None) -> float:
     """PyTorch ``nn.init.calculate_gain``: 1 for linear/conv/sigmoid, 5/3 tanh, sqrt(2) relu,
     ``sqrt(2 / (1 + a**2))`` leaky_relu (``a`` defaults to 0.01 there), 3/4 selu."""
     if nonlinearity in _LINEAR_GAIN:
@@ -202,12 +204,13 @@ def calculate_gain(nonlinearity, a=None) -> float:
         slope = 0.01 if a is None else a
         if isinstance(slope, bool) or not isinstance(slope, numbers.Real):
             raise ValueError(f"a={a!r}: expected a real negative slope")
-        return math.sqrt(2.0 / (1 + slope**2))
+        return math.sqrt(2.0 / (1 + float(slope) ** 2))
     raise ValueError(f"nonlinearity={nonlinearity!r}: expected one of "
                      f"{_LINEAR_GAIN + ('tanh', 'relu', 'leaky_relu', 'selu')}")
 
 
-def kaiming_normal_(shape, rng=None, a=0, mode="fan_in", nonlinearity="leaky_relu") -> np.ndarray:
+def kaiming_normal_(shape: int | Sequence[int], rng: np.random.Generator | int | None = None, a: float = 0,
+                    mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> np.ndarray:
     """PyTorch ``nn.init.kaiming_normal_`` as a sampler: ``N(0, std**2)`` with
     ``std = calculate_gain(nonlinearity, a) / sqrt(fan)`` and :func:`torch_fans` (OIHW rule).
 

@@ -22,8 +22,11 @@ torch's limit.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .arrays import as_float64
 
@@ -58,7 +61,7 @@ def _resolve_pads_axes(pads, axes, ndim: int) -> tuple[tuple, tuple]:
         raise TypeError(f"pads={pads!r}: expected a sequence of (lo, hi) pairs") from None
     for p in pairs:
         if len(p) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                  and v >= 0 for v in p):
+                                  and int(v) >= 0 for v in p):
             raise ValueError(f"pads={pads!r}: expected (lo, hi) pairs of ints >= 0, got {p!r}")
     if axes is None:
         if len(pairs) > ndim:
@@ -66,7 +69,7 @@ def _resolve_pads_axes(pads, axes, ndim: int) -> tuple[tuple, tuple]:
         axes = tuple(range(ndim - len(pairs), ndim))
     else:
         axes = tuple(axes)
-        if len(axes) != len(pairs) or not all(isinstance(a, numbers.Integral) and -ndim <= a < ndim
+        if len(axes) != len(pairs) or not all(isinstance(a, numbers.Integral) and -ndim <= int(a) < ndim
                                               for a in axes):
             raise ValueError(f"axes={axes!r}: expected {len(pairs)} distinct axes in [{-ndim}, {ndim - 1}] "
                              f"(one per pair in pads)")
@@ -131,11 +134,13 @@ def _scatter_add(dy: np.ndarray, axis: int, src: np.ndarray, n: int) -> np.ndarr
     out_shape[axis] = n
     out = np.zeros(out_shape)
     lead = (slice(None),) * axis
-    np.add.at(out, lead + (src[keep],), dy[lead + (keep,)])
+    index: Any = lead + (src[keep],)            # slices and an index array: valid for ufunc.at
+    np.add.at(out, index, dy[lead + (keep,)])
     return out
 
 
-def pad(x, pads, mode="zeros", *, axes=None) -> np.ndarray:
+def pad(x: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *,
+        axes: Sequence[int] | None = None) -> np.ndarray:
     """Pad ``x`` along ``axes`` as ``torch.nn.functional.pad`` / ``numpy.pad`` would.
 
     Parameters
@@ -166,7 +171,8 @@ def pad(x, pads, mode="zeros", *, axes=None) -> np.ndarray:
     return x
 
 
-def pad_vjp(dy, pads, mode="zeros", *, axes=None) -> np.ndarray:
+def pad_vjp(dy: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *,
+            axes: Sequence[int] | None = None) -> np.ndarray:
     """Adjoint of :func:`pad`: scatter-add ``dy`` (the padded shape) back onto the unpadded shape.
 
     ``<pad(x), c> == <x, pad_vjp(c)>`` for all ``x`` and ``c``. The unpadded size of each padded

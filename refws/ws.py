@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .arrays import as_float64
 
@@ -45,7 +46,7 @@ TIE_SHARE = 0.5
 def _check_nonneg_finite(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r}: expected a real number")
-    if not (math.isfinite(value) and value >= 0):
+    if not (math.isfinite(value) and float(value) >= 0):
         raise ValueError(f"{name}={value!r}: expected a finite number >= 0")
     return float(value)
 
@@ -138,7 +139,7 @@ WS_PRESETS: dict[str, WSSpec] = {
 }
 
 
-def resolve_spec(spec) -> WSSpec:
+def resolve_spec(spec: str | WSSpec) -> WSSpec:
     """Return ``spec`` if it is a :class:`WSSpec`, else the preset of that name."""
     if isinstance(spec, WSSpec):
         return spec
@@ -175,7 +176,7 @@ class _Stats(NamedTuple):
 def _check_out_axis(out_axis, ndim: int) -> int:
     if isinstance(out_axis, bool) or not isinstance(out_axis, numbers.Integral):
         raise TypeError(f"out_axis={out_axis!r}: expected an int")
-    if not -ndim <= out_axis < ndim:
+    if not -ndim <= int(out_axis) < ndim:
         raise ValueError(f"out_axis={out_axis}: expected an axis of w (ndim {ndim}), "
                          f"i.e. in [{-ndim}, {ndim - 1}]")
     return int(out_axis) % ndim
@@ -261,7 +262,8 @@ def _check_like(t, w: np.ndarray, name: str) -> np.ndarray:
     return t
 
 
-def weight_standardize(w, gain=None, eps=None, *, out_axis=-1, spec="brainstate") -> np.ndarray:
+def weight_standardize(w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
+                       spec: str | WSSpec = "brainstate") -> np.ndarray:
     r"""Standardize ``w`` per output channel: :math:`\hat w = (w - \bar w)\, D^{-1} F g`.
 
     Parameters
@@ -294,7 +296,9 @@ def weight_standardize(w, gain=None, eps=None, *, out_axis=-1, spec="brainstate"
     return st.c * (st.r * st.a)
 
 
-def weight_standardize_vjp(w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+def weight_standardize_vjp(w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None,
+                           *, out_axis: int = -1,
+                           spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
     r"""Reverse mode of :func:`weight_standardize`: pull ``dw_hat`` back to ``w`` and ``gain``.
 
     With ``u = dw_hat``, ``a = F g``, ``r = 1 / D`` and ``m = n - ddof`` (per channel):
@@ -324,7 +328,9 @@ def weight_standardize_vjp(w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec=
     return dw, dgain
 
 
-def weight_standardize_jvp(w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+def weight_standardize_jvp(w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None, tgain: ArrayLike | None = None,
+                           eps: float | None = None, *, out_axis: int = -1,
+                           spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
     r"""Forward mode of :func:`weight_standardize`: push the tangents ``(tw, tgain)`` forward.
 
     With ``tc = tw - mean(tw)`` per channel:
