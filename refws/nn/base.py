@@ -170,7 +170,7 @@ def make_rng(rng, keep_none: bool = False):
     if isinstance(rng, np.random.Generator) or (rng is None and keep_none):
         return rng
     if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
+        return np.random.default_rng(None if rng is None else int(rng))
     raise TypeError(f"rng={rng!r}: expected a numpy.random.Generator, an int seed or None")
 
 

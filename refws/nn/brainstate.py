@@ -29,10 +29,14 @@ Linear layers::
 Parameters live in ``layer.params`` under brainstate's names (``'weight'``, ``'bias'``, ``'gain'``:
 the keys of brainstate's ``layer.weight.value`` dict). Initial values come from :mod:`refws.init`
 with brainstate's defaults, drawn from the keyword-only ``rng`` (a ``numpy.random.Generator`` or an
-int seed; None: each initializer's own generator). ``layer.vjp(x, dy)`` returns ``(dx, grads)`` with ``grads`` keyed like ``params``.
+int seed; None: each initializer's own generator). ``layer.vjp(x, dy)`` returns ``(dx, grads)`` with
+``grads`` keyed like ``params``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +64,8 @@ class _Brainstate(Layer):
     """
 
     _weights: WeightPipeline
+    _batched: Callable[[Any], tuple[np.ndarray, bool]]           # supplied by each subclass
+    _op: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
     def forward(self, x) -> np.ndarray:
         """``y`` for the input ``x`` (unbatched input gives unbatched output)."""
@@ -237,7 +243,9 @@ class ScaledWSConv(Conv):
                          num_spatial_dims=num_spatial_dims)
 
     def _extra_params(self) -> dict:
-        return {"gain": np.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,))} if self.ws_gain else {}
+        n = self.num_spatial_dims
+        assert n is not None                  # set by __init__ (None only as the general class's class attribute)
+        return {"gain": np.ones((1,) * (n + 1) + (self.out_channels,))} if self.ws_gain else {}
 
     def _ws_options(self):
         return dict(_WS, eps=self.eps)

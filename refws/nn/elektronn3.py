@@ -285,7 +285,9 @@ class WSConv(_WSConvBase):
 
     @property
     def _spatial_axes(self) -> tuple:
-        return tuple(range(1, self.num_spatial_dims + 1))      # of the channels-last (N, *spatial, C)
+        n = self.num_spatial_dims
+        assert n is not None                  # set by __init__ (None only as the general class's class attribute)
+        return tuple(range(1, n + 1))      # of the channels-last (N, *spatial, C)
 
     def _conv_kwargs(self, pads) -> dict:
         return dict(stride=self.stride, padding=pads, rhs_dilation=self.dilation, groups=self.groups)
