@@ -105,7 +105,8 @@ def blocks(path: Path) -> list:
     for (prev, (_, end)), (nxt, (start, _)) in zip(zip(found, spans), zip(found[1:], spans[1:])):
         if nxt.lang == "text" and all(ln.strip() == "" for ln in lines[end + 1:start]):
             prev.output = nxt.code
-    return [b for b in found if b.lang in RUN_LANGS or (b.lang in SHELL_LANGS and b.output is not None and _cli_lines(b))]
+    return [b for b in found
+            if b.lang in RUN_LANGS or (b.lang in SHELL_LANGS and b.output is not None and _cli_lines(b))]
 
 
 def _cli_lines(block: Block) -> list:

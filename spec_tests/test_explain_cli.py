@@ -223,7 +223,10 @@ def test_at_marks_the_receptive_field_of_an_nd_output(argv, kwargs, capsys):
     out = refws.conv_geometry(**kw).out_spatial
     if 0 in out:
         return
-    at = tuple(o // 2 for o in out) if "--at" not in argv else tuple(int(v) for v in argv[argv.index("--at") + 1].split(","))
+    if "--at" in argv:
+        at = tuple(int(v) for v in argv[argv.index("--at") + 1].split(","))
+    else:
+        at = tuple(o // 2 for o in out)
     if "--at" not in argv:
         argv = [*argv, "--at", ",".join(map(str, at))]
     parsed = parse(run_cli(argv, capsys))
