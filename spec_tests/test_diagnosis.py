@@ -743,3 +743,25 @@ def test_inapplicable_variants_are_skipped():
         assert VARIANTS[name].slip(base, case) is None, name
     even = golden.load("conv/2d_unbatched")                   # SAME with 3x3: pads (1, 1), nothing to move
     assert VARIANTS["same_lower"].slip(diagnosis.base_problem(even), even) is None
+
+
+def test_screening_at_a_few_elements_agrees_with_the_full_evaluation():
+    """The screen (a variant summed from its taps at a few elements) only rejects variants; it
+    must give the full refws evaluation's value, for every variant, array and a spread of cases."""
+    checked = 0
+    for suite in ("conv", "conv_transpose"):
+        for case in list(golden.cases(suite=suite))[::4]:
+            base = diagnosis.base_problem(case)
+            for P in [base] + [v.slip(base, case) for v in VARIANTS.values() if suite in v.suites]:
+                for array in ("y", "ty", "dx", "dw"):
+                    if P is None or diagnosis._out_shape(P, case, array) is None:
+                        continue
+                    full = diagnosis.variant_value(P, case, array)
+                    if full is None or full.size == 0:
+                        continue
+                    flat = sorted({0, full.size // 3, (2 * full.size) // 3, full.size - 1})
+                    points = [tuple(int(i) for i in np.unravel_index(f, full.shape)) for f in flat]
+                    np.testing.assert_allclose(diagnosis._points_value(P, case, array, points),
+                                               [full[p] for p in points], rtol=1e-13, atol=1e-13)
+                    checked += 1
+    assert checked > 500

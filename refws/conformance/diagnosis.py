@@ -48,7 +48,7 @@ import numpy as np
 
 from ..arrays import from_canonical, to_canonical
 from ..conv import conv, conv_canonical
-from ..explain import explain_case
+from ..explain import axis_taps, explain_case
 from ..geometry import as_int_tuple, conv_geometry, normalize_padding, same_pads
 from ..grads import conv_vjp, flip_swap_kernel, input_grad_pads, transpose_geometry
 from ..testing import golden_bound
@@ -414,6 +414,203 @@ def variant_value(P, case, array: str, absolute: bool = False):
     return v
 
 
+# --- screening: a variant at a few elements, from its definition --------------------------------------
+#
+# A full evaluation costs one or two refws convolutions per variant; most variants are wrong by
+# far, which a handful of elements shows. The value of the inner convolution at one element is
+# summed from the taps that read an input (refws.explain.axis_taps: the same geometry refws
+# computes with); the maps are followed through their index arrays. Screening only rejects: a
+# variant that passes it is evaluated in full.
+
+@functools.lru_cache(maxsize=1024)
+def _taps_by_output(g, axis: int) -> tuple:
+    """Per output position: (taps, sources) of the taps that read an input."""
+    rows = []
+    for o in range(g.out_spatial[axis]):
+        read = [t for t in axis_taps(g, axis, o) if t.kind == "input"]
+        rows.append((np.array([t.tap for t in read], dtype=np.intp), np.array([t.source for t in read], dtype=np.intp)))
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=1024)
+def _readers_of_input(g, axis: int) -> tuple:
+    """Per input position: (outputs, taps) that read it."""
+    found = [([], []) for _ in range(g.in_spatial[axis])]
+    for o, (taps, sources) in enumerate(_taps_by_output(g, axis)):
+        for t, i in zip(taps, sources):
+            found[i][0].append(o)
+            found[i][1].append(t)
+    return tuple((np.array(o, dtype=np.intp), np.array(t, dtype=np.intp)) for o, t in found)
+
+
+@functools.lru_cache(maxsize=1024)
+def _reads_of_tap(g, axis: int) -> tuple:
+    """Per kernel tap: (outputs, sources) where it reads an input."""
+    found = [([], []) for _ in range(g.kernel_spatial[axis])]
+    for o, (taps, sources) in enumerate(_taps_by_output(g, axis)):
+        for t, i in zip(taps, sources):
+            found[t][0].append(o)
+            found[t][1].append(i)
+    return tuple((np.array(o, dtype=np.intp), np.array(i, dtype=np.intp)) for o, i in found)
+
+
+def _to_canonical_index(index: tuple, channel_first: bool, batched: bool) -> tuple:
+    index = tuple(index) if batched else (0,) + tuple(index)
+    return (index[0],) + index[2:] + (index[1],) if channel_first else index
+
+
+def _from_canonical_index(index: tuple, channel_first: bool, batched: bool) -> tuple:
+    if channel_first:
+        index = (index[0], index[-1]) + tuple(index[1:-1])
+    return tuple(index) if batched else tuple(index[1:])
+
+
+def _inverse_index(maps: tuple, shape: tuple) -> np.ndarray:
+    """For index maps that permute: where each input element lands (flat positions)."""
+    idx = _index(maps, shape).ravel()
+    inv = np.full(math.prod(shape), -1, dtype=np.intp)
+    keep = idx > 0
+    inv[idx[keep] - 1] = np.nonzero(keep)[0]
+    return inv
+
+
+def _grid(*arrays) -> tuple:
+    """``np.ix_`` without its checks (integer index arrays only): an open grid for fancy indexing."""
+    n = len(arrays)
+    return tuple(a.reshape((1,) * i + (-1,) + (1,) * (n - 1 - i)) for i, a in enumerate(arrays))
+
+
+def _y_at(xc: np.ndarray, wc: np.ndarray, g, groups: int, index: tuple) -> float:
+    """``conv`` at canonical output index ``(n, *o, j)``, from the definition."""
+    n, o, j = index[0], index[1:-1], index[-1]
+    cg, cog = wc.shape[-2], wc.shape[-1] // groups
+    rows = [_taps_by_output(g, a)[oa] for a, oa in enumerate(o)]
+    if any(len(t) == 0 for t, _ in rows):
+        return 0.0
+    lo = (j // cog) * cg
+    xs = xc[n][_grid(*[s for _, s in rows]) + (slice(lo, lo + cg),)]
+    ws = wc[_grid(*[t for t, _ in rows])][..., j]
+    return float(np.sum(xs * ws))
+
+
+def _dx_at(dyc: np.ndarray, wc: np.ndarray, g, groups: int, index: tuple) -> float:
+    """The input gradient at canonical index ``(n, *i, c)``: every (output, tap) reading ``i``."""
+    n, i, c = index[0], index[1:-1], index[-1]
+    cg, cog = wc.shape[-2], wc.shape[-1] // groups
+    rows = [_readers_of_input(g, a)[ia] for a, ia in enumerate(i)]
+    if any(len(o) == 0 for o, _ in rows):
+        return 0.0
+    block = slice((c // cg) * cog, (c // cg + 1) * cog)
+    dys = dyc[n][_grid(*[o for o, _ in rows]) + (block,)]
+    ws = wc[_grid(*[t for _, t in rows])][..., c % cg, block]
+    return float(np.sum(dys * ws))
+
+
+def _dw_at(xc: np.ndarray, dyc: np.ndarray, g, groups: int, index: tuple, batch: int) -> float:
+    """The weight gradient at ``(*t, c, j)``: every (sample, output) whose tap ``t`` reads an input."""
+    t, c, j = index[:-2], index[-2], index[-1]
+    cg, cog = xc.shape[-1] // groups, dyc.shape[-1] // groups
+    rows = [_reads_of_tap(g, a)[ta] for a, ta in enumerate(t)]
+    if any(len(o) == 0 for o, _ in rows):
+        return 0.0
+    samples = np.arange(batch)
+    xs = xc[_grid(samples, *[s for _, s in rows])][..., (j // cog) * cg + c]
+    dys = dyc[_grid(samples, *[o for o, _ in rows])][..., j]
+    return float(np.sum(xs * dys))
+
+
+def _cached(case, key, compute):
+    """``compute()`` once per case and key (the cache holds the case last asked about)."""
+    if _CACHE["case"] is not case:
+        _CACHE["case"], _CACHE["values"] = case, {}
+    values = _CACHE["values"]
+    if key not in values:
+        values[key] = compute()
+    return values[key]
+
+
+def _mapped_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
+    """A stored input through index maps (and to canonical layout when ``canonical`` is
+    ``(channel_first, batched)``), cached: many variants share their maps."""
+    return _cached(case, ("operand", name, maps, canonical), lambda: (
+        _apply(maps, case[name]) if canonical is None else
+        to_canonical(_mapped_operand(case, name, maps), canonical[0], not canonical[1])))
+
+
+def _point_evaluator(P: ConvProblem, case, array: str):
+    """A function from an index of the problem's ``array`` to its value there (None when the
+    problem does not define ``array`` for this case)."""
+    x, w = case["x"], case["w"]
+    g, xi_shape, wi_shape = P.geometry(x.shape, w.shape)
+    inner_y = _inner_out_shape(P, g, xi_shape, wi_shape)
+    cf, b = P.channel_first, P.batched
+    wc = _mapped_operand(case, "w", P.w_maps)
+    if array in ("y", "ty"):
+        outer = _mapped_shape(P.y_maps, inner_y)
+        yidx = _index(P.y_maps, inner_y).ravel() if P.y_maps else None
+        pairs = (("x", "w"),) if array == "y" else (("tx", "w"), ("x", "tw"))
+        ops = [(_mapped_operand(case, a, P.x_maps, (cf, b)), _mapped_operand(case, k, P.w_maps)) for a, k in pairs]
+        bias = case.arrays.get("b" if array == "y" else "tb") if P.bias_scale else None
+        channel = _channel_axis(len(outer), case.params["channel_first"], b)
+
+        def y_at(e):
+            f = int(np.ravel_multi_index(e, outer))
+            src = f if yidx is None else int(yidx[f]) - 1
+            value = 0.0
+            if src >= 0:
+                ic = _to_canonical_index(np.unravel_index(src, inner_y), cf, b)
+                value = sum(_y_at(xc, kc, g, P.groups, ic) for xc, kc in ops)
+            return value + (P.bias_scale * float(bias[e[channel]]) if bias is not None else 0.0)
+        return y_at
+    dyc = _cached(case, ("dy", P.y_maps, inner_y, cf), lambda: (
+        None if _adjoint(P.y_maps, inner_y, case["dy"]) is None else
+        to_canonical(_adjoint(P.y_maps, inner_y, case["dy"]), cf, not b)))
+    if dyc is None:
+        return None
+    if array == "dx":
+        gx = replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g
+        inv = _inverse_index(P.x_maps, x.shape) if P.x_maps else None
+
+        def dx_at(e):
+            f = int(np.ravel_multi_index(e, x.shape))
+            pos = f if inv is None else int(inv[f])
+            return _dx_at(dyc, wc, gx, P.groups, _to_canonical_index(np.unravel_index(pos, xi_shape), cf, b))
+        return dx_at
+    if array == "dw":
+        xc = _mapped_operand(case, "x", P.x_maps, (cf, b))
+        inv = _inverse_index(P.w_maps, w.shape) if P.w_maps else None
+        batch = 1 if P.dw_first_sample else xc.shape[0]
+
+        def dw_at(e):
+            if P.dw_flip:
+                e = tuple(w.shape[a] - 1 - v if a < P.nd else v for a, v in enumerate(e))
+            f = int(np.ravel_multi_index(e, w.shape))
+            pos = f if inv is None else int(inv[f])
+            return _dw_at(xc, dyc, g, P.groups, np.unravel_index(pos, wi_shape), batch)
+        return dw_at
+    return None
+
+
+def _points_value(P: ConvProblem, case, array: str, points: list):
+    """The problem's ``array`` at ``points`` (indices into the array's shape), or None."""
+    at = _point_evaluator(P, case, array)
+    return None if at is None else np.array([at(e) for e in points])
+
+
+def _sample_points(actual: np.ndarray, exact: np.ndarray) -> list:
+    """Three indices of ``actual``: its two worst elements against refws and its largest (when
+    the shapes agree; else its largest and its middle element)."""
+    if actual.size == 0:
+        return []
+    a = np.abs(actual.astype(np.float64)).ravel()
+    flat = [int(np.argmax(np.where(np.isfinite(a), a, np.inf))), actual.size // 2]
+    if exact.shape == actual.shape:
+        err = np.abs(actual.astype(np.float64) - exact).ravel()
+        flat = [int(f) for f in np.argsort(-np.where(np.isfinite(err), err, np.inf), kind="stable")[:2]] + flat[:1]
+    seen = list(dict.fromkeys(int(f) for f in flat))
+    return [tuple(int(v) for v in np.unravel_index(f, actual.shape)) for f in seen]
+
+
 # --- the variants ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -771,12 +968,8 @@ def _out_shape(P, case, array: str):
 
 
 def _maxima(case) -> dict:
-    if _CACHE["case"] is not case:
-        _CACHE["case"], _CACHE["values"] = case, {}
-    values = _CACHE["values"]
-    if "maxima" not in values:
-        values["maxima"] = {k: float(np.max(np.abs(a), initial=0.0)) for k, a in case.arrays.items() if "__" not in k}
-    return values["maxima"]
+    return _cached(case, "maxima", lambda: {k: float(np.max(np.abs(a), initial=0.0))
+                                            for k, a in case.arrays.items() if "__" not in k})
 
 
 def _upper_magnitude(P, case, array: str, K: int) -> float:
@@ -821,6 +1014,56 @@ def _errors(actual: np.ndarray, v: np.ndarray) -> np.ndarray:
     return err
 
 
+def _conv_bounds(P, case, array: str, bound: Bound) -> tuple:
+    """``(K, gamma_K(2**-53), M)``: the variant's term count, refws's own float64 rounding factor
+    and a scalar upper bound ``K max|a| max|b|`` on its magnitudes."""
+    K = max(bound.K, _terms(P, case, array))
+    return K, _gamma64(K), _upper_magnitude(P, case, array, K)
+
+
+@functools.lru_cache(maxsize=256)
+def _gamma64(K: int) -> float:
+    return float(gamma(K, _U64))
+
+
+def _loose(bound: Bound, K: int, g64: float, M: float, values, prec):
+    """Per-element bounds no smaller than the variant's rigorous ones (scalar magnitudes ``M``).
+
+    The bound is affine in ``|value|`` (its ``u_out |y|`` term), so two evaluations at 0 and 1
+    give it for every value; they are computed once per bound, term count and magnitude."""
+    key = (id(bound), K, M, resolve_precision(prec).name)
+    memo = getattr(bound, "memo", {})
+    if key not in memo:
+        loose = replace(bound, m=np.float64(M * (1 + 2 * g64)), K=K, W=None, extra=np.float64(2 * g64 * M))
+        at0, at1 = (float(element_bound(loose, np.float64(v), prec)) for v in (0.0, 1.0))
+        memo[key] = (at0, at1 - at0)
+    at0, slope = memo[key]
+    return at0 + slope * np.abs(values)
+
+
+def _screen(P, case, array: str, actual: np.ndarray, bound: Bound, prec, points: list) -> str | None:
+    """``"differs"`` when the variant is told apart from both refws and the backend at ``points``
+    (no full evaluation needed), else None. Stops at the first point that settles it."""
+    if not points or array not in ("y", "ty", "dx", "dw"):
+        return None
+    at = _point_evaluator(P, case, array)
+    if at is None:
+        return None
+    K, g64, M = _conv_bounds(P, case, array, bound)
+    exact = case.arrays[array]
+    comparable = exact.shape == actual.shape
+    distinct = mismatch = False
+    for e in points:
+        value = np.float64(at(e))
+        distinct = distinct or not comparable or abs(value - exact[e]) > 2 * g64 * M
+        got = float(actual[e])
+        err = abs(got - value) if math.isfinite(got) else math.inf
+        mismatch = mismatch or err > _loose(bound, K, g64, M, value, prec)
+        if distinct and mismatch:
+            return "differs"
+    return None
+
+
 def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec) -> str:
     """``"match"``, ``"differs"`` or ``"same"`` (indistinguishable from refws's correct value).
 
@@ -828,19 +1071,15 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A scalar bound
     from ``K max|a| max|b|`` rejects most variants before their magnitudes are computed.
     """
-    K = max(bound.K, _terms(P, case, array))
-    g64 = float(gamma(K, _U64))
-    M = _upper_magnitude(P, case, array, K)
+    K, g64, M = _conv_bounds(P, case, array, bound)
     exact = case.arrays[array]
     if v.shape == exact.shape and (v.size == 0 or np.max(np.abs(v - exact)) <= 2 * g64 * M):
         return "same"
     err = _errors(actual, v)
     if not np.any(err):
         return "match"
-    if v.size:
-        loose = replace(bound, m=np.float64(M * (1 + 2 * g64)), K=K, W=None, extra=np.float64(2 * g64 * M))
-        if np.max(err) > element_bound(loose, np.float64(np.max(np.abs(v))), prec):
-            return "differs"
+    if np.any(err > _loose(bound, K, g64, M, v, prec)):
+        return "differs"
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
     return "match" if np.all(err <= element_bound(tight, v, prec)) else "differs"
@@ -861,10 +1100,12 @@ def _ws_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bou
     return "match" if np.all(_errors(actual, v) <= element_bound(own, v, prec)) else "differs"
 
 
-def _try(P, case, array: str, actual: np.ndarray, bound: Bound, prec) -> str | None:
+def _try(P, case, array: str, actual: np.ndarray, bound: Bound, prec, points: list) -> str | None:
     """The outcome for one problem: ``"match"``, ``"differs"``, or None (not tried)."""
     if _out_shape(P, case, array) != actual.shape:
         return None
+    if isinstance(P, ConvProblem) and _screen(P, case, array, actual, bound, prec, points) == "differs":
+        return "differs"
     v = variant_value(P, case, array)
     if v is None or v.shape != actual.shape:
         return None
@@ -891,7 +1132,7 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
     from refws's correct value there. ``backend`` is not used (the hook's signature).
     """
     prec = resolve_precision(precision)
-    base = base_problem(case)
+    base = _cached(case, "base", lambda: base_problem(case))
     try:
         actual = np.asarray(actual)
     except Exception:                               # noqa: BLE001 - nothing array-like to compare
@@ -900,12 +1141,13 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
         return {"matches": [], "tried": 0}
     stored = golden_bound(case, array)
     bound = _MemoBound(**{f.name: getattr(stored, f.name) for f in fields(Bound)})
+    points = _sample_points(actual, case.arrays[array])
     matches, tried = [], 0
     for group in ([(name,) for name, v in VARIANTS.items() if _applies(v, case.suite, array)],
                   [pair for pair in PAIRS if all(_applies(VARIANTS[n], case.suite, array) for n in pair)]):
         for names in group:
-            P = _slip(names, base, case)
-            outcome = None if P is None else _try(P, case, array, actual, bound, prec)
+            P = _cached(case, ("slip", names), lambda: _slip(names, base, case))
+            outcome = None if P is None else _try(P, case, array, actual, bound, prec, points)
             if outcome is not None:
                 tried += 1
                 if outcome == "match":
