@@ -30,7 +30,9 @@ PADDING_MODE = ["elektronn3/WSConv1d_circular", "elektronn3/WSConv2d_reflect", "
 TRANSPOSE2D = ["elektronn3/WSConvTranspose2d_default", "elektronn3/WSConvTranspose2d_groups_dilation_no_bias"]
 OUTPUT_SIZE = "elektronn3/WSConvTranspose2d_output_size"
 TRANSPOSE3D = ["elektronn3/WSConvTranspose3d_default", "elektronn3/WSConvTranspose3d_output_size"]
-NAMES = PASSING + PADDING_MODE + TRANSPOSE2D + [OUTPUT_SIZE] + TRANSPOSE3D
+WS_PASSING = ["ws/elektronn3_oihw", "ws/elektronn3_linear", "ws/elektronn3_hwio_no_gain", "ws/elektronn3_dhwio"]
+WS_CLAMPED = ["ws/elektronn3_hwio_tiny", "ws/elektronn3_hwio_constant"]
+NAMES = PASSING + PADDING_MODE + TRANSPOSE2D + [OUTPUT_SIZE] + TRANSPOSE3D + WS_PASSING + WS_CLAMPED
 
 
 # --- shared helpers (no framework needed) -----------------------------------------------------
@@ -162,11 +164,42 @@ def test_fws_computes_the_documented_forward(e3, store, name):
     assert {a for a, r in rec.items() if r.status == "skipped"} == {"dweight", "dgain", "ty"}
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("name", WS_PASSING)
+def test_standardize_weight_passes_off_the_clamp(e3, store, name, precision):
+    assert_all_pass(golden_statuses(e3[precision], store, name, precision), name)
+
+
+def test_standardize_weight_clamps_with_a_float32_eps(e3, store):
+    """On the clamp (var * N < eps) 0.1.1 uses torch.tensor(eps), a float32 scalar, even for a
+    float64 weight: the float64 result fails by the relative 1.3e-8 of float32(1e-4) and matches
+    refws with that eps; at float32 it is within the bound."""
+    import refws
+    tiny, constant = (golden_statuses(e3["float64"], store, n, "float64") for n in WS_CLAMPED)
+    assert {a for a, r in tiny.items() if r.status == "fail"} == {"w_hat", "dw", "dgain", "tw_hat"}, \
+        _pinned(e3, WS_CLAMPED[0], "float32 eps")
+    assert {a for a, r in constant.items() if r.status == "fail"} == {"dw", "tw_hat"}, \
+        _pinned(e3, WS_CLAMPED[1], "float32 eps")
+    for name in WS_CLAMPED:
+        assert_all_pass(golden_statuses(e3["float32"], store, name, "float32"), name)
+    case = golden.load(WS_CLAMPED[0], store)
+    kw = {"out_axis": case.params["out_axis"], "spec": "elektronn3"}
+    got = e3["float64"].weight_standardize(case["w"], case["gain"], None, **kw)
+    eps32 = float(np.float32(1e-4))
+    want = refws.weight_standardize(case["w"], case["gain"], eps32, **kw)
+    scale = np.max(np.abs(want))           # elektronn3 writes w * s - mean * s: an exact 0 comes out ~1e-21
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-15 * scale)
+    off = np.abs(got - case["w_hat"]) / scale
+    assert np.max(off) > 1e-9                          # the float64 eps, 1e-4, is a different map
+
+
 def test_other_libraries_are_not_expressible(e3):
     with pytest.raises(NotExpressible, match="library='brainstate'"):
         e3["float64"].layer({"library": "brainstate", "cls": "Conv2d", "kwargs": {}}, {})
     with pytest.raises(NotExpressible, match="no WSConvTranspose1d"):
         e3["float64"].layer({"library": "elektronn3", "cls": "WSConvTranspose1d", "kwargs": {}}, {})
+    with pytest.raises(NotExpressible, match="'elektronn3' preset only"):
+        e3["float64"].weight_standardize(np.ones((3, 4)), None, None, out_axis=-1, spec="brainstate")
 
 
 def test_parameters_of_the_wrong_layout_are_refused(e3, store):

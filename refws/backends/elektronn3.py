@@ -13,6 +13,12 @@ golden ``cls``                          what runs
 with ``fws=True`` (``--opt fws=true``)  ``FWS(nn.Conv{N}d(**kwargs))`` / ``FWS(nn.ConvTranspose{N}d(
                                         **kwargs))``: elektronn3's in-place standardization wrapper
                                         around PyTorch's own layer (gain loaded into ``FWS.gain``)
+``weight_standardize(_vjp/_jvp)``,     ``WSConv1d(R, O, 1).standardize_weight(eps)``, elektronn3's
+spec ``"elektronn3"`` only             own method, with the weight (output axis first) as a
+                                       ``(O, R, 1)`` kernel (``R`` = the other axes' product: the
+                                       method reduces over every axis but 0, its fan is the whole
+                                       size, so only the order of the reduction changes) and the
+                                       gain (ones without one); autograd / ``torch.func.jvp``
 ======================================  ==========================================================
 
 The module is built with the case's constructor arguments (``params["kwargs"]``) and converted
@@ -34,7 +40,11 @@ elektronn3 0.1.1 show up as statuses, nothing is corrected here:
   arrays are not returned (``skipped``: the golden ``dy`` has the size elektronn3 ignored, so no
   VJP of elektronn3's map can be taken along it);
 - ``WSConvTranspose3d``: ``forward`` calls ``F.conv_transpose2d`` on 5-d tensors, which raises ->
-  :class:`~refws.conformance.protocol.Unimplemented` with PyTorch's message.
+  :class:`~refws.conformance.protocol.Unimplemented` with PyTorch's message;
+- ``standardize_weight(eps)`` clamps with ``torch.tensor(eps)``, a float32 scalar, whatever the
+  weight's dtype: on the clamp (``var * N < eps``: the ``ws`` cases ``elektronn3_hwio_tiny`` and
+  ``elektronn3_hwio_constant``) the float64 result uses ``float32(1e-4) = 9.99999974738e-05``
+  -> ``fail`` at float64 (relative error 1.3e-8), within the bound at float32.
 
 Only a ``RuntimeError`` / ``NotImplementedError`` raised while elektronn3's own code is on the
 stack becomes ``Unimplemented``; anything else propagates (an adapter bug is an ``error``).
@@ -45,7 +55,7 @@ forward is the documented intent (``padding_mode`` and ``output_size`` honoured,
 weight standardized per axis 0); but its gradients are taken *at* the standardized weight (no
 derivative through the standardization, none for its gain), which is a different map from the
 golden cases'. Only ``y``, ``dx`` and ``dbias`` (which do not depend on that) are returned; the
-other arrays are reported ``skipped``.
+other arrays are reported ``skipped``. The ``ws`` methods are ``standardize_weight`` in both modes.
 
 Importing elektronn3 runs its ``logger_setup()``: a log file ``/tmp/<user>_<uuid>_elektronn3.log``
 per process and a stdout log handler (elektronn3's behaviour, not refws's).
@@ -98,6 +108,42 @@ def _library_refusals(directory: str, what: str):
         if _raised_in(exc, directory):
             raise Unimplemented(f"{what} raises {type(exc).__name__}: {exc}") from exc
         raise
+
+
+class _Standardize:
+    """``f(w[, gain])``: elektronn3's ``standardize_weight(eps)`` on ``w`` (any layout, ``out_axis``)."""
+
+    def __init__(self, torch, wsconv, tb, w_shape, eps, out_axis):
+        ndim = len(w_shape)
+        if not -ndim <= out_axis < ndim:
+            raise ValueError(f"out_axis={out_axis}: expected an axis of w (ndim {ndim})")
+        self.axis, self.c_out = out_axis % ndim, w_shape[out_axis]
+        self.rest = int(np.prod(w_shape)) // self.c_out if self.c_out else 0
+        self.moved = (self.c_out,) + tuple(s for i, s in enumerate(w_shape) if i != self.axis)
+        self.eps = 1e-4 if eps is None else float(eps)      # the method's default in forward()
+        with torch.random.fork_rng(devices=[]):
+            layer = wsconv.WSConv1d(self.rest, self.c_out, 1, bias=False)
+        self.wrapper = _standardize_weight_module(torch, layer.to(device=tb.device, dtype=tb.dtype))
+        self.ones = torch.ones(self.c_out, device=tb.device, dtype=tb.dtype)
+        self.torch = torch
+
+    def __call__(self, w, gain=None):
+        values = {"layer.weight": w.movedim(self.axis, 0).reshape(self.c_out, self.rest, 1),
+                  "layer.gain": self.ones if gain is None else gain.reshape(self.c_out)}
+        w_hat = self.torch.func.functional_call(self.wrapper, values, (self.eps,))
+        return w_hat.reshape(self.moved).movedim(0, self.axis)
+
+
+def _standardize_weight_module(torch, layer):
+    """A module whose forward is ``layer.standardize_weight(eps)`` (functional_call runs forward only)."""
+    class StandardizeWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, eps):
+            return self.layer.standardize_weight(eps)
+    return StandardizeWeight()
 
 
 def _tuple(v):
@@ -154,6 +200,36 @@ class Elektronn3Backend:
 
     def __repr__(self):
         return f"Elektronn3Backend(precision={self._tb.dtype_name!r}, device={str(self._tb.device)!r}, fws={self.fws})"
+
+    # --- weight standardization: WSConv*.standardize_weight ----------------------------------
+
+    def _ws_fn(self, w_shape, eps, out_axis, spec):
+        if spec != "elektronn3":
+            name = spec if isinstance(spec, str) else getattr(spec, "name", spec)
+            raise NotExpressible(f"spec={name!r}: elektronn3's standardize_weight computes the "
+                                 "'elektronn3' preset only")
+        return _Standardize(self._torch, self._wsconv, self._tb, tuple(w_shape), eps, out_axis)
+
+    def weight_standardize(self, w, gain=None, eps=None, *, out_axis=-1, spec="elektronn3"):
+        """``w_hat`` by elektronn3's ``standardize_weight``."""
+        f = self._ws_fn(np.shape(w), eps, out_axis, spec)
+        return self._tb._forward(f, w) if gain is None else self._tb._forward(f, w, gain)
+
+    def weight_standardize_vjp(self, w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="elektronn3"):
+        """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
+        f = self._ws_fn(np.shape(w), eps, out_axis, spec)
+        if gain is None:
+            return self._tb._vjp(f, (w,), dw_hat)[0], None
+        return self._tb._vjp(f, (w, gain), dw_hat)
+
+    def weight_standardize_jvp(self, w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="elektronn3"):
+        """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
+        f = self._ws_fn(np.shape(w), eps, out_axis, spec)
+        if gain is None:
+            if tgain is not None:
+                raise ValueError("tgain was given but gain is None: expected a gain to carry the tangent")
+            return self._tb._jvp(f, (w,), (tw,))
+        return self._tb._jvp(f, (w, gain), (tw, np.zeros(np.shape(gain)) if tgain is None else tgain))
 
     # --- the layer suite ----------------------------------------------------------------------
 
