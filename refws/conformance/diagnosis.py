@@ -308,7 +308,8 @@ def _dx_unstuffed(P: ConvProblem, g, dyi: np.ndarray, wi: np.ndarray) -> np.ndar
 
 
 def _backward(P: ConvProblem, case, absolute: bool):
-    """``(dx, dw)`` of the problem at the stored ``dy`` (None when ``dy`` does not fit its output)."""
+    """``(dx, dw)`` of the problem at the stored ``dy`` (None when ``dy`` does not fit its output);
+    ``dw_flip`` is applied by :func:`variant_value`."""
     x, w = _operand(case, "x", absolute), _operand(case, "w", absolute)
     g, xi_shape, wi_shape = P.geometry(x.shape, w.shape)
     xi, wi = _apply(P.x_maps, x), _apply(P.w_maps, w)
@@ -325,10 +326,7 @@ def _backward(P: ConvProblem, case, absolute: bool):
     if P.dx_unstuffed:
         dx_i = _dx_unstuffed(P, g, dyi, wi)
     dx = None if dx_i is None else _adjoint(P.x_maps, x.shape, dx_i)
-    dw = _adjoint(P.w_maps, w.shape, dw_i)
-    if P.dw_flip:
-        dw = _apply_map(("flip", tuple(range(P.nd))), dw)
-    return dx, dw
+    return dx, _adjoint(P.w_maps, w.shape, dw_i)
 
 
 def _inner_out_shape(P: ConvProblem, g, xi_shape: tuple, wi_shape: tuple) -> tuple:
@@ -401,11 +399,14 @@ def variant_value(P, case, array: str, absolute: bool = False):
     elif array == "ty":
         v = _forward(P, case, (("tx", "w"), ("x", "tw")), "tb", absolute)
     elif array in ("dx", "dw"):
-        bkey = (P, "backward", absolute)
+        unflipped = replace(P, dw_flip=False)       # the flip is applied to dw afterwards: shared
+        bkey = (unflipped, "backward", absolute)
         if bkey not in values:
-            values[bkey] = _backward(P, case, absolute)
+            values[bkey] = _backward(unflipped, case, absolute)
         pair = values[bkey]
         v = None if pair is None else pair[0 if array == "dx" else 1]
+        if v is not None and array == "dw" and P.dw_flip:
+            v = _apply_map(("flip", tuple(range(P.nd))), v)
     elif array == "db":
         v = _bias_grad(P, case, absolute) if P.bias_scale else None
     else:
