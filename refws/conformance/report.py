@@ -23,7 +23,7 @@ from .. import __version__
 from .diagnosis import diagnosis_text
 from .runner import STATUSES, Report
 
-__all__ = ["text_report", "json_report", "junit_report", "write_atomic"]
+__all__ = ["text_report", "json_report", "junit_report", "write_atomic", "json_bytes", "totals"]
 
 _COLUMNS = ("pass", "warn", "fail", "error", "unimplemented", "not_expressible", "skipped")
 _SHORT = {"not_expressible": "not expr.", "unimplemented": "unimpl."}
@@ -116,3 +116,14 @@ def write_atomic(path, data: bytes) -> None:
 
 def json_bytes(report: Report) -> bytes:
     return (json.dumps(json_report(report), indent=1, sort_keys=True) + "\n").encode()
+
+
+def totals(report: dict) -> dict:
+    """From a JSON report (:func:`json_report`): status counts over all suites, and the worst
+    ``error / bound`` over the arrays that pass or warn (the findings table's columns)."""
+    counts = {s: 0 for s in STATUSES}
+    for suite in report["summary"].values():
+        for status, n in suite["counts"].items():
+            counts[status] += n
+    ratios = [r["max_ratio"] for r in report["records"] if r["status"] in ("pass", "warn")]
+    return dict(counts, worst_ratio=max(ratios) if ratios else None)
