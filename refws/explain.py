@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
 from .grads import input_grad_pads, transpose_geometry
@@ -112,7 +112,8 @@ def _rows(out: int, at) -> list:
     if out <= MAX_ROWS:
         return list(range(out))
     keep = set(range(4)) | set(range(out - 4, out)) | set(at or ())
-    rows, last = [], -1
+    rows: list = []
+    last = -1
     for o in sorted(keep):
         if o - last > 1:
             rows.append(None)

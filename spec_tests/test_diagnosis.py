@@ -28,9 +28,9 @@ import refws.golden as golden
 from refws.conformance import diagnosis, run, run_case
 from refws.conformance.diagnosis import PAIRS, VARIANTS, diagnose, diagnosis_text
 from refws.conformance.report import json_report, text_report
-from refws.grads import bias_vjp, conv_transpose_vjp, conv_vjp
+from refws.grads import conv_transpose_vjp, conv_vjp
 from refws.testing import assert_golden_close, check_golden
-from refws.ws import WSSpec, resolve_spec
+from refws.ws import resolve_spec
 
 pytestmark = pytest.mark.skipif(not (golden.default_root() / "manifest.json").exists(), reason="golden/ not built")
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from ..geometry import as_int_tuple, conv_geometry, normalize_padding, same_pads
 from ..grads import conv_vjp, flip_swap_kernel, input_grad_pads, transpose_geometry
 from ..testing import golden_bound
 from ..tolerance import Bound, element_bound, gamma, resolve_precision
-from ..ws import resolve_spec, weight_standardize, weight_standardize_jvp, weight_standardize_vjp
+from ..ws import WSSpec, resolve_spec, weight_standardize, weight_standardize_jvp, weight_standardize_vjp
 
 __all__ = ["Variant", "VARIANTS", "PAIRS", "ConvProblem", "WSProblem", "diagnose", "diagnosis_text",
            "variant_value", "base_problem", "variant_geometry", "explain_records"]
@@ -207,7 +207,7 @@ def _geometry(P: ConvProblem, x_shape: tuple, w_shape: tuple):
 class WSProblem:
     """``w_hat = scale * weight_standardize(w, gain if use_gain, eps, spec)`` (centred unless not)."""
 
-    spec: object
+    spec: WSSpec
     eps: float
     out_axis: int
     use_gain: bool
@@ -267,7 +267,7 @@ def _bias_view(b: np.ndarray, ndim: int, channel_axis: int) -> np.ndarray:
 
 
 def _operand(case, name: str, absolute: bool) -> np.ndarray:
-    a = case.arrays[name]
+    a = np.asarray(case.arrays[name])
     return np.abs(a) if absolute else a
 
 
@@ -281,12 +281,9 @@ def _inner_conv(P: ConvProblem, x, w):
 
 def _forward(P: ConvProblem, case, names: tuple, bias_name: str, absolute: bool) -> np.ndarray:
     """``Y(sum of conv(X a, W b) over the operand pairs)`` plus the scaled bias (``y`` and ``ty``)."""
-    out = None
-    for a_name, b_name in names:
-        term = _inner_conv(P, _apply(P.x_maps, _operand(case, a_name, absolute)),
-                           _apply(P.w_maps, _operand(case, b_name, absolute)))
-        out = term if out is None else out + term
-    out = _apply(P.y_maps, out)
+    terms = [_inner_conv(P, _apply(P.x_maps, _operand(case, a_name, absolute)),
+                         _apply(P.w_maps, _operand(case, b_name, absolute))) for a_name, b_name in names]
+    out = _apply(P.y_maps, sum(terms[1:], terms[0]))
     if P.bias_scale and bias_name in case.arrays:
         layout_cf = case.params["channel_first"]
         b = abs(P.bias_scale) * np.abs(case[bias_name]) if absolute else P.bias_scale * case[bias_name]
@@ -345,9 +342,8 @@ def _bias_grad(P: ConvProblem, case, absolute: bool) -> np.ndarray:
 def _ws_value(P: WSProblem, case, array: str):
     w = case["w"]
     gain = case["gain"] if P.use_gain and "gain" in case.arrays else None
-    kw = dict(out_axis=P.out_axis, spec=P.spec)
     if array == "w_hat":
-        v = weight_standardize(w, gain, P.eps, **kw)
+        v = weight_standardize(w, gain, P.eps, out_axis=P.out_axis, spec=P.spec)
         if not P.centred:
             # w * (scale per channel): the scale read off the element of largest |w - mean|
             axes = tuple(i for i in range(w.ndim) if i != P.out_axis % w.ndim)
@@ -366,13 +362,14 @@ def _ws_value(P: WSProblem, case, array: str):
     if not P.centred:
         return None
     if array in ("dw", "dgain"):
-        dw, dgain = weight_standardize_vjp(w, case["dw_hat"], gain, P.eps, **kw)
+        dw, dgain = weight_standardize_vjp(w, case["dw_hat"], gain, P.eps, out_axis=P.out_axis, spec=P.spec)
         if array == "dw":
             return P.scale * dw
         return np.zeros_like(case["gain"]) if dgain is None else P.scale * dgain
     if array == "tw_hat":
         tgain = case["tgain"] if gain is not None and "tgain" in case.arrays else None
-        return P.scale * weight_standardize_jvp(w, case["tw"], gain, tgain, P.eps, **kw)[1]
+        return P.scale * weight_standardize_jvp(w, case["tw"], gain, tgain, P.eps, out_axis=P.out_axis,
+                                                spec=P.spec)[1]
     return None
 
 
@@ -436,7 +433,7 @@ def _taps_by_output(g, axis: int) -> tuple:
 @functools.lru_cache(maxsize=1024)
 def _readers_of_input(g, axis: int) -> tuple:
     """Per input position: (outputs, taps) that read it."""
-    found = [([], []) for _ in range(g.in_spatial[axis])]
+    found: list = [([], []) for _ in range(g.in_spatial[axis])]
     for o, (taps, sources) in enumerate(_taps_by_output(g, axis)):
         for t, i in zip(taps, sources):
             found[i][0].append(o)
@@ -447,7 +444,7 @@ def _readers_of_input(g, axis: int) -> tuple:
 @functools.lru_cache(maxsize=1024)
 def _reads_of_tap(g, axis: int) -> tuple:
     """Per kernel tap: (outputs, sources) where it reads an input."""
-    found = [([], []) for _ in range(g.kernel_spatial[axis])]
+    found: list = [([], []) for _ in range(g.kernel_spatial[axis])]
     for o, (taps, sources) in enumerate(_taps_by_output(g, axis)):
         for t, i in zip(taps, sources):
             found[t][0].append(o)
@@ -563,11 +560,10 @@ def _point_evaluator(P: ConvProblem, case, array: str):
                 value = sum(_y_at(xc, kc, g, P.groups, ic) for xc, kc in ops)
             return value + (P.bias_scale * float(bias[e[channel]]) if bias is not None else 0.0)
         return y_at
-    dyc = _cached(case, ("dy", P.y_maps, inner_y, cf), lambda: (
-        None if _adjoint(P.y_maps, inner_y, case["dy"]) is None else
-        to_canonical(_adjoint(P.y_maps, inner_y, case["dy"]), cf, not b)))
-    if dyc is None:
+    dyi = _cached(case, ("dy", P.y_maps, inner_y), lambda: _adjoint(P.y_maps, inner_y, case["dy"]))
+    if dyi is None:
         return None
+    dyc = _cached(case, ("dy", P.y_maps, inner_y, cf), lambda: to_canonical(dyi, cf, not b))
     if array == "dx":
         gx = replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g
         inv = _inverse_index(P.x_maps, x.shape) if P.x_maps else None
@@ -1035,8 +1031,8 @@ def _loose(bound: Bound, K: int, g64: float, M: float, values, prec):
     key = (id(bound), K, M, resolve_precision(prec).name)
     memo = getattr(bound, "memo", {})
     if key not in memo:
-        loose = replace(bound, m=np.float64(M * (1 + 2 * g64)), K=K, W=None, extra=np.float64(2 * g64 * M))
-        at0, at1 = (float(element_bound(loose, np.float64(v), prec)) for v in (0.0, 1.0))
+        loose = replace(bound, m=np.asarray(M * (1 + 2 * g64)), K=K, W=None, extra=np.asarray(2 * g64 * M))
+        at0, at1 = (float(element_bound(loose, np.asarray(v), prec)) for v in (0.0, 1.0))
         memo[key] = (at0, at1 - at0)
     at0, slope = memo[key]
     return at0 + slope * np.abs(values)
@@ -1147,7 +1143,7 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
     for group in ([(name,) for name, v in VARIANTS.items() if _applies(v, case.suite, array)],
                   [pair for pair in PAIRS if all(_applies(VARIANTS[n], case.suite, array) for n in pair)]):
         for names in group:
-            P = _cached(case, ("slip", names), lambda: _slip(names, base, case))
+            P = _cached(case, ("slip", names), functools.partial(_slip, names, base, case))
             outcome = None if P is None else _try(P, case, array, actual, bound, prec, points)
             if outcome is not None:
                 tried += 1
