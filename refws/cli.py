@@ -1,4 +1,4 @@
-"""The ``refws`` command: ``refws golden build | verify | list | show``, ``refws check BACKEND``, ``refws explain``.
+"""The ``refws`` command: ``refws golden build | verify | merge | list | show``, ``refws check BACKEND``, ``refws explain``.
 
 Exit codes of ``verify``: 0 all cases match, 1 a mismatch, 2 a corrupt or missing file or bad usage.
 Exit codes of ``check``: 0 every expressible array passes, 1 a failure or an adapter error, 2 bad
@@ -17,7 +17,7 @@ from . import golden
 from .golden.build import select
 from .golden.catalog import SUITES
 from .conformance.registry import BackendLoadError
-from .golden.store import GoldenError
+from .golden.store import GoldenError, read_manifest
 
 
 def _progress(stream):
@@ -34,26 +34,63 @@ def _progress(stream):
     return show
 
 
+def _catalog_arg(args):
+    """The ``--catalog FILE`` of a golden subcommand, loaded (None: the built-in catalog); its notes
+    (skipped sweep combinations) go to stderr."""
+    if getattr(args, "catalog", None) is None:
+        return None
+    cat = golden.load_catalog(args.catalog, strict=getattr(args, "strict", False))
+    for note in cat.notes:
+        print(f"refws: note: {note}", file=sys.stderr)
+    return cat
+
+
 def _cmd_build(args) -> int:
-    summary = golden.build(args.out, args.suite, args.case, progress=_progress(sys.stderr))
-    print(f"built {summary['built']} case(s); store {summary['root']} holds {summary['cases']} case(s), "
+    from .golden.build import parse_shard
+    if args.catalog is not None and args.out is None:
+        raise ValueError("--catalog needs --out DIR (the repository's golden/ holds the built-in catalog only)")
+    shard = parse_shard(args.shard) if args.shard else None
+    summary = golden.build(args.out, args.suite, args.case, progress=_progress(sys.stderr),
+                           catalog=_catalog_arg(args), jobs=args.jobs, shard=shard)
+    part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    print(f"built {summary['built']} case(s){part} of catalog {summary['catalog']!r} (sha256 "
+          f"{summary['sha256'][:12]}); store {summary['root']} holds {summary['cases']} case(s), "
+          f"{summary['bytes'] / 2**20:.2f} MiB; {summary['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    summary = golden.merge(args.out, args.shards, progress=_progress(sys.stderr))
+    print(f"merged {summary['shards']} shard(s) into {summary['root']}: {summary['cases']} case(s), "
           f"{summary['bytes'] / 2**20:.2f} MiB; {summary['seconds']:.1f} s")
     return 0
 
 
 def _cmd_verify(args) -> int:
-    report = golden.verify(args.dir, progress=_progress(sys.stderr), complete=not args.partial)
+    report = golden.verify(args.dir, progress=_progress(sys.stderr), complete=not args.partial,
+                           catalog=_catalog_arg(args), jobs=args.jobs)
     for name, problems in sorted({**report.mismatches, **report.corrupt}.items()):
         for p in problems:
             print(f"MISMATCH {name}: {p}" if name in report.mismatches else f"CORRUPT {name}: {p}")
     status = {0: "all match", 1: "MISMATCH", 2: "CORRUPT"}[report.exit_code]
-    print(f"verified {report.checked} case(s) in {report.seconds:.1f} s: {status} "
+    print(f"verified {report.checked} case(s) against catalog {report.catalog} in {report.seconds:.1f} s: {status} "
           f"({len(report.mismatches)} mismatching, {len(report.corrupt)} corrupt or missing)")
     return report.exit_code
 
 
 def _cmd_list(args) -> int:
-    for case in select(args.suite):
+    if args.dir is not None:                       # what a store holds
+        for name, entry in sorted(read_manifest(args.dir)["cases"].items()):
+            if args.suite is None or entry["suite"] == args.suite:
+                print(f"{name:<60} {entry['suite']}")
+        return 0
+    cat = _catalog_arg(args)
+    if args.toml:
+        from .golden.catalog import builtin_catalog
+        from .golden.catalog_file import dump_toml
+        print(dump_toml(cat or builtin_catalog()), end="")
+        return 0
+    for case in select(args.suite, catalog=cat):
         print(f"{case.name:<60} {case.suite}")
     return 0
 
@@ -127,13 +164,34 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="store folder (default: the repository's golden/)")
     b.add_argument("--suite", default=None, choices=SUITES)
     b.add_argument("--case", default=None, metavar="PATTERN", help="shell pattern on case names, e.g. 'conv/2d_*'")
+    b.add_argument("--catalog", default=None, metavar="FILE",
+                   help="a catalog file (.toml or .json, docs/golden-format.md) instead of the built-in catalog; "
+                        "needs --out")
+    b.add_argument("--jobs", type=int, default=1, metavar="N", help="build N cases at once in N processes")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="build only shard I of N (1-based) into a shard store; combine with `refws golden merge`")
+    b.add_argument("--strict", action="store_true", help="refuse sweeps with invalid combinations instead of "
+                                                         "skipping them")
     b.set_defaults(run=_cmd_build)
     v = gs.add_parser("verify", help="check checksums and compare with a rebuild, byte for byte")
     v.add_argument("dir", nargs="?", default=None)
     v.add_argument("--partial", action="store_true", help="check only the stored cases (a subset store)")
+    v.add_argument("--catalog", default=None, metavar="FILE",
+                   help="the catalog file the store was built from (default: the built-in catalog for a store "
+                        "built from it, else the cases the store's manifest lists)")
+    v.add_argument("--jobs", type=int, default=1, metavar="N", help="rebuild N cases at once in N processes")
     v.set_defaults(run=_cmd_verify)
-    ls = gs.add_parser("list", help="list the catalog's cases")
+    mg = gs.add_parser("merge", help="combine shard stores (build --shard I/N) into one store")
+    mg.add_argument("out", help="the merged store's folder")
+    mg.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="every shard store of one build")
+    mg.set_defaults(run=_cmd_merge)
+    ls = gs.add_parser("list", help="list the catalog's cases (or a store's, with --dir)")
     ls.add_argument("--suite", default=None)
+    ls.add_argument("--catalog", default=None, metavar="FILE", help="a catalog file instead of the built-in one")
+    ls.add_argument("--dir", default=None, help="list the cases stored in this store instead")
+    ls.add_argument("--strict", action="store_true", help="refuse sweeps with invalid combinations")
+    ls.add_argument("--toml", action="store_true",
+                    help="print the catalog as a TOML catalog file (one [[case]] per case)")
     ls.set_defaults(run=_cmd_list)
     sh = gs.add_parser("show", help="parameters, shapes and a few values of one stored case")
     sh.add_argument("name")

@@ -1,64 +1,277 @@
-"""Build the golden store from the catalog, and verify a store against a rebuild in memory."""
+"""Build a golden store from a catalog (in parallel, or one shard of it), verify a store against a
+rebuild in memory, and merge shard stores into one.
+
+The bytes of a store depend only on the catalog and refws's version: not on ``jobs``, on the
+sharding, on BLAS threads or on the machine (every stored number is exact or correctly rounded).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from .catalog import catalog
+from .case import Case
+from .catalog import builtin_catalog
+from .catalog_file import BUILTIN_NAME, Catalog, catalog_hash, load_catalog
 from .evaluate import evaluate
-from .store import (GoldenError, case_path, default_root, manifest_bytes, manifest_entry, npz_bytes,
-                    read_manifest, read_npz, sha256, write_store)
+from .store import (GoldenError, StoreWriter, case_path, default_root, encode_arrays, entry_bits, entry_derivatives,
+                    manifest_bytes, manifest_entry, npz_bytes, read_manifest, read_npz, sha256, write_case_file)
 
-__all__ = ["select", "build_case", "build", "verify", "VerifyReport", "ulp_distance"]
+__all__ = ["select", "build_case", "build", "verify", "merge", "VerifyReport", "ulp_distance", "BuildError",
+           "shard_of", "parse_shard", "case_cost", "catalog_record"]
 
 
-def select(suite=None, pattern=None) -> list:
+class BuildError(ValueError):
+    """A case cannot be built (its exactness proof fails, its weights sit on the WS clamp, ...):
+    the message names the case. Nothing is written."""
+
+
+def _catalog_of(catalog) -> Catalog:
+    """``None``: the built-in catalog; a :class:`Catalog`; or a path to a catalog file."""
+    if catalog is None:
+        return builtin_catalog()
+    return catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+
+
+def catalog_record(catalog: Catalog) -> dict:
+    """What a manifest records about the catalog a store was built from."""
+    return dict(name=catalog.name, sha256=catalog.sha256, encoding=catalog.encoding)
+
+
+def select(suite=None, pattern=None, catalog=None) -> list:
     """Catalog cases of one suite and/or whose name matches a shell pattern (``fnmatch``)."""
-    chosen = [c for c in catalog() if (suite is None or c.suite == suite)
-              and (pattern is None or fnmatch.fnmatchcase(c.name, pattern))]
-    return chosen
+    return [c for c in _catalog_of(catalog).cases if (suite is None or c.suite == suite)
+            and (pattern is None or fnmatch.fnmatchcase(c.name, pattern))]
 
 
-def build_case(case):
+def build_case(case, encoding: str = "float64"):
     """``(npz bytes, manifest entry)`` of one case."""
     arrays, terms = evaluate(case)
-    data = npz_bytes(arrays)
-    return data, manifest_entry(case, arrays, terms, data)
+    written, meta = encode_arrays(arrays, set(terms), encoding)
+    data = npz_bytes(written)
+    return data, manifest_entry(case, meta, terms, data)
 
 
-def build(out=None, suite=None, pattern=None, progress=None) -> dict:
+# --- sharding -------------------------------------------------------------------------------
+
+def case_cost(case: Case) -> float:
+    """A rough relative cost of building a case (multiply-adds, weighted), for balancing work."""
+    p = case.params
+    pieces = 4 if case.bits > 12 else 1                       # 24-bit operands: 2 x 2 partial products
+    calls = 1 + 2 * ("vjp" in case.derivatives) + 2 * ("jvp" in case.derivatives)
+    if case.suite in ("conv", "conv_transpose"):
+        x, w = p["x_shape"], p["w_shape"]
+        work = math.prod(x) * math.prod(w[:-2]) * max(w[-1], w[-2])
+    elif case.suite == "ws":
+        work = 200.0 * math.prod(p["w_shape"])                # exact rational arithmetic per weight
+    else:
+        work = 50.0 * math.prod(p["x_shape"]) * 64
+    return float(work) * pieces * calls + 1e4
+
+
+def shard_of(cases, index: int, count: int) -> list:
+    """The cases of shard ``index`` (1-based) of ``count``: largest first to the least loaded shard
+    (ties to the lowest index), by :func:`case_cost`; deterministic for a given catalog."""
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: expected 1 <= I <= N")
+    loads = [0.0] * count
+    mine = []
+    for case in sorted(cases, key=lambda c: (-case_cost(c), c.name)):
+        k = min(range(count), key=lambda i: (loads[i], i))
+        loads[k] += case_cost(case)
+        if k == index - 1:
+            mine.append(case)
+    return sorted(mine, key=lambda c: c.name)
+
+
+def parse_shard(text: str) -> tuple:
+    """``"I/N"`` as ``(I, N)`` with ``1 <= I <= N``."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 2/4") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text!r}: expected 1 <= I <= N")
+    return i, n
+
+
+# --- running cases (in this process or in a pool) -------------------------------------------
+
+def _build_into(case, encoding: str, folder: str):
+    """Build a case and write its file into ``folder``; returns its manifest entry (a pool task)."""
+    data, entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
+    write_case_file(folder, case.name, data)
+    return entry
+
+
+@contextlib.contextmanager
+def _pool(jobs: int):
+    """A process pool whose workers use one BLAS thread each (jobs processes share the cores)."""
+    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})          # read by the spawned workers' NumPy at import
+    executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _check_jobs(jobs) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: expected an integer >= 1")
+    return jobs
+
+
+def _run(task, cases, args: tuple, jobs: int, progress=None):
+    """Yield ``(case, task(case, *args))`` for every case, in this process (``jobs == 1``) or in a
+    pool of ``jobs`` processes (largest cases first); a failing case raises :class:`BuildError`."""
+    def failed(case, exc):
+        return BuildError(f"case {case.name}: {type(exc).__name__}: {exc}")
+    n = len(cases)
+    if jobs == 1:
+        for i, case in enumerate(cases, 1):
+            try:
+                result = task(case, *args)
+            except (ArithmeticError, ValueError, TypeError) as exc:
+                raise failed(case, exc) from exc
+            if progress:
+                progress(i, n, case.name)
+            yield case, result
+        return
+    order = sorted(cases, key=lambda c: (-case_cost(c), c.name))
+    with _pool(jobs) as executor:
+        pending = {executor.submit(task, case, *args): case for case in order}
+        done_count = 0
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: pending[f].name):
+                case = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except (ArithmeticError, ValueError, TypeError) as exc:
+                    raise failed(case, exc) from exc
+                done_count += 1
+                if progress:
+                    progress(done_count, n, case.name)
+                yield case, result
+
+
+def _upgraded(entry: dict) -> dict:
+    """A version-1 manifest entry in version 2's form (bits 12, both derivatives: what version 1 is)."""
+    return dict(entry, bits=entry_bits(entry), derivatives=list(entry_derivatives(entry)))
+
+
+def build(out=None, suite=None, pattern=None, progress=None, *, catalog=None, jobs: int = 1, shard=None) -> dict:
     """Evaluate the selected cases and write them (atomically) into the store at ``out``.
 
-    A partial build (``suite`` or ``pattern``) keeps the other cases of an existing store that
-    are still in the catalog. Returns a summary: cases built, cases in the store, bytes, seconds.
+    ``catalog``: ``None`` for the built-in catalog, a :class:`Catalog` or a catalog file's path.
+    ``jobs``: processes building cases in parallel. ``shard``: ``(I, N)`` to build shard I of N
+    (:func:`shard_of`) into a shard store, for :func:`merge`. A partial build (``suite`` or
+    ``pattern``) keeps the other cases of an existing store that are still in the catalog.
+    Returns a summary: cases built, cases in the store, bytes, seconds, root.
     """
+    jobs = _check_jobs(jobs)
+    cat = _catalog_of(catalog)
     root = Path(out) if out is not None else default_root()
     start = time.perf_counter()
-    chosen = select(suite, pattern)
+    chosen = select(suite, pattern, cat)
+    if shard is not None:
+        if suite is not None or pattern is not None:
+            raise ValueError("a shard is a fixed part of the whole catalog: --shard cannot be combined with "
+                             "--suite or --case")
+        chosen = shard_of(chosen, *shard)
+        if not chosen:
+            raise ValueError(f"shard {shard[0]}/{shard[1]} of {cat.source} holds no case "
+                             f"({len(cat.cases)} cases for {shard[1]} shards)")
     if not chosen:
         raise ValueError(f"no golden case matches suite={suite!r} pattern={pattern!r}")
-    names = {c.name for c in catalog()}
+    names = {c.name for c in cat.cases}
     entries, keep = {}, {}
-    if (suite is not None or pattern is not None) and (root / "manifest.json").exists():
+    if shard is None and (suite is not None or pattern is not None) and (root / "manifest.json").exists():
         old = read_manifest(root)["cases"]
-        keep = {n: e for n, e in old.items() if n in names}
-        entries.update(keep)
-    files = {}
-    for i, case in enumerate(chosen, 1):
-        files[case.name], entries[case.name] = build_case(case)
-        keep.pop(case.name, None)
-        if progress:
-            progress(i, len(chosen), case.name)
-    write_store(root, files, manifest_bytes(entries, __version__), keep)
+        keep = {n: _upgraded(e) for n, e in old.items() if n in names}
+    shard_record = None if shard is None else dict(index=shard[0], count=shard[1])
+    with StoreWriter(root) as writer:
+        for name in keep:
+            if name not in {c.name for c in chosen}:
+                writer.copy(name, root)
+                entries[name] = keep[name]
+        for case, entry in _run(_build_into, chosen, (cat.encoding, str(writer.tmp)), jobs, progress):
+            entries[case.name] = entry
+        writer.commit(manifest_bytes(entries, __version__, catalog_record(cat), shard_record))
     size = sum(case_path(root, n).stat().st_size for n in entries) + (root / "manifest.json").stat().st_size
-    return dict(built=len(chosen), cases=len(entries), bytes=size, seconds=time.perf_counter() - start, root=str(root))
+    return dict(built=len(chosen), cases=len(entries), bytes=size, seconds=time.perf_counter() - start,
+                root=str(root), catalog=cat.name, sha256=cat.sha256, notes=list(cat.notes))
 
+
+# --- merge ----------------------------------------------------------------------------------
+
+def merge(out, shard_dirs, progress=None) -> dict:
+    """Combine shard stores (``refws golden build --shard I/N``) into one store with one manifest.
+
+    The shards must come from the same catalog (hash) and refws version and together be shards
+    1..N of N, each once; every file's checksum is checked while it is copied. The result is
+    byte-identical to building the whole catalog at once.
+    """
+    start = time.perf_counter()
+    dirs = [Path(d) for d in shard_dirs]
+    if not dirs:
+        raise ValueError("merge: expected at least one shard store")
+    manifests = [read_manifest(d) for d in dirs]
+    first = manifests[0]
+    for d, m in zip(dirs, manifests):
+        if "shard" not in m or "catalog" not in m:
+            raise ValueError(f"{d / 'manifest.json'}: not a shard store (built with --shard I/N)")
+        for key in ("catalog", "refws_version", "schema_version"):
+            if m.get(key) != first.get(key):
+                raise ValueError(f"{d / 'manifest.json'}: {key} {m.get(key)!r} differs from {dirs[0]}'s "
+                                 f"{first.get(key)!r}: shards of different builds")
+    count = first["shard"]["count"]
+    seen = {}
+    for d, m in zip(dirs, manifests):
+        i = m["shard"]["index"]
+        if m["shard"]["count"] != count:
+            raise ValueError(f"{d}: shard {i}/{m['shard']['count']} does not belong to a split in {count}")
+        if i in seen:
+            raise ValueError(f"{d}: shard {i}/{count} given twice (also {seen[i]})")
+        seen[i] = d
+    missing = sorted(set(range(1, count + 1)) - set(seen))
+    if missing:
+        raise ValueError(f"merge: shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
+    entries, origin = {}, {}
+    for d, m in zip(dirs, manifests):
+        for name, entry in m["cases"].items():
+            if name in entries:
+                raise ValueError(f"merge: case {name} is in both {origin[name]} and {d}")
+            entries[name], origin[name] = entry, d
+    total = len(entries)
+    with StoreWriter(out) as writer:
+        for i, name in enumerate(sorted(entries), 1):
+            writer.copy(name, origin[name], entries[name]["sha256"])
+            if progress:
+                progress(i, total, name)
+        writer.commit(manifest_bytes(entries, first["refws_version"], first["catalog"], None))
+    size = sum(case_path(out, n).stat().st_size for n in entries) + (Path(out) / "manifest.json").stat().st_size
+    return dict(cases=total, shards=count, bytes=size, seconds=time.perf_counter() - start, root=str(out))
+
+
+# --- verify ---------------------------------------------------------------------------------
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Largest distance in units in the last place between two float64 arrays of one shape."""
@@ -85,6 +298,7 @@ class VerifyReport:
     mismatches: dict = field(default_factory=dict)
     corrupt: dict = field(default_factory=dict)
     seconds: float = 0.0
+    catalog: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -100,51 +314,110 @@ def _compare(name: str, stored: bytes, rebuilt: bytes, where: str) -> list:
     for k in sorted(set(a) & set(b)):
         if a[k].shape != b[k].shape:
             problems.append(f"array {k!r}: shape {a[k].shape} != rebuilt {b[k].shape}")
+        elif a[k].dtype != b[k].dtype:
+            problems.append(f"array {k!r}: dtype {a[k].dtype.str} != rebuilt {b[k].dtype.str}")
         elif a[k].tobytes() != b[k].tobytes():
-            problems.append(f"array {k!r}: differs by up to {ulp_distance(a[k], b[k]):.0f} ulp")
+            problems.append(f"array {k!r}: differs by up to "
+                            f"{ulp_distance(a[k].astype(np.float64), b[k].astype(np.float64)):.0f} ulp")
     return problems or ["file bytes differ (array contents equal)"]
 
 
-def verify(root=None, progress=None, complete: bool = True) -> VerifyReport:
+def _verify_case(case, encoding: str, root: str, entry: dict):
+    """``("ok" | "mismatch" | "corrupt", problems)`` for one stored case (a pool task)."""
+    path = case_path(root, case.name)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "corrupt", [f"{path}: missing"]
+    if sha256(data) != entry.get("sha256"):
+        return "corrupt", [f"{path}: checksum mismatch (truncated or altered)"]
+    rebuilt, rebuilt_entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
+    try:
+        problems = _compare(case.name, data, rebuilt, str(path))
+    except GoldenError as exc:
+        return "corrupt", [str(exc)]
+    if _upgraded(entry) != rebuilt_entry and not problems:
+        problems = ["manifest entry (parameters, terms, grid or shapes) differs from the catalog's"]
+    return ("mismatch" if problems else "ok"), problems
+
+
+def _stored_catalog(manifest: dict, root: Path):
+    """The catalog a store describes itself: its manifest's cases (a user store verified without
+    ``--catalog``), and whether they hash to the recorded catalog."""
+    record = manifest["catalog"]
+    cases = tuple(Case(n, e["suite"], e["params"], entry_bits(e), entry_derivatives(e))
+                  for n, e in sorted(manifest["cases"].items()))
+    cat = Catalog(cases, f"{root / 'manifest.json'} (catalog {record.get('name')!r})", record.get("name", ""),
+                  "", record.get("encoding", "float64"))
+    return cat
+
+
+def verify(root=None, progress=None, complete: bool = True, *, catalog=None, jobs: int = 1) -> VerifyReport:
     """Check every checksum, rebuild every case in memory and compare byte for byte.
 
-    With ``complete`` (the default), a catalog case absent from the store is a mismatch too:
-    the store is stale. ``complete=False`` checks only what is stored.
+    Against which catalog: ``catalog`` (a path or :class:`Catalog`) if given, whose hash must be
+    the one the manifest records; else the built-in catalog for the repository's store and for any
+    store built from it (manifest catalog ``builtin``, or schema version 1); else the cases the
+    manifest itself lists (a user store), which must hash to the catalog hash it records.
+    With ``complete`` (the default), a catalog case absent from the store (from its shard, for a
+    shard store) is a mismatch too: the store is stale. ``complete=False`` checks only what is stored.
     """
+    jobs = _check_jobs(jobs)
     root = Path(root) if root is not None else default_root()
     start = time.perf_counter()
     report = VerifyReport()
     manifest = read_manifest(root)
-    by_name = {c.name: c for c in catalog()}
-    for missing in sorted(set(by_name) - set(manifest["cases"])) if complete else ():
+    record, shard = manifest.get("catalog"), manifest.get("shard")
+    if catalog is not None:
+        cat = _catalog_of(catalog)
+    elif record is None or record.get("name") == BUILTIN_NAME:
+        cat = builtin_catalog()
+    else:
+        cat = _stored_catalog(manifest, root)
+        if shard is None and catalog_hash(cat.cases, cat.encoding) != record.get("sha256"):
+            report.mismatches["(catalog)"] = [f"the manifest's cases do not hash to the catalog sha256 it records "
+                                              f"({record.get('sha256')}): cases added, removed or edited by hand"]
+    report.catalog = f"{cat.name} ({cat.source}, sha256 {cat.sha256[:12]})"
+    if record is not None and record.get("sha256") != cat.sha256 and "(catalog)" not in report.mismatches:
+        report.mismatches["(catalog)"] = [f"store built from catalog {record.get('name')!r} with sha256 "
+                                          f"{record.get('sha256')}, not {cat.source} (sha256 {cat.sha256})"]
+    by_name = cat.by_name()
+    expected = shard_of(cat.cases, shard["index"], shard["count"]) if shard else cat.cases
+    for missing in sorted({c.name for c in expected} - set(manifest["cases"])) if complete else ():
         report.mismatches[missing] = ["in the catalog but not in the store (rebuild it)"]
-    entries = {}
-    stored_names = sorted(manifest["cases"])
-    for i, name in enumerate(stored_names, 1):
-        entry, path = manifest["cases"][name], case_path(root, name)
+    stored = sorted(manifest["cases"])
+    known = [by_name[n] for n in stored if n in by_name]
+    for name in stored:
+        if name not in by_name:
+            report.checked += 1
+            report.mismatches[name] = ["not in the catalog"]
+    args = (cat.encoding, str(root))
+    if jobs == 1:
+        results = ((case, _verify_task(case, *args, manifest["cases"][case.name])) for case in known)
+    else:
+        results = _run_verify(known, args, manifest, jobs)
+    for i, (case, (status, problems)) in enumerate(results, 1):
         report.checked += 1
         if progress:
-            progress(i, len(stored_names), name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            report.corrupt[name] = [f"{path}: missing"]
-            continue
-        if sha256(data) != entry.get("sha256"):
-            report.corrupt[name] = [f"{path}: checksum mismatch (truncated or altered)"]
-            continue
-        if name not in by_name:
-            report.mismatches[name] = ["not in the catalog"]
-            continue
-        rebuilt, entries[name] = build_case(by_name[name])
-        try:
-            problems = _compare(name, data, rebuilt, str(path))
-        except GoldenError as exc:
-            report.corrupt[name] = [str(exc)]
-            continue
-        if entry != entries[name] and not problems:
-            problems = ["manifest entry (parameters, terms or shapes) differs from the catalog's"]
-        if problems:
-            report.mismatches[name] = problems
+            progress(i, len(known), case.name)
+        if status == "corrupt":
+            report.corrupt[case.name] = problems
+        elif status == "mismatch":
+            report.mismatches[case.name] = problems
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _verify_task(case, encoding, root, entry):
+    try:
+        return _verify_case(case, encoding, root, entry)
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        return "mismatch", [f"cannot be rebuilt: {type(exc).__name__}: {exc}"]
+
+
+def _run_verify(cases, args, manifest, jobs):
+    with _pool(jobs) as executor:
+        futures = [(case, executor.submit(_verify_task, case, *args, manifest["cases"][case.name]))
+                   for case in sorted(cases, key=lambda c: (-case_cost(c), c.name))]
+        for case, fut in futures:
+            yield case, fut.result()

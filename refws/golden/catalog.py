@@ -1,28 +1,31 @@
-"""The catalog of golden cases: a stable name, a suite and JSON parameters for each.
+"""The built-in catalog of golden cases: a stable name, a suite and JSON parameters for each.
 
-A case's arrays are a pure function of its name and parameters (see :mod:`refws.golden.rng`),
+A case's arrays are a pure function of its name, parameters and grid (see :mod:`refws.golden.rng`),
 so the catalog below *is* the fixture set; ``refws golden build`` only evaluates it.
+
+The cases are written as catalog *entries*, the data model of a catalog file, and expanded and
+validated by the same :func:`refws.golden.catalog_file.parse_catalog` as a user's TOML or JSON
+catalog: one mechanism. ``refws golden list --toml`` prints this catalog as such a file.
 
 Suites: ``conv``, ``conv_transpose``, ``ws``, ``brainstate``, ``elektronn3``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 from .case import SUITES, Case
-from .layer_cases import layer_cases
+from .catalog_file import BUILTIN_NAME, Catalog, parse_catalog
+from .layer_cases import layer_entries
 
-__all__ = ["Case", "catalog", "SUITES"]
+__all__ = ["Case", "catalog", "builtin_catalog", "SUITES", "BUILTIN_SOURCE"]
+
+BUILTIN_SOURCE = "refws.golden.catalog (built-in)"
 
 
-def _conv(name, x_shape, w_shape, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
-          channel_first=False, note=""):
-    p = dict(x_shape=list(x_shape), w_shape=list(w_shape), stride=stride, padding=padding,
-             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, groups=groups, channel_first=channel_first)
-    if note:
-        p["note"] = note
-    return Case(f"conv/{name}", "conv", p)
+def _conv(name, x_shape, w_shape, **params):
+    return dict(suite="conv", name=name, x_shape=list(x_shape), w_shape=list(w_shape), **params)
 
 
 def _conv_cases():
@@ -87,12 +90,8 @@ def _conv_cases():
     return out
 
 
-def _transpose(name, x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
-               output_size=None, bias=True, channel_first=False):
-    p = dict(x_shape=list(x_shape), w_shape=list(w_shape), stride=stride, padding=padding,
-             output_padding=output_padding, dilation=dilation, groups=groups, output_size=output_size,
-             bias=bias, channel_first=channel_first)
-    return Case(f"conv_transpose/{name}", "conv_transpose", p)
+def _transpose(name, x_shape, w_shape, **params):
+    return dict(suite="conv_transpose", name=name, x_shape=list(x_shape), w_shape=list(w_shape), **params)
 
 
 def _transpose_cases():
@@ -120,9 +119,8 @@ def _transpose_cases():
     return out
 
 
-def _ws(name, w_shape, spec, out_axis=-1, gain=True, regime="off_clamp", eps=None):
-    p = dict(w_shape=list(w_shape), spec=spec, out_axis=out_axis, gain=gain, regime=regime, eps=eps)
-    return Case(f"ws/{name}", "ws", p)
+def _ws(name, w_shape, spec, out_axis=-1, **params):
+    return dict(suite="ws", name=name, w_shape=list(w_shape), spec=spec, out_axis=out_axis, **params)
 
 
 WS_PRESET_NAMES = ("brainstate", "nfnets", "elektronn3", "qiao", "timm_std", "timm_scaled", "bit")
@@ -142,10 +140,13 @@ def _ws_cases():
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_catalog() -> Catalog:
+    """The built-in catalog, expanded and validated like a catalog file (computed once)."""
+    entries = _conv_cases() + _transpose_cases() + _ws_cases() + layer_entries()
+    return parse_catalog(dict(name=BUILTIN_NAME, case=entries), BUILTIN_SOURCE, strict=True)
+
+
 def catalog() -> list:
-    """Every case, in a stable order (sorted by name)."""
-    cases = _conv_cases() + _transpose_cases() + _ws_cases() + layer_cases()
-    names = [c.name for c in cases]
-    if len(set(names)) != len(names):
-        raise RuntimeError("duplicate golden case names")
-    return sorted(cases, key=lambda c: c.name)
+    """Every case of the built-in catalog, in a stable order (sorted by name)."""
+    return list(builtin_catalog().cases)

@@ -22,48 +22,135 @@ import numpy as np
 
 from .. import conv as conv_fn
 from .. import conv_transpose, conv_transpose_vjp, conv_vjp
+from ..conv import check_conv_operands
+from ..geometry import conv_geometry
+from ..grads import _transpose_setup
 from ..ws import WS_PRESETS
 from .exact_ws import Variant, WSBounds, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
 from .layer_cases import channel_axis, evaluate_layer, per_channel
-from .rational import QArray, exact_bilinear, sum_up
-from .rng import BITS as _BITS
+from .ozaki import ExactSum, bilinear_sums
+from .rational import QArray, grid_exponent
 from .rng import data_array
 
-__all__ = ["evaluate", "variant_of"]
+__all__ = ["evaluate", "variant_of", "output_shape"]
+
+
+# --- shapes and product counts from the geometry (no convolution of full-size operands) -------
+
+def _layout(shape_cl, channel_first: bool, unbatched: bool) -> tuple:
+    """A batched channels-last shape ``(N, *spatial, C)`` in the case's own layout."""
+    n, *spatial, c = shape_cl
+    shape = (n, c, *spatial) if channel_first else (n, *spatial, c)
+    return shape[1:] if unbatched else shape
+
+
+def _zeros(shape):
+    return np.broadcast_to(0.0, tuple(shape))         # a view: validates shapes without allocating
+
+
+def _conv_setup(p):
+    x_cl, w, unbatched = check_conv_operands(_zeros(p["x_shape"]), _zeros(p["w_shape"]), p["groups"],
+                                             p["channel_first"])
+    g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], p["stride"], p["padding"], p["lhs_dilation"],
+                      p["rhs_dilation"])
+    return x_cl.shape, w.shape, unbatched, (x_cl.shape[0], *g.out_spatial, w.shape[-1])
+
+
+def _transpose_setup_of(p):
+    x_cl, w, unbatched, _, _, y_cl = _transpose_setup(
+        _zeros(p["x_shape"]), _zeros(p["w_shape"]), p["stride"], p["padding"], p["output_padding"],
+        p["dilation"], p["groups"], p["output_size"], p["channel_first"])
+    return x_cl.shape, w.shape, unbatched, y_cl
+
+
+def output_shape(case) -> tuple:
+    """Shape of the forward output of a ``conv`` or ``conv_transpose`` case, from its geometry.
+
+    Raises the operation's own ValueError/TypeError for an impossible geometry.
+    """
+    p = case.params
+    setup = _conv_setup if case.suite == "conv" else _transpose_setup_of
+    _, _, unbatched, y_cl = setup(p)
+    return _layout(y_cl, p["channel_first"], unbatched)
+
+
+def _most(count, size: int, factor: int) -> int:
+    """K = the largest count times ``factor`` (0 for an empty output array)."""
+    return int(np.max(count, initial=0)) * factor if size else 0
+
+
+def _counts(p, transposed: bool) -> dict:
+    """K of ``y``, ``dx``, ``dw`` (without a bias), counted exactly: the map applied to ones.
+
+    A count depends on the geometry only, not on the batch or channel sizes, so it is taken on
+    one batch item and one channel (groups 1) and scaled: ``y`` by the channels of a group that
+    one output sums over, ``dx`` by the output channels of a group, ``dw`` by the batch size.
+    """
+    setup = _transpose_setup_of if transposed else _conv_setup
+    x_cl, w_shape, _, y_cl = setup(p)
+    ones_x = np.ones((1, *x_cl[1:-1], 1))
+    ones_w = np.ones((*w_shape[:-2], 1, 1))
+    if transposed:
+        kw = dict(stride=p["stride"], padding=p["padding"], output_padding=p["output_padding"],
+                  dilation=p["dilation"], groups=1, channel_first=False,
+                  output_size=None if p["output_size"] is None else list(p["output_size"])[-(len(x_cl) - 2):])
+        y1 = conv_transpose(ones_x, ones_w, **kw)
+        dx1, dw1 = conv_transpose_vjp(ones_x, ones_w, np.ones_like(y1), **kw)[:2]
+        per_y, per_dx = w_shape[-1] // p["groups"], w_shape[-2]
+    else:
+        kw = dict(stride=p["stride"], padding=p["padding"], lhs_dilation=p["lhs_dilation"],
+                  rhs_dilation=p["rhs_dilation"], groups=1, channel_first=False)
+        y1 = conv_fn(ones_x, ones_w, **kw)
+        dx1, dw1 = conv_vjp(ones_x, ones_w, np.ones_like(y1), **kw)
+        per_y, per_dx = w_shape[-2], w_shape[-1] // p["groups"]
+    y_size, x_size, w_size = (int(np.prod(s)) for s in (y_cl, x_cl, w_shape))
+    return dict(y=_most(y1, y_size, per_y), dx=_most(dx1, x_size * y_size, per_dx),
+                dw=_most(dw1, w_size * y_size, x_cl[0]))
+
 
 # --- bilinear outputs -------------------------------------------------------------------------
 
-def _bilinear_output(out: dict, terms: dict, name: str, pieces, bias=None) -> None:
+def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias=None) -> None:
     """Store ``out[name] = sum of op(a, b) over pieces (+ bias)``, exactly, with its bound data.
 
-    ``terms[name]`` = K, the largest number of products summed into one element: ``op(1, 1)``
-    counts them exactly (padding, lhs-dilation holes and out-of-range taps add no product), ``+ 1``
-    for a bias. ``<name>__absbound = sum op(|a|, |b|) (+ |bias|)``, exact on the grid (rounded up
-    if it ever had to round), stored when K > 0 (K = 0: every element is an empty sum, exactly 0).
+    Every ``op(a, b)`` is summed without rounding (:func:`refws.golden.ozaki.bilinear_sums`: the
+    no-rounding bound is checked for every partial, and 24-bit operands are split into 12-bit
+    pieces) and rounded once to nearest. ``terms[name] = count`` = K, the largest number of
+    products summed into one element (``+ 1`` for a bias, counted by the caller).
+    ``<name>__absbound = sum op(|a|, |b|) (+ |bias|)``, exact, rounded up if it is no float64;
+    stored when K > 0 (K = 0: every element is an empty sum, exactly 0).
     """
-    q, mags, count = None, [], 0
+    value, mag = ExactSum(), ExactSum()
     for op, a, b in pieces:
-        part = exact_bilinear(op, a, b)
-        q = part if q is None else q + part
-        mags.append(op(np.abs(a), np.abs(b)))
-        count = count + op(np.ones_like(a), np.ones_like(b))
+        bilinear_sums(op, a, b, value, mag)
     if bias is not None:
-        q = q + QArray.from_float(np.broadcast_to(bias, q.shape))
-        mags.append(np.broadcast_to(np.abs(bias), q.shape))
-        count = count + 1
-    out[name] = q.to_float()
-    terms[name] = int(np.max(count, initial=0))
+        value.add_float(np.broadcast_to(bias, value.shape))
+        mag.add_float(np.broadcast_to(np.abs(bias), value.shape))
+    out[name] = value.nearest()
+    terms[name] = int(count)
     if terms[name]:
-        out[name + "__absbound"] = sum_up(*mags)
+        out[name + "__absbound"] = mag.upper()
+
+
+def _exact_axis_sum(a: np.ndarray, axes) -> tuple:
+    """``(sum a, sum |a|)`` over ``axes``, exact, the first rounded to nearest, the second up."""
+    e = grid_exponent(a)
+    ints = np.ldexp(a, e)
+    total, mags = ints.sum(axis=axes), np.abs(ints).sum(axis=axes)
+    if np.max(mags, initial=0.0) < 2.0**53:          # every partial sum an integer below 2**53: exact
+        return np.ldexp(total, -e), np.ldexp(mags, -e)
+    return (QArray.from_float(a).sum(axis=axes).to_float(),
+            QArray.from_float(np.abs(a)).sum(axis=axes).to_float_up())
 
 
 def _channel_sum(out: dict, terms: dict, name: str, dy: np.ndarray, axis: int) -> None:
     """``out[name] = sum of dy over every axis but axis`` (a bias gradient), its K and absbound."""
     axes = tuple(i for i in range(dy.ndim) if i != axis % dy.ndim)
-    out[name] = QArray.from_float(dy).sum(axis=axes).to_float()
+    total, mags = _exact_axis_sum(dy, axes)
+    out[name] = total
     terms[name] = int(np.prod(dy.shape)) // dy.shape[axis]
     if terms[name]:
-        out[name + "__absbound"] = QArray.from_float(np.abs(dy)).sum(axis=axes).to_float_up()
+        out[name + "__absbound"] = mags
 
 
 # --- conv -----------------------------------------------------------------------------------
@@ -73,19 +160,22 @@ def _conv_kwargs(p):
 
 
 def _eval_conv(case):
-    p, n = case.params, case.name
+    p, n, grid = case.params, case.name, case.grid
     kw = _conv_kwargs(p)
-    x, w = data_array(n, "x", p["x_shape"]), data_array(n, "w", p["w_shape"])
-    y_shape = conv_fn(np.zeros(p["x_shape"]), np.zeros(p["w_shape"]), **kw).shape
-    dy, tx, tw = data_array(n, "dy", y_shape), data_array(n, "tx", x.shape), data_array(n, "tw", w.shape)
-    out, terms = dict(x=x, w=w, dy=dy, tx=tx, tw=tw), {}
+    x, w = grid.values(n, "x", p["x_shape"]), grid.values(n, "w", p["w_shape"])
+    y_shape, k = output_shape(case), _counts(p, transposed=False)
+    out, terms = dict(x=x, w=w), {}
 
     def op(a, b):
         return conv_fn(a, b, **kw)
-    _bilinear_output(out, terms, "y", [(op, x, w)])
-    _bilinear_output(out, terms, "dx", [(lambda c, b: conv_vjp(x, b, c, **kw)[0], dy, w)])
-    _bilinear_output(out, terms, "dw", [(lambda a, c: conv_vjp(a, w, c, **kw)[1], x, dy)])
-    _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)])
+    _bilinear_output(out, terms, "y", [(op, x, w)], k["y"])
+    if case.stores("vjp"):
+        dy = out["dy"] = grid.values(n, "dy", y_shape)
+        _bilinear_output(out, terms, "dx", [(lambda c, b: conv_vjp(x, b, c, **kw)[0], dy, w)], k["dx"])
+        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_vjp(a, w, c, **kw)[1], x, dy)], k["dw"])
+    if case.stores("jvp"):
+        tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"])
     return out, terms
 
 
@@ -98,27 +188,36 @@ def _transpose_kwargs(p):
 
 def _eval_transpose(case):
     """Kernel layout ``(*kernel, C_out/groups, C_in)``: an element of ``y`` sums ``taps * C_in/groups``
-    products at most (plus the bias), which ``_bilinear_output`` counts."""
-    p, n = case.params, case.name
+    products at most (plus the bias)."""
+    p, n, grid = case.params, case.name, case.grid
     kw = _transpose_kwargs(p)
-    x, w = data_array(n, "x", p["x_shape"]), data_array(n, "w", p["w_shape"])
+    x, w = grid.values(n, "x", p["x_shape"]), grid.values(n, "w", p["w_shape"])
 
     def op(a, c):                                     # bilinear in (x, w)
         return conv_transpose(a, c, **kw)
-    y_shape = op(np.zeros(p["x_shape"]), np.zeros(p["w_shape"])).shape
-    dy, tx, tw = data_array(n, "dy", y_shape), data_array(n, "tx", x.shape), data_array(n, "tw", w.shape)
-    out, terms = dict(x=x, w=w, dy=dy, tx=tx, tw=tw), {}
+    y_shape, k = output_shape(case), _counts(p, transposed=True)
+    out, terms = dict(x=x, w=w), {}
     c_out = p["w_shape"][-2] * p["groups"]
     b = tb = None
+    has_bias = 1 if p["bias"] else 0
+    axis = channel_axis(p["channel_first"], len(y_shape) == len(p["w_shape"]))
     if p["bias"]:
-        axis = channel_axis(p["channel_first"], len(y_shape) == len(p["w_shape"]))
-        b, tb = (per_channel(data_array(n, k, (c_out,)), len(y_shape), axis) for k in ("b", "tb"))
-        out.update(b=b.ravel(), tb=tb.ravel())
-        _channel_sum(out, terms, "db", dy, axis)
-    _bilinear_output(out, terms, "y", [(op, x, w)], b)
-    _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], tb)
-    _bilinear_output(out, terms, "dx", [(lambda c, v: conv_transpose_vjp(x, v, c, **kw)[0], dy, w)])
-    _bilinear_output(out, terms, "dw", [(lambda a, c: conv_transpose_vjp(a, w, c, **kw)[1], x, dy)])
+        b = per_channel(grid.values(n, "b", (c_out,)), len(y_shape), axis)
+        out["b"] = b.ravel()
+    nonempty = 1 if int(np.prod(y_shape)) else 0           # a bias is one more product, where there are elements
+    _bilinear_output(out, terms, "y", [(op, x, w)], (k["y"] + has_bias) * nonempty, b)
+    if case.stores("vjp"):
+        dy = out["dy"] = grid.values(n, "dy", y_shape)
+        if p["bias"]:
+            _channel_sum(out, terms, "db", dy, axis)
+        _bilinear_output(out, terms, "dx", [(lambda c, v: conv_transpose_vjp(x, v, c, **kw)[0], dy, w)], k["dx"])
+        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_transpose_vjp(a, w, c, **kw)[1], x, dy)], k["dw"])
+    if case.stores("jvp"):
+        tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
+        if p["bias"]:
+            tb = per_channel(grid.values(n, "tb", (c_out,)), len(y_shape), axis)
+            out["tb"] = tb.ravel()
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], (2 * k["y"] + has_bias) * nonempty, tb)
     return out, terms
 
 
@@ -132,42 +231,46 @@ def variant_of(spec, eps=None) -> Variant:
                    eps=spec.eps if eps is None else eps, gamma=gamma)
 
 
-def _ws_weights(name, shape, regime):
+def _ws_weights(name, shape, regime, grid):
     if regime == "constant":
         return np.full(tuple(shape), 0.375)
     if regime == "tiny":                     # var * N far below every preset's eps: the clamp is active
         return data_array(name, "w", shape, -4, 4, 20)
-    return data_array(name, "w", shape)
+    return grid.values(name, "w", shape)
 
 
 def _eval_ws(case):
-    p, n = case.params, case.name
+    p, n, grid = case.params, case.name, case.grid
     axis = p["out_axis"]
-    w = _ws_weights(n, p["w_shape"], p["regime"])
+    w = _ws_weights(n, p["w_shape"], p["regime"], grid)
     c_out = w.shape[axis]
     gain_shape = [1] * w.ndim
     gain_shape[axis] = c_out
-    gain = data_array(n, "gain", gain_shape, 1, 2**_BITS, _BITS - 1) if p["gain"] else None
+    gain = grid.gains(n, "gain", gain_shape) if p["gain"] else None
     v = variant_of(p["spec"], p["eps"])
     st = channel_stats(w, v, axis)
-    dw_hat, tw = data_array(n, "dw_hat", w.shape), data_array(n, "tw", w.shape)
-    out = dict(w=w, dw_hat=dw_hat, tw=tw)
+    out = dict(w=w)
+    if gain is not None:
+        out["gain"] = gain
     terms, _ = ws_terms(w, st, gain, axis)
     out["w_hat"] = combine_terms(terms, axis).to_float()
-    vterms, dgain = ws_vjp_terms(w, dw_hat, st, gain, axis)
-    out["dw"] = combine_terms(vterms, axis).to_float()
-    tgain = None
-    if gain is not None:
-        tgain = data_array(n, "tgain", gain.shape)
-        out.update(gain=gain, tgain=tgain)
-        out["dgain"] = np.array([float(d) for d in dgain]).reshape(gain.shape)
-    out["tw_hat"] = combine_terms(ws_jvp_terms(w, tw, st, gain, tgain, axis), axis).to_float()
     bounds = WSBounds(w, st, v, gain, axis)
     out["w_hat__wsbound"] = bounds.forward()
-    out["dw__wsbound"], dgain_ws = bounds.vjp(dw_hat)
-    out["tw_hat__wsbound"] = bounds.jvp(tw, tgain)
-    if gain is not None:
-        out["dgain__wsbound"] = dgain_ws.reshape(gain.shape)
+    if case.stores("vjp"):
+        dw_hat = out["dw_hat"] = grid.values(n, "dw_hat", w.shape)
+        vterms, dgain = ws_vjp_terms(w, dw_hat, st, gain, axis)
+        out["dw"] = combine_terms(vterms, axis).to_float()
+        out["dw__wsbound"], dgain_ws = bounds.vjp(dw_hat)
+        if gain is not None:
+            out["dgain"] = np.array([float(d) for d in dgain]).reshape(gain.shape)
+            out["dgain__wsbound"] = dgain_ws.reshape(gain.shape)
+    if case.stores("jvp"):
+        tw = out["tw"] = grid.values(n, "tw", w.shape)
+        tgain = None
+        if gain is not None:
+            tgain = out["tgain"] = grid.values(n, "tgain", gain.shape)
+        out["tw_hat"] = combine_terms(ws_jvp_terms(w, tw, st, gain, tgain, axis), axis).to_float()
+        out["tw_hat__wsbound"] = bounds.jvp(tw, tgain)
     # no bilinear part: every error of these outputs is in their wsbound
     return out, {k: 0 for k in ("w_hat", "dw", "dgain", "tw_hat") if k in out}
 

@@ -25,26 +25,26 @@ from ..nn.brainstate import flip_swap_io
 from ..nn.elektronn3 import from_hwio, to_hwio, torch_pads
 from ..pad import pad as pad_fn
 from ..pad import pad_vjp
-from .case import Case
 from .exact_ws import Variant, WSBounds, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
+from .ozaki import exact_parts, round_up_sum
 from .rational import QArray, bilinear_upper, exact_bilinear, sum_up
-from .rng import data_array, grid_ints, seed_of
+from .rng import grid_ints, seed_of
 
-__all__ = ["layer_cases", "evaluate_layer", "LayerMath", "layer_math", "channel_axis", "per_channel"]
+__all__ = ["layer_entries", "evaluate_layer", "LayerMath", "layer_math", "channel_axis", "per_channel"]
 
 
 # --- the catalog ----------------------------------------------------------------------------
 
 def _bs(name, cls, x_shape, mask=False, **kwargs):
-    return Case(f"brainstate/{name}", "brainstate",
-                dict(library="brainstate", cls=cls, x_shape=list(x_shape), mask=mask, kwargs=kwargs))
+    """A catalog entry (the data model of a catalog file, :mod:`refws.golden.catalog_file`)."""
+    return dict(suite="brainstate", name=name, cls=cls, x_shape=list(x_shape), mask=mask, **kwargs)
 
 
 def _e3(name, cls, x_shape, output_size=None, **kwargs):
-    p = dict(library="elektronn3", cls=cls, x_shape=list(x_shape), mask=False, kwargs=kwargs)
+    entry = dict(suite="elektronn3", name=name, cls=cls, x_shape=list(x_shape), **kwargs)
     if output_size is not None:
-        p["output_size"] = output_size
-    return Case(f"elektronn3/{name}", "elektronn3", p)
+        entry["output_size"] = output_size
+    return entry
 
 
 def _brainstate_transpose_cases() -> list:
@@ -72,7 +72,8 @@ def _brainstate_transpose_cases() -> list:
     ]
 
 
-def layer_cases() -> list:
+def layer_entries() -> list:
+    """The built-in catalog's entries of the layer suites."""
     out = []
     spatial = {1: (9,), 2: (6, 5), 3: (4, 3, 4)}
     for nd, sp in spatial.items():
@@ -330,12 +331,12 @@ def evaluate_layer(case):
     (the core applied to ones), ``+ 1`` for a bias; ``2x`` for ``ty``; for ``dbias`` the number of
     ``dy`` elements per channel; ``dgain`` counts the products of ``g``.
     """
-    p, n = case.params, case.name
+    p, n, grid = case.params, case.name, case.grid
     m = layer_math(p)
-    x = data_array(n, "x", p["x_shape"])
-    w = data_array(n, "weight", m.weight_shape)
+    x = grid.values(n, "x", p["x_shape"])
+    w = grid.values(n, "weight", m.weight_shape)
     mask = grid_ints(seed_of(n, "w_mask"), m.weight_shape, 0, 1).astype(np.float64) if p["mask"] else None
-    gain = data_array(n, "gain", m.gain_shape, 1, 2**11, 10) if m.gain_shape else None
+    gain = grid.gains(n, "gain", m.gain_shape) if m.gain_shape else None
     y_shape = m.core(np.zeros(x.shape), np.zeros(w.shape)).shape
     arrays = dict(x=x, weight=w)
     if mask is not None:
@@ -343,10 +344,8 @@ def evaluate_layer(case):
     if gain is not None:
         arrays["gain"] = gain
     if m.bias_shape:
-        arrays["bias"] = data_array(n, "bias", m.bias_shape)
+        arrays["bias"] = grid.values(n, "bias", m.bias_shape)
     differentiable = [k for k in ("x", "weight", "bias", "gain") if k in arrays]
-    dy = data_array(n, "dy", y_shape)
-    tangents = {k: data_array(n, "t" + k, arrays[k].shape) for k in differentiable}
     has_bias = 1 if m.bias_shape else 0
 
     def bias_col(b):
@@ -367,13 +366,11 @@ def evaluate_layer(case):
     w_mag = _effective_q(terms, m.ws_axis, mask).abs().to_float_up(strict=st is not None)
     ws_w = _masked(bounds.forward(), mask) if bounds else None
     count_y = m.core(np.ones(x.shape), np.ones(w.shape))
-    count_dx, count_dw = m.core_vjp(np.ones(x.shape), np.ones(w.shape), np.ones(y_shape))
-    k = dict(y=_most(count_y) + has_bias, dx=_most(count_dx), dweight=_most(count_dw),
-             ty=2 * _most(count_y) + has_bias)
+    k = dict(y=_most(count_y) + has_bias)
 
     # forward
     yq = _apply_terms(m.core, x, terms, m.ws_axis, mask)
-    out = dict(arrays, dy=dy, **{"t" + k: v for k, v in tangents.items()})
+    out = dict(arrays)
     y_mag = [bilinear_upper(m.core, x, w_mag)]
     if m.bias_shape:
         yq = yq + bias_q(arrays["bias"])
@@ -383,44 +380,58 @@ def evaluate_layer(case):
         out["y__wsbound"] = bilinear_upper(m.core, x, ws_w)
 
     # VJP
-    out["dx"] = _apply_terms(core_x, dy, terms, m.ws_axis, mask).to_float()
-    out["dx__absbound"] = bilinear_upper(core_x, dy, w_mag)
-    if bounds:
-        out["dx__wsbound"] = bilinear_upper(core_x, dy, ws_w)
-    d_eff = exact_bilinear(core_w, x, dy).to_float()
-    g = _masked(d_eff, mask)
-    g_mag = _masked(core_w(np.abs(x), np.abs(dy)), mask)           # exact: grid operands
-    if st:
-        vterms, dgain = ws_vjp_terms(w, g, st, gain, m.ws_axis)
-        out["dweight"] = combine_terms(vterms, m.ws_axis).to_float()
-        out["dweight__absbound"], gain_mag = bounds.magnitude_vjp(g_mag)
-        out["dweight__wsbound"], gain_ws = bounds.vjp(g)
-        if gain is not None:
-            out["dgain"] = np.array([float(v) for v in dgain]).reshape(gain.shape)
-            out["dgain__absbound"] = gain_mag.reshape(gain.shape)
-            out["dgain__wsbound"] = gain_ws.reshape(gain.shape)
-            k["dgain"] = k["dweight"]
-    else:
-        out["dweight"], out["dweight__absbound"] = g, g_mag
-    if m.bias_shape:
-        axes = tuple(i for i in range(len(y_shape)) if i != m.channel_axis % len(y_shape))
-        out["dbias"] = QArray.from_float(dy).sum(axis=axes).to_float().reshape(m.bias_shape)
-        out["dbias__absbound"] = QArray.from_float(np.abs(dy)).sum(axis=axes).to_float_up().reshape(m.bias_shape)
-        k["dbias"] = int(np.prod(y_shape)) // y_shape[m.channel_axis]
+    if case.stores("vjp"):
+        dy = out["dy"] = grid.values(n, "dy", y_shape)
+        count_dx, count_dw = m.core_vjp(np.ones(x.shape), np.ones(w.shape), np.ones(y_shape))
+        k.update(dx=_most(count_dx), dweight=_most(count_dw))
+        out["dx"] = _apply_terms(core_x, dy, terms, m.ws_axis, mask).to_float()
+        out["dx__absbound"] = bilinear_upper(core_x, dy, w_mag)
+        if bounds:
+            out["dx__wsbound"] = bilinear_upper(core_x, dy, ws_w)
+        # g = mask * core_vjp_W(x, dy) as exact parts (one part unless 24-bit operands were split), so
+        # that J^T g below is of the exact g; g_mag = mask * core_vjp_W(|x|, |dy|), exact or rounded up
+        g_parts = [_masked(part, mask) for part in exact_parts(core_w, x, dy)]
+        g = _masked(exact_bilinear(core_w, x, dy).to_float(), mask)
+        g_mag = _masked(round_up_sum(core_w, x, dy), mask)
+        if st:
+            vterms, dgain = [], None
+            for part in g_parts:
+                part_terms, part_gain = ws_vjp_terms(w, part, st, gain, m.ws_axis)
+                vterms += part_terms
+                dgain = part_gain if dgain is None else [a + b for a, b in zip(dgain, part_gain)]
+            out["dweight"] = combine_terms(vterms, m.ws_axis).to_float()
+            out["dweight__absbound"], gain_mag = bounds.magnitude_vjp(g_mag)
+            out["dweight__wsbound"], gain_ws = bounds.vjp(g)
+            if gain is not None:
+                out["dgain"] = np.array([float(v) for v in dgain]).reshape(gain.shape)
+                out["dgain__absbound"] = gain_mag.reshape(gain.shape)
+                out["dgain__wsbound"] = gain_ws.reshape(gain.shape)
+                k["dgain"] = k["dweight"]
+        else:
+            out["dweight"], out["dweight__absbound"] = g, g_mag
+        if m.bias_shape:
+            axes = tuple(i for i in range(len(y_shape)) if i != m.channel_axis % len(y_shape))
+            out["dbias"] = QArray.from_float(dy).sum(axis=axes).to_float().reshape(m.bias_shape)
+            out["dbias__absbound"] = QArray.from_float(np.abs(dy)).sum(axis=axes).to_float_up().reshape(m.bias_shape)
+            k["dbias"] = int(np.prod(y_shape)) // y_shape[m.channel_axis]
 
     # JVP
-    tyq = _apply_terms(m.core, tangents["x"], terms, m.ws_axis, mask)
-    tw = tangents["weight"]
-    tterms = (ws_jvp_terms(w, tw, st, gain, tangents.get("gain"), m.ws_axis) if st
-              else _plain_terms(tw, m.ws_axis))
-    tyq = tyq + _apply_terms(m.core, x, tterms, m.ws_axis, mask)
-    t_mag = _effective_q(tterms, m.ws_axis, mask).abs().to_float_up(strict=st is not None)
-    ty_mag = [bilinear_upper(m.core, tangents["x"], w_mag), bilinear_upper(m.core, x, t_mag)]
-    if m.bias_shape:
-        tyq = tyq + bias_q(tangents["bias"])
-        ty_mag.append(np.abs(bias_col(tangents["bias"])))
-    out["ty"], out["ty__absbound"] = tyq.to_float(), sum_up(*ty_mag)
-    if bounds:
-        ws_t = _masked(bounds.jvp(tw, tangents.get("gain")), mask)
-        out["ty__wsbound"] = sum_up(bilinear_upper(m.core, tangents["x"], ws_w), bilinear_upper(m.core, x, ws_t))
+    if case.stores("jvp"):
+        tangents = {k_: grid.values(n, "t" + k_, arrays[k_].shape) for k_ in differentiable}
+        out.update({"t" + k_: v for k_, v in tangents.items()})
+        k["ty"] = 2 * _most(count_y) + has_bias
+        tyq = _apply_terms(m.core, tangents["x"], terms, m.ws_axis, mask)
+        tw = tangents["weight"]
+        tterms = (ws_jvp_terms(w, tw, st, gain, tangents.get("gain"), m.ws_axis) if st
+                  else _plain_terms(tw, m.ws_axis))
+        tyq = tyq + _apply_terms(m.core, x, tterms, m.ws_axis, mask)
+        t_mag = _effective_q(tterms, m.ws_axis, mask).abs().to_float_up(strict=st is not None)
+        ty_mag = [bilinear_upper(m.core, tangents["x"], w_mag), bilinear_upper(m.core, x, t_mag)]
+        if m.bias_shape:
+            tyq = tyq + bias_q(tangents["bias"])
+            ty_mag.append(np.abs(bias_col(tangents["bias"])))
+        out["ty"], out["ty__absbound"] = tyq.to_float(), sum_up(*ty_mag)
+        if bounds:
+            ws_t = _masked(bounds.jvp(tw, tangents.get("gain")), mask)
+            out["ty__wsbound"] = sum_up(bilinear_upper(m.core, tangents["x"], ws_w), bilinear_upper(m.core, x, ws_t))
     return out, k

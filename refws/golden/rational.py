@@ -139,19 +139,17 @@ class QArray:
 
 
 def exact_bilinear(op, a: np.ndarray, b: np.ndarray) -> QArray:
-    """``op(a, b)`` for a bilinear ``op`` and dyadic-grid operands, computed exactly in float64.
+    """``op(a, b)`` for a bilinear ``op`` and dyadic-grid operands, exactly.
 
     The check: with grid units ``ua, ub``, every partial sum of ``op`` is an integer multiple of
     ``ua * ub`` bounded by ``op(|a|, |b|)``; if that bound is below ``2**52`` units, no partial sum
-    is ever rounded, whatever the summation order, BLAS or thread count.
+    is ever rounded, whatever the summation order, BLAS or thread count. Operands too wide for
+    that (24-bit grids) are split into 12-bit pieces whose partial results are each exact and
+    are summed in integers (:mod:`refws.golden.ozaki`); ArithmeticError if even those are too wide.
     """
-    ea, eb = grid_exponent(a), grid_exponent(b)
-    bound = np.ldexp(op(np.abs(a), np.abs(b)), ea + eb)
-    if np.max(bound, initial=0) >= 2.0**52:
-        raise ArithmeticError(f"golden operands too wide for an exact float64 evaluation: "
-                              f"|op| bound {np.max(bound):.3g} units >= 2**52")
-    result = op(a, b)
-    return QArray(np.ldexp(result, ea + eb).astype(np.int64).astype(object), 1 << (ea + eb))
+    from .ozaki import ExactSum, bilinear_sums
+    value, _ = bilinear_sums(op, a, b, ExactSum(), None)
+    return value.to_qarray()
 
 
 def sum_up(*arrays) -> np.ndarray:
@@ -183,4 +181,5 @@ def bilinear_upper(op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return op(a, np.zeros_like(b))
     e = 50 - math.frexp(count * top)[1]          # count * top < 2**(50 - e)
     grid_b = np.ldexp(np.ceil(np.ldexp(b, e)), -e)
-    return exact_bilinear(op, a, grid_b).to_float()
+    from .ozaki import ExactSum, bilinear_sums
+    return bilinear_sums(op, a, grid_b, ExactSum(), None)[0].nearest()

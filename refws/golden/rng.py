@@ -13,15 +13,21 @@ no such promise across versions, so the stream here is SplitMix64 (Steele, Lea &
 An integer in ``[lo, hi]`` is ``lo + value_i mod (hi - lo + 1)``; a grid value is that integer
 times ``2**-exponent``. Integers of at most 24 bits times a power of two are exactly
 representable in float32, so float32 backends see exactly the stored numbers.
+
+:data:`GRIDS` holds the input grids a case can ask for (``bits``, docs/golden-format.md): 12 is the
+historical default; 4, 8 and 11 are exact in narrower formats; 24 uses every bit of a float32
+significand (its outputs are made correctly rounded by :mod:`refws.golden.ozaki`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["seed_of", "splitmix64", "grid_ints", "grid_array", "data_array", "BITS"]
+__all__ = ["seed_of", "splitmix64", "grid_ints", "grid_array", "data_array", "BITS", "Grid", "GRIDS",
+           "DEFAULT_BITS", "grid_of", "generator_vectors"]
 
 # Operands: 12-bit integers over 2**11, i.e. values in [-1, 1] with 2**-11 steps (float32-exact).
 BITS = 11
@@ -62,3 +68,59 @@ def grid_array(seed: int, shape, lo: int, hi: int, exponent: int) -> np.ndarray:
 def data_array(case_name: str, array: str, shape, lo: int = -(2**BITS), hi: int = 2**BITS, exponent: int = BITS):
     """The stored input ``array`` of ``case_name``: grid integers from the case's own stream."""
     return grid_array(seed_of(case_name, array), tuple(shape), lo, hi, exponent)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An input grid: operands are integers in ``[-top, top]`` times ``2**-exponent``; gains are
+    integers in ``[1, top]`` times ``2**-(exponent - 1)`` (values in ``(0, 2]``).
+
+    ``significant_bits`` is the most significant bits any value needs: a format with at least
+    that many (and the exponent range for ``2**-exponent``) holds every value exactly.
+    """
+
+    bits: int
+    top: int
+    exponent: int
+
+    @property
+    def significant_bits(self) -> int:
+        power_of_two = self.top & (self.top - 1) == 0
+        return self.top.bit_length() - 1 if power_of_two and self.top > 1 else self.top.bit_length()
+
+    def values(self, case_name: str, array: str, shape) -> np.ndarray:
+        """Operand ``array`` of ``case_name``: integers in ``[-top, top]`` times ``2**-exponent``."""
+        return data_array(case_name, array, shape, -self.top, self.top, self.exponent)
+
+    def gains(self, case_name: str, array: str, shape) -> np.ndarray:
+        """Gains: integers in ``[1, top]`` times ``2**-(exponent - 1)``, in ``(0, 2]``."""
+        return data_array(case_name, array, shape, 1, self.top, self.exponent - 1)
+
+
+#: The grids a case can ask for, by ``bits``. 12 is the historical default: every store built
+#: before grids existed is ``bits = 12``.
+GRIDS = {
+    4: Grid(4, 2**3, 3),
+    8: Grid(8, 2**7, 7),
+    11: Grid(11, 2**10, 10),
+    12: Grid(12, 2**11, 11),
+    24: Grid(24, 2**24 - 1, 24),
+}
+DEFAULT_BITS = 12
+
+
+def grid_of(bits: int) -> Grid:
+    """The :class:`Grid` of ``bits`` (ValueError naming the accepted values otherwise)."""
+    if isinstance(bits, bool) or bits not in GRIDS:
+        raise ValueError(f"bits={bits!r}: expected one of {sorted(GRIDS)}")
+    return GRIDS[bits]
+
+
+def generator_vectors(name: str = "conv/example", arrays=("x", "gain"), count: int = 6) -> dict:
+    """``{bits: {array: first values}}``: what another language's generator must reproduce
+    (``gain`` with :meth:`Grid.gains`, every other array with :meth:`Grid.values`)."""
+    out = {}
+    for bits, grid in GRIDS.items():
+        make = {a: (grid.gains if a == "gain" else grid.values) for a in arrays}
+        out[bits] = {a: [float(v) for v in make[a](name, a, (count,))] for a in arrays}
+    return out

@@ -3,6 +3,12 @@
 Files are byte-for-byte reproducible: arrays are little-endian float64 ``.npy`` (format 1.0) with
 a header written here rather than by the installed NumPy, inside an uncompressed zip whose entries
 are sorted by name and dated 1980-01-01. The format is specified in docs/golden-format.md.
+
+Schema version 2 (written now) adds to version 1 (still read): the catalog the store was built
+from (its name and hash), the shard a store holds, each case's grid (``bits``) and stored
+derivatives, and the ``compact`` encoding, where inputs are stored as their grid integers
+(``<i2`` / ``<i4``) with the power of two in the manifest (``exponent``). :func:`load_entry`
+returns float64 arrays whatever the encoding.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SCHEMA_VERSION", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes", "read_npz",
-           "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store", "sha256"]
+__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes", "read_npz",
+           "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store", "sha256",
+           "StoreWriter", "write_case_file", "decode_arrays", "encode_arrays", "manifest_entry", "manifest_bytes", "entry_bits", "entry_derivatives"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+_DTYPES = {"<f8": np.float64, "<i2": np.int16, "<i4": np.int32}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -50,10 +59,13 @@ def sha256(data: bytes) -> str:
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
-    """``.npy`` format 1.0 bytes of a float64 array: the header padded with spaces to 64 bytes."""
-    a = np.asarray(a, dtype="<f8")                        # tobytes() below is C order
+    """``.npy`` format 1.0 bytes of an array (little-endian float64, or int16 / int32 for compact
+    inputs): the header padded with spaces to 64 bytes."""
+    a = np.asarray(a)
+    descr = {np.dtype(np.int16): "<i2", np.dtype(np.int32): "<i4"}.get(a.dtype, "<f8")
+    a = np.asarray(a, dtype=descr)                        # tobytes() below is C order
     shape = repr(tuple(int(d) for d in a.shape))          # "()", "(3,)", "(2, 3)"
-    header = "{'descr': '<f8', 'fortran_order': False, 'shape': %s, }" % shape
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape)
     total = 10 + len(header) + 1
     header += " " * (-total % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + a.tobytes(order="C")
@@ -101,8 +113,9 @@ def read_manifest(root=None) -> dict:
         raise GoldenError(f"{path}: missing (build the fixtures with `refws golden build`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GoldenError(f"{path}: not valid JSON ({exc})") from exc
-    if manifest.get("schema_version") != SCHEMA_VERSION or not isinstance(manifest.get("cases"), dict):
-        raise GoldenError(f"{path}: unsupported schema (expected schema_version {SCHEMA_VERSION} and a 'cases' map)")
+    if manifest.get("schema_version") not in READABLE_SCHEMAS or not isinstance(manifest.get("cases"), dict):
+        raise GoldenError(f"{path}: unsupported schema (expected schema_version 1 or {SCHEMA_VERSION} and a "
+                          "'cases' map)")
     return manifest
 
 
@@ -137,11 +150,61 @@ def load(name: str, root=None) -> GoldenCase:
 
 def load_entry(root: Path, name: str, entry: dict) -> GoldenCase:
     """Load the case ``name`` described by its manifest ``entry``, checking its checksum and arrays."""
-    arrays = read_npz(_read_verified(root, name, entry), str(case_path(root, name)))
+    where = case_path(root, name)
+    arrays = read_npz(_read_verified(root, name, entry), str(where))
     expected = set(entry["arrays"])
     if set(arrays) != expected:
-        raise GoldenError(f"{case_path(root, name)}: arrays {sorted(arrays)} differ from the manifest's {sorted(expected)}")
-    return GoldenCase(name, entry["suite"], entry["params"], arrays, dict(entry.get("terms", {})))
+        raise GoldenError(f"{where}: arrays {sorted(arrays)} differ from the manifest's {sorted(expected)}")
+    return GoldenCase(name, entry["suite"], entry["params"], decode_arrays(arrays, entry, str(where)),
+                      dict(entry.get("terms", {})))
+
+
+def decode_arrays(arrays: dict, entry: dict, where: str) -> dict:
+    """float64 arrays from a case file's arrays: compact inputs (grid integers) times ``2**-exponent``."""
+    out = {}
+    for k, a in arrays.items():
+        meta = entry["arrays"][k]
+        dtype = meta.get("dtype", "<f8")
+        if dtype not in _DTYPES or a.dtype != np.dtype(dtype):
+            raise GoldenError(f"{where}: array {k!r} is {a.dtype.str}, the manifest says {dtype}")
+        out[k] = a if dtype == "<f8" else np.ldexp(a.astype(np.float64), -int(meta["exponent"]))
+    return out
+
+
+def encode_arrays(arrays: dict, outputs, encoding: str) -> tuple:
+    """``(arrays to write, manifest metadata per array)``.
+
+    ``compact``: every input (not an output in ``outputs``, not bound data) whose grid integers
+    fit in int16 or int32 is stored as those integers, exactly, with ``exponent`` (value =
+    ``integer * 2**-exponent``); everything else is float64, as in the ``float64`` encoding.
+    """
+    from .rational import grid_exponent
+    written, meta = {}, {}
+    for k, a in sorted(arrays.items()):
+        a = np.asarray(a, dtype=np.float64)
+        meta[k] = dict(shape=list(a.shape), dtype="<f8")
+        written[k] = a
+        if encoding != "compact" or k in outputs or "__" in k:
+            continue
+        e = grid_exponent(a)
+        ints = np.ldexp(a, e)
+        top = float(np.max(np.abs(ints), initial=0.0))
+        for dtype, limit in (("<i2", 2**15), ("<i4", 2**31)):
+            if top < limit:
+                written[k] = ints.astype(_DTYPES[dtype])
+                meta[k] = dict(shape=list(a.shape), dtype=dtype, exponent=e)
+                break
+    return written, meta
+
+
+def entry_bits(entry: dict) -> int:
+    """A manifest entry's input grid (version 1 entries: 12)."""
+    return int(entry.get("bits", 12))
+
+
+def entry_derivatives(entry: dict) -> tuple:
+    """A manifest entry's stored derivatives (version 1 entries: both)."""
+    return tuple(entry.get("derivatives", ("vjp", "jvp")))
 
 
 def cases(root=None, suite=None):
@@ -156,13 +219,23 @@ def cases(root=None, suite=None):
             yield load_entry(root, name, manifest["cases"][name])
 
 
-def manifest_entry(case, arrays: dict, terms: dict, data: bytes) -> dict:
-    return dict(suite=case.suite, params=case.params, terms=terms, sha256=sha256(data),
-                arrays={k: dict(shape=list(np.shape(v)), dtype="<f8") for k, v in sorted(arrays.items())})
+def manifest_entry(case, meta: dict, terms: dict, data: bytes) -> dict:
+    """A case's manifest entry: ``meta`` per array as :func:`encode_arrays` returns it (or, for
+    the float64 encoding, the arrays themselves)."""
+    arrays = {k: (v if isinstance(v, dict) else dict(shape=list(np.shape(v)), dtype="<f8"))
+              for k, v in sorted(meta.items())}
+    return dict(suite=case.suite, params=case.params, terms=terms, sha256=sha256(data), arrays=arrays,
+                bits=case.bits, derivatives=list(case.derivatives))
 
 
-def manifest_bytes(entries: dict, version: str) -> bytes:
+def manifest_bytes(entries: dict, version: str, catalog: dict | None = None, shard: dict | None = None) -> bytes:
+    """The manifest: ``catalog`` = ``{"name", "sha256", "encoding"}`` of the catalog built from,
+    ``shard`` = ``{"index", "count"}`` for a shard store (absent in a complete one)."""
     doc = dict(schema_version=SCHEMA_VERSION, refws_version=version, cases=dict(sorted(entries.items())))
+    if catalog is not None:
+        doc["catalog"] = catalog
+    if shard is not None:
+        doc["shard"] = shard
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
@@ -173,6 +246,67 @@ def _recover_interrupted_swap(root: Path) -> None:
         backup.rename(root)
 
 
+class StoreWriter:
+    """Write a store case by case into a sibling temporary folder, then swap it in atomically.
+
+    ``add(name, data)`` writes (and fsyncs) one case file as soon as it is built, so a build holds
+    one case in memory at a time; other processes may write files into :attr:`tmp` directly.
+    ``commit(manifest)`` writes the manifest and swaps the folder in with two renames (an
+    interrupted build leaves the previous store intact); leaving the ``with`` block without a
+    commit removes the temporary folder.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        _recover_interrupted_swap(self.root)
+        self.tmp = Path(tempfile.mkdtemp(prefix=self.root.name + ".tmp-", dir=self.root.parent))
+        self.tmp.chmod(0o755)                       # mkdtemp makes it private; the store is not
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def add(self, name: str, data: bytes) -> None:
+        write_case_file(self.tmp, name, data)
+
+    def copy(self, name: str, source_root, expected_sha256: str | None = None) -> None:
+        """Copy a case file from another store (checking its checksum when given)."""
+        data = case_path(source_root, name).read_bytes()
+        if expected_sha256 is not None and sha256(data) != expected_sha256:
+            raise GoldenError(f"{case_path(source_root, name)}: checksum mismatch (file truncated or altered)")
+        self.add(name, data)
+
+    def commit(self, manifest: bytes) -> None:
+        path = self.tmp / "manifest.json"
+        path.write_bytes(manifest)
+        _fsync(path)
+        backup = self.root.with_name(self.root.name + ".previous")
+        if backup.exists():
+            shutil.rmtree(backup)
+        if self.root.exists():
+            self.root.rename(backup)
+        self.tmp.rename(self.root)
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_case_file(root, name: str, data: bytes) -> None:
+    """Write ``<root>/<name>.npz`` and fsync it."""
+    dest = case_path(root, name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    _fsync(dest)
+
+
 def write_store(root, files: dict, manifest: bytes, keep: dict | None = None) -> None:
     """Atomically replace the store at ``root``.
 
@@ -180,32 +314,9 @@ def write_store(root, files: dict, manifest: bytes, keep: dict | None = None) ->
     as they are. Everything is written to a sibling temporary folder first; only when it is complete
     is it swapped in (two renames), so an interrupted build leaves the previous store intact.
     """
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted_swap(root)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
-    try:
-        tmp.chmod(0o755)                       # mkdtemp makes it private; the store is not
+    with StoreWriter(root) as writer:
         for name in keep or {}:
-            dest = case_path(tmp, name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(case_path(root, name), dest)
+            writer.copy(name, root)
         for name, data in files.items():
-            dest = case_path(tmp, name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        (tmp / "manifest.json").write_bytes(manifest)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
-        backup = root.with_name(root.name + ".previous")
-        if backup.exists():
-            shutil.rmtree(backup)
-        if root.exists():
-            root.rename(backup)
-        tmp.rename(root)
-        shutil.rmtree(backup, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            writer.add(name, data)
+        writer.commit(manifest)
