@@ -17,6 +17,14 @@ The header row names what sits at each padded position: an input index ``i``, ``
 :func:`explain_case` explains a golden case (the transposed convolution as the equivalent
 forward convolution of the stride-dilated input) with a backend's failing elements marked.
 
+With ``groups`` (and ``channels=(C_in, C_out)``) a channel section follows the axes: which input
+channels each block of output channels reads, group by group (:func:`channel_blocks` as data)::
+
+    channels: C_in=6, C_out=4, groups=2
+      Cg = C_in / groups = 6 / 2 = 3, Cog = C_out / groups = 4 / 2 = 2; weight (*kernel, Cg, C_out) = (3, 3, 3, 4)
+      group 0: y[..., 0:2] reads x[..., 0:3] through w[..., :, 0:2]
+      group 1: y[..., 2:4] reads x[..., 3:6] through w[..., :, 2:4]
+
 Only :mod:`refws.geometry` (and the transposed convolution's geometry from :mod:`refws.grads`)
 is used, so what is printed is what refws computes.
 """
@@ -27,10 +35,12 @@ import numbers
 from dataclasses import dataclass
 from collections.abc import Sequence
 
+from .conv import check_groups
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
 from .grads import input_grad_pads, transpose_geometry
 
-__all__ = ["Tap", "axis_taps", "explain", "explain_geometry", "case_geometry", "explain_case"]
+__all__ = ["Tap", "axis_taps", "ChannelBlock", "channel_blocks", "explain", "explain_geometry", "case_geometry",
+           "explain_case"]
 
 MAX_ROWS = 24          # output positions drawn per axis before the middle is elided
 MAX_WIDTH = 110        # characters of a drawn row; wider axes get the text summary only
@@ -96,6 +106,15 @@ def _sum(*terms) -> str:
     return out
 
 
+def _split_words(rule: str, total: int) -> str:
+    """How a SAME total is split: evenly, or the odd element at the end (at the start for SAME_LOWER)."""
+    if total == 0:
+        return "no padding needed"
+    if total % 2 == 0:
+        return "even: half on each side"
+    return f"an odd element at the {'start' if rule == 'SAME_LOWER' else 'end'}"
+
+
 def _padded_labels(g: ConvGeometry, axis: int) -> list:
     """What sits at each padded position: the input index, ``p`` or ``.``."""
     n, (lo, hi), L = g.in_spatial[axis], g.padding[axis], g.lhs_dilation[axis]
@@ -134,9 +153,8 @@ def _axis_text(g: ConvGeometry, axis: int, padding, at=None, inputs=None) -> lis
     if isinstance(padding, str) and padding.upper() != "VALID":
         o_same = -(-n // s)
         total = max((o_same - 1) * s + k_d - n, 0)
-        side = "start" if padding.upper() == "SAME_LOWER" else "end"
         lines.append(f"  {padding.upper()}: out = ceil(n / s) = {o_same}, total = max((out - 1)*s + k_d - n, 0) "
-                     f"= {total}, split ({lo}, {hi}) (an odd element at the {side})")
+                     f"= {total}, split ({lo}, {hi}) ({_split_words(padding.upper(), total)})")
     span = n_l + lo + hi - k_d
     formula = f"floor(({_sum(n_l, lo, hi, -k_d)}) / {s}) + 1 = {out}" if span >= 0 else \
         f"0 (the padded input, {n_l + lo + hi}, is shorter than the dilated kernel, {k_d})"
@@ -205,15 +223,97 @@ def explain_geometry(g: ConvGeometry, padding=None, *, at=None, inputs=None, tit
     return "\n".join(lines)
 
 
+def _check_positions(name: str, value, marks: list, sizes: tuple, what: str) -> None:
+    """Every marked position must lie in ``[0, size)`` on its axis (ValueError naming ``name``)."""
+    for axis, (positions, size) in enumerate(zip(marks, sizes)):
+        for p in positions or ():
+            if not 0 <= p < size:
+                valid = (f"0 <= {name}[{axis}] <= {size - 1}" if size else
+                         f"none (the {what} is empty along axis {axis})")
+                raise ValueError(f"{name}={value!r}: position {p} along axis {axis} is outside the {what} "
+                                 f"{sizes}; expected {valid}")
+
+
+@dataclass(frozen=True)
+class ChannelBlock:
+    """One group's channels: output channels ``out_channels`` (a ``range``) read input channels
+    ``in_channels`` through the weight columns ``w[..., :, out_channels]``."""
+
+    group: int
+    in_channels: range
+    out_channels: range
+
+
+def _check_channels(channels, groups: int) -> tuple:
+    """``channels`` as ``(C_in, C_out)``, both positive and divisible by ``groups``."""
+    if channels is None:
+        return None
+    try:
+        items = tuple(channels)
+    except TypeError:
+        items = None
+    if items is None or len(items) != 2 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
+                                                   for c in items):
+        raise ValueError(f"channels={channels!r}: expected (C_in, C_out), two positive ints")
+    c_in, c_out = (int(c) for c in items)
+    if c_in < 1 or c_out < 1:
+        raise ValueError(f"channels={channels!r}: expected (C_in, C_out), two positive ints")
+    for name, c in (("C_in", c_in), ("C_out", c_out)):
+        if c % groups:
+            raise ValueError(f"channels={channels!r}: {name}={c} is not divisible by groups={groups}")
+    return c_in, c_out
+
+
+def channel_blocks(groups: int, c_in: int, c_out: int) -> tuple:
+    """The :class:`ChannelBlock` of each group: group ``g`` maps input channels
+    ``[g*Cg, (g+1)*Cg)`` to output channels ``[g*Cog, (g+1)*Cog)``, ``Cg = C_in / G``,
+    ``Cog = C_out / G`` (ValueError unless both divide)."""
+    groups = check_groups(groups)
+    c_in, c_out = _check_channels((c_in, c_out), groups)
+    cg, cog = c_in // groups, c_out // groups
+    return tuple(ChannelBlock(g, range(g * cg, (g + 1) * cg), range(g * cog, (g + 1) * cog)) for g in range(groups))
+
+
+def _channel_text(groups: int, channels, kernel_spatial: tuple) -> list:
+    """The channel section: per group, which input channels its output channels read."""
+    if channels is None:
+        return [f"channels: groups={groups} (give channels=(C_in, C_out), --channels CIN,COUT, for the indices)",
+                f"  group g: y[..., g*Cog:(g+1)*Cog] reads x[..., g*Cg:(g+1)*Cg] through w[..., :, g*Cog:(g+1)*Cog], "
+                f"Cg = C_in / {groups}, Cog = C_out / {groups}"]
+    c_in, c_out = channels
+    cg, cog = c_in // groups, c_out // groups
+    lines = [f"channels: C_in={c_in}, C_out={c_out}, groups={groups}",
+             f"  Cg = C_in / groups = {c_in} / {groups} = {cg}, Cog = C_out / groups = {c_out} / {groups} = {cog}; "
+             f"weight (*kernel, Cg, C_out) = {(*kernel_spatial, cg, c_out)}"]
+    if groups == 1:
+        lines.append("  groups=1: every output channel reads every input channel")
+    elif groups == c_in:
+        lines.append(f"  depthwise (groups = C_in = {c_in}), channel multiplier C_out / C_in = {cog}: "
+                     f"output channel co reads input channel co // {cog}")
+    blocks = channel_blocks(groups, c_in, c_out)
+    for g in _rows(groups, None):
+        if g is None:
+            lines.append("  ...")
+            continue
+        b = blocks[g]
+        lines.append(f"  group {g}: y[..., {b.out_channels.start}:{b.out_channels.stop}] reads "
+                     f"x[..., {b.in_channels.start}:{b.in_channels.stop}] through "
+                     f"w[..., :, {b.out_channels.start}:{b.out_channels.stop}]")
+    return lines
+
+
 def explain(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, *,
-            at=None, inputs=None) -> str:
+            at=None, inputs=None, groups=1, channels=None) -> str:
     """Explain the geometry of a convolution (arguments as :func:`refws.conv_geometry`, 1-D to N-D).
 
     Parameters
     ----------
     at : optional output positions to mark with ``>``: one output index (``N`` ints) or, per
-        axis, a sequence of positions (or None).
-    inputs : optional input positions to mark with ``^``, in the same form.
+        axis, a sequence of positions (or None); each must lie inside the output.
+    inputs : optional input positions to mark with ``^``, in the same form, inside the input.
+    groups : int, the convolution's ``groups`` (as :func:`refws.conv`).
+    channels : optional ``(C_in, C_out)``, both divisible by ``groups``: the channel counts whose
+        blocks the channel section lists.
 
     Returns
     -------
@@ -221,10 +321,26 @@ def explain(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dilation=1
         The normalised arguments, then per axis the size formulas with the numbers filled in
         (and the SAME split for string padding), negative pads as crops, and one row per output
         position (up to :data:`MAX_ROWS`, else the first and last four and the marked ones) with
-        the taps it reads and a summary ``reads x[...]; taps ... on padding``.
+        the taps it reads and a summary ``reads x[...]; taps ... on padding``. With ``groups > 1``
+        or ``channels``, a channel section follows: per group (up to :data:`MAX_ROWS`, else the
+        first and last four) ``group g: y[..., a:b] reads x[..., c:d] through w[..., :, a:b]``,
+        and for ``groups = C_in`` the depthwise channel multiplier.
+
+    Raises
+    ------
+    ValueError
+        for arguments :func:`refws.conv_geometry` refuses, ``at`` or ``inputs`` outside the
+        output or input, or ``channels`` not divisible by ``groups``.
     """
+    groups = check_groups(groups)
+    counts = _check_channels(channels, groups)
     g = conv_geometry(in_spatial, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation)
-    return explain_geometry(g, padding, at=at, inputs=inputs)
+    _check_positions("at", at, _positions(at, g.ndim), g.out_spatial, "output")
+    _check_positions("inputs", inputs, _positions(inputs, g.ndim), g.in_spatial, "input")
+    text = explain_geometry(g, padding, at=at, inputs=inputs)
+    if groups == 1 and counts is None:
+        return text
+    return text + "\n\n" + "\n".join(_channel_text(groups, counts, g.kernel_spatial))
 
 
 # --- golden cases -------------------------------------------------------------------------------

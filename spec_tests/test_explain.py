@@ -4,22 +4,25 @@ What each output position reads is checked against the definition in ``spec_test
 (padded position ``o*s + t*d`` holds ``x[(p - lo) / L]`` when that is an integer inside the
 input, else a zero), sizes and pads against its own reading of the padding rules, and the
 transposed convolution's rows against the transposed convolution's own definition
-``y[i*s - p + t*d] += x[i] w[t]`` (no refws code on the test side).
+``y[i*s - p + t*d] += x[i] w[t]`` (no refws code on the test side). The channel blocks of a
+grouped convolution are checked against ``naive_conv`` with ``groups`` of one-hot inputs.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import refws
 import refws.golden as golden
 from refws.cli import main
-from refws.explain import MAX_ROWS, axis_taps, case_geometry, explain, explain_case
+from refws.explain import MAX_ROWS, axis_taps, case_geometry, channel_blocks, explain, explain_case
 
-from .naive import _source_index, as_tuple, naive_explicit_pads, naive_out_size
+from .naive import _source_index, as_tuple, naive_conv, naive_explicit_pads, naive_out_size
 from .strategies import geometry_args
 
 
@@ -170,3 +173,60 @@ def test_refws_check_no_diagnose_and_explain_with_a_different_case(capsys):
     code = main(["check", "spec_tests.test_diagnosis:SAME_LOWER_BACKEND", "--case", "conv/2d_pad_valid",
                  "--explain", "conv/2d_pad_same"])
     assert code == 2 and "--explain names the one case to run" in capsys.readouterr().err
+
+
+def test_marks_outside_the_output_or_input_are_refused():
+    with pytest.raises(ValueError, match=r"at=\(2, 5\): position 5 along axis 1 is outside the output \(3, 5\); "
+                                         r"expected 0 <= at\[1\] <= 4"):
+        explain((5, 9), (3, 3), stride=(2, 2), padding="SAME", at=(2, 5))
+    with pytest.raises(ValueError, match=r"at=\[\[0, 3\]\]: position 3 along axis 0"):
+        explain((5,), (3,), stride=2, at=[[0, 3]])
+    with pytest.raises(ValueError, match=r"at=\(-1,\)"):
+        explain((5,), (3,), at=(-1,))
+    with pytest.raises(ValueError, match=r"inputs=\[\[5\]\]: position 5 along axis 0 is outside the input \(5,\)"):
+        explain((5,), (3,), inputs=[[5]])
+    with pytest.raises(ValueError, match=r"at=\(0,\): .* expected none \(the output is empty along axis 0\)"):
+        explain((2,), (3,), padding="VALID", at=(0,))
+    assert "> o=2" in explain((5,), (3,), stride=2, at=(2,))           # the last one is inside
+
+
+@pytest.mark.parametrize("groups, channels, match", [
+    (4, (6, 4), r"channels=\(6, 4\): C_in=6 is not divisible by groups=4"),
+    (2, (4, 3), r"channels=\(4, 3\): C_out=3 is not divisible by groups=2"),
+    (1, (4,), r"channels=\(4,\): expected \(C_in, C_out\)"),
+    (1, 4, r"channels=4: expected \(C_in, C_out\)"),
+    (1, (0, 2), r"channels=\(0, 2\)"),
+    (1, (2.0, 2), r"channels=\(2.0, 2\)"),
+    (0, (2, 2), r"groups=0"),
+    (-2, None, r"groups=-2"),
+])
+def test_bad_groups_and_channels_name_the_argument(groups, channels, match):
+    with pytest.raises(ValueError, match=match):
+        explain((5,), (3,), groups=groups, channels=channels)
+
+
+def test_groups_must_be_an_int():
+    with pytest.raises(TypeError, match="groups=1.5"):
+        explain((5,), (3,), groups=1.5, channels=(3, 3))
+
+
+@settings(max_examples=min(40, settings.default.max_examples))
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3))
+def test_channel_blocks_follow_the_definition(groups, cg, cog):
+    """Group ``g``'s output channels read exactly its input channels: ``naive_conv`` (k = 1, one
+    position) of an input one-hot in channel ``c`` with an all-ones kernel is nonzero exactly in
+    the output channels that read ``c``."""
+    c_in, c_out = groups * cg, groups * cog
+    blocks = channel_blocks(groups, c_in, c_out)
+    assert [b.group for b in blocks] == list(range(groups))
+    for c in range(c_in):
+        x = np.zeros((1, 1, c_in))
+        x[..., c] = 1.0
+        y = naive_conv(x, np.ones((1, cg, c_out)), groups=groups)[0, 0]
+        assert {int(co) for co in np.flatnonzero(y)} == {co for b in blocks if c in b.in_channels
+                                                         for co in b.out_channels}
+    assert sorted(co for b in blocks for co in b.out_channels) == list(range(c_out))
+    text = explain((3,), (1,), groups=groups, channels=(c_in, c_out))
+    for b in blocks:
+        assert (f"group {b.group}: y[..., {b.out_channels.start}:{b.out_channels.stop}] reads "
+                f"x[..., {b.in_channels.start}:{b.in_channels.stop}]") in text

@@ -12,7 +12,12 @@ The CLI's text is parsed back into numbers and compared with independent sources
   zero is padding or an lhs-dilation hole is read off ``naive_dilate_pad``;
 * the diagram: the column under which tap ``t`` is drawn must carry the label of what it reads;
 * ``--at``: the receptive field of one output index in 2-D and 3-D, from an N-d ``naive_conv``
-  of one-hot inputs with an all-ones kernel.
+  of one-hot inputs with an all-ones kernel; an index outside the output is refused;
+* the SAME line's words on the split (even, or the odd element at the end / start) from the
+  test-side SAME rule;
+* ``--groups G --channels CIN,COUT``: the channel section's blocks against a definition loop,
+  ``naive_conv`` with ``groups`` of an input that is one-hot in channel ``c`` (all-ones kernel):
+  output channel ``co`` reads ``c`` exactly when it is nonzero; the spatial part is unchanged.
 """
 
 from __future__ import annotations
@@ -271,8 +276,16 @@ def test_same_printer_as_the_conformance_diagnosis(capsys):
     (["5", "3", "--stride", "0"], "stride"),
     (["5", "3", "--padding", "SAME", "--lhs-dilation", "2"], "lhs_dilation"),
     (["5", "5", "--at", "1,1"], "at="),
-    pytest.param(["5", "3", "--at", "7"], "at=", marks=pytest.mark.xfail(
-        strict=True, reason="refws.explain.explain does not check that --at lies inside the output yet")),
+    (["5", "3", "--at", "7"], "at=(7,): position 7 along axis 0 is outside the output (5,); expected 0 <= at[0] <= 4"),
+    (["5", "3", "--at=-1"], "at=(-1,)"),
+    (["6,6", "3,3", "--stride", "2", "--at", "1,3"], "at=(1, 3): position 3 along axis 1"),
+    (["3", "5", "--padding", "VALID", "--at", "0"], "none (the output is empty along axis 0)"),
+    (["5", "3", "--groups", "4", "--channels", "6,4"], "channels=(6, 4): C_in=6 is not divisible by groups=4"),
+    (["5", "3", "--groups", "2", "--channels", "6,3"], "C_out=3 is not divisible by groups=2"),
+    (["5", "3", "--channels", "6"], "channels=(6,)"),
+    (["5", "3", "--channels", "0,4"], "channels=(0, 4)"),
+    (["5", "3", "--groups", "0"], "groups=0"),
+    (["5", "3", "--groups", "two"], "--groups"),
 ])
 def test_bad_arguments_exit_2_and_name_the_argument(argv, message, capsys):
     assert cli.main(["explain", *argv]) == 2
@@ -298,7 +311,161 @@ def test_same_line_spells_out_lax_rule(argv, kwargs, capsys):
         assert int(m.group(2)) == sum(pads[a]) and (int(m.group(3)), int(m.group(4))) == pads[a]
 
 
-@pytest.mark.xfail(strict=True, reason="refws.explain says 'an odd element at the end' for an even SAME total too")
 def test_same_line_mentions_the_odd_element_only_when_there_is_one(capsys):
     text = run_cli(["9", "3", "--rhs-dilation", "2"], capsys)      # total 4: split (2, 2)
     assert "odd" not in text
+
+
+@pytest.mark.parametrize("argv, kwargs", SAME_CASES + [
+    (["7", "4"], dict(in_spatial=(7,), kernel_spatial=(4,))),
+    (["7", "4", "--padding", "SAME_LOWER"], dict(in_spatial=(7,), kernel_spatial=(4,), padding="SAME_LOWER")),
+    (["6", "2", "--stride", "2"], dict(in_spatial=(6,), kernel_spatial=(2,), stride=2)),
+    (["6,7", "3,2", "--padding", "SAME_LOWER", "--rhs-dilation", "2,1"],
+     dict(in_spatial=(6, 7), kernel_spatial=(3, 2), padding="SAME_LOWER", rhs_dilation=(2, 1))),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_same_line_words_the_split(argv, kwargs, capsys):
+    """The words after the split follow the test-side SAME pads: no padding, an even split, or the
+    odd element on the side that got the larger half (the end for SAME, the start for SAME_LOWER)."""
+    kw = _kw(kwargs)
+    lines = [ln for ln in run_cli(argv, capsys).split("\n") if ln.strip().startswith("SAME")]
+    for line, (lo, hi) in zip(lines, _naive_pads(kw), strict=True):
+        words = re.search(r"split \(\d+, \d+\) \((.*)\)$", line).group(1)
+        if lo + hi == 0:
+            assert words == "no padding needed"
+        elif lo == hi:
+            assert words == "even: half on each side"
+        else:
+            assert words == f"an odd element at the {'end' if hi > lo else 'start'}"
+
+
+# --- groups: the channel section -----------------------------------------------------------------
+
+GROUP_CASES = [
+    ["5", "3", "--groups", "2", "--channels", "6,4"],
+    ["3", "1", "--channels", "3,5"],                                          # groups=1 with channels
+    ["4,4", "3,3", "--stride", "2", "--groups", "3", "--channels", "3,6"],    # depthwise, multiplier 2
+    ["4", "2", "--padding", "VALID", "--groups", "4", "--channels", "8,12"],
+    ["3,2,2", "2,1,2", "--groups", "2", "--channels", "4,2", "--at", "1,0,1"],
+    ["2", "1", "--groups", "32", "--channels", "32,64"],                      # depthwise, groups elided
+    ["5", "3", "--groups", "5", "--channels", "5,5"],                         # depthwise, multiplier 1
+]
+
+
+def _option(argv, name, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def _without_channel_options(argv):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--groups", "--channels"):
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def parse_channels(text: str) -> dict:
+    """The channel section: its counts, the printed weight shape, the depthwise multiplier and
+    ``{group: (out range, in range, weight column range)}``."""
+    section = text.split("\nchannels: ")[1]
+    m = re.match(r"C_in=(\d+), C_out=(\d+), groups=(\d+)", section)
+    parsed = dict(zip(("c_in", "c_out", "groups"), map(int, m.groups())))
+    weight = re.search(r"; weight \(\*kernel, Cg, C_out\) = (\(.*\))$", section, re.M)
+    parsed["weight"] = ast.literal_eval(weight.group(1))
+    dw = re.search(r"channel multiplier C_out / C_in = (\d+): output channel co reads input channel co // (\d+)",
+                   section)
+    parsed["multiplier"] = int(dw.group(1)) if dw else None
+    parsed["blocks"] = {}
+    for g, a, b, c, d, e, f in re.findall(r"^  group (\d+): y\[\.\.\., (\d+):(\d+)\] reads x\[\.\.\., "
+                                          r"(\d+):(\d+)\] through w\[\.\.\., :, (\d+):(\d+)\]$", section, re.M):
+        parsed["blocks"][int(g)] = (range(int(a), int(b)), range(int(c), int(d)), range(int(e), int(f)))
+    parsed["elided"] = "\n  ...\n" in section
+    return parsed
+
+
+def definition_channels(c_in, c_out, groups):
+    """``(reads, columns)``: ``reads[co]`` the input channels output channel ``co`` reads, from
+    naive_conv of inputs one-hot in one channel with an all-ones kernel; ``columns[j]`` the output
+    channels that weight column ``j`` alone (all-ones input) makes nonzero. One position, k = 1:
+    which channels meet does not depend on the spatial geometry (no refws code)."""
+    cg = c_in // groups
+    reads = {co: set() for co in range(c_out)}
+    for c in range(c_in):
+        x = np.zeros((1, 1, c_in))
+        x[..., c] = 1.0
+        y = naive_conv(x, np.ones((1, cg, c_out)), groups=groups)[0, 0]
+        for co in np.flatnonzero(y):
+            reads[int(co)].add(c)
+    columns = {}
+    for j in range(c_out):
+        w = np.zeros((1, cg, c_out))
+        w[..., j] = 1.0
+        columns[j] = {int(co) for co in np.flatnonzero(naive_conv(np.ones((1, 1, c_in)), w, groups=groups)[0, 0])}
+    return reads, columns
+
+
+@pytest.mark.parametrize("argv", GROUP_CASES, ids=" ".join)
+def test_channel_section_reads_what_the_definition_reads(argv, capsys):
+    c_in, c_out = (int(v) for v in _option(argv, "--channels").split(","))
+    groups = int(_option(argv, "--groups", "1"))
+    kernel = tuple(int(v) for v in argv[1].split(","))
+    parsed = parse_channels(run_cli(argv, capsys))
+    assert (parsed["c_in"], parsed["c_out"], parsed["groups"]) == (c_in, c_out, groups)
+    # the printed weight shape is the kernel layout (*kernel, C_in // G, C_out) the definition takes
+    assert parsed["weight"] == (*kernel, c_in // groups, c_out)
+    naive_conv(np.ones((1, *kernel, c_in)), np.ones(parsed["weight"]), pads=[(0, k) for k in kernel], groups=groups)
+    reads, columns = definition_channels(c_in, c_out, groups)
+    shown = sorted(parsed["blocks"])
+    if groups > 24:
+        assert parsed["elided"] and shown == [0, 1, 2, 3, *range(groups - 4, groups)]
+    else:
+        assert not parsed["elided"] and shown == list(range(groups))
+    for outs, ins, cols in parsed["blocks"].values():
+        assert list(cols) == list(outs) and len(outs) > 0
+        for co in outs:
+            assert reads[co] == set(ins), (co, reads[co], ins)
+            assert columns[co] == {co}
+    # the shown blocks are disjoint and, unelided, cover every output channel
+    covered = [co for outs, _, _ in parsed["blocks"].values() for co in outs]
+    assert len(covered) == len(set(covered))
+    if not parsed["elided"]:
+        assert sorted(covered) == list(range(c_out))
+    if groups == c_in and groups > 1:
+        m = c_out // c_in
+        assert parsed["multiplier"] == m
+        assert all(reads[co] == {co // m} for co in range(c_out))
+    else:
+        assert parsed["multiplier"] is None
+
+
+@pytest.mark.parametrize("argv", GROUP_CASES + [["5", "3", "--groups", "2"]], ids=" ".join)
+def test_groups_leave_the_spatial_part_unchanged(argv, capsys):
+    """The channel section comes after the axes; everything before it is the text without groups."""
+    spatial = run_cli(_without_channel_options(argv), capsys)
+    text = run_cli(argv, capsys)
+    assert text.startswith(spatial.rstrip("\n") + "\n\nchannels: ")
+    assert text.count("\nchannels: ") == 1 and "\naxis " not in text.split("\nchannels: ")[1]
+
+
+def test_groups_without_channels_spell_out_the_rule(capsys):
+    text = run_cli(["5", "3", "--groups", "2"], capsys)
+    section = text.split("\nchannels: ")[1]
+    assert section.startswith("groups=2 (give channels=(C_in, C_out), --channels CIN,COUT, for the indices)")
+    assert "y[..., g*Cog:(g+1)*Cog] reads x[..., g*Cg:(g+1)*Cg]" in section
+    assert "channels:" not in run_cli(["5", "3", "--groups", "1"], capsys)
+
+
+@pytest.mark.parametrize("argv", GROUP_CASES, ids=" ".join)
+def test_cli_groups_print_the_function_text(argv, capsys):
+    kw = dict(in_spatial=tuple(int(v) for v in argv[0].split(",")),
+              kernel_spatial=tuple(int(v) for v in argv[1].split(",")),
+              stride=tuple(int(v) for v in _option(argv, "--stride", "1").split(",")),
+              padding=_option(argv, "--padding", "SAME"))
+    at = _option(argv, "--at")
+    at = tuple(int(v) for v in at.split(",")) if at else None
+    c_in, c_out = (int(v) for v in _option(argv, "--channels").split(","))
+    assert run_cli(argv, capsys) == explain(**kw, at=at, groups=int(_option(argv, "--groups", "1")),
+                                            channels=(c_in, c_out)) + "\n"
