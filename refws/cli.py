@@ -85,6 +85,10 @@ def _cmd_list(args) -> int:
                 print(f"{name:<60} {entry['suite']}")
         return 0
     cat = _catalog_arg(args)
+    if args.hash:
+        from .golden.catalog import builtin_catalog
+        print((cat or builtin_catalog()).sha256)
+        return 0
     if args.toml:
         from .golden.catalog import builtin_catalog
         from .golden.catalog_file import dump_toml
@@ -192,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--strict", action="store_true", help="refuse sweeps with invalid combinations")
     ls.add_argument("--toml", action="store_true",
                     help="print the catalog as a TOML catalog file (one [[case]] per case)")
+    ls.add_argument("--hash", action="store_true",
+                    help="print the catalog's sha256 (what a store's manifest records; a CI cache key)")
     ls.set_defaults(run=_cmd_list)
     sh = gs.add_parser("show", help="parameters, shapes and a few values of one stored case")
     sh.add_argument("name")

@@ -368,21 +368,20 @@ def verify(root=None, progress=None, complete: bool = True, *, catalog=None, job
     report = VerifyReport()
     manifest = read_manifest(root)
     record, shard = manifest.get("catalog"), manifest.get("shard")
-    if catalog is not None:
-        cat = _catalog_of(catalog)
-    elif record is None or record.get("name") == BUILTIN_NAME:
-        cat = builtin_catalog()
-    else:
+    self_described = catalog is None and record is not None and record.get("name") != BUILTIN_NAME
+    if self_described:
         cat = _stored_catalog(manifest, root)
         if shard is None and catalog_hash(cat.cases, cat.encoding) != record.get("sha256"):
             report.mismatches["(catalog)"] = [f"the manifest's cases do not hash to the catalog sha256 it records "
                                               f"({record.get('sha256')}): cases added, removed or edited by hand"]
+    else:
+        cat = _catalog_of(catalog)
+        if record is not None and record.get("sha256") != cat.sha256:
+            report.mismatches["(catalog)"] = [f"store built from catalog {record.get('name')!r} with sha256 "
+                                              f"{record.get('sha256')}, not {cat.source} (sha256 {cat.sha256})"]
     report.catalog = f"{cat.name} ({cat.source}, sha256 {cat.sha256[:12]})"
-    if record is not None and record.get("sha256") != cat.sha256 and "(catalog)" not in report.mismatches:
-        report.mismatches["(catalog)"] = [f"store built from catalog {record.get('name')!r} with sha256 "
-                                          f"{record.get('sha256')}, not {cat.source} (sha256 {cat.sha256})"]
     by_name = cat.by_name()
-    expected = shard_of(cat.cases, shard["index"], shard["count"]) if shard else cat.cases
+    expected = shard_of(cat.cases, shard["index"], shard["count"]) if shard and not self_described else cat.cases
     for missing in sorted({c.name for c in expected} - set(manifest["cases"])) if complete else ():
         report.mismatches[missing] = ["in the catalog but not in the store (rebuild it)"]
     stored = sorted(manifest["cases"])

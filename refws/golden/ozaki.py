@@ -80,8 +80,8 @@ class ExactSum:
 
     def __init__(self, shape=None):
         self.shape = shape
-        self.limbs = {}            # absolute exponent t -> (int64 array, bound): sum of ints * 2**t
-        self.bounds = {}
+        self.limbs = {}            # exponent t -> integer array (float64 while exact, else int64): sum of ints * 2**t
+        self.bounds = {}           # exponent t -> a bound of the limb's largest magnitude
 
     def add(self, ints, shift: int, e: int) -> "ExactSum":
         ints = np.asarray(ints)
@@ -92,15 +92,16 @@ class ExactSum:
         if top >= 2**53:
             raise ArithmeticError(f"ExactSum.add: integers up to {top} exceed 2**53")
         t = shift - e
-        as_int = ints.astype(np.int64)
+        bound = self.bounds.get(t, 0) + top
+        if bound >= _INT_LIMIT:
+            raise ArithmeticError("ExactSum: too many terms at one shift for int64 limbs")
+        # a limb stays float64 while its bound is below 2**53 (integer float sums are then exact)
+        kind = np.float64 if bound < 2**53 else np.int64
         if t in self.limbs:
-            bound = self.bounds[t] + top
-            if bound >= _INT_LIMIT:
-                raise ArithmeticError("ExactSum: too many terms at one shift for int64 limbs")
-            self.limbs[t] = self.limbs[t] + as_int
-            self.bounds[t] = bound
+            self.limbs[t] = self.limbs[t].astype(kind, copy=False) + ints.astype(kind, copy=False)
         else:
-            self.limbs[t], self.bounds[t] = as_int.copy(), top
+            self.limbs[t] = np.array(ints, dtype=kind)
+        self.bounds[t] = bound
         return self
 
     def add_float(self, a) -> "ExactSum":
@@ -115,15 +116,24 @@ class ExactSum:
             z = np.zeros(self.shape if self.shape is not None else (), dtype=np.int64)
             return z, z, 0, 0
         ts = sorted(self.limbs)
-        acc, low, low_bits = self.limbs[ts[0]].copy(), np.zeros_like(self.limbs[ts[0]]), 0
+        limbs = {t: a.astype(np.int64) for t, a in self.limbs.items()}
+        acc, low, low_bits = limbs[ts[0]], np.zeros(self.shape, dtype=np.int64), 0
         for prev, t in zip(ts, ts[1:]):
             d = t - prev
             if low_bits + d > 52:
                 raise ArithmeticError("ExactSum: shifts span more than 52 bits")
             low = low + ((acc & np.int64(2**d - 1)) << np.int64(low_bits))   # floor semantics: 0 <= part < 2**d
-            acc = (acc >> np.int64(d)) + self.limbs[t]
+            acc = (acc >> np.int64(d)) + limbs[t]
             low_bits += d
         return acc, low, ts[0], low_bits
+
+    def _single(self):
+        """The exact sum as one float64 array when it is one limb below ``2**53`` (else None)."""
+        if len(self.limbs) == 1:
+            (t, limb), = self.limbs.items()
+            if self.bounds[t] < 2**53:
+                return np.ldexp(limb.astype(np.float64, copy=False), t) + 0.0     # + 0.0: no -0.0
+        return None
 
     def _pair(self):
         """Two exact float64 arrays ``hi``, ``lo`` with ``hi + lo`` the exact sum."""
@@ -137,11 +147,17 @@ class ExactSum:
 
     def nearest(self) -> np.ndarray:
         """The exact sum rounded to nearest (ties to even): one IEEE addition of two exact doubles."""
+        single = self._single()
+        if single is not None:                          # exact already: nothing to round
+            return np.asarray(single, dtype=np.float64)
         hi, lo = self._pair()
         return np.asarray(hi + lo, dtype=np.float64)
 
     def upper(self) -> np.ndarray:
         """The exact sum rounded toward ``+inf`` (the smallest float64 ``>=`` it)."""
+        single = self._single()
+        if single is not None:
+            return np.asarray(single, dtype=np.float64)
         hi, lo = self._pair()
         s = hi + lo
         bb = s - hi                                     # TwoSum (Knuth): err = (hi + lo) - s exactly

@@ -117,10 +117,14 @@ def grid_of(bits: int) -> Grid:
 
 
 def generator_vectors(name: str = "conv/example", arrays=("x", "gain"), count: int = 6) -> dict:
-    """``{bits: {array: first values}}``: what another language's generator must reproduce
-    (``gain`` with :meth:`Grid.gains`, every other array with :meth:`Grid.values`)."""
+    """``{bits: {array: (first integers, exponent)}}``: what another language's generator must
+    reproduce (``gain`` with :meth:`Grid.gains`, every other array with :meth:`Grid.values`);
+    the values are the integers times ``2**-exponent``."""
     out = {}
     for bits, grid in GRIDS.items():
-        make = {a: (grid.gains if a == "gain" else grid.values) for a in arrays}
-        out[bits] = {a: [float(v) for v in make[a](name, a, (count,))] for a in arrays}
+        out[bits] = {}
+        for a in arrays:
+            lo, exponent = (1, grid.exponent - 1) if a == "gain" else (-grid.top, grid.exponent)
+            ints = grid_ints(seed_of(name, a), (count,), lo, grid.top)
+            out[bits][a] = ([int(v) for v in ints], exponent)
     return out
