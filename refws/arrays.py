@@ -15,6 +15,8 @@ def as_float64(a, name: str) -> np.ndarray:
     TypeError
         for complex, object, string or other non-real dtypes (naming the argument).
     """
+    if type(a) is np.ndarray and a.dtype == np.float64:      # the common case, without any copy
+        return a
     arr = np.asarray(a)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} has dtype {arr.dtype}: expected a real array (bool, integer or floating); "
@@ -30,13 +32,14 @@ def to_canonical(a: np.ndarray, channel_first: bool, unbatched: bool) -> np.ndar
     """
     if unbatched:
         a = a[None]
-    return np.moveaxis(a, 1, -1) if channel_first else a
+    # transpose with explicit axes: the same view as np.moveaxis(a, 1, -1), without its argument checks
+    return a.transpose(0, *range(2, a.ndim), 1) if channel_first else a
 
 
 def from_canonical(a: np.ndarray, channel_first: bool, unbatched: bool) -> np.ndarray:
     """Inverse of :func:`to_canonical`; returns a C-contiguous array."""
     if channel_first:
-        a = np.moveaxis(a, -1, 1)
+        a = a.transpose(0, a.ndim - 1, *range(1, a.ndim - 1))          # np.moveaxis(a, -1, 1)
     if unbatched:
         a = a[0]
     return np.ascontiguousarray(a)

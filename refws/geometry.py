@@ -21,6 +21,7 @@ n   input size, k kernel size, s stride, L lhs (input) dilation, d rhs (kernel) 
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 from typing import Sequence
@@ -31,7 +32,14 @@ _PAD_STRINGS = ("SAME", "SAME_LOWER", "VALID")
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    # ``type(v) is int`` first: the abstract-class check costs a microsecond per call, and every
+    # call of conv normalises about twenty values.
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+
+
+def _is_sequence(v) -> bool:
+    """A sequence that is not a string (tuples and lists are tested first, for the same reason)."""
+    return type(v) in (tuple, list) or (isinstance(v, Sequence) and not isinstance(v, str))
 
 
 def as_int_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
@@ -46,7 +54,7 @@ def as_int_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """
     if _is_int(value):
         items = (int(value),) * n
-    elif isinstance(value, Sequence) and not isinstance(value, str):
+    elif _is_sequence(value):
         if not all(_is_int(v) for v in value):
             raise TypeError(f"{name}={value!r}: expected an int or a sequence of ints")
         if len(value) == 1:
@@ -82,7 +90,7 @@ def same_pads(n: int, k: int, stride: int, rhs_dilation: int = 1, lower: bool = 
 
 
 def _as_pair(p, padding) -> tuple[int, int]:
-    if not (isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 and all(_is_int(v) for v in p)):
+    if not (_is_sequence(p) and len(p) == 2 and all(_is_int(v) for v in p)):
         raise ValueError(f"padding={padding!r}: expected (lo, hi) pairs of ints, got {p!r}")
     return int(p[0]), int(p[1])
 
@@ -115,7 +123,7 @@ def normalize_padding(padding, in_spatial, kernel_spatial, stride, lhs_dilation,
                      for ni, ki, si, di in zip(in_spatial, kernel_spatial, stride, rhs_dilation))
     if _is_int(padding):
         return ((int(padding), int(padding)),) * n
-    if not isinstance(padding, Sequence):
+    if not _is_sequence(padding):
         raise TypeError(f"padding={padding!r}: expected a string, an int or a sequence")
     items = list(padding)
     if items and all(_is_int(v) for v in items):
@@ -160,14 +168,14 @@ class ConvGeometry:
         """Number of spatial dimensions N."""
         return len(self.in_spatial)
 
-    @property
+    @functools.cached_property
     def dilated_kernel(self) -> tuple:
         """rhs-dilated kernel extent ``(k - 1) * d + 1`` per dimension."""
         return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_spatial, self.rhs_dilation))
 
 
 def _as_shape(value, name: str, minimum: int) -> tuple[int, ...]:
-    if not (isinstance(value, Sequence) and len(value) >= 1 and all(_is_int(v) and v >= minimum for v in value)):
+    if not (_is_sequence(value) and len(value) >= 1 and all(_is_int(v) and v >= minimum for v in value)):
         raise ValueError(f"{name}={value!r}: expected a non-empty sequence of ints >= {minimum}")
     return tuple(int(v) for v in value)
 
@@ -201,7 +209,6 @@ def conv_geometry(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dila
     lhs_dilation = as_int_tuple(lhs_dilation, n, "lhs_dilation")
     rhs_dilation = as_int_tuple(rhs_dilation, n, "rhs_dilation")
     pads = normalize_padding(padding, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation)
-    out = tuple(out_size(*args) for args in zip(in_spatial, kernel_spatial, stride,
-                                                (p[0] for p in pads), (p[1] for p in pads),
-                                                lhs_dilation, rhs_dilation))
+    out = tuple(out_size(n_i, k, s, lo, hi, L, d) for n_i, k, s, (lo, hi), L, d
+                in zip(in_spatial, kernel_spatial, stride, pads, lhs_dilation, rhs_dilation))
     return ConvGeometry(in_spatial, kernel_spatial, stride, pads, lhs_dilation, rhs_dilation, out)

@@ -18,7 +18,9 @@ The workspace budget (:func:`set_workspace_bytes`) bounds the extra memory used 
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 
 import numpy as np
 
@@ -28,7 +30,7 @@ from .geometry import ConvGeometry, conv_geometry
 __all__ = [
     "lhs_dilate", "pad_or_crop", "dilate_pad", "dilate_pad_shape", "dilate_pad_adjoint",
     "im2col", "col2im", "window_view", "gather_windows", "gather_windows_by_taps", "gather_windows_shape", "scatter_windows",
-    "set_workspace_bytes", "get_workspace_bytes", "chunk_plan",
+    "set_workspace_bytes", "get_workspace_bytes", "chunk_plan", "padded_spatial_shape",
 ]
 
 _DEFAULT_WORKSPACE = 256 * 2**20
@@ -36,6 +38,9 @@ _workspace_bytes = _DEFAULT_WORKSPACE
 # Chunks larger than this gain nothing: a chunk whose columns stay in cache is gathered and
 # multiplied faster (measured on the benchmark cases: 4 MiB beats 1, 2 and 8 MiB by 10-30%).
 PREFERRED_CHUNK_BYTES = 4 * 2**20
+# The tap formulation (refws.conv) passes over its chunk twice per kernel tap and input channel:
+# a chunk that stays in one core's L2 cache (1 MiB on the benchmark machine) is fastest.
+PREFERRED_TAPS_CHUNK_BYTES = 2**20
 
 
 def set_workspace_bytes(n: int) -> int:
@@ -112,8 +117,8 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None)
         Zeros added (or, when negative, elements removed) at each end of the dilated input.
     out : ndarray, optional
         float64 array of the result's shape (see :func:`dilate_pad_shape`) to write into, so a
-        caller can reuse one workspace; its previous contents are overwritten. Without it a new
-        array is allocated; either way only what the copy of ``x`` leaves is zeroed.
+        caller can reuse one workspace; its previous contents are overwritten (only what the copy
+        of ``x`` leaves is zeroed). Without it a new zeroed array is allocated.
 
     Returns
     -------
@@ -121,8 +126,10 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None)
         ``out[:, i * L + lo] = x[:, i]`` for every ``i`` landing inside, zeros elsewhere.
     """
     sizes, src, dst = _dilate_pad_plan(x.shape[1:-1], lhs_dilation, pads)
-    out = _output(out, (x.shape[0], *sizes, x.shape[-1]))
-    _zero_outside(out, dst, lhs_dilation)
+    if out is None:
+        out = np.zeros((x.shape[0], *sizes, x.shape[-1]))     # fresh zero pages: nothing to clear
+    else:
+        _zero_outside(_output(out, (x.shape[0], *sizes, x.shape[-1])), dst, lhs_dilation)
     out[dst + (slice(None),)] = x[src + (slice(None),)]
     return out
 
@@ -166,11 +173,17 @@ def pad_or_crop(x: np.ndarray, pads) -> np.ndarray:
 
 # --- gather windows and scatter them back ---------------------------------------------------
 
-def _tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation):
+def _tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation) -> tuple:
     """For each kernel tap ``t`` (row-major order), the strided slices ``t * d + o * s``."""
-    for tap in itertools.product(*(range(k) for k in kernel_spatial)):
-        yield tuple(slice(t * d, t * d + (o - 1) * s + 1, s) if o > 0 else slice(0, 0)
-                    for t, o, s, d in zip(tap, out_spatial, stride, rhs_dilation))
+    return _tap_slices_of(*(tuple(a) for a in (kernel_spatial, out_spatial, stride, rhs_dilation)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tap_slices_of(kernel_spatial: tuple, out_spatial: tuple, stride: tuple, rhs_dilation: tuple) -> tuple:
+    # Cached: every chunk of a convolution asks again for the same K tuples of slices.
+    return tuple(tuple(slice(t * d, t * d + (o - 1) * s + 1, s) if o > 0 else slice(0, 0)
+                       for t, o, s, d in zip(tap, out_spatial, stride, rhs_dilation))
+                 for tap in itertools.product(*(range(k) for k in kernel_spatial)))
 
 
 def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation) -> np.ndarray:
@@ -183,7 +196,12 @@ def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dil
     sn, *sp, sc = padded.strides
     strides = (sn, *(st * s for st, s in zip(sp, stride)), *(st * d for st, d in zip(sp, rhs_dilation)), sc)
     shape = (padded.shape[0], *out_spatial, *kernel_spatial, padded.shape[-1])
-    return np.lib.stride_tricks.as_strided(padded, shape, strides, writeable=False)
+    if not padded.flags.c_contiguous:
+        return np.lib.stride_tricks.as_strided(padded, shape, strides, writeable=False)
+    # The same view built directly on the buffer: 1-2 us instead of as_strided's 7 (per-call overhead).
+    view = np.ndarray(shape, padded.dtype, buffer=padded, strides=strides)
+    view.flags.writeable = False
+    return view
 
 
 def gather_windows_shape(padded_shape, kernel_spatial, out_spatial, groups: int = 1) -> tuple:
@@ -238,8 +256,11 @@ def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_
         return gather_windows_by_taps(padded, kernel_spatial, out_spatial, stride, rhs_dilation, groups, out)
     cols = _output(out, gather_windows_shape(padded.shape, kernel_spatial, out_spatial, groups))
     view = window_view(padded, kernel_spatial, out_spatial, stride, rhs_dilation)
+    if groups == 1:
+        np.copyto(cols[0], view)
+        return cols
     grouped = view.reshape(*view.shape[:-1], groups, c // groups)         # still a view
-    np.copyto(cols, np.moveaxis(grouped, -2, 0))
+    np.copyto(cols, grouped.transpose(grouped.ndim - 2, *range(grouped.ndim - 2), grouped.ndim - 1))
     return cols
 
 
@@ -315,24 +336,43 @@ def col2im(cols, x_shape, kernel_spatial, stride=1, padding="SAME", lhs_dilation
 
 # --- chunking to the workspace budget -------------------------------------------------------
 
-def chunk_plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int):
+def padded_spatial_shape(g: ConvGeometry) -> tuple:
+    """Spatial shape of ``dilate_pad(x, g.lhs_dilation, g.padding)`` (what the windows are read from)."""
+    return tuple(max((n - 1) * L + 1 + lo + hi if n > 0 else lo + hi, 0)
+                 for n, L, (lo, hi) in zip(g.in_spatial, g.lhs_dilation, g.padding))
+
+
+def chunk_plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int, formulation: str = "gemm",
+               budget: int | None = None):
     """Split a convolution into pieces whose workspace fits the budget.
 
     Returns ``(batch_step, row_step)``: samples per chunk, and output rows (first spatial
-    dimension) per chunk. Chunks aim at ``min(budget, PREFERRED_CHUNK_BYTES)``. Whole samples are preferred (``row_step`` = all rows), so that each
+    dimension) per chunk. Whole samples are preferred (``row_step`` = all rows), so that each
     chunk of the output is contiguous; a single sample is split by rows only when it does not fit.
+
+    ``formulation`` is the evaluation the chunks are for (:func:`refws.conv.conv_canonical`):
+    ``"gemm"`` holds the padded rows, the columns and (groups > 1) the per-group products, and
+    aims at ``min(budget, PREFERRED_CHUNK_BYTES)``; ``"taps"`` holds the padded rows, one input
+    channel of them repeated over the output channels (unless depthwise without multiplier) and a
+    product the size of the output chunk, and aims at ``min(budget, PREFERRED_TAPS_CHUNK_BYTES)``.
+    ``budget`` is the workspace of one chunk (default: :func:`get_workspace_bytes`).
     """
-    k = int(np.prod(g.kernel_spatial))
-    inner_out = int(np.prod(g.out_spatial[1:]))
-    padded_spatial, _, _ = _dilate_pad_plan(g.in_spatial, g.lhs_dilation, g.padding)
-    inner_padded = int(np.prod(padded_spatial[1:]))
-    per_position = k * c_in + (c_out if groups > 1 else 0)   # columns (+ per-group products)
+    inner_out = math.prod(g.out_spatial[1:])
+    padded_spatial = padded_spatial_shape(g)
+    inner_padded = math.prod(padded_spatial[1:])
+    if formulation == "gemm":
+        per_position = math.prod(g.kernel_spatial) * c_in + (c_out if groups > 1 else 0)
+        per_padded, preferred = c_in, PREFERRED_CHUNK_BYTES
+    else:
+        per_position = c_out
+        per_padded = c_in + (0 if c_in == c_out == groups else c_out)
+        preferred = PREFERRED_TAPS_CHUNK_BYTES
 
     def cost(samples: int, rows: int) -> int:
         window_rows = min((rows - 1) * g.stride[0] + g.dilated_kernel[0], padded_spatial[0])
-        return 8 * samples * (rows * inner_out * per_position + window_rows * inner_padded * c_in)
+        return 8 * samples * (rows * inner_out * per_position + window_rows * inner_padded * per_padded)
 
-    budget, rows_all = min(get_workspace_bytes(), PREFERRED_CHUNK_BYTES), g.out_spatial[0]
+    budget, rows_all = min(_workspace_bytes if budget is None else budget, preferred), g.out_spatial[0]
     per_sample = cost(1, rows_all)
     if per_sample <= budget:
         return max(1, min(n_batch, budget // max(per_sample, 1))), rows_all

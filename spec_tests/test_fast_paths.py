@@ -1,0 +1,320 @@
+"""Spec tests for the evaluation paths of issue 15, each against the definition loops of ``naive.py``.
+
+refws evaluates the same sums of the same products in more than one way, chosen by shape:
+
+- the forward convolution by ``"gemm"`` (im2col columns, one matrix product per group) or by
+  ``"taps"`` (one broadcast multiply-add per kernel tap and input channel, no columns);
+- ``dx`` and ``dw`` by the ``"col2im"`` derivation, itself evaluated by ``"gemm"`` (products with
+  the columns, col2im's scatter) or by ``"taps"`` (the same sums tap by tap), or by the ``"conv"``
+  derivation (one convolution each, evaluated by whichever forward formulation its shape gets);
+- ``method="auto"`` picks a derivation per half.
+
+Each path is forced here by replacing the rule that would choose it (``unittest.mock.patch``), so
+the public functions run it on every problem the strategies draw: every padding form, strides,
+both dilations, groups (depthwise with multiplier included), both layouts, unbatched input,
+zero-size axes, integer data compared exactly and real data within the rounding bound. The rules
+themselves are checked only for what they document (which shapes get which path); their speed is
+the benchmarks' business, never asserted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tracemalloc
+from contextlib import ExitStack, contextmanager
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refws
+import refws.grads
+from .naive import (from_channels_last, naive_conv, naive_conv_transpose_weight_grad, naive_conv_vjp,
+                    to_channels_last)
+from .strategies import conv_problems
+from .test_conv_transpose import transpose_problems
+from .test_grads import assert_bound, n_terms, vjp_problem
+
+conv_module = importlib.import_module("refws.conv")       # refws.conv is the function
+im2col_module = importlib.import_module("refws.im2col")
+FORMULATIONS = ("gemm", "taps")
+METHODS = ("auto", "col2im", "conv")
+# Six paths per gradient property: fewer examples each than the core properties.
+FEW = settings(max_examples=max(10, settings.default.max_examples // 3))
+
+
+@contextmanager
+def forced(formulation=None, method=None, threads=None):
+    """Run refws with every formulation rule (forward, dx and dw by col2im) and/or both
+    ``method="auto"`` rules replaced by a constant choice; ``threads``: the tap formulation runs
+    every problem with more than one part on that many threads, however small."""
+    with ExitStack() as stack:
+        if threads is not None:
+            stack.enter_context(mock.patch.object(conv_module, "TAPS_THREADS", threads))
+            stack.enter_context(mock.patch.object(conv_module, "TAPS_PARALLEL_MIN_OPS", 0))
+        if formulation is not None:
+            for module, name in ((conv_module, "forward_formulation"), (refws.grads, "input_grad_formulation"),
+                                 (refws.grads, "weight_grad_formulation")):
+                stack.enter_context(mock.patch.object(module, name, lambda *args: formulation))
+        if method is not None:
+            for name in ("input_grad_method", "weight_grad_method"):
+                stack.enter_context(mock.patch.object(refws.grads, name, lambda *args: method))
+        yield
+
+
+@pytest.fixture
+def restore_budget():
+    old = refws.get_workspace_bytes()
+    yield
+    refws.set_workspace_bytes(old)
+
+
+# --- the forward formulations -----------------------------------------------------------------
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@given(p=conv_problems())
+def test_forward_formulation_matches_definition(formulation, p):
+    with forced(formulation):
+        got = refws.conv(p.x, p.w, **p.kwargs)
+    p.assert_close(got, err_msg=formulation)
+
+
+@pytest.mark.parametrize("formulation, threads", [("gemm", None), ("taps", 1), ("taps", 3)])
+@given(p=conv_problems(exact=True), budget=st.sampled_from([1, 700, 4096, 64 * 1024]))
+def test_chunked_formulation_matches_definition(formulation, threads, p, budget):
+    """Small budgets split every problem into chunks of samples and output rows that reuse one
+    workspace per thread (the last chunk smaller); the 1-D taps repeat their weights along the
+    chunked axis; three threads share the chunks out."""
+    old = refws.set_workspace_bytes(budget)
+    try:
+        with forced(formulation, threads=threads):
+            got = refws.conv(p.x, p.w, **p.kwargs)
+    finally:
+        refws.set_workspace_bytes(old)
+    np.testing.assert_array_equal(got, p.expected())
+
+
+@given(p=conv_problems(exact=True, channel_first=False, batched=True), data=st.data())
+def test_taps_propagate_nan_and_inf_like_ieee(p, data):
+    """NaN/Inf in x give the definition's IEEE result by taps too (NaN where a term is NaN,
+    inf * 0 or inf - inf), whatever order the taps sum in."""
+    x = p.x.copy()
+    if x.size == 0:
+        return
+    for _ in range(data.draw(st.integers(1, 3))):
+        x[tuple(data.draw(st.integers(0, s - 1)) for s in x.shape)] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf]))
+    with np.errstate(invalid="ignore", over="ignore"), forced("taps"):
+        expected = naive_conv(x, p.w, **p.naive_kwargs)
+        got = refws.conv(x, p.w, **p.kwargs)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups, stride", [
+    ((2, 9, 1), (3, 1, 300), 1, 2),         # 300 written channels: weights not repeated along the axis
+    ((1, 3, 80, 2), (3, 3, 1, 200), 2, 1),  # repeated weights would exceed their memory limit
+    ((2, 6, 5, 12), (2, 3, 3, 8), 4, 2),    # 3 channels per group read, 2 written: both repeated
+])
+def test_taps_with_and_without_repeated_weights(x_shape, w_shape, groups, stride):
+    rng = np.random.default_rng(3)
+    x = rng.integers(-4, 5, size=x_shape).astype(np.float64)
+    w = rng.integers(-4, 5, size=w_shape).astype(np.float64)
+    pads = ((1, 1),) * (len(x_shape) - 2)
+    with forced("taps"):
+        got = refws.conv(x, w, stride=stride, padding=1, groups=groups)
+    np.testing.assert_array_equal(got, naive_conv(x, w, stride=stride, pads=pads, groups=groups))
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("padding, stride, lhs", [("VALID", 1, 1), ("SAME", 1, 1), (1, 1, 1), ("VALID", 2, 1),
+                                                  ([(0, 0), (-1, 2)], 1, 1), (0, 1, 2)])
+@pytest.mark.parametrize("channel_first", [False, True])
+def test_one_by_one_kernels(formulation, padding, stride, lhs, channel_first):
+    """1x1 kernels: with stride 1 the gemm reads the padded input itself as its columns, and
+    without padding or lhs dilation the input is not copied at all (also for channel-first
+    input, whose canonical view is not contiguous)."""
+    rng = np.random.default_rng(4)
+    x_cl = rng.integers(-4, 5, size=(3, 5, 4, 6)).astype(np.float64)
+    w = rng.integers(-4, 5, size=(1, 1, 6, 7)).astype(np.float64)
+    x = from_channels_last(x_cl, channel_first, True)
+    g = refws.conv_geometry((5, 4), (1, 1), stride, padding, lhs, 1)
+    with forced(formulation):
+        got = refws.conv(x, w, stride=stride, padding=padding, lhs_dilation=lhs, channel_first=channel_first)
+    expected = naive_conv(x_cl, w, stride=stride, pads=g.padding, lhs_dilation=lhs)
+    np.testing.assert_array_equal(to_channels_last(got, channel_first, True), expected)
+
+
+def test_conv_canonical_refuses_an_unknown_formulation():
+    x, w = np.zeros((1, 4, 2)), np.zeros((3, 2, 2))
+    with pytest.raises(ValueError, match=r"formulation='im2col': expected one of \('gemm', 'taps'\)"):
+        conv_module.conv_canonical(x, w, refws.conv_geometry((4,), (3,)), 1, "im2col")
+
+
+# --- the gradient paths -------------------------------------------------------------------------
+
+def _check_vjp(p, got_dx, got_dw, what):
+    dy, nkw = vjp_problem(p)
+    dy_cl = to_channels_last(dy, p.channel_first, p.batched)
+    dx_cl, dw = naive_conv_vjp(p.x_cl, p.w, dy_cl, **nkw)
+    dx = from_channels_last(dx_cl, p.channel_first, p.batched)
+    assert got_dx.shape == p.x.shape and got_dw.shape == p.w.shape
+    if p.exact:
+        np.testing.assert_array_equal(got_dx, dx, err_msg=f"dx, {what}")
+        np.testing.assert_array_equal(got_dw, dw, err_msg=f"dw, {what}")
+    else:
+        abs_dx_cl, abs_dw = naive_conv_vjp(np.abs(p.x_cl), np.abs(p.w), np.abs(dy_cl), **nkw)
+        assert_bound(got_dx, dx, from_channels_last(abs_dx_cl, p.channel_first, p.batched), n_terms(p),
+                     err_msg=f"dx, {what}")
+        assert_bound(got_dw, dw, abs_dw, n_terms(p), err_msg=f"dw, {what}")
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("method", METHODS)
+@FEW
+@given(p=conv_problems())
+def test_vjp_paths_match_definition(method, formulation, p):
+    """Every derivation with every formulation: col2im's by gemm or taps, conv's through the
+    forward formulations, and auto's choice with either."""
+    dy, _ = vjp_problem(p)
+    with forced(formulation):
+        got_dx, got_dw = refws.conv_vjp(p.x, p.w, dy, **p.kwargs, method=method)
+    _check_vjp(p, got_dx, got_dw, f"{method}/{formulation}")
+
+
+@pytest.mark.parametrize("chosen", ["col2im", "conv"])
+@FEW
+@given(p=conv_problems())
+def test_auto_with_either_choice_matches_definition(chosen, p):
+    """``method="auto"`` runs whichever derivation its rule names, for dx and dw alike."""
+    dy, _ = vjp_problem(p)
+    with forced(method=chosen):
+        got_dx, got_dw = refws.conv_vjp(p.x, p.w, dy, **p.kwargs)
+    _check_vjp(p, got_dx, got_dw, f"auto -> {chosen}")
+
+
+@pytest.mark.parametrize("formulation, threads", [("gemm", None), ("taps", 1), ("taps", 3)])
+@FEW
+@given(p=conv_problems(exact=True), budget=st.sampled_from([1, 700, 4096]))
+def test_chunked_vjp_matches_definition(formulation, threads, p, budget):
+    """The col2im paths under small budgets: dw adds up its chunks' sums, dx scatters row chunks
+    into one padded gradient per block of samples; three threads share chunks and blocks out."""
+    dy, _ = vjp_problem(p)
+    old = refws.set_workspace_bytes(budget)
+    try:
+        with forced(formulation, threads=threads):
+            got_dx, got_dw = refws.conv_vjp(p.x, p.w, dy, **p.kwargs, method="col2im")
+    finally:
+        refws.set_workspace_bytes(old)
+    _check_vjp(p, got_dx, got_dw, f"col2im/{formulation}, budget {budget}")
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@FEW
+@given(p=transpose_problems())
+def test_conv_transpose_vjp_paths(formulation, p):
+    """conv_transpose_vjp (default method "auto"): dx is a forward convolution of dy, dw the weight
+    gradient of that convolution (input dy, cotangent x); both through every formulation, against
+    the scatter definition's weight gradient and the convolution's definition loop."""
+    y = refws.conv_transpose(p.x, p.w, **p.kwargs)
+    dy_cl = np.random.default_rng(p.seed).integers(-4, 5, size=to_channels_last(y, p.channel_first, p.batched).shape)
+    with forced(formulation):
+        dx, dw = refws.conv_transpose_vjp(p.x, p.w, p.to_layout(dy_cl.astype(np.float64)), **p.kwargs)
+    channel_first = lambda a: np.moveaxis(a, -1, 1)                                    # noqa: E731
+    dw_torch = naive_conv_transpose_weight_grad(channel_first(p.x_cl), channel_first(dy_cl), p.w.shape[:-2],
+                                                p.stride, p.padding, p.dilation, p.groups)
+    np.testing.assert_array_equal(dw, np.moveaxis(dw_torch, (0, 1), (-1, -2)))          # (*k, C_out/G, C_in)
+    pads = [(q, q - op) for q, op in zip(p.padding, p.output_padding)]
+    dx_cl = naive_conv(dy_cl, p.w, stride=p.stride, pads=pads, rhs_dilation=p.dilation, groups=p.groups)
+    np.testing.assert_array_equal(dx, p.to_layout(dx_cl))
+
+
+# --- the rules: what they document ------------------------------------------------------------
+
+@pytest.mark.parametrize("cg, cog, expected", [
+    (1, 1, "taps"), (1, 2, "taps"), (1, 4, "taps"), (2, 2, "taps"), (2, 4, "taps"), (4, 2, "taps"),
+    (8, 1, "gemm"), (1, 8, "gemm"), (4, 4, "gemm"), (4, 8, "gemm"), (32, 64, "gemm"), (1, 64, "gemm"),
+])
+def test_forward_rule(cg, cog, expected):
+    """The documented rule: taps when Cg <= 4, Cog <= 4 and Cg * Cog <= 8."""
+    assert conv_module.forward_formulation(9, cg, cog) == expected
+    assert refws.grads.weight_grad_formulation(9, cg, cog) == expected
+    assert refws.grads.input_grad_formulation(9, cg, cog) == expected      # symmetric rule
+
+
+@pytest.mark.parametrize("stride, expected", [(1, "conv"), ((1, 1), "conv"), ((1, 2), "col2im"), (3, "col2im")])
+def test_auto_rule(stride, expected):
+    """dx by the conv derivation exactly when every stride is 1; dw always by col2im."""
+    g = refws.conv_geometry((9, 8), (3, 3), stride, "SAME", 1, 2)
+    assert refws.grads.input_grad_method(g, 2, 3, 4) == expected
+    assert refws.grads.weight_grad_method(g, 2, 3, 4) == "col2im"
+
+
+def test_auto_is_the_default_and_refuses_nothing_else():
+    x, w = np.ones((1, 5, 2)), np.ones((3, 2, 3))
+    dy = np.ones((1, 5, 3))
+    a = refws.conv_vjp(x, w, dy)
+    b = refws.conv_vjp(x, w, dy, method="auto")
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match=r"method='fast': expected one of \('col2im', 'conv'\) or 'auto'"):
+        refws.conv_vjp(x, w, dy, method="fast")
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_forcing_reaches_the_path(formulation):
+    """Guard for the tests above: a forced formulation is the one that runs, in conv and in both
+    halves of the col2im derivation."""
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((2, 6, 5, 4)), rng.standard_normal((3, 3, 2, 4))
+    dy = rng.standard_normal((2, 6, 5, 4))
+    spies = {f"{cls.__name__}.{name}": mock.patch.object(cls, name, autospec=True, side_effect=getattr(cls, name))
+             for cls in (conv_module.GemmChunk, conv_module.TapsChunk) for name in ("forward", "scatter", "weight_grad")}
+    with ExitStack() as stack, forced(formulation):
+        calls = {name: stack.enter_context(spy) for name, spy in spies.items()}
+        refws.conv(x, w, groups=2)
+        refws.conv_vjp(x, w, dy, groups=2, method="col2im")
+    ran = {name for name, spy in calls.items() if spy.call_count}
+    cls = "TapsChunk" if formulation == "taps" else "GemmChunk"
+    assert ran == {f"{cls}.forward", f"{cls}.scatter", f"{cls}.weight_grad"}
+
+
+def test_results_do_not_depend_on_the_number_of_threads(restore_budget):
+    """Real-valued data, where a different order of the sums would show in the last bits: the
+    taps give the same bytes on 1, 2 and 3 threads (forward, dx and dw)."""
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((5, 9, 8, 6)), rng.standard_normal((3, 2, 2, 9))
+    dy = rng.standard_normal((5, 5, 8, 9))
+    kw = dict(stride=(2, 1), padding="SAME", groups=3)
+    refws.set_workspace_bytes(4096)
+    results = []
+    for threads in (1, 2, 3):
+        with forced("taps", threads=threads):
+            results.append((refws.conv(x, w, **kw), *refws.conv_vjp(x, w, dy, **kw, method="col2im")))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_taps_peak_memory_stays_under_budget(restore_budget, threads):
+    """The taps' workspaces (padded rows, one input channel repeated over the output channels, the
+    product, the repeated weights) stay within a budget of half their preferred chunk, shared
+    among the threads (slack: the kernel and 256 KiB of bookkeeping)."""
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 64, 64, 16)), rng.standard_normal((3, 3, 1, 64))
+    budget = im2col_module.PREFERRED_TAPS_CHUNK_BYTES // 2
+    refws.set_workspace_bytes(budget)
+    with forced("taps", threads=threads):
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            y = refws.conv(x, w, groups=16)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    extra = peak - base - y.nbytes
+    assert extra <= budget + w.nbytes + 2**18, f"{extra / 2**10:.0f} KiB"
+    refws.set_workspace_bytes(2**30)
+    np.testing.assert_array_equal(y, refws.conv(x, w, groups=16))
