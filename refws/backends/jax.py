@@ -64,8 +64,9 @@ convolutions and emits loop nests whose LLVM optimisation dominated the run (the
 about 160 s of CPU time at jax's default settings, 75 s with this option). The loop nests sum in
 the same order either way; measured on jax 0.10.2 (CPU), every conv and conv_transpose array of
 the store is bit-identical with and without it at float32 and float64, while outputs through a
-standardized weight differ by a rounding (elementwise code generation), within the bound either
-way. ``fast_compile=False`` judges jax's default pipeline exactly.
+standardized weight differ by a rounding (at the default level LLVM contracts ``a * b - c * d``
+into a fused multiply-add, at level 0 it does not), within the bound either way.
+``fast_compile=False`` judges jax's default pipeline exactly.
 """
 
 from __future__ import annotations
@@ -364,7 +365,9 @@ def _ws(w, gain, sc: WSScalars, cfg: WSCfg):
 
     ``w * scale - mean * scale`` for ``max_var_n`` (NFNets, brainstate, elektronn3), ``(w - mean) *
     scale`` otherwise. On a constant channel the first is exactly 0 only without FMA contraction:
-    XLA on CPU fuses it into ``fma(w, scale, -(mean * scale))``, leaving about ``u |w| scale``.
+    XLA:CPU at its default optimisation level computes ``fma(w, scale, -(mean * scale))``, which
+    leaves the rounding error of ``mean * scale`` (about ``u |w| scale``; 1.8e-12 instead of 0 for
+    Qiao's ``1 / (0 + 1e-5)``, hence the centred form for the ``eps``-added denominators).
     """
     mean = jnp.mean(w, axis=cfg.axes, keepdims=True)
     c = w - mean
