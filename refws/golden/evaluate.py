@@ -110,7 +110,7 @@ def _counts(p, transposed: bool) -> dict:
 
 # --- bilinear outputs -------------------------------------------------------------------------
 
-def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias=None) -> None:
+def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias=None, splits=None) -> None:
     """Store ``out[name] = sum of op(a, b) over pieces (+ bias)``, exactly, with its bound data.
 
     Every ``op(a, b)`` is summed without rounding (:func:`refws.golden.ozaki.bilinear_sums`: the
@@ -118,11 +118,12 @@ def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias
     pieces) and rounded once to nearest. ``terms[name] = count`` = K, the largest number of
     products summed into one element (``+ 1`` for a bias, counted by the caller).
     ``<name>__absbound = sum op(|a|, |b|) (+ |bias|)``, exact, rounded up if it is no float64;
-    stored when K > 0 (K = 0: every element is an empty sum, exactly 0).
+    stored when K > 0 (K = 0: every element is an empty sum, exactly 0). ``splits``: a dict that
+    remembers the operands' splits across the outputs of one case.
     """
     value, mag = ExactSum(), ExactSum()
     for op, a, b in pieces:
-        bilinear_sums(op, a, b, value, mag)
+        bilinear_sums(op, a, b, value, mag, splits)
     if bias is not None:
         value.add_float(np.broadcast_to(bias, value.shape))
         mag.add_float(np.broadcast_to(np.abs(bias), value.shape))
@@ -164,18 +165,20 @@ def _eval_conv(case):
     kw = _conv_kwargs(p)
     x, w = grid.values(n, "x", p["x_shape"]), grid.values(n, "w", p["w_shape"])
     y_shape, k = output_shape(case), _counts(p, transposed=False)
-    out, terms = dict(x=x, w=w), {}
+    out, terms, splits = dict(x=x, w=w), {}, {}
 
     def op(a, b):
         return conv_fn(a, b, **kw)
-    _bilinear_output(out, terms, "y", [(op, x, w)], k["y"])
+    _bilinear_output(out, terms, "y", [(op, x, w)], k["y"], splits=splits)
     if case.stores("vjp"):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
-        _bilinear_output(out, terms, "dx", [(lambda c, b: conv_vjp(x, b, c, **kw)[0], dy, w)], k["dx"])
-        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_vjp(a, w, c, **kw)[1], x, dy)], k["dw"])
+        _bilinear_output(out, terms, "dx", [(lambda c, b: conv_vjp(x, b, c, **kw)[0], dy, w)], k["dx"],
+                         splits=splits)
+        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_vjp(a, w, c, **kw)[1], x, dy)], k["dw"],
+                         splits=splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
-        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"])
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"], splits=splits)
     return out, terms
 
 
@@ -196,7 +199,7 @@ def _eval_transpose(case):
     def op(a, c):                                     # bilinear in (x, w)
         return conv_transpose(a, c, **kw)
     y_shape, k = output_shape(case), _counts(p, transposed=True)
-    out, terms = dict(x=x, w=w), {}
+    out, terms, splits = dict(x=x, w=w), {}, {}
     c_out = p["w_shape"][-2] * p["groups"]
     b = tb = None
     has_bias = 1 if p["bias"] else 0
@@ -205,19 +208,22 @@ def _eval_transpose(case):
         b = per_channel(grid.values(n, "b", (c_out,)), len(y_shape), axis)
         out["b"] = b.ravel()
     nonempty = 1 if int(np.prod(y_shape)) else 0           # a bias is one more product, where there are elements
-    _bilinear_output(out, terms, "y", [(op, x, w)], (k["y"] + has_bias) * nonempty, b)
+    _bilinear_output(out, terms, "y", [(op, x, w)], (k["y"] + has_bias) * nonempty, b, splits)
     if case.stores("vjp"):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
         if p["bias"]:
             _channel_sum(out, terms, "db", dy, axis)
-        _bilinear_output(out, terms, "dx", [(lambda c, v: conv_transpose_vjp(x, v, c, **kw)[0], dy, w)], k["dx"])
-        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_transpose_vjp(a, w, c, **kw)[1], x, dy)], k["dw"])
+        _bilinear_output(out, terms, "dx", [(lambda c, v: conv_transpose_vjp(x, v, c, **kw)[0], dy, w)], k["dx"],
+                         splits=splits)
+        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_transpose_vjp(a, w, c, **kw)[1], x, dy)], k["dw"],
+                         splits=splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
         if p["bias"]:
             tb = per_channel(grid.values(n, "tb", (c_out,)), len(y_shape), axis)
             out["tb"] = tb.ravel()
-        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], (2 * k["y"] + has_bias) * nonempty, tb)
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], (2 * k["y"] + has_bias) * nonempty, tb,
+                         splits)
     return out, terms
 
 

@@ -100,7 +100,7 @@ class ExactSum:
         if t in self.limbs:
             self.limbs[t] = self.limbs[t].astype(kind, copy=False) + ints.astype(kind, copy=False)
         else:
-            self.limbs[t] = np.array(ints, dtype=kind)
+            self.limbs[t] = np.ascontiguousarray(ints, dtype=kind)     # never modified in place
         self.bounds[t] = bound
         return self
 
@@ -176,16 +176,28 @@ class ExactSum:
         return QArray(num, 1 << -t)
 
 
-def bilinear_sums(op, a, b, value: ExactSum | None = None, magnitude: ExactSum | None = None):
+def _split_cached(a, cache: dict | None):
+    """:func:`split`, remembered in ``cache`` by the array's identity (the caller keeps ``a`` alive)."""
+    if cache is None:
+        return split(a)
+    key = id(a)
+    if key not in cache:
+        cache[key] = (a, split(a))           # holding ``a`` keeps its id from being reused
+    return cache[key][1]
+
+
+def bilinear_sums(op, a, b, value: ExactSum | None = None, magnitude: ExactSum | None = None,
+                  splits: dict | None = None):
     """Add ``op(a, b)`` to ``value`` and ``op(|a|, |b|)`` to ``magnitude``, exactly.
 
-    Both operands are split (:func:`split`); every partial ``op(a_i, b_j)`` is computed in float64
-    after checking that its bound ``op(|a_i|, |b_j|)`` (the partial of the magnitude) is below
-    ``2**52`` units, so neither is ever rounded. ArithmeticError otherwise (operands too wide even
-    for 12-bit pieces: more than ``2**28`` products per element).
+    Both operands are split (:func:`split`; ``splits``, a dict, remembers the splits of operands
+    used again); every partial ``op(a_i, b_j)`` is computed in float64 after checking that its
+    bound ``op(|a_i|, |b_j|)`` (the partial of the magnitude) is below ``2**52`` units, so neither
+    is ever rounded. ArithmeticError otherwise (operands too wide even for 12-bit pieces: more than
+    ``2**28`` products per element).
     """
-    pa, ea = split(a)
-    pb, eb = split(b)
+    pa, ea = _split_cached(a, splits)
+    pb, eb = _split_cached(b, splits)
     for ia, sa in pa:
         for ib, sb in pb:
             mag = op(np.abs(ia), np.abs(ib))

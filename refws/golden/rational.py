@@ -37,11 +37,8 @@ def sqrt_q(v: Fraction) -> Fraction:
     return Fraction(math.isqrt(p * q << (2 * shift)), q << shift)
 
 
-def grid_exponent(a: np.ndarray) -> int:
-    """Smallest ``e >= 0`` with ``a * 2**e`` integral (the array's dyadic grid unit is ``2**-e``)."""
-    a = np.asarray(a, dtype=np.float64)
-    if not np.all(np.isfinite(a)):
-        raise ValueError("golden operands must be finite")
+def _exponent_by_elements(a: np.ndarray) -> int:
+    """The largest, over the elements, of the smallest ``e`` making the element an integer."""
     nz = a[a != 0]
     if nz.size == 0:
         return 0
@@ -50,6 +47,26 @@ def grid_exponent(a: np.ndarray) -> int:
     mant = np.ldexp(np.abs(np.frexp(nz)[0]), 53).astype(np.int64)
     low = (mant & -mant).astype(np.float64)
     return max(0, int(np.max(53 - exps - np.log2(low).astype(np.int64))))
+
+
+def grid_exponent(a: np.ndarray) -> int:
+    """Smallest ``e >= 0`` with ``a * 2**e`` integral (the array's dyadic grid unit is ``2**-e``).
+
+    Computed on a sample of at most 4096 elements, then checked on the whole array: integral at
+    that ``e`` means it is the smallest (no element needs more, the sample needs as much);
+    otherwise computed element by element.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("golden operands must be finite")
+    flat = a.ravel()
+    if flat.size <= 4096:
+        return _exponent_by_elements(flat)
+    guess = _exponent_by_elements(flat[::flat.size // 4096 + 1])
+    scaled = np.ldexp(flat, guess)
+    if np.array_equal(scaled, np.floor(scaled)):
+        return guess
+    return _exponent_by_elements(flat)
 
 
 class QArray:
