@@ -24,7 +24,7 @@ import numpy as np
 from .arrays import as_float64, from_canonical, to_canonical
 from .geometry import ConvGeometry, conv_geometry
 from .im2col import (_tap_slices, chunk_plan, dilate_pad, dilate_pad_shape, gather_windows, gather_windows_shape,
-                     get_workspace_bytes)
+                     get_workspace_bytes, window_view)
 
 __all__ = ["conv", "conv_canonical", "check_conv_operands", "canonical_operands", "as_float64", "to_canonical", "from_canonical"]
 
@@ -239,13 +239,14 @@ def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, f
     batch_step, row_step = plan(g, n_batch, c_in, c_out, groups, formulation)
     items = chunks(n_batch, g.out_spatial[0], batch_step, row_step)
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step, w)
+    workers = parallel_workers(formulation, len(items), y.size, math.prod(w.shape[:-1]))
 
     def work(part):
-        chunk = shared.fresh()                                   # workspaces of its own
+        chunk = shared.fresh() if workers > 1 else shared              # workspaces of its own
         for b0, nb, r0, rows, window in row_windows(x, g, batch_step, row_step, part):
             chunk.forward(window, y[b0:b0 + nb, r0:r0 + rows])
 
-    run_parts(work, items, parallel_workers(formulation, len(items), y.size, math.prod(w.shape[:-1])))
+    run_parts(work, items, workers)
     return y
 
 
@@ -330,6 +331,11 @@ class GemmChunk(_Chunk):
         if self.direct:
             return window.reshape(1, -1, self.k_cg)
         g = self.g
+        if self.groups == 1:              # gather_windows' copy, without its checks (per-call overhead)
+            view = window_view(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation)
+            cols = self._buffer("cols", view.shape)
+            np.copyto(cols, view)
+            return cols.reshape(1, -1, self.k_cg)
         shape = gather_windows_shape(window.shape, g.kernel_spatial, chunk_out, self.groups)
         cols = gather_windows(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation, self.groups,
                               out=self._buffer("cols", shape))

@@ -52,6 +52,8 @@ def as_int_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     ValueError
         if the sequence has the wrong length or an element is below ``minimum``.
     """
+    if type(value) is int and value >= minimum:        # the common case, first
+        return (value,) * n
     if _is_int(value):
         items = (int(value),) * n
     elif _is_sequence(value):
@@ -175,6 +177,8 @@ class ConvGeometry:
 
 
 def _as_shape(value, name: str, minimum: int) -> tuple[int, ...]:
+    if type(value) is tuple and value and all(type(v) is int and v >= minimum for v in value):
+        return value                                     # an array's shape: the common case
     if not (_is_sequence(value) and len(value) >= 1 and all(_is_int(v) and v >= minimum for v in value)):
         raise ValueError(f"{name}={value!r}: expected a non-empty sequence of ints >= {minimum}")
     return tuple(int(v) for v in value)

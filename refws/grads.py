@@ -158,16 +158,17 @@ def _dw_col2im(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int
     items = chunks(x_cl.shape[0], g.out_spatial[0], batch_step, row_step)
 
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step)
+    workers = parallel_workers(formulation, len(items), dy_cl.size, taps * (c_in // groups))
 
     def work(part):
-        chunk, sums = shared.fresh(), []
+        chunk, sums = shared.fresh() if workers > 1 else shared, []
         for b0, nb, r0, rows, window in row_windows(x_cl, g, batch_step, row_step, part):
             sums.append(np.zeros(w_shape))
             chunk.weight_grad(window, dy_cl[b0:b0 + nb, r0:r0 + rows], sums[-1])
         return sums
 
     dw = np.zeros(w_shape)
-    for sums in run_parts(work, items, parallel_workers(formulation, len(items), dy_cl.size, taps * (c_in // groups))):
+    for sums in run_parts(work, items, workers):
         for part_sum in sums:
             dw += part_sum
     return dw
@@ -191,9 +192,11 @@ def _dx_col2im(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x
     dx = np.empty(x_shape)
 
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step, w, adjoint=True)
+    blocks = list(range(0, n_batch, batch_step))
+    workers = parallel_workers(formulation, len(blocks), dx.size, taps * (c_out // groups))
 
     def work(blocks):
-        chunk = shared.fresh()
+        chunk = shared.fresh() if workers > 1 else shared
         padded = np.empty((min(batch_step, n_batch), *padded_spatial_shape(g), c_in))
         for b0 in blocks:
             nb = min(batch_step, n_batch - b0)
@@ -202,8 +205,7 @@ def _dx_col2im(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x
                 chunk.scatter(dy_cl[b0:b0 + nb, r0:r0 + rows], padded[:nb, r0 * s0:(r0 + rows - 1) * s0 + k0])
             dx[b0:b0 + nb] = dilate_pad_adjoint(padded[:nb], g.in_spatial, g.lhs_dilation, g.padding)
 
-    blocks = list(range(0, n_batch, batch_step))
-    run_parts(work, blocks, parallel_workers(formulation, len(blocks), dx.size, taps * (c_out // groups)))
+    run_parts(work, blocks, workers)
     return dx
 
 
