@@ -17,15 +17,21 @@ violate it, the worst one (index, value, exact value, error, bound) and where th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import conv as _conv
 from . import conv_jvp as _conv_jvp
 from . import conv_transpose as _conv_transpose
 from . import conv_vjp as _conv_vjp
 from .arrays import as_float64
-from .tolerance import Bound, Judgement, element_bound, gamma, judge, resolve_precision
+from .tolerance import Bound, Judgement, PrecisionLike, element_bound, gamma, judge, resolve_precision
+
+if TYPE_CHECKING:                      # annotations only: nothing more is imported at run time
+    from .golden.store import GoldenCase
+    from .ws import WSSpec
 
 __all__ = ["Result", "describe_where", "check_array", "check_golden", "assert_golden_close",
            "check_conv", "assert_conv_close", "check_conv_vjp", "assert_conv_vjp_close",
@@ -41,7 +47,7 @@ class Result:
     name: str
     precision: str
     judgement: Judgement
-    where: dict = field(default_factory=dict)
+    where: dict[str, Any] = field(default_factory=dict)
     text: str = ""
 
     @property
@@ -113,7 +119,7 @@ def _slabs(v: np.ndarray, roles: tuple) -> list | None:
     axes = [i for i, r in enumerate(roles[:v.ndim]) if r == "spatial"]
     if len(axes) < 2:
         return None
-    m = v.any(axis=tuple(i for i in range(v.ndim) if i not in axes))
+    m = np.asarray(v.any(axis=tuple(i for i in range(v.ndim) if i not in axes)))   # an array: >= 2 axes stay
     found, union = [], np.zeros_like(m)
     for k in range(m.ndim):
         pos = np.nonzero(m.all(axis=tuple(j for j in range(m.ndim) if j != k)))[0]
@@ -125,7 +131,7 @@ def _slabs(v: np.ndarray, roles: tuple) -> list | None:
     return found if len(found) >= 2 and np.array_equal(union, m) else None
 
 
-def describe_where(violations: np.ndarray, roles: tuple, groups: int = 1) -> tuple[dict, str]:
+def describe_where(violations: ArrayLike, roles: tuple, groups: int = 1) -> tuple[dict[str, Any], str]:
     """Summarise a boolean violation mask: fraction, and per axis where the violations cluster.
 
     Returns ``(where, text)``: ``where`` is JSON-ready (``fraction`` and one entry per axis with
@@ -134,7 +140,7 @@ def describe_where(violations: np.ndarray, roles: tuple, groups: int = 1) -> tup
     """
     v = np.asarray(violations, dtype=bool)
     n_bad, n = int(v.sum()), int(v.size)
-    where = {"violations": n_bad, "elements": n, "fraction": n_bad / n if n else 0.0, "axes": []}
+    where: dict[str, Any] = {"violations": n_bad, "elements": n, "fraction": n_bad / n if n else 0.0, "axes": []}
     parts = [f"{n_bad} of {n} elements"]
     if n_bad == 0 or v.ndim == 0:
         return where, parts[0]
@@ -144,7 +150,7 @@ def describe_where(violations: np.ndarray, roles: tuple, groups: int = 1) -> tup
         size = v.shape[axis]
         pos = np.unique(idx[axis])
         kind, words = _positions_text(pos, size)
-        entry = {"axis": axis, "role": role, "kind": kind, "positions": [int(p) for p in pos[:64]]}
+        entry: dict[str, Any] = {"axis": axis, "role": role, "kind": kind, "positions": [int(p) for p in pos[:64]]}
         if role == "spatial":
             label = f"spatial axis {sp}"
             sp += 1
@@ -157,7 +163,7 @@ def describe_where(violations: np.ndarray, roles: tuple, groups: int = 1) -> tup
             hit = sorted({int(p) // per for p in pos})
             entry["groups"] = hit
             label = "channels"
-            words = (f"every channel" if kind == "all" else
+            words = ("every channel" if kind == "all" else
                      f"channel{'s' if len(pos) > 1 else ''} {', '.join(str(int(p)) for p in pos[:8])}"
                      f"{', ...' if len(pos) > 8 else ''} (group{'s' if len(hit) > 1 else ''} "
                      f"{', '.join(map(str, hit))} of {groups})")
@@ -193,13 +199,14 @@ def _fmt(v: float) -> str:
     return f"{v:.6g}"
 
 
-def check_array(actual, exact, bound: Bound, precision, *, name: str = "array", roles: tuple | None = None,
-                groups: int = 1) -> Result:
+def check_array(actual: ArrayLike, exact: ArrayLike, bound: Bound, precision: PrecisionLike, *, name: str = "array",
+                roles: tuple | None = None, groups: int = 1) -> Result:
     """Judge ``actual`` against ``exact`` under ``bound`` and describe the outcome (never raises on a mismatch)."""
     p = resolve_precision(precision)
     exact = np.asarray(exact, dtype=np.float64)
     j = judge(actual, exact, bound, p)
-    where, lines = {}, []
+    where: dict[str, Any] = {}
+    lines: list[str] = []
     if j.status == "pass":
         lines.append(f"{name}: within the {p.name} bound (max error / bound {_fmt(j.max_ratio)})")
     elif j.status == "warn":
@@ -216,6 +223,7 @@ def check_array(actual, exact, bound: Bound, precision, *, name: str = "array", 
             lines.append(f"  mismatched elements: {j.n_fail} / {j.n} ({100 * j.n_fail / j.n:.3g}%)")
             a = np.asarray(actual, dtype=np.float64)
             i = j.worst
+            assert i is not None                    # judge() names the worst element of every failing array
             b = element_bound(bound, exact, p)[i]
             lines.append(f"  worst element {i}: actual {_fmt(a[i])}, exact {_fmt(exact[i])}, "
                          f"error {_fmt(abs(a[i] - exact[i]))}, bound {_fmt(b)} (error / bound {_fmt(j.max_ratio)})")
@@ -233,7 +241,7 @@ def _raise_if_failed(result: Result) -> Result:
 
 # golden arrays: which stored inputs are multiplied together in each output (for input rounding)
 _W, _TW = "<W_eff>", "<tW_eff>"          # a layer's effective weight (computed when standardized)
-OPERANDS = {
+OPERANDS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
     "conv": {"y": (("x", "w"),), "dx": (("dy", "w"),), "dw": (("x", "dy"),), "ty": (("tx", "w"), ("x", "tw"))},
     "conv_transpose": {"y": (("x", "w"), ("b",)), "dx": (("dy", "w"),), "dw": (("x", "dy"),), "db": (("dy",),),
                        "ty": (("tx", "w"), ("x", "tw"), ("tb",))},
@@ -248,7 +256,7 @@ def _suite_kind(suite: str) -> str:
     return suite if suite in OPERANDS else "layer"
 
 
-def golden_bound(case, array: str) -> Bound:
+def golden_bound(case: GoldenCase, array: str) -> Bound:
     """The :class:`~refws.tolerance.Bound` of a stored output array, from the case's bound data."""
     a = case.arrays
     kind = _suite_kind(case.suite)
@@ -265,7 +273,7 @@ def golden_bound(case, array: str) -> Bound:
                  groups, ws_inputs)
 
 
-def golden_roles(case, array: str) -> tuple:
+def golden_roles(case: GoldenCase, array: str) -> tuple:
     """Axis roles of a stored array of a golden case (see :func:`axis_roles`)."""
     p, nd = case.params, np.ndim(case.arrays[array])
     if case.suite in ("conv", "conv_transpose"):
@@ -295,7 +303,8 @@ def golden_roles(case, array: str) -> tuple:
     return axis_roles(nd, "io", cf, nd == n_sp + 2)
 
 
-def check_golden(actual, case, array: str, *, precision="float64", diagnose: bool = False) -> Result:
+def check_golden(actual: ArrayLike, case: GoldenCase, array: str, *, precision: PrecisionLike = "float64",
+                 diagnose: bool = False) -> Result:
     """Judge ``actual`` against array ``array`` of a loaded golden case (:func:`refws.golden.load`).
 
     ``diagnose=True`` adds, for a failing array, the near-miss conventions it matches
@@ -315,7 +324,8 @@ def check_golden(actual, case, array: str, *, precision="float64", diagnose: boo
     return result
 
 
-def assert_golden_close(actual, case, array: str, *, precision="float64", diagnose: bool = True) -> Result:
+def assert_golden_close(actual: ArrayLike, case: GoldenCase, array: str, *, precision: PrecisionLike = "float64",
+                        diagnose: bool = True) -> Result:
     """Raise AssertionError (with the description and, unless ``diagnose=False``, the near-miss
     conventions the array matches) if ``actual`` violates the golden bound; else the Result."""
     return _raise_if_failed(check_golden(actual, case, array, precision=precision, diagnose=diagnose))
@@ -343,7 +353,8 @@ def _io_roles(a: np.ndarray, w: np.ndarray, channel_first: bool) -> tuple:
     return axis_roles(a.ndim, "io", channel_first, batched=a.ndim == w.ndim)
 
 
-def check_conv(actual, x, w, *, precision="float64", **conv_kwargs) -> Result:
+def check_conv(actual: ArrayLike, x: ArrayLike, w: ArrayLike, *, precision: PrecisionLike = "float64",
+               **conv_kwargs: Any) -> Result:
     """Judge ``actual`` against ``refws.conv(x, w, **conv_kwargs)``; ``K = taps * C_in / groups``."""
     x, w = as_float64(x, "x"), as_float64(w, "w")
     exact = _conv(x, w, **conv_kwargs)
@@ -354,12 +365,14 @@ def check_conv(actual, x, w, *, precision="float64", **conv_kwargs) -> Result:
                                 _io_roles(exact, w, cf), conv_kwargs.get("groups", 1))
 
 
-def assert_conv_close(actual, x, w, *, precision="float64", **conv_kwargs) -> Result:
+def assert_conv_close(actual: ArrayLike, x: ArrayLike, w: ArrayLike, *, precision: PrecisionLike = "float64",
+                      **conv_kwargs: Any) -> Result:
     """Raise AssertionError unless ``actual`` is ``refws.conv(x, w, **conv_kwargs)`` within the bound."""
     return _raise_if_failed(check_conv(actual, x, w, precision=precision, **conv_kwargs))
 
 
-def check_conv_vjp(actual_dx, actual_dw, x, w, dy, *, precision="float64", **conv_kwargs) -> tuple:
+def check_conv_vjp(actual_dx: ArrayLike | None, actual_dw: ArrayLike | None, x: ArrayLike, w: ArrayLike,
+                   dy: ArrayLike, *, precision: PrecisionLike = "float64", **conv_kwargs: Any) -> tuple[Result, ...]:
     """Judge ``(dx, dw)`` against ``refws.conv_vjp``; either may be None (not judged).
 
     ``K = taps * C_out / groups`` for ``dx`` (an upper bound: strides and dilation leave fewer),
@@ -369,7 +382,7 @@ def check_conv_vjp(actual_dx, actual_dw, x, w, dy, *, precision="float64", **con
     kw = {k: v for k, v in conv_kwargs.items() if k != "method"}
     dx, dw = _conv_vjp(x, w, dy, **kw)
     cf, groups = kw.get("channel_first", False), kw.get("groups", 1)
-    out = []
+    out: list[Result] = []
     if actual_dx is not None:
         m = _conv_vjp(x, np.abs(w), np.abs(dy), **kw)[0]
         K = int(np.prod(w.shape[:-2])) * (w.shape[-1] // groups)
@@ -383,7 +396,9 @@ def check_conv_vjp(actual_dx, actual_dw, x, w, dy, *, precision="float64", **con
     return tuple(out)
 
 
-def assert_conv_vjp_close(actual_dx, actual_dw, x, w, dy, *, precision="float64", **conv_kwargs) -> tuple:
+def assert_conv_vjp_close(actual_dx: ArrayLike | None, actual_dw: ArrayLike | None, x: ArrayLike, w: ArrayLike,
+                          dy: ArrayLike, *, precision: PrecisionLike = "float64",
+                          **conv_kwargs: Any) -> tuple[Result, ...]:
     """Raise AssertionError unless ``dx`` and ``dw`` match ``refws.conv_vjp`` within their bounds."""
     results = check_conv_vjp(actual_dx, actual_dw, x, w, dy, precision=precision, **conv_kwargs)
     failed = [r.text for r in results if r.status == "fail"]
@@ -392,7 +407,8 @@ def assert_conv_vjp_close(actual_dx, actual_dw, x, w, dy, *, precision="float64"
     return results
 
 
-def check_conv_jvp(actual_ty, x, w, tx, tw, *, precision="float64", **conv_kwargs) -> Result:
+def check_conv_jvp(actual_ty: ArrayLike, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, *,
+                   precision: PrecisionLike = "float64", **conv_kwargs: Any) -> Result:
     """Judge the tangent ``ty`` against ``refws.conv_jvp``; ``K = 2 * taps * C_in / groups``."""
     x, w, tx, tw = (as_float64(a, n) for a, n in ((x, "x"), (w, "w"), (tx, "tx"), (tw, "tw")))
     _, ty = _conv_jvp(x, w, tx, tw, **conv_kwargs)
@@ -403,13 +419,16 @@ def check_conv_jvp(actual_ty, x, w, tx, tw, *, precision="float64", **conv_kwarg
                                 conv_kwargs.get("groups", 1))
 
 
-def assert_conv_jvp_close(actual_ty, x, w, tx, tw, *, precision="float64", **conv_kwargs) -> Result:
+def assert_conv_jvp_close(actual_ty: ArrayLike, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, *,
+                          precision: PrecisionLike = "float64", **conv_kwargs: Any) -> Result:
     """Raise AssertionError unless ``ty`` matches ``refws.conv_jvp`` within the bound."""
     return _raise_if_failed(check_conv_jvp(actual_ty, x, w, tx, tw, precision=precision, **conv_kwargs))
 
 
-def check_conv_transpose(actual, x, w, *, precision="float64", **kwargs) -> Result:
-    """Judge ``actual`` against ``refws.conv_transpose(x, w, **kwargs)``; ``K = taps * C_in / groups`` (+1 with a bias)."""
+def check_conv_transpose(actual: ArrayLike, x: ArrayLike, w: ArrayLike, *, precision: PrecisionLike = "float64",
+                         **kwargs: Any) -> Result:
+    """Judge ``actual`` against ``refws.conv_transpose(x, w, **kwargs)``; ``K = taps * C_in / groups``
+    (+1 with a bias)."""
     x, w = as_float64(x, "x"), as_float64(w, "w")
     exact = _conv_transpose(x, w, **kwargs)
     bias = kwargs.get("bias")
@@ -421,13 +440,15 @@ def check_conv_transpose(actual, x, w, *, precision="float64", **kwargs) -> Resu
                                 _io_roles(exact, w, kwargs.get("channel_first", False)), groups)
 
 
-def assert_conv_transpose_close(actual, x, w, *, precision="float64", **kwargs) -> Result:
+def assert_conv_transpose_close(actual: ArrayLike, x: ArrayLike, w: ArrayLike, *,
+                                precision: PrecisionLike = "float64", **kwargs: Any) -> Result:
     """Raise AssertionError unless ``actual`` is ``refws.conv_transpose(x, w, **kwargs)`` within the bound."""
     return _raise_if_failed(check_conv_transpose(actual, x, w, precision=precision, **kwargs))
 
 
-def check_weight_standardize(actual, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate",
-                             precision="float64") -> Result:
+def check_weight_standardize(actual: ArrayLike, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None,
+                             *, out_axis: int = -1, spec: str | WSSpec = "brainstate",
+                             precision: PrecisionLike = "float64") -> Result:
     """Judge ``actual`` against ``refws.weight_standardize(w, gain, eps, out_axis=..., spec=...)``.
 
     The reference is computed in exact rational arithmetic and rounded once (as the golden ``ws``
@@ -455,8 +476,9 @@ def check_weight_standardize(actual, w, gain=None, eps=None, *, out_axis=-1, spe
     return check_array(actual, exact, bound, precision, name="weight_standardize w_hat", roles=roles)
 
 
-def assert_weight_standardize_close(actual, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate",
-                                    precision="float64") -> Result:
+def assert_weight_standardize_close(actual: ArrayLike, w: ArrayLike, gain: ArrayLike | None = None,
+                                    eps: float | None = None, *, out_axis: int = -1,
+                                    spec: str | WSSpec = "brainstate", precision: PrecisionLike = "float64") -> Result:
     """Raise AssertionError unless ``actual`` is the standardized ``w`` within the first-order WS bound."""
     return _raise_if_failed(check_weight_standardize(actual, w, gain, eps, out_axis=out_axis, spec=spec,
                                                      precision=precision))

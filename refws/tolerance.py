@@ -46,9 +46,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Precision", "PRECISIONS", "FINGERPRINT_ORDER", "LAMBDA", "resolve_precision", "gamma",
            "exactly_representable", "operand_rounding", "Bound", "element_bound", "Judgement", "judge",
@@ -101,18 +104,22 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               "binary16 inputs, accumulation and output (e.g. half-precision accumulation kernels)"),
 )}
 
+# What every ``precision`` argument takes: a name of PRECISIONS, a (u_in, u_acc, u_out) triple or a Precision.
+PrecisionLike: TypeAlias = Precision | str | Sequence[float]
+
 # From tightest to loosest: the fingerprint is the first one whose rigorous bound holds.
 FINGERPRINT_ORDER = ("float64", "float32", "tf32", "float16", "bf16x1", "bfloat16", "float16-acc16")
 
 
-def _check_unit(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < 1) \
+def _check_unit(value: object, name: str) -> float:
+    # numbers.Real declares only < and <=, so the range [0, 1) is tested with < (NaN fails "< 1").
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0 or not value < 1 \
             or not math.isfinite(value):
         raise ValueError(f"{name}={value!r}: expected a unit roundoff, a real number in [0, 1)")
     return float(value)
 
 
-def resolve_precision(precision) -> Precision:
+def resolve_precision(precision: PrecisionLike) -> Precision:
     """A :class:`Precision` from a name in :data:`PRECISIONS`, a ``(u_in, u_acc, u_out)`` triple or itself.
 
     A custom triple treats every input as rounded (its format is unknown), unless ``u_in`` is 0.
@@ -133,7 +140,7 @@ def resolve_precision(precision) -> Precision:
                      "triple of unit roundoffs")
 
 
-def gamma(K, u: float):
+def gamma(K: ArrayLike, u: float) -> np.ndarray:
     """``gamma_K(u) = K u / (1 - K u)`` (Higham's constant); ``inf`` where ``K u >= 1``."""
     K = np.asarray(K, dtype=np.float64)
     ku = K * u
@@ -148,7 +155,7 @@ _RANGES = {  # (largest finite, smallest normal) of each exponent range
 }
 
 
-def exactly_representable(a, precision) -> bool:
+def exactly_representable(a: ArrayLike, precision: PrecisionLike) -> bool:
     """Whether every value of ``a`` is exact in the precision's input format (finite values only).
 
     A value is exact when it fits the format's exponent range and its significand needs at most
@@ -175,7 +182,7 @@ def exactly_representable(a, precision) -> bool:
     return bool(np.all(scaled == np.round(scaled)))
 
 
-def operand_rounding(precision, *operand_groups) -> float:
+def operand_rounding(precision: PrecisionLike, *operand_groups: Sequence[ArrayLike | None]) -> float:
     """``c_in``: the largest relative input-rounding error of one product, over the operand pairs.
 
     Each group is a sequence of the arrays multiplied together in one product (e.g. ``(x, w)``);
@@ -206,16 +213,16 @@ class Bound:
     ws_inputs: tuple = ()           # raw arrays fed to a standardization (their rounding scales W)
     extra: np.ndarray | None = None  # an absolute term added as is (a reference that is not exact)
 
-    def c_in(self, precision) -> float:
+    def c_in(self, precision: PrecisionLike) -> float:
         return operand_rounding(precision, *self.operands) if self.operands else 0.0
 
-    def u_ws(self, precision) -> float:
+    def u_ws(self, precision: PrecisionLike) -> float:
         p = resolve_precision(precision)
         rounded = any(a is None or not exactly_representable(a, p) for a in self.ws_inputs)
         return p.u_acc + (p.u_in if rounded else 0.0)
 
 
-def element_bound(bound: Bound, exact: np.ndarray, precision, tier: str = "rigorous") -> np.ndarray:
+def element_bound(bound: Bound, exact: ArrayLike, precision: PrecisionLike, tier: str = "rigorous") -> np.ndarray:
     """Per-element bound on ``|actual - exact|`` for a backend computing in ``precision``.
 
     ``tier="rigorous"`` uses ``gamma_K(u_acc)``; ``tier="probabilistic"`` uses
@@ -272,7 +279,7 @@ def fingerprint(error: np.ndarray, bound: Bound, exact: np.ndarray) -> str | Non
     return None
 
 
-def judge(actual, exact, bound: Bound, precision) -> Judgement:
+def judge(actual: ArrayLike, exact: ArrayLike, bound: Bound, precision: PrecisionLike) -> Judgement:
     """Compare ``actual`` with ``exact`` under ``precision``'s rigorous and probabilistic bounds.
 
     A shape mismatch or a non-finite value where the exact value is finite is a ``fail`` with

@@ -300,7 +300,7 @@ def test_brainstate_formula_under_jax_autograd():
     for w, eps in ((_tie_weight(), 0.25), (rng.normal(size=(3, 2, 2, 3)), 1e-4)):
         gain = rng.uniform(0.5, 2, size=(1, 1, 1, w.shape[-1]))
         u = rng.normal(size=w.shape)
-        y, pull = jax.vjp(lambda a, g: brainstate_ws(a, g, eps), jnp.asarray(w), jnp.asarray(gain))
+        y, pull = jax.vjp(lambda a, g, eps=eps: brainstate_ws(a, g, eps), jnp.asarray(w), jnp.asarray(gain))
         jdw, jdg = pull(jnp.asarray(u))
         np.testing.assert_allclose(weight_standardize(w, gain, eps), np.asarray(y), rtol=1e-13, atol=1e-13)
         dw, dg = weight_standardize_vjp(w, u, gain, eps)

@@ -41,10 +41,13 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..conformance.protocol import NotExpressible, Unimplemented
+from ..ws import WSSpec
 
 __all__ = ["BrainstateBackend"]
 
@@ -101,14 +104,14 @@ class BrainstateBackend:
 
     name = "brainstate"
 
-    def __init__(self, precision="float64"):
+    def __init__(self, precision: str = "float64") -> None:
         if precision not in _PRECISIONS:
             raise ValueError(f"precision={precision!r}: expected one of {tuple(_PRECISIONS)}")
         self._bs, self._jax = _import_brainstate()
         self.precision = precision
         self.version = f"{self._bs.__version__} (jax {self._jax.__version__})"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"BrainstateBackend(precision={self.precision!r})"
 
     @contextmanager
@@ -151,13 +154,16 @@ class BrainstateBackend:
     def _primals(self, *arrays):
         return tuple(self._array(a) for a in arrays if a is not None)
 
-    def weight_standardize(self, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
+                           out_axis: int = -1, spec: str | WSSpec = "brainstate") -> np.ndarray:
         """``w_hat`` by ``brainstate.nn.weight_standardization``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         with self._environment():
             return np.asarray(f(*self._primals(w, gain)))
 
-    def weight_standardize_vjp(self, w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
+                               eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``jax.vjp``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         with self._environment():
@@ -165,7 +171,9 @@ class BrainstateBackend:
             grads = [np.asarray(g) for g in pullback(self._array(dw_hat))]
         return grads[0], (grads[1] if gain is not None else None)
 
-    def weight_standardize_jvp(self, w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
+                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``jax.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None and tgain is not None:
@@ -178,7 +186,7 @@ class BrainstateBackend:
 
     # --- the layer suite ----------------------------------------------------------------------
 
-    def layer(self, params, arrays) -> dict:
+    def layer(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A golden brainstate case: ``y``, ``dx``, ``d<param>`` (VJP for ``dy``) and ``ty`` (JVP)."""
         if params.get("library") != "brainstate":
             raise NotExpressible(f"library={params.get('library')!r}: brainstate has only its own layers")

@@ -66,10 +66,13 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..conformance.protocol import NotExpressible, Unimplemented
+from ..ws import WSSpec
 
 __all__ = ["Elektronn3Backend"]
 
@@ -182,7 +185,7 @@ class Elektronn3Backend:
         for ``fws`` other than a bool.
     """
 
-    def __init__(self, precision="float64", device="cpu", fws=False):
+    def __init__(self, precision: str = "float64", device: Any = "cpu", fws: bool = False) -> None:
         self._wsconv, version = _import_elektronn3()
         from .torch import TorchBackend  # tensors in/out, autograd and forward-mode calls
         self._tb = TorchBackend(precision, device)
@@ -198,7 +201,7 @@ class Elektronn3Backend:
     def precision(self) -> str:
         return self._tb.precision
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Elektronn3Backend(precision={self._tb.dtype_name!r}, device={str(self._tb.device)!r}, fws={self.fws})"
 
     # --- weight standardization: WSConv*.standardize_weight ----------------------------------
@@ -210,19 +213,24 @@ class Elektronn3Backend:
                                  "'elektronn3' preset only")
         return _Standardize(self._torch, self._wsconv, self._tb, tuple(w_shape), eps, out_axis)
 
-    def weight_standardize(self, w, gain=None, eps=None, *, out_axis=-1, spec="elektronn3"):
+    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
+                           out_axis: int = -1, spec: str | WSSpec = "elektronn3") -> np.ndarray:
         """``w_hat`` by elektronn3's ``standardize_weight``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         return self._tb._forward(f, w) if gain is None else self._tb._forward(f, w, gain)
 
-    def weight_standardize_vjp(self, w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="elektronn3"):
+    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
+                               eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "elektronn3") -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
             return self._tb._vjp(f, (w,), dw_hat)[0], None
         return self._tb._vjp(f, (w, gain), dw_hat)
 
-    def weight_standardize_jvp(self, w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="elektronn3"):
+    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
+                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "elektronn3") -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
@@ -233,7 +241,7 @@ class Elektronn3Backend:
 
     # --- the layer suite ----------------------------------------------------------------------
 
-    def layer(self, params, arrays) -> dict:
+    def layer(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A golden elektronn3 case: ``y``, ``ty`` (JVP) and ``dx``, ``dweight``, ``dgain``, ``dbias`` (VJP)."""
         if params.get("library") != "elektronn3":
             raise NotExpressible(f"library={params.get('library')!r}: elektronn3 has only its own layers")

@@ -40,8 +40,9 @@ computed from the undilated kernel size, so SAME with ``rhs_dilation > 1`` pads 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ..conformance.protocol import NotExpressible, Unimplemented
+from ..conformance.protocol import IntOrInts, NotExpressible, Padding, Unimplemented
 from ..geometry import conv_geometry
 
 __all__ = ["LaxReferenceBackend"]
@@ -60,7 +61,7 @@ def _import_lax_reference():
     return jax, lax_reference
 
 
-def dimension_numbers(nd: int, channel_first: bool) -> tuple:
+def dimension_numbers(nd: int, channel_first: bool) -> tuple[str, str, str]:
     """``('NHWC', 'HWIO', 'NHWC')`` for ``nd`` = 2 (``'NCHW'`` with ``channel_first``)."""
     spatial = _SPATIAL[:nd][::-1]
     lhs = "NC" + spatial if channel_first else "N" + spatial + "C"
@@ -93,7 +94,7 @@ class LaxReferenceBackend:
 
     name = "lax-reference"
 
-    def __init__(self, precision="float64"):
+    def __init__(self, precision: str = "float64") -> None:
         jax, self._ref = _import_lax_reference()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision={precision!r}: expected one of {_PRECISIONS}")
@@ -101,11 +102,12 @@ class LaxReferenceBackend:
         self._dtype = np.dtype(precision)
         self.version = f"jax {jax.__version__}"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LaxReferenceBackend(precision={self.precision!r})"
 
-    def conv(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False):
+    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+             channel_first: bool = False) -> np.ndarray:
         """``refws.conv`` by ``lax_reference.conv_general_dilated`` (string padding passed through)."""
         if int(groups) != 1:
             raise NotExpressible(f"groups={groups}: lax_reference.conv_general_dilated has no "

@@ -54,10 +54,14 @@ node (:class:`~refws.conformance.protocol.NotExpressible`).
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from ..conformance.protocol import NotExpressible, Unimplemented
-from ..geometry import conv_geometry
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..conformance.protocol import IntOrInts, NotExpressible, Padding, Unimplemented
+from ..geometry import ConvGeometry, conv_geometry
 from ..grads import transpose_geometry
 
 __all__ = ["OnnxReferenceBackend", "OnnxRuntimeBackend", "conv_node_args", "conv_node_out_sizes",
@@ -107,8 +111,9 @@ def _crop(x, pads) -> np.ndarray:
     return x[(slice(None), slice(None), *index)]
 
 
-def conv_node_args(x_shape, w_shape, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, *,
-                   channel_first=False):
+def conv_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: IntOrInts = 1, padding: Padding = "SAME",
+                   lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, *, channel_first: bool = False
+                   ) -> tuple[ConvGeometry, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
     """How a refws ``conv`` becomes one ONNX ``Conv``: ``(geometry, attributes, prepare)``.
 
     ``attributes`` are the node's (``kernel_shape``, ``strides``, ``dilations`` and either
@@ -119,7 +124,8 @@ def conv_node_args(x_shape, w_shape, stride=1, padding="SAME", lhs_dilation=1, r
     nd = len(w_shape) - 2
     spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
     g = conv_geometry(spatial, w_shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
-    attrs = {"kernel_shape": list(g.kernel_spatial), "strides": list(g.stride), "dilations": list(g.rhs_dilation)}
+    attrs: dict[str, Any] = {"kernel_shape": list(g.kernel_spatial), "strides": list(g.stride),
+                             "dilations": list(g.rhs_dilation)}
     if isinstance(padding, str):
         attrs["auto_pad"] = _AUTO_PAD[padding.upper()]
         pads = ((0, 0),) * nd
@@ -127,13 +133,15 @@ def conv_node_args(x_shape, w_shape, stride=1, padding="SAME", lhs_dilation=1, r
         pads = g.padding
         attrs["pads"] = [max(lo, 0) for lo, _ in pads] + [max(hi, 0) for _, hi in pads]
 
-    def prepare(x_nc):
+    def prepare(x_nc: np.ndarray) -> np.ndarray:
         return _crop(_lhs_dilate(x_nc, g.lhs_dilation), pads)
     return g, attrs, prepare
 
 
-def transpose_node_args(x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1, output_size=None,
-                        *, channel_first=False):
+def transpose_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: IntOrInts = 1, padding: IntOrInts = 0,
+                        output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                        output_size: Sequence[int] | None = None, *,
+                        channel_first: bool = False) -> tuple[ConvGeometry, dict[str, Any]]:
     """How a refws ``conv_transpose`` becomes one ONNX ``ConvTranspose``: ``(geometry, attributes)``.
 
     ``geometry`` is the forward convolution whose input gradient this is (its ``in_spatial`` is
@@ -150,7 +158,7 @@ def transpose_node_args(x_shape, w_shape, stride=1, padding=0, output_padding=0,
     return g, attrs
 
 
-def conv_node_out_sizes(in_spatial, attrs) -> tuple:
+def conv_node_out_sizes(in_spatial: Sequence[int], attrs: dict[str, Any]) -> tuple[int, ...]:
     """The output spatial sizes ONNX's ``Conv`` definition gives for the node's input sizes.
 
     ``floor((n + pad_lo + pad_hi - dk) / s) + 1`` with explicit pads (``VALID``: no pads), and
@@ -171,7 +179,7 @@ class _OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, precision="float32"):
+    def __init__(self, precision: str = "float32") -> None:
         self._onnx = _import_onnx()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision={precision!r}: expected one of {_PRECISIONS}")
@@ -180,7 +188,7 @@ class _OnnxBackend:
         self._elem = self._onnx.helper.np_dtype_to_tensor_dtype(self._dtype)
         self.opset = OPSET if self._onnx.defs.onnx_opset_version() >= OPSET else FALLBACK_OPSET
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(precision={self.precision!r})"
 
     def _model(self, op, inputs, y_rank, attrs):
@@ -212,8 +220,9 @@ class _OnnxBackend:
 
     # --- the protocol --------------------------------------------------------------------------
 
-    def conv(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False):
+    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+             channel_first: bool = False) -> np.ndarray:
         """``refws.conv`` by one ``Conv`` node (see the module docstring for the padding)."""
         nd = np.ndim(w) - 2
         unbatched = np.ndim(x) == nd + 1
@@ -230,8 +239,10 @@ class _OnnxBackend:
         y = y if channel_first else np.moveaxis(y, 1, -1)
         return y[0] if unbatched else y
 
-    def conv_transpose(self, x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                       output_size=None, bias=None, channel_first=False):
+    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
+                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                       channel_first: bool = False) -> np.ndarray:
         """``refws.conv_transpose`` by one ``ConvTranspose`` node (bias as its ``B`` input)."""
         nd = np.ndim(w) - 2
         unbatched = np.ndim(x) == nd + 1
@@ -279,7 +290,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, precision="float32", threads=1):
+    def __init__(self, precision: str = "float32", threads: int = 1) -> None:
         super().__init__(precision)
         try:
             import onnxruntime
@@ -336,11 +347,12 @@ class OnnxReferenceBackend(_OnnxBackend):
 
     name = "onnx-reference"
 
-    def __init__(self, precision="float32"):
+    def __init__(self, precision: str = "float32") -> None:
         super().__init__(precision)
         from onnx.reference import ReferenceEvaluator
         self._evaluator = ReferenceEvaluator
         self.version = f"{self._onnx.__version__} (opset {self.opset})"
 
     def _run(self, model, feeds) -> np.ndarray:
-        return self._evaluator(model).run(None, feeds)[0]
+        # onnx annotates run() as ``dict | list``: the dict is only for intermediate=True
+        return cast("list[Any]", self._evaluator(model).run(None, feeds))[0]

@@ -54,10 +54,13 @@ What it cannot do, and how that is reported:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ..conformance.protocol import NotExpressible, Unimplemented
+from ..conformance.protocol import IntOrInts, NotExpressible, Padding, Unimplemented
 from ..geometry import conv_geometry
 from ..grads import transpose_geometry
 
@@ -71,7 +74,7 @@ _FIRST = ("NCW", "NCHW", "NCDHW")
 _REFUSAL = re.compile(r"support", re.IGNORECASE)
 _GROUP_REFUSAL = re.compile(r"must match|same depth", re.IGNORECASE)
 
-tf = None          # imported by the first TensorflowBackend()
+tf: Any = None          # the tensorflow module, imported by the first TensorflowBackend()
 
 
 def _import_tf():
@@ -139,7 +142,7 @@ class TensorflowBackend:
 
     name = "tensorflow"
 
-    def __init__(self, precision="float32"):
+    def __init__(self, precision: str = "float32") -> None:
         _import_tf()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision={precision!r}: expected one of {_PRECISIONS}")
@@ -147,7 +150,7 @@ class TensorflowBackend:
         self._dtype = getattr(tf, precision)
         self.version = tf.__version__
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TensorflowBackend(precision={self.precision!r})"
 
     # --- tensors in and out, and the three ways of running a function ------------------------
@@ -212,20 +215,23 @@ class TensorflowBackend:
             return y[0] if unbatched else y
         return f
 
-    def conv(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False):
+    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+             channel_first: bool = False) -> np.ndarray:
         """``refws.conv`` by ``tf.nn.conv{1,2,3}d`` (``SAME``/``VALID`` passed through)."""
         f = self._conv_fn(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first)
         return self._forward(f, (x, w), groups > 1)
 
-    def conv_vjp(self, x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-                 channel_first=False):
+    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+                 lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+                 channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(dx, dw)`` by ``tf.GradientTape``."""
         f = self._conv_fn(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first)
         return self._vjp(f, (x, w), dy, groups > 1)
 
-    def conv_jvp(self, x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-                 channel_first=False):
+    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
+                 padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1,
+                 *, channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``tf.autodiff.ForwardAccumulator``."""
         f = self._conv_fn(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first)
         return self._jvp(f, (x, w), (tx, tw), groups > 1)
@@ -274,22 +280,29 @@ class TensorflowBackend:
         return self._transpose_fn(np.shape(x), np.shape(w), stride, padding, output_padding, dilation, groups,
                                   output_size, channel_first)
 
-    def conv_transpose(self, x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                       output_size=None, bias=None, channel_first=False):
+    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
+                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                       channel_first: bool = False) -> np.ndarray:
         """``refws.conv_transpose`` by ``tf.nn.conv{1,2,3}d_transpose``."""
         f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size,
                                   channel_first)
         return self._forward(f, (x, w) if bias is None else (x, w, bias))
 
-    def conv_transpose_vjp(self, x, w, dy, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                           output_size=None, bias=None, channel_first=False):
+    def conv_transpose_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1,
+                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                           channel_first: bool = False) -> tuple[np.ndarray, ...]:
         """``(dx, dw)``, or ``(dx, dw, db)`` with a bias, by ``tf.GradientTape``."""
         f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size,
                                   channel_first)
         return self._vjp(f, (x, w) if bias is None else (x, w, bias), dy)
 
-    def conv_transpose_jvp(self, x, w, tx, tw, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                           output_size=None, bias=None, tbias=None, channel_first=False):
+    def conv_transpose_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
+                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                           tbias: ArrayLike | None = None,
+                           channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``tf.autodiff.ForwardAccumulator`` (``tbias=None`` is a zero tangent)."""
         f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size,
                                   channel_first)

@@ -58,11 +58,13 @@ import math
 import os
 import sys
 import types
+from typing import Any, NoReturn
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..conformance.protocol import NotExpressible, Unimplemented
-from ..ws import resolve_spec
+from ..ws import WSSpec, resolve_spec
 
 __all__ = ["TimmBackend"]
 
@@ -152,7 +154,7 @@ class TimmBackend:
 
     name = "timm"
 
-    def __init__(self, precision="float64"):
+    def __init__(self, precision: str = "float64") -> None:
         self._std, self._scaled, self.loaded_from = _import_timm()
         from .torch import TorchBackend  # tensors in/out, autograd and forward-mode calls
         self._tb = TorchBackend(precision)
@@ -161,7 +163,7 @@ class TimmBackend:
         extra = "" if self.loaded_from == "timm.layers" else "; std_conv.py loaded without torchvision"
         self.version = f"{importlib.metadata.version('timm')} (torch {self._torch.__version__}){extra}"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TimmBackend(precision={self.precision!r})"
 
     # --- weight standardization ---------------------------------------------------------------
@@ -207,19 +209,24 @@ class TimmBackend:
             return y.reshape(rest, c_out).transpose(0, 1).reshape(moved).movedim(0, axis)
         return f
 
-    def weight_standardize(self, w, gain=None, eps=None, *, out_axis=-1, spec="timm_std"):
+    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
+                           out_axis: int = -1, spec: str | WSSpec = "timm_std") -> np.ndarray:
         """``w_hat`` by the layer's forward (identity input)."""
         f = self._ws_fn(np.shape(w), gain is not None, eps, out_axis, spec)
         return self._tb._forward(f, w) if gain is None else self._tb._forward(f, w, gain)
 
-    def weight_standardize_vjp(self, w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="timm_std"):
+    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
+                               eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "timm_std") -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
         f = self._ws_fn(np.shape(w), gain is not None, eps, out_axis, spec)
         if gain is None:
             return self._tb._vjp(f, (w,), dw_hat)[0], None
         return self._tb._vjp(f, (w, gain), dw_hat)
 
-    def weight_standardize_jvp(self, w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="timm_std"):
+    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
+                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "timm_std") -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), gain is not None, eps, out_axis, spec)
         if gain is None:
@@ -234,11 +241,11 @@ class TimmBackend:
                 "with the standardized weight (conv(x, WS(w)), never conv(x, w)), and its other "
                 "convolutions are torch.nn.Conv2d (judge those with the torch backend)")
 
-    def conv(self, x, w, *args, **kwargs):
+    def conv(self, x: ArrayLike, w: ArrayLike, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotExpressible(self._NO_CONV)
 
-    def conv_vjp(self, x, w, dy, *args, **kwargs):
+    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotExpressible(self._NO_CONV)
 
-    def conv_jvp(self, x, w, tx, tw, *args, **kwargs):
+    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotExpressible(self._NO_CONV)

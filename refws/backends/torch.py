@@ -51,14 +51,17 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ..conformance.protocol import NotExpressible, Unimplemented
+from ..conformance.protocol import IntOrInts, NotExpressible, Padding, Unimplemented
 from ..geometry import conv_geometry
 from ..grads import lax_transpose_geometry
-from ..ws import resolve_spec
+from ..ws import WSSpec, resolve_spec
 
 __all__ = ["TorchBackend"]
 
@@ -158,7 +161,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, precision="float64", device="cpu"):
+    def __init__(self, precision: str = "float64", device: Any = "cpu") -> None:
         torch = _import_torch()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision={precision!r}: expected one of {_PRECISIONS}")
@@ -179,7 +182,7 @@ class TorchBackend:
             return "tf32"
         return self.dtype_name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TorchBackend(precision={self.dtype_name!r}, device={str(self.device)!r})"
 
     # --- tensors in and out, and the three ways of running a function ------------------------
@@ -256,22 +259,25 @@ class TorchBackend:
         g = conv_geometry(spatial, np.shape(w)[:-2], stride, padding, lhs_dilation, rhs_dilation)
         return g, self._conv_fn(g, int(groups), bool(channel_first))
 
-    def conv(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False):
+    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+             channel_first: bool = False) -> np.ndarray:
         """``refws.conv`` by ``F.convNd`` (string padding normalised by refws)."""
         g, f = self._conv_setup(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         with _refusals(g.out_spatial):
             return self._forward(f, x, w)
 
-    def conv_vjp(self, x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-                 channel_first=False):
+    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+                 lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+                 channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(dx, dw)`` by ``torch.autograd.grad``."""
         g, f = self._conv_setup(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         with _refusals(g.out_spatial):
             return self._vjp(f, (x, w), dy)
 
-    def conv_jvp(self, x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-                 channel_first=False):
+    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
+                 padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1,
+                 *, channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``torch.func.jvp``."""
         g, f = self._conv_setup(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         with _refusals(g.out_spatial):
@@ -311,20 +317,27 @@ class TorchBackend:
             return y if channel_first else y.movedim(-nd - 1, -1)
         return f
 
-    def conv_transpose(self, x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                       output_size=None, bias=None, channel_first=False):
+    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
+                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                       channel_first: bool = False) -> np.ndarray:
         """``refws.conv_transpose`` by ``F.conv_transposeNd``."""
         f = self._transpose_fn(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._forward(f, x, w) if bias is None else self._forward(f, x, w, bias)
 
-    def conv_transpose_vjp(self, x, w, dy, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                           output_size=None, bias=None, channel_first=False):
+    def conv_transpose_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1,
+                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                           channel_first: bool = False) -> tuple[np.ndarray, ...]:
         """``(dx, dw)``, or ``(dx, dw, db)`` with a bias, by ``torch.autograd.grad``."""
         f = self._transpose_fn(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._vjp(f, (x, w) if bias is None else (x, w, bias), dy)
 
-    def conv_transpose_jvp(self, x, w, tx, tw, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                           output_size=None, bias=None, tbias=None, channel_first=False):
+    def conv_transpose_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
+                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                           tbias: ArrayLike | None = None,
+                           channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``torch.func.jvp`` (``tbias=None`` is a zero tangent)."""
         f = self._transpose_fn(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         if bias is None:
@@ -366,19 +379,24 @@ class TorchBackend:
             return (w - mean) * scale
         return f
 
-    def weight_standardize(self, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
+                           out_axis: int = -1, spec: str | WSSpec = "brainstate") -> np.ndarray:
         """``w_hat`` (var/std by ``torch.var_mean`` / ``torch.std_mean`` with the spec's ddof)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         return self._forward(f, w) if gain is None else self._forward(f, w, gain)
 
-    def weight_standardize_vjp(self, w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
+                               eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
             return self._vjp(f, (w,), dw_hat)[0], None
         return self._vjp(f, (w, gain), dw_hat)
 
-    def weight_standardize_jvp(self, w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
+                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
@@ -389,7 +407,7 @@ class TorchBackend:
 
     # --- layers ---------------------------------------------------------------------------------
 
-    def layer(self, params, arrays) -> dict:
+    def layer(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A layer-suite case: ``y``, ``dx``, ``d<param>`` (VJP for ``dy``) and ``ty`` (JVP)."""
         library = params.get("library")
         if library == "elektronn3":
@@ -400,7 +418,7 @@ class TorchBackend:
             raise NotExpressible(f"library={library!r}: the torch adapter knows the layer suites "
                                  "'elektronn3' and 'brainstate'")
         inputs = [arrays[k] for k in names]
-        out = {}
+        out: dict[str, np.ndarray] = {}
         grads = self._vjp(f, inputs, arrays["dy"])
         out.update({"d" + k: gr for k, gr in zip(names, grads)})
         out["y"], out["ty"] = self._jvp(f, inputs, [arrays["t" + k] for k in names])

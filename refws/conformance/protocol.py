@@ -52,7 +52,16 @@ and the run goes on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
 __all__ = ["NotExpressible", "Unimplemented", "METHODS"]
+
+# The types of the protocol's arguments, for adapters' annotations (refws.conv's and
+# refws.conv_transpose's own forms):
+Adapter: TypeAlias = Any                          # any object with some of METHODS (each one optional)
+IntOrInts: TypeAlias = int | Sequence[int]        # stride, dilations, transposed padding: one or one per axis
+Padding: TypeAlias = str | int | Sequence[int] | Sequence[Sequence[int]]   # "SAME", p, (p_i), ((lo, hi), ...)
 
 
 class NotExpressible(Exception):

@@ -7,6 +7,11 @@ import inspect
 import json
 import os
 import sys
+from collections.abc import Iterable
+from typing import Any
+
+from ..tolerance import PrecisionLike
+from .protocol import Adapter
 
 __all__ = ["BUILTIN", "load_backend", "parse_options", "BackendLoadError"]
 
@@ -28,9 +33,9 @@ class BackendLoadError(Exception):
     """The backend cannot be found, imported or constructed (the message says which and why)."""
 
 
-def parse_options(items) -> dict:
+def parse_options(items: Iterable[str] | None) -> dict[str, Any]:
     """``["device=cuda", "lax_precision=default"]`` -> dict; values parsed as JSON where they parse."""
-    out = {}
+    out: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
@@ -42,7 +47,7 @@ def parse_options(items) -> dict:
     return out
 
 
-def load_backend(spec: str, precision=None, **options):
+def load_backend(spec: str, precision: PrecisionLike | None = None, **options: Any) -> Adapter:
     """An adapter from a built-in name (:data:`BUILTIN`) or ``"package.module:attribute"``.
 
     A class or other callable is called with ``precision=`` (when given) and ``options``; an
@@ -81,6 +86,6 @@ def load_backend(spec: str, precision=None, **options):
     return obj
 
 
-def _looks_like_adapter(obj) -> bool:
+def _looks_like_adapter(obj: object) -> bool:
     from .protocol import METHODS
     return any(callable(getattr(obj, m, None)) for m in METHODS)

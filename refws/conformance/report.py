@@ -18,6 +18,7 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from .diagnosis import diagnosis_text
@@ -29,7 +30,7 @@ _COLUMNS = ("pass", "warn", "fail", "error", "unimplemented", "not_expressible",
 _SHORT = {"not_expressible": "not expr.", "unimplemented": "unimpl."}
 
 
-def _ratio(v) -> str:
+def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
@@ -69,7 +70,7 @@ def text_report(report: Report, max_failures: int = 20) -> str:
     return "\n".join(lines)
 
 
-def json_report(report: Report) -> dict:
+def json_report(report: Report) -> dict[str, Any]:
     """The JSON document (see the module docstring)."""
     return {"schema": "refws-check/1", "backend": report.backend, "version": report.version,
             "precision": report.precision, "golden": report.golden, "refws_version": __version__,
@@ -90,7 +91,8 @@ def junit_report(report: Report) -> bytes:
             tc = ET.SubElement(ts, "testcase", classname=f"refws.{suite}", name=f"{r.case}:{r.array}",
                                time=f"{r.seconds:.6f}")
             if r.status == "fail":
-                ET.SubElement(tc, "failure", message=r.message.splitlines()[0] if r.message else "fail").text = r.message
+                first = r.message.splitlines()[0] if r.message else "fail"
+                ET.SubElement(tc, "failure", message=first).text = r.message
             elif r.status == "error":
                 ET.SubElement(tc, "error", message=r.message).text = r.message
             elif r.status in ("not_expressible", "unimplemented", "skipped"):
@@ -100,7 +102,7 @@ def junit_report(report: Report) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
-def write_atomic(path, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def json_bytes(report: Report) -> bytes:
     return (json.dumps(json_report(report), indent=1, sort_keys=True) + "\n").encode()
 
 
-def totals(report: dict) -> dict:
+def totals(report: dict[str, Any]) -> dict[str, Any]:
     """From a JSON report (:func:`json_report`): status counts over all suites, and the worst
     ``error / bound`` over the arrays that pass or warn (the findings table's columns)."""
     counts = {s: 0 for s in STATUSES}

@@ -20,19 +20,21 @@ status                  meaning
 from __future__ import annotations
 
 import fnmatch
+import os
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
-from ..golden.store import default_root, load_entry, read_manifest
+from ..golden.store import GoldenCase, default_root, load_entry, read_manifest
 from ..testing import check_golden
-from ..tolerance import FINGERPRINT_ORDER, resolve_precision
+from ..tolerance import FINGERPRINT_ORDER, PrecisionLike, resolve_precision
 from .diagnosis import diagnose as default_diagnose
-from .protocol import NotExpressible, Unimplemented
+from .protocol import Adapter, NotExpressible, Unimplemented
 
 __all__ = ["STATUSES", "CALLS", "Call", "Record", "Report", "run_case", "run"]
 
@@ -43,12 +45,12 @@ STATUSES = ("pass", "warn", "fail", "error", "unimplemented", "not_expressible",
 class Call:
     """One adapter call of a suite: its method, the stored arrays passed positionally, the
     names of what it returns (``None``: returned but not judged here), and how to build the
-    keyword arguments from the case."""
+    keyword arguments from the case (``None`` for ``layer``, which takes the case's parameters)."""
 
     method: str
-    inputs: tuple
-    outputs: tuple
-    kwargs: Callable
+    inputs: tuple[str, ...]
+    outputs: tuple[str | None, ...]
+    kwargs: Callable[[GoldenCase], dict[str, Any]] | None
 
 
 def _conv_kwargs(case):
@@ -76,7 +78,7 @@ def _ws_kwargs(case, with_tgain=False):
 
 
 # The one table of what each suite asks of an adapter.
-CALLS = {
+CALLS: dict[str, tuple[Call, ...]] = {
     "conv": (
         Call("conv", ("x", "w"), ("y",), _conv_kwargs),
         Call("conv_vjp", ("x", "w", "dy"), ("dx", "dw"), _conv_kwargs),
@@ -100,7 +102,7 @@ CALLS = {
 _LAYER_OUTPUTS = {"y", "dx", "dweight", "dbias", "dgain", "ty"}
 
 
-def calls_for(suite: str) -> tuple:
+def calls_for(suite: str) -> tuple[Call, ...]:
     return CALLS.get(suite, CALLS["layer"])
 
 
@@ -117,12 +119,12 @@ class Record:
     max_warn_ratio: float | None = None
     fingerprint: str | None = None
     message: str = ""
-    where: dict | None = None
+    where: dict[str, Any] | None = None
     nondeterministic: bool | None = None
     seconds: float = 0.0
-    diagnosis: dict | None = None
+    diagnosis: dict[str, Any] | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         def num(v):
             return None if v is None else (v if np.isfinite(v) else str(v))
         d = dict(case=self.case, suite=self.suite, array=self.array, status=self.status,
@@ -136,12 +138,12 @@ class Record:
         return d
 
 
-def _outputs(case, call: Call) -> list:
+def _outputs(case: GoldenCase, call: Call) -> list[str]:
     """The arrays of ``case`` this call returns, by name (only those the case stores)."""
     return [o for o in call.outputs if o is not None and o in case.arrays]
 
 
-def _invoke(backend, case, call: Call):
+def _invoke(backend: Adapter, case: GoldenCase, call: Call) -> dict[str, Any]:
     """Call the adapter; returns a dict name -> array (possibly partial)."""
     fn = getattr(backend, call.method)
     if call.method == "layer":
@@ -150,10 +152,13 @@ def _invoke(backend, case, call: Call):
         if not isinstance(out, dict):
             raise TypeError(f"layer() returned {type(out).__name__}: expected a dict of arrays")
         return out
+    assert call.kwargs is not None                 # every call but layer() builds its keyword arguments
     args = [case[k] for k in call.inputs]
     out = fn(*args, **call.kwargs(case))
     if len(call.outputs) == 1:
-        return {call.outputs[0]: out}
+        name = call.outputs[0]
+        assert name is not None                    # a one-output call returns the array it names
+        return {name: out}
     if not isinstance(out, (tuple, list)):
         raise TypeError(f"{call.method}() returned {type(out).__name__}: expected a tuple {call.outputs}")
     return {name: value for name, value in zip(call.outputs, out) if name is not None and value is not None}
@@ -164,11 +169,11 @@ def _same_bits(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def run_case(backend, case, precision=None, repeat: int = 1,
-             diagnose: Callable | None = default_diagnose) -> list:
+def run_case(backend: Adapter, case: GoldenCase, precision: PrecisionLike | None = None, repeat: int = 1,
+             diagnose: Callable[..., dict[str, Any]] | None = default_diagnose) -> list[Record]:
     """Every record of one loaded golden case (see :data:`STATUSES`)."""
     prec = resolve_precision(precision if precision is not None else getattr(backend, "precision", "float64"))
-    records = []
+    records: list[Record] = []
     for call in calls_for(case.suite):
         names = _outputs(case, call)
         if not names:
@@ -224,24 +229,24 @@ class Report:
     version: str
     precision: str
     golden: str
-    records: list = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     seconds: float = 0.0
 
-    def by_suite(self) -> dict:
-        out = {}
+    def by_suite(self) -> dict[str, list[Record]]:
+        out: dict[str, list[Record]] = {}
         for r in self.records:
             out.setdefault(r.suite, []).append(r)
         return out
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, dict[str, Any]]:
         """Per suite: counts per status, worst error/bound, loosest fingerprint, nondeterministic arrays."""
-        table = {}
+        table: dict[str, dict[str, Any]] = {}
         for suite, recs in self.by_suite().items():
             counts = {s: 0 for s in STATUSES}
             for r in recs:
                 counts[r.status] += 1
             judged = [r for r in recs if r.max_ratio is not None]
-            worst = max((r.max_ratio for r in judged), default=None)
+            worst = max((r.max_ratio for r in judged if r.max_ratio is not None), default=None)
             prints = [r.fingerprint for r in judged]
             if any(f is None for f in prints):
                 fp = None if prints else "-"
@@ -257,7 +262,8 @@ class Report:
         return 1 if any(r.status in ("fail", "error") for r in self.records) else 0
 
 
-def select_cases(root, suite=None, pattern=None):
+def select_cases(root: str | os.PathLike[str] | None, suite: str | None = None,
+                 pattern: str | None = None) -> Iterator[GoldenCase]:
     """The stored cases of a store, filtered by suite and name pattern before loading (each checksum-verified)."""
     root = root if root is not None else default_root()
     manifest = read_manifest(root)
@@ -267,8 +273,10 @@ def select_cases(root, suite=None, pattern=None):
             yield load_entry(Path(root), name, entry)
 
 
-def run(backend, golden_dir=None, *, suite=None, case=None, precision=None, repeat: int = 1,
-        progress=None, diagnose: Callable | None = default_diagnose) -> Report:
+def run(backend: Adapter, golden_dir: str | os.PathLike[str] | None = None, *, suite: str | None = None,
+        case: str | None = None, precision: PrecisionLike | None = None, repeat: int = 1,
+        progress: Callable[[int, int, str], object] | None = None,
+        diagnose: Callable[..., dict[str, Any]] | None = default_diagnose) -> Report:
     """Run ``backend`` over every case of the store (``golden_dir``, default the repository's).
 
     ``suite`` and ``case`` (a shell pattern on case names) select cases; ``precision`` overrides
