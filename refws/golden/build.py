@@ -177,13 +177,19 @@ def _upgraded(entry: dict) -> dict:
     return dict(entry, bits=entry_bits(entry), derivatives=list(entry_derivatives(entry)))
 
 
+def _same_definition(entry: dict, case: Case) -> bool:
+    """Whether a stored entry was built from this very case (a partial build keeps only those)."""
+    return (entry["suite"], entry["params"], entry["bits"], tuple(entry["derivatives"])) == \
+        (case.suite, case.params, case.bits, tuple(case.derivatives))
+
+
 def build(out=None, suite=None, pattern=None, progress=None, *, catalog=None, jobs: int = 1, shard=None) -> dict:
     """Evaluate the selected cases and write them (atomically) into the store at ``out``.
 
     ``catalog``: ``None`` for the built-in catalog, a :class:`Catalog` or a catalog file's path.
     ``jobs``: processes building cases in parallel. ``shard``: ``(I, N)`` to build shard I of N
     (:func:`shard_of`) into a shard store, for :func:`merge`. A partial build (``suite`` or
-    ``pattern``) keeps the other cases of an existing store that are still in the catalog.
+    ``pattern``) keeps the other cases of an existing store that are still in the catalog, unchanged.
     Returns a summary: cases built, cases in the store, bytes, seconds, root.
     """
     jobs = _check_jobs(jobs)
@@ -201,11 +207,13 @@ def build(out=None, suite=None, pattern=None, progress=None, *, catalog=None, jo
                              f"({len(cat.cases)} cases for {shard[1]} shards)")
     if not chosen:
         raise ValueError(f"no golden case matches suite={suite!r} pattern={pattern!r}")
-    names = {c.name for c in cat.cases}
     entries, keep = {}, {}
     if shard is None and (suite is not None or pattern is not None) and (root / "manifest.json").exists():
-        old = read_manifest(root)["cases"]
-        keep = {n: _upgraded(e) for n, e in old.items() if n in names}
+        old = read_manifest(root)
+        if old.get("catalog", {}).get("encoding", "float64") == cat.encoding:
+            by_name = cat.by_name()
+            keep = {n: _upgraded(e) for n, e in old["cases"].items()
+                    if n in by_name and _same_definition(_upgraded(e), by_name[n])}
     shard_record = None if shard is None else dict(index=shard[0], count=shard[1])
     with StoreWriter(root) as writer:
         for name in keep:
