@@ -1,4 +1,5 @@
-"""The ``refws`` command: ``refws golden build | verify | merge | list | show``, ``refws check BACKEND``, ``refws explain``.
+"""The ``refws`` command: ``refws golden build | verify | merge | list | show``, ``refws check BACKEND``,
+``refws explain``.
 
 Exit codes of ``verify``: 0 all cases match, 1 a mismatch, 2 a corrupt or missing file or bad usage.
 Exit codes of ``check``: 0 every expressible array passes, 1 a failure or an adapter error, 2 bad

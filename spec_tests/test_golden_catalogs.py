@@ -220,7 +220,7 @@ def test_compact_encoding_reads_back_the_same_numbers(catalog_file, store, tmp_p
     assert _refws("golden", "build", "--catalog", compact, "--out", out).returncode == 0
     assert _refws("golden", "verify", out).returncode == 0
     manifest = json.loads((out / "manifest.json").read_text())["cases"]
-    for name, entry in manifest.items():
+    for name in manifest:
         a, b = golden.load(name, store), golden.load(name, out)
         assert sorted(a.arrays) == sorted(b.arrays)
         for k in a.arrays:
@@ -339,7 +339,8 @@ def test_every_grid_is_exact_on_sampled_elements(store, bits):
     for n, *o, co in _sample(a["y"].shape, 12, bits):
         g = co // m
         taps = [(t, i) for oo, t, i in triples if oo == tuple(o)]
-        def products(a_, b_):
+
+        def products(a_, b_, n=n, g=g, co=co, taps=taps):
             return [(_F(a_[(n, *i, g * cg + c)]), _F(b_[(*t, c, co)])) for t, i in taps for c in range(cg)]
         _check(a["y"], a["y__absbound"], (n, *o, co), products(x, w), roundings)
         _check(a["ty"], a["ty__absbound"], (n, *o, co), products(tx, w) + products(x, tw), roundings)
@@ -486,14 +487,14 @@ def test_generator_test_vectors_in_the_format_doc():
     rows = re.findall(r"^\| (\d+) \| `(conv/example/\w+)` \| \[(-?\d+), (-?\d+)\] \| ([-\d, ]+) \| (\d+) \|$",
                       text, re.M)
     assert {int(r[0]) for r in rows} == {4, 8, 11, 12, 24} and len(rows) == 10
-    for bits, name, lo, hi, ints, exponent in rows:
+    for bits, name, lo, hi, ints, _ in rows:
         seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
         lo, hi = int(lo), int(hi)
         want = [lo + _splitmix64(seed, i) % (hi - lo + 1) for i in range(1, 7)]
         assert [int(v) for v in ints.split(",")] == want, (bits, name)
     # and refws's generator gives these numbers for a case of that name and grid
     from refws.golden.rng import GRIDS
-    for bits, name, lo, hi, ints, exponent in rows:
+    for bits, name, _, _, ints, exponent in rows:
         grid = GRIDS[int(bits)]
         make = grid.gains if name.endswith("gain") else grid.values
         got = make("conv/example", name.rsplit("/", 1)[1], (6,))

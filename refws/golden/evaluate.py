@@ -154,6 +154,12 @@ def _channel_sum(out: dict, terms: dict, name: str, dy: np.ndarray, axis: int) -
         out[name + "__absbound"] = mags
 
 
+def _vjp_outputs(out: dict, terms: dict, vjp, x, w, dy, k: dict, splits: dict) -> None:
+    """``dx`` and ``dw`` of ``vjp(x, w, dy) -> (dx, dw, ...)``: bilinear in ``(dy, w)`` and ``(x, dy)``."""
+    _bilinear_output(out, terms, "dx", [(lambda c, v: vjp(x, v, c)[0], dy, w)], k["dx"], splits=splits)
+    _bilinear_output(out, terms, "dw", [(lambda a, c: vjp(a, w, c)[1], x, dy)], k["dw"], splits=splits)
+
+
 # --- conv -----------------------------------------------------------------------------------
 
 def _conv_kwargs(p):
@@ -172,10 +178,7 @@ def _eval_conv(case):
     _bilinear_output(out, terms, "y", [(op, x, w)], k["y"], splits=splits)
     if case.stores("vjp"):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
-        _bilinear_output(out, terms, "dx", [(lambda c, b: conv_vjp(x, b, c, **kw)[0], dy, w)], k["dx"],
-                         splits=splits)
-        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_vjp(a, w, c, **kw)[1], x, dy)], k["dw"],
-                         splits=splits)
+        _vjp_outputs(out, terms, lambda a, b, c: conv_vjp(a, b, c, **kw), x, w, dy, k, splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
         _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"], splits=splits)
@@ -213,10 +216,7 @@ def _eval_transpose(case):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
         if p["bias"]:
             _channel_sum(out, terms, "db", dy, axis)
-        _bilinear_output(out, terms, "dx", [(lambda c, v: conv_transpose_vjp(x, v, c, **kw)[0], dy, w)], k["dx"],
-                         splits=splits)
-        _bilinear_output(out, terms, "dw", [(lambda a, c: conv_transpose_vjp(a, w, c, **kw)[1], x, dy)], k["dw"],
-                         splits=splits)
+        _vjp_outputs(out, terms, lambda a, b, c: conv_transpose_vjp(a, b, c, **kw), x, w, dy, k, splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
         if p["bias"]:

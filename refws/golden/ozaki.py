@@ -83,7 +83,7 @@ class ExactSum:
         self.limbs = {}            # exponent t -> integer array (float64 while exact, else int64): sum of ints * 2**t
         self.bounds = {}           # exponent t -> a bound of the limb's largest magnitude
 
-    def add(self, ints, shift: int, e: int) -> "ExactSum":
+    def add(self, ints, shift: int, e: int) -> ExactSum:
         ints = np.asarray(ints)
         if self.shape is None:
             self.shape = ints.shape
@@ -104,7 +104,7 @@ class ExactSum:
         self.bounds[t] = bound
         return self
 
-    def add_float(self, a) -> "ExactSum":
+    def add_float(self, a) -> ExactSum:
         """Add a float64 array exactly (every finite float64 is dyadic)."""
         a = np.asarray(a, dtype=np.float64)
         e = _grid_exponent(a)

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes", "read_npz",
-           "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store", "sha256",
-           "StoreWriter", "write_case_file", "decode_arrays", "encode_arrays", "manifest_entry", "manifest_bytes", "entry_bits", "entry_derivatives"]
+__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes",
+           "read_npz", "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store",
+           "sha256", "StoreWriter", "write_case_file", "decode_arrays", "encode_arrays", "manifest_entry",
+           "manifest_bytes", "entry_bits", "entry_derivatives"]
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -65,7 +66,7 @@ def npy_bytes(a: np.ndarray) -> bytes:
     descr = {np.dtype(np.int16): "<i2", np.dtype(np.int32): "<i4"}.get(a.dtype, "<f8")
     a = np.asarray(a, dtype=descr)                        # tobytes() below is C order
     shape = repr(tuple(int(d) for d in a.shape))          # "()", "(3,)", "(2, 3)"
-    header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape)
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
     total = 10 + len(header) + 1
     header += " " * (-total % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + a.tobytes(order="C")
