@@ -156,7 +156,7 @@ def _padding(text: str):
 def _cmd_explain(args) -> int:
     from .explain import explain
     print(explain(args.input, args.kernel, args.stride, args.padding, args.lhs_dilation, args.rhs_dilation,
-                  at=args.at))
+                  at=args.at, groups=args.groups, channels=args.channels))
     return 0
 
 
@@ -229,7 +229,8 @@ def parser() -> argparse.ArgumentParser:
                        description="Print what refws.conv_geometry makes of the arguments (explicit (lo, hi) pads, "
                                    "the output size and its formula with the numbers filled in) and, per axis, "
                                    "the lhs-dilated, padded input with the kernel taps each output position "
-                                   "reads. Example: refws explain 9,9 3,3 --stride 2 --padding SAME "
+                                   "reads; with --groups (and --channels), which input channels each block of "
+                                   "output channels reads. Example: refws explain 9,9 3,3 --stride 2 --padding SAME "
                                    "--rhs-dilation 2 --at 2,2. Negative pads: --padding=-1:2.")
     e.add_argument("input", type=_ints, help="input spatial sizes, e.g. 9,9 (1 to 3 axes, or more)")
     e.add_argument("kernel", type=_ints, help="kernel spatial sizes, e.g. 3,3")
@@ -240,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--lhs-dilation", type=_ints, default=1, help="input dilation: L-1 zeros between inputs")
     e.add_argument("--rhs-dilation", type=_ints, default=1, help="kernel dilation (atrous)")
     e.add_argument("--at", type=_ints, default=None, metavar="O", help="mark one output index, e.g. 2,2")
+    e.add_argument("--groups", type=int, default=1, metavar="G", help="channel groups (default 1)")
+    e.add_argument("--channels", type=_ints, default=None, metavar="CIN,COUT",
+                   help="input and output channel counts, both divisible by --groups: lists each group's channels")
     e.set_defaults(run=_cmd_explain)
     return p
 
