@@ -16,6 +16,12 @@ size it. For scale, the same process times refws's own float64 evaluation of eve
 random inputs (``conv``, and ``conv_vjp`` / ``conv_jvp`` where the case stores them), one
 thread. Stores go to a temporary folder and are deleted afterwards.
 
+``--per-case`` (Linux) also builds every case alone in one fresh process and prints, per case, the
+evaluation and the writing time, refws's own convolutions of the same shapes, and the peak
+resident memory the case added (``VmHWM`` reset through ``/proc/self/clear_refs`` before each case,
+minus the resident memory before it) against the bytes of the case's own arrays and the
+workspace budget.
+
 A benchmark, not a test: nothing is asserted (except that the bytes do not depend on ``--jobs``).
 """
 
@@ -53,6 +59,54 @@ print(json.dumps(dict(seconds=seconds, bytes=summary["bytes"], cases=summary["ca
 """
 
 
+# Per case, in one fresh interpreter: time evaluation and writing, and the peak RSS each case adds.
+_PER_CASE = """
+import json, sys, tempfile, time
+import refws.golden as g
+from refws.golden.evaluate import evaluate
+from refws.golden.store import encode_arrays, npz_parts, write_case_parts
+from refws.im2col import get_workspace_bytes
+
+def kib(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0])
+
+cat = g.load_catalog(sys.argv[1])
+out = tempfile.mkdtemp(prefix="refws-bench-case-")
+for case in cat.cases:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")                                   # VmHWM := VmRSS
+    base = kib("VmRSS")
+    t0 = time.perf_counter()
+    arrays, terms = evaluate(case)
+    t1 = time.perf_counter()
+    written, meta = encode_arrays(arrays, set(terms), cat.encoding)
+    write_case_parts(out, case.name, npz_parts(written))
+    t2 = time.perf_counter()
+    size = sum(a.nbytes for a in written.values())
+    del arrays, written
+    print(json.dumps(dict(name=case.name, eval_s=t1 - t0, write_s=t2 - t1, arrays_mib=size / 2**20,
+                          peak_mib=(kib("VmHWM") - base) / 1024, workspace_mib=get_workspace_bytes() / 2**20)))
+import shutil; shutil.rmtree(out)
+"""
+
+
+def _per_case(catalog: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", _PER_CASE, str(catalog)], check=True, capture_output=True,
+                         text=True, env=env, cwd=ROOT)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    ref = _reference_seconds_by_case(catalog)
+    print("  per case (eval, write, refws convs; peak RSS added vs the case's arrays + workspace budget):")
+    for r in rows:
+        print(f"    {r['name']:44s} {r['eval_s']:6.3f} s {r['write_s']:6.3f} s {ref[r['name']]:6.3f} s   "
+              f"peak +{r['peak_mib']:6.0f} MiB, arrays {r['arrays_mib']:6.0f} MiB")
+    worst = max(rows, key=lambda r: r["peak_mib"] - r["arrays_mib"])
+    print(f"  totals: eval {sum(r['eval_s'] for r in rows):.2f} s, write {sum(r['write_s'] for r in rows):.2f} s, "
+          f"refws convs {sum(ref.values()):.2f} s; largest peak beyond the case's arrays: "
+          f"{worst['peak_mib'] - worst['arrays_mib']:.0f} MiB ({worst['name']}; workspace budget "
+          f"{worst['workspace_mib']:.0f} MiB)")
+
+
 def _tree_digest(root: Path) -> dict:
     """sha256 of every file of a store (one file in memory at a time)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -66,13 +120,15 @@ def _build(store: Path, catalog: Path, jobs: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _reference_seconds(catalog) -> float:
+def _reference_seconds_by_case(catalog) -> dict:
     """refws's own float64 forward + stored derivatives of every case on random inputs (one thread)."""
     import numpy as np
 
     import refws
+    from refws.golden import load_catalog
+    catalog = catalog if not isinstance(catalog, (str, Path)) else load_catalog(catalog)
     rng = np.random.default_rng(0)
-    total = 0.0
+    seconds = {}
     for case in catalog.cases:
         p = case.params
         kw = {k: p[k] for k in ("stride", "padding", "lhs_dilation", "rhs_dilation", "groups", "channel_first")}
@@ -83,8 +139,12 @@ def _reference_seconds(catalog) -> float:
             refws.conv_vjp(x, w, y, **kw)
         if "jvp" in case.derivatives:
             refws.conv_jvp(x, w, x, w, **kw)
-        total += time.perf_counter() - start
-    return total
+        seconds[case.name] = time.perf_counter() - start
+    return seconds
+
+
+def _reference_seconds(catalog) -> float:
+    return sum(_reference_seconds_by_case(catalog).values())
 
 
 def _subset(catalog_path: Path, count: int, folder: Path) -> Path:
@@ -112,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", action="append", type=int, help="--jobs values (default: 1 and 2)")
     ap.add_argument("--quick", action="store_true", help="only the first 3 cases of each catalog")
     ap.add_argument("--no-compact", action="store_true", help="skip the compact-encoding build")
+    ap.add_argument("--per-case", action="store_true", help="time and peak memory case by case (Linux)")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -140,6 +201,8 @@ def main(argv=None) -> int:
                 print(f"  compact encoding: {r['bytes'] / 2**20:.1f} MiB ({r['seconds']:.1f} s)")
                 shutil.rmtree(tmp / f"{cat.name}-compact")
             print(f"  refws float64 forward + derivatives on random inputs: {_reference_seconds(cat):.1f} s")
+            if args.per_case:
+                _per_case(path)
     return 0
 
 

@@ -11,7 +11,6 @@ import contextlib
 import fnmatch
 import math
 import multiprocessing
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from .catalog import builtin_catalog
 from .catalog_file import BUILTIN_NAME, Catalog, catalog_hash, load_catalog
 from .evaluate import evaluate
 from .store import (GoldenError, StoreWriter, case_path, default_root, encode_arrays, entry_bits, entry_derivatives,
-                    manifest_bytes, manifest_entry, npz_bytes, read_manifest, read_npz, sha256, write_case_file)
+                    manifest_bytes, manifest_entry, npz_parts, read_manifest, read_npz, sha256,
+                    write_case_parts)
 
 __all__ = ["select", "build_case", "build", "verify", "merge", "VerifyReport", "ulp_distance", "BuildError",
            "shard_of", "parse_shard", "case_cost", "catalog_record"]
@@ -55,10 +55,11 @@ def select(suite=None, pattern=None, catalog=None) -> list:
 
 
 def build_case(case, encoding: str = "float64"):
-    """``(npz bytes, manifest entry)`` of one case."""
+    """``(npz bytes, manifest entry)`` of one case; the bytes as :class:`~refws.golden.store.NpzParts`
+    (views of the case's arrays, ``bytes(data)`` joins them): no copy of the file is made."""
     arrays, terms = evaluate(case)
     written, meta = encode_arrays(arrays, set(terms), encoding)
-    data = npz_bytes(written)
+    data = npz_parts(written)
     return data, manifest_entry(case, meta, terms, data)
 
 
@@ -108,28 +109,58 @@ def parse_shard(text: str) -> tuple:
 # --- running cases (in this process or in a pool) -------------------------------------------
 
 def _build_into(case, encoding: str, folder: str):
-    """Build a case and write its file into ``folder``; returns its manifest entry (a pool task)."""
+    """Build a case and write its file into ``folder``; returns its manifest entry (a pool task).
+
+    The file is written from views of the case's arrays: no copy of it is held in memory."""
     data, entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
-    write_case_file(folder, case.name, data)
+    write_case_parts(folder, case.name, data)
     return entry
+
+
+_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                 "openblas_set_num_threads64_", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
+
+
+def _one_thread_per_worker() -> None:
+    """A pool worker's initializer: one BLAS thread and one thread for refws's tap formulation, so
+    that ``jobs`` processes share the cores instead of each starting a thread per core. Runs only in
+    the worker (NumPy's BLAS is already loaded there: it is limited through its own setter, found
+    among the libraries mapped into the process, as threadpoolctl does); the parent is untouched."""
+    from .. import conv as conv_module
+    conv_module.TAPS_THREADS = 1
+    try:
+        import threadpoolctl
+        threadpoolctl.threadpool_limits(1)
+        return
+    except ImportError:
+        pass
+    import ctypes
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {line.split()[-1] for line in fh if "blas" in line.lower() or "mkl" in line.lower()}
+    except OSError:
+        return
+    for lib in sorted(libs):
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for name in _BLAS_SETTERS:
+            setter = getattr(handle, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(1))
+                break
 
 
 @contextlib.contextmanager
 def _pool(jobs: int):
     """A process pool whose workers use one BLAS thread each (jobs processes share the cores)."""
-    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})          # read by the spawned workers' NumPy at import
-    executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_one_thread_per_worker)
     try:
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _check_jobs(jobs) -> int:
@@ -340,6 +371,7 @@ def _verify_case(case, encoding: str, root: str, entry: dict):
     if sha256(data) != entry.get("sha256"):
         return "corrupt", [f"{path}: checksum mismatch (truncated or altered)"]
     rebuilt, rebuilt_entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
+    rebuilt = bytes(rebuilt)
     try:
         problems = _compare(case.name, data, rebuilt, str(path))
     except GoldenError as exc:

@@ -22,9 +22,10 @@ import numpy as np
 
 from .. import conv as conv_fn
 from .. import conv_transpose, conv_transpose_vjp, conv_vjp
+from ..arrays import from_canonical, to_canonical
 from ..conv import check_conv_operands
 from ..geometry import conv_geometry
-from ..grads import _transpose_setup
+from ..grads import _input_grad, _transpose_setup, _weight_grad
 from ..ws import WS_PRESETS
 from .exact_ws import Variant, WSBounds, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
 from .layer_cases import channel_axis, evaluate_layer, per_channel
@@ -154,10 +155,47 @@ def _channel_sum(out: dict, terms: dict, name: str, dy: np.ndarray, axis: int) -
         out[name + "__absbound"] = mags
 
 
-def _vjp_outputs(out: dict, terms: dict, vjp, x, w, dy, k: dict, splits: dict) -> None:
-    """``dx`` and ``dw`` of ``vjp(x, w, dy) -> (dx, dw, ...)``: bilinear in ``(dy, w)`` and ``(x, dy)``."""
-    _bilinear_output(out, terms, "dx", [(lambda c, v: vjp(x, v, c)[0], dy, w)], k["dx"], splits=splits)
-    _bilinear_output(out, terms, "dw", [(lambda a, c: vjp(a, w, c)[1], x, dy)], k["dw"], splits=splits)
+def _vjp_outputs(out: dict, terms: dict, halves, x, w, dy, k: dict, splits: dict) -> None:
+    """``dx`` and ``dw`` of a VJP given as its two halves ``(dx_of(dy, w), dw_of(x, dy))``: bilinear
+    in ``(dy, w)`` and ``(x, dy)``; each call computes only the half it stores."""
+    dx_of, dw_of = halves
+    _bilinear_output(out, terms, "dx", [(dx_of, dy, w)], k["dx"], splits=splits)
+    _bilinear_output(out, terms, "dw", [(dw_of, x, dy)], k["dw"], splits=splits)
+
+
+def _conv_vjp_halves(p):
+    """``(dx_of(dy, w), dw_of(x, dy))`` of :func:`refws.conv_vjp` for a case's geometry, each
+    computing one half (``conv_vjp`` computes both; its ``dx`` and ``dw`` are these, method auto)."""
+    x_cl, w_shape, unbatched, _ = _conv_setup(p)
+    g = conv_geometry(x_cl[1:-1], w_shape[:-2], p["stride"], p["padding"], p["lhs_dilation"], p["rhs_dilation"])
+    groups, cf = int(p["groups"]), p["channel_first"]
+
+    def dx_of(dy, w):
+        dx = _input_grad(to_canonical(dy, cf, unbatched), w, g, groups, x_cl, "auto")
+        return from_canonical(dx, cf, unbatched)
+
+    def dw_of(x, dy):
+        return _weight_grad(to_canonical(x, cf, unbatched), to_canonical(dy, cf, unbatched), g, groups, w_shape,
+                            "auto")
+    return dx_of, dw_of
+
+
+def _transpose_vjp_halves(p):
+    """The two halves of :func:`refws.conv_transpose_vjp`, as :func:`_conv_vjp_halves`."""
+    kw = _transpose_kwargs(p)
+    x_cl, w, unbatched, groups, g, _ = _transpose_setup(_zeros(p["x_shape"]), _zeros(p["w_shape"]), kw["stride"],
+                                                        kw["padding"], kw["output_padding"], kw["dilation"],
+                                                        kw["groups"], kw["output_size"], kw["channel_first"])
+    cf = p["channel_first"]
+
+    def dx_of(dy, w):
+        return from_canonical(conv_fn(to_canonical(dy, cf, unbatched), w, stride=g.stride, padding=g.padding,
+                                      rhs_dilation=g.rhs_dilation, groups=groups), cf, unbatched)
+
+    def dw_of(x, dy):
+        return _weight_grad(to_canonical(dy, cf, unbatched), to_canonical(x, cf, unbatched), g, groups, w.shape,
+                            "auto")
+    return dx_of, dw_of
 
 
 # --- conv -----------------------------------------------------------------------------------
@@ -178,7 +216,7 @@ def _eval_conv(case):
     _bilinear_output(out, terms, "y", [(op, x, w)], k["y"], splits=splits)
     if case.stores("vjp"):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
-        _vjp_outputs(out, terms, lambda a, b, c: conv_vjp(a, b, c, **kw), x, w, dy, k, splits)
+        _vjp_outputs(out, terms, _conv_vjp_halves(p), x, w, dy, k, splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
         _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"], splits=splits)
@@ -216,7 +254,7 @@ def _eval_transpose(case):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
         if p["bias"]:
             _channel_sum(out, terms, "db", dy, axis)
-        _vjp_outputs(out, terms, lambda a, b, c: conv_transpose_vjp(a, b, c, **kw), x, w, dy, k, splits)
+        _vjp_outputs(out, terms, _transpose_vjp_halves(p), x, w, dy, k, splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
         if p["bias"]:

@@ -53,10 +53,9 @@ def split(a: np.ndarray, piece_bits: int = PIECE_BITS):
     ``shift_i = piece_bits * i``. An operand whose integers already fit (every grid with
     ``bits <= 12``) is one piece, unchanged.
     """
-    a = np.asarray(a, dtype=np.float64)
-    e = _grid_exponent(a)
-    ints = np.ldexp(a, e)
-    top = float(np.max(np.abs(ints), initial=0.0))
+    from .rational import grid_scaled
+    ints, e = grid_scaled(a)
+    top = max(float(np.max(ints, initial=0.0)), -float(np.min(ints, initial=0.0)))
     if top <= 2.0**piece_bits:          # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
         return [(ints, 0)], e
     mag = np.abs(ints)
@@ -83,12 +82,14 @@ class ExactSum:
         self.limbs = {}            # exponent t -> integer array (float64 while exact, else int64): sum of ints * 2**t
         self.bounds = {}           # exponent t -> a bound of the limb's largest magnitude
 
-    def add(self, ints, shift: int, e: int) -> ExactSum:
+    def add(self, ints, shift: int, e: int, top=None) -> ExactSum:
+        """``top``: a known bound of ``max |ints|`` (saves a pass over them), e.g. the largest
+        element of the magnitude ``op(|a|, |b|)`` for ``ints = op(a, b)``."""
         ints = np.asarray(ints)
         if self.shape is None:
             self.shape = ints.shape
         ints = np.broadcast_to(ints, self.shape)
-        top = int(np.max(np.abs(ints), initial=0))
+        top = int(np.max(np.abs(ints), initial=0) if top is None else top)
         if top >= 2**53:
             raise ArithmeticError(f"ExactSum.add: integers up to {top} exceed 2**53")
         t = shift - e
@@ -132,7 +133,8 @@ class ExactSum:
         if len(self.limbs) == 1:
             (t, limb), = self.limbs.items()
             if self.bounds[t] < 2**53:
-                return np.ldexp(limb.astype(np.float64, copy=False), t) + 0.0     # + 0.0: no -0.0
+                out = np.ldexp(limb.astype(np.float64, copy=False), t, out=np.empty(np.shape(limb)))
+                return np.add(out, 0.0, out=out)                               # + 0.0: no -0.0
         return None
 
     def _pair(self):
@@ -201,15 +203,16 @@ def bilinear_sums(op, a, b, value: ExactSum | None = None, magnitude: ExactSum |
     for ia, sa in pa:
         for ib, sb in pb:
             mag = op(np.abs(ia), np.abs(ib))
-            top = float(np.max(mag, initial=0.0))
+            top = float(np.max(mag, initial=0.0))            # mag >= 0, and |op(ia, ib)| <= mag
             if top >= _UNIT_LIMIT:
                 raise ArithmeticError(f"golden operands too wide for an exact float64 evaluation: "
                                       f"|op| bound {top:.3g} units >= 2**52 for one pair of "
                                       f"{PIECE_BITS}-bit pieces")
             if magnitude is not None:
-                magnitude.add(mag, sa + sb, ea + eb)
+                magnitude.add(mag, sa + sb, ea + eb, top)
+            del mag                                          # one output-sized temporary at a time
             if value is not None:
-                value.add(op(ia, ib), sa + sb, ea + eb)
+                value.add(op(ia, ib), sa + sb, ea + eb, top)
     return value, magnitude
 
 

@@ -20,7 +20,8 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["SQRT_BITS", "sqrt_q", "QArray", "exact_bilinear", "grid_exponent", "bilinear_upper", "sum_up"]
+__all__ = ["SQRT_BITS", "sqrt_q", "QArray", "exact_bilinear", "grid_exponent", "grid_scaled", "bilinear_upper",
+           "sum_up"]
 
 SQRT_BITS = 256
 
@@ -56,17 +57,31 @@ def grid_exponent(a: np.ndarray) -> int:
     that ``e`` means it is the smallest (no element needs more, the sample needs as much);
     otherwise computed element by element.
     """
+    return grid_scaled(a)[1]
+
+
+def grid_scaled(a: np.ndarray) -> tuple:
+    """``(a * 2**e, e)`` with ``e`` = :func:`grid_exponent` of ``a``: the grid integers (float64,
+    exact) along with their exponent, from the same passes over ``a``."""
     a = np.asarray(a, dtype=np.float64)
+    flat = a.ravel()
+    if flat.size > 4096:
+        guess = _exponent_by_elements(flat[::flat.size // 4096 + 1])
+        scaled = np.ldexp(a, guess)
+        frac = np.floor(scaled)
+        np.subtract(scaled, frac, out=frac)          # nan for inf or nan: not all zero
+        if not frac.any():                           # every element finite and integral at the guess
+            return scaled, guess
+        del frac
     if not np.all(np.isfinite(a)):
         raise ValueError("golden operands must be finite")
-    flat = a.ravel()
     if flat.size <= 4096:
-        return _exponent_by_elements(flat)
-    guess = _exponent_by_elements(flat[::flat.size // 4096 + 1])
-    scaled = np.ldexp(flat, guess)
+        e = _exponent_by_elements(flat)
+        return np.ldexp(a, e), e
     if np.array_equal(scaled, np.floor(scaled)):
-        return guess
-    return _exponent_by_elements(flat)
+        return scaled, guess
+    e = _exponent_by_elements(flat)
+    return np.ldexp(a, e), e
 
 
 class QArray:

@@ -28,7 +28,7 @@ import numpy as np
 __all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes",
            "read_npz", "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store",
            "sha256", "StoreWriter", "write_case_file", "decode_arrays", "encode_arrays", "manifest_entry",
-           "manifest_bytes", "entry_bits", "entry_derivatives"]
+           "manifest_bytes", "entry_bits", "entry_derivatives", "npz_parts", "NpzParts", "write_case_parts"]
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -59,29 +59,99 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def npy_bytes(a: np.ndarray) -> bytes:
-    """``.npy`` format 1.0 bytes of an array (little-endian float64, or int16 / int32 for compact
-    inputs): the header padded with spaces to 64 bytes."""
+def _npy_parts(a: np.ndarray) -> tuple:
+    """``(header bytes, data buffer)`` of an array's ``.npy`` format 1.0 bytes: little-endian float64,
+    or int16 / int32 for compact inputs; the header padded with spaces to 64 bytes; the data a
+    C-order view of the array (no copy when it is already C-contiguous in that dtype)."""
     a = np.asarray(a)
     descr = {np.dtype(np.int16): "<i2", np.dtype(np.int32): "<i4"}.get(a.dtype, "<f8")
-    a = np.asarray(a, dtype=descr)                        # tobytes() below is C order
+    a = np.asarray(a, dtype=descr, order="C")             # C order: the bytes below (0-d stays 0-d)
     shape = repr(tuple(int(d) for d in a.shape))          # "()", "(3,)", "(2, 3)"
     header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
     total = 10 + len(header) + 1
     header += " " * (-total % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + a.tobytes(order="C")
+    head = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1")
+    return head, memoryview(a.reshape(-1)).cast("B")
 
 
-def npz_bytes(arrays: dict) -> bytes:
-    """An uncompressed zip of ``<name>.npy`` entries, sorted by name, with fixed dates."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+def npy_bytes(a: np.ndarray) -> bytes:
+    """``.npy`` format 1.0 bytes of an array (little-endian float64, or int16 / int32 for compact
+    inputs): the header padded with spaces to 64 bytes."""
+    head, data = _npy_parts(a)
+    return head + data.tobytes()
+
+
+class _Pieces:
+    """A write-only, seekable file that keeps what is written as a list of buffers (no copies):
+    what :class:`zipfile.ZipFile` needs to write an archive whose bytes are then streamed out.
+    A seek back may only overwrite one earlier write of the same length (zipfile's header update)."""
+
+    def __init__(self):
+        self.parts, self.starts, self.pos, self.end = [], {}, 0, 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = {0: pos, 1: self.pos + pos, 2: self.end + pos}[whence]
+        return self.pos
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if self.pos == self.end:
+            self.starts[self.pos] = len(self.parts)
+            self.parts.append(data)
+            self.end += n
+        else:
+            i = self.starts.get(self.pos)
+            if i is None or memoryview(self.parts[i]).nbytes != n:
+                raise OSError("_Pieces: only an earlier write of the same length can be overwritten")
+            self.parts[i] = data
+        self.pos += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+class NpzParts(list):
+    """The bytes of a case file as a list of buffers (views of its arrays' data: no copy of the
+    file is made); ``bytes(parts)`` joins them, :attr:`sha256` hashes them."""
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self)
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for part in self:
+            digest.update(part)
+        return digest.hexdigest()
+
+
+def npz_parts(arrays: dict) -> NpzParts:
+    """The bytes of :func:`npz_bytes` as buffers (:class:`NpzParts`), to be hashed and written
+    piece by piece: ``bytes(npz_parts(a)) == npz_bytes(a)``."""
+    sink = _Pieces()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
             info.external_attr = 0o644 << 16
             info.create_system = 3
-            zf.writestr(info, npy_bytes(arrays[name]))
-    return buf.getvalue()
+            head, data = _npy_parts(arrays[name])
+            info.file_size = len(head) + data.nbytes          # as ZipFile.writestr sets it
+            with zf.open(info, mode="w") as dest:
+                dest.write(head)
+                dest.write(data)
+    return NpzParts(sink.parts)
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """An uncompressed zip of ``<name>.npy`` entries, sorted by name, with fixed dates."""
+    return b"".join(npz_parts(arrays))
 
 
 def read_npz(data: bytes, where: str) -> dict:
@@ -220,12 +290,14 @@ def cases(root=None, suite=None):
             yield load_entry(root, name, manifest["cases"][name])
 
 
-def manifest_entry(case, meta: dict, terms: dict, data: bytes) -> dict:
+def manifest_entry(case, meta: dict, terms: dict, data) -> dict:
     """A case's manifest entry: ``meta`` per array as :func:`encode_arrays` returns it (or, for
-    the float64 encoding, the arrays themselves)."""
+    the float64 encoding, the arrays themselves); ``data``: the case file's bytes or
+    :class:`NpzParts`."""
     arrays = {k: (v if isinstance(v, dict) else dict(shape=list(np.shape(v)), dtype="<f8"))
               for k, v in sorted(meta.items())}
-    return dict(suite=case.suite, params=case.params, terms=terms, sha256=sha256(data), arrays=arrays,
+    digest = data.sha256 if isinstance(data, NpzParts) else sha256(data)
+    return dict(suite=case.suite, params=case.params, terms=terms, sha256=digest, arrays=arrays,
                 bits=case.bits, derivatives=list(case.derivatives))
 
 
@@ -306,6 +378,19 @@ def write_case_file(root, name: str, data: bytes) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
     _fsync(dest)
+
+
+def write_case_parts(root, name: str, parts) -> None:
+    """Write ``<root>/<name>.npz`` from buffers (:func:`npz_parts`, or one bytes object) and fsync
+    it; no copy of the file is made."""
+    dest = case_path(root, name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb", buffering=0) as fh:
+        for part in ([parts] if isinstance(parts, (bytes, bytearray)) else parts):
+            view = memoryview(part).cast("B")
+            while view.nbytes:
+                view = view[fh.write(view):]
+        os.fsync(fh.fileno())
 
 
 def write_store(root, files: dict, manifest: bytes, keep: dict | None = None) -> None:
