@@ -15,6 +15,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,9 @@ def _one_thread_per_worker() -> None:
     that ``jobs`` processes share the cores instead of each starting a thread per core. Runs only in
     the worker (NumPy's BLAS is already loaded there: it is limited through its own setter, found
     among the libraries mapped into the process, as threadpoolctl does); the parent is untouched."""
-    from .. import conv as conv_module
+    import importlib
+    # the module: ``from .. import conv`` is the function that refws re-exports under its name
+    conv_module: Any = importlib.import_module("..conv", __package__)
     conv_module.TAPS_THREADS = 1
     try:
         import threadpoolctl
