@@ -34,10 +34,17 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .conv import check_groups
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
 from .grads import input_grad_pads, transpose_geometry
+
+if TYPE_CHECKING:
+    from .conformance.protocol import IntOrInts, Padding
+
+    # Marked positions: one index per spatial axis, or per axis a sequence of positions (or None).
+    Positions = Sequence[int | Sequence[int] | None]
 
 __all__ = ["Tap", "axis_taps", "ChannelBlock", "channel_blocks", "explain", "explain_geometry", "case_geometry",
            "explain_case"]
@@ -205,7 +212,8 @@ def _positions(at, n: int) -> list:
     return [None if v is None else [int(p) for p in v] for v in items]
 
 
-def explain_geometry(g: ConvGeometry, padding=None, *, at=None, inputs=None, title: str = "") -> str:
+def explain_geometry(g: ConvGeometry, padding: Padding | None = None, *, at: Positions | None = None,
+                     inputs: Positions | None = None, title: str = "") -> str:
     """The text of :func:`explain` for an already normalised geometry.
 
     ``padding`` is the original padding argument (a SAME rule is spelled out when it is a
@@ -244,7 +252,7 @@ class ChannelBlock:
     out_channels: range
 
 
-def _check_channels(channels, groups: int) -> tuple:
+def _check_channels(channels, groups: int) -> tuple[int, int] | None:
     """``channels`` as ``(C_in, C_out)``, both positive and divisible by ``groups``."""
     if channels is None:
         return None
@@ -269,7 +277,9 @@ def channel_blocks(groups: int, c_in: int, c_out: int) -> tuple:
     ``[g*Cg, (g+1)*Cg)`` to output channels ``[g*Cog, (g+1)*Cog)``, ``Cg = C_in / G``,
     ``Cog = C_out / G`` (ValueError unless both divide)."""
     groups = check_groups(groups)
-    c_in, c_out = _check_channels((c_in, c_out), groups)
+    counts = _check_channels((c_in, c_out), groups)
+    assert counts is not None                      # None only for channels=None
+    c_in, c_out = counts
     cg, cog = c_in // groups, c_out // groups
     return tuple(ChannelBlock(g, range(g * cg, (g + 1) * cg), range(g * cog, (g + 1) * cog)) for g in range(groups))
 
@@ -302,8 +312,10 @@ def _channel_text(groups: int, channels, kernel_spatial: tuple) -> list:
     return lines
 
 
-def explain(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, *,
-            at=None, inputs=None, groups=1, channels=None) -> str:
+def explain(in_spatial: Sequence[int], kernel_spatial: Sequence[int], stride: IntOrInts = 1,
+            padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, *,
+            at: Positions | None = None, inputs: Positions | None = None, groups: int = 1,
+            channels: Sequence[int] | None = None) -> str:
     """Explain the geometry of a convolution (arguments as :func:`refws.conv_geometry`, 1-D to N-D).
 
     Parameters
@@ -350,7 +362,7 @@ def _spatial_of(shape, channel_first: bool, batched: bool) -> tuple:
     return inner[1:] if channel_first else inner[:-1]
 
 
-def case_geometry(suite: str, params: dict):
+def case_geometry(suite: str, params: dict) -> tuple[ConvGeometry, Padding | None, str] | None:
     """``(geometry, padding, note)`` of a golden case of the ``conv`` or ``conv_transpose`` suite
     (``None`` for other suites).
 

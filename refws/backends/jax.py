@@ -73,16 +73,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ..conformance.protocol import NotExpressible, Unimplemented
+from ..conformance.protocol import IntOrInts, NotExpressible, Padding, Unimplemented
 from ..conv import check_groups
 from ..geometry import as_int_tuple, conv_geometry
 from ..grads import transpose_geometry
 from ..nn.elektronn3 import torch_pads
-from ..ws import resolve_spec
+from ..ws import WSSpec, resolve_spec
 
 __all__ = ["JaxBackend"]
 
@@ -90,7 +92,9 @@ PRECISIONS = ("float64", "float32")
 LAX_PRECISIONS = ("highest", "default")
 
 # Filled by _load() when the first backend is constructed: jax is imported only then.
-jax = jnp = lax = None
+jax: Any = None
+jnp: Any = None
+lax: Any = None
 _JIT: dict = {}
 # XLA options of fast_compile=True (see the module docstring).
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -237,6 +241,7 @@ def _conv_cfg(x_shape, w_shape, stride, padding, lhs_dilation, rhs_dilation, gro
     n, unbatched, spatial = _layout(x_shape, w_shape, channel_first)
     groups = check_groups(groups)
     g = conv_geometry(spatial, w_shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
+    lax_padding: object
     if isinstance(padding, str):
         lax_padding = padding            # lax's own rule decides the pads
     else:
@@ -419,14 +424,14 @@ def _freeze(value):
 class LayerCfg:
     """A layer case's JSON parameters and the lax precision, hashed and compared by content."""
 
-    def __init__(self, params: dict, precision):
+    def __init__(self, params: dict, precision: Any) -> None:
         self.params, self.precision = params, precision
         self._key = (_freeze(params), precision)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._key)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, LayerCfg) and self._key == other._key
 
 
@@ -642,7 +647,8 @@ class JaxBackend:
 
     name = "jax"
 
-    def __init__(self, precision="float64", lax_precision="highest", *, fast_compile=True):
+    def __init__(self, precision: str = "float64", lax_precision: str = "highest", *,
+                 fast_compile: bool = True) -> None:
         self.dtype_name = _choice(precision, PRECISIONS, "precision")
         self.lax_precision = _choice(lax_precision, LAX_PRECISIONS, "lax_precision")
         if not isinstance(fast_compile, bool):
@@ -656,7 +662,7 @@ class JaxBackend:
         self.version = jax.__version__
         self.precision = judged_precision(precision, lax_precision, jax.default_backend())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"JaxBackend(precision={self.dtype_name!r}, lax_precision={self.lax_precision!r})"
 
     # -- arrays in and out
@@ -684,20 +690,23 @@ class JaxBackend:
         return _conv_cfg(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, groups,
                          channel_first, self._lax_precision)
 
-    def conv(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False):
+    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+             channel_first: bool = False) -> np.ndarray:
         """``y`` of :func:`refws.conv` by ``lax.conv_general_dilated``."""
         cfg = self._conv_cfg(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         return self._call(_conv_y, self._in(x, "x"), self._in(w, "w"), cfg=cfg)
 
-    def conv_vjp(self, x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-                 channel_first=False):
+    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
+                 lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
+                 channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(dx, dw)`` of :func:`refws.conv_vjp` by ``jax.vjp``."""
         cfg = self._conv_cfg(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         return self._call(_conv_vjp, self._in(x, "x"), self._in(w, "w"), self._in(dy, "dy"), cfg=cfg)
 
-    def conv_jvp(self, x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-                 channel_first=False):
+    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
+                 padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1,
+                 *, channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` of :func:`refws.conv_jvp` by ``jax.jvp``."""
         cfg = self._conv_cfg(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         args = (self._in(v, k) for v, k in ((x, "x"), (w, "w"), (tx, "tx"), (tw, "tw")))
@@ -713,23 +722,30 @@ class JaxBackend:
     def _bias(self, bias, name):
         return None if bias is None else self._in(bias, name)
 
-    def conv_transpose(self, x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                       output_size=None, bias=None, channel_first=False):
+    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
+                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                       channel_first: bool = False) -> np.ndarray:
         """``y`` of :func:`refws.conv_transpose` as one ``lax.conv_general_dilated`` (module docstring)."""
         cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size,
                                   channel_first)
         return self._call(_transpose_y, self._in(x, "x"), self._in(w, "w"), self._bias(bias, "bias"), cfg=cfg)
 
-    def conv_transpose_vjp(self, x, w, dy, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                           output_size=None, bias=None, channel_first=False):
+    def conv_transpose_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1,
+                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                           channel_first: bool = False) -> tuple[np.ndarray, ...]:
         """``(dx, dw)``, or ``(dx, dw, db)`` with a bias, by ``jax.vjp``."""
         cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size,
                                   channel_first)
         return self._call(_transpose_vjp, self._in(x, "x"), self._in(w, "w"), self._bias(bias, "bias"),
                           self._in(dy, "dy"), cfg=cfg)
 
-    def conv_transpose_jvp(self, x, w, tx, tw, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                           output_size=None, bias=None, tbias=None, channel_first=False):
+    def conv_transpose_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
+                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
+                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
+                           tbias: ArrayLike | None = None,
+                           channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``jax.jvp``; ``tbias=None`` with a bias is a zero tangent."""
         cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size,
                                   channel_first)
@@ -746,18 +762,23 @@ class JaxBackend:
         scalars = WSScalars(*(jnp.asarray(v, dtype=self.dtype) for v in sc))
         return self._in(w, "w"), (None if gain is None else self._in(gain, "gain")), scalars, cfg
 
-    def weight_standardize(self, w, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
+                           out_axis: int = -1, spec: str | WSSpec = "brainstate") -> np.ndarray:
         """``w_hat`` of :func:`refws.weight_standardize` in ``jnp``."""
         w_, g_, sc, cfg = self._ws_args(w, gain, eps, out_axis, spec)
         return self._call(_ws_y, w_, g_, sc, cfg=cfg)
 
-    def weight_standardize_vjp(self, w, dw_hat, gain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
+                               eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``jax.vjp``."""
         w_, g_, sc, cfg = self._ws_args(w, gain, eps, out_axis, spec)
         dw, dg = self._call(_ws_vjp, w_, g_, self._in(dw_hat, "dw_hat"), sc, cfg=cfg)
-        return dw, (None if dg is None else dg.reshape(np.shape(gain)))
+        return dw, (None if dg is None or gain is None else dg.reshape(np.shape(gain)))
 
-    def weight_standardize_jvp(self, w, tw, gain=None, tgain=None, eps=None, *, out_axis=-1, spec="brainstate"):
+    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
+                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
+                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``jax.jvp``; ``tgain=None`` is a zero tangent."""
         w_, g_, sc, cfg = self._ws_args(w, gain, eps, out_axis, spec)
         if g_ is None and tgain is not None:
@@ -767,7 +788,7 @@ class JaxBackend:
 
     # -- layers
 
-    def layer(self, params, arrays):
+    def layer(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """brainstate / elektronn3 layer case: ``{"y", "d<input>", "ty"}`` from one compiled function."""
         cfg = LayerCfg(dict(params), self._lax_precision)
         _layer_forward(cfg.params, cfg.precision)       # argument errors and refusals before tracing

@@ -11,7 +11,9 @@ import contextlib
 import fnmatch
 import math
 import multiprocessing
+import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +26,18 @@ from .case import Case
 from .catalog import builtin_catalog
 from .catalog_file import BUILTIN_NAME, Catalog, catalog_hash, load_catalog
 from .evaluate import evaluate
-from .store import (GoldenError, StoreWriter, case_path, default_root, encode_arrays, entry_bits, entry_derivatives,
-                    manifest_bytes, manifest_entry, npz_parts, read_manifest, read_npz, sha256,
+from .store import (GoldenError, NpzParts, StoreWriter, StrPath, case_path, default_root, encode_arrays, entry_bits,
+                    entry_derivatives, manifest_bytes, manifest_entry, npz_parts, read_manifest, read_npz, sha256,
                     write_case_parts)
 
 __all__ = ["select", "build_case", "build", "verify", "merge", "VerifyReport", "ulp_distance", "BuildError",
            "shard_of", "parse_shard", "case_cost", "catalog_record"]
+
+
+# ``None`` (the built-in catalog), a :class:`Catalog` or a catalog file's path.
+CatalogLike = Catalog | str | os.PathLike[str] | None
+# ``progress(done, total, case name)``, called after each case.
+Progress = Callable[[int, int, str], object]
 
 
 class BuildError(ValueError):
@@ -37,7 +45,7 @@ class BuildError(ValueError):
     the message names the case. Nothing is written."""
 
 
-def _catalog_of(catalog) -> Catalog:
+def _catalog_of(catalog: CatalogLike) -> Catalog:
     """``None``: the built-in catalog; a :class:`Catalog`; or a path to a catalog file."""
     if catalog is None:
         return builtin_catalog()
@@ -49,13 +57,13 @@ def catalog_record(catalog: Catalog) -> dict:
     return dict(name=catalog.name, sha256=catalog.sha256, encoding=catalog.encoding)
 
 
-def select(suite=None, pattern=None, catalog=None) -> list:
+def select(suite: str | None = None, pattern: str | None = None, catalog: CatalogLike = None) -> list[Case]:
     """Catalog cases of one suite and/or whose name matches a shell pattern (``fnmatch``)."""
     return [c for c in _catalog_of(catalog).cases if (suite is None or c.suite == suite)
             and (pattern is None or fnmatch.fnmatchcase(c.name, pattern))]
 
 
-def build_case(case, encoding: str = "float64"):
+def build_case(case: Case, encoding: str = "float64") -> tuple[NpzParts, dict]:
     """``(npz bytes, manifest entry)`` of one case; the bytes as :class:`~refws.golden.store.NpzParts`
     (views of the case's arrays, ``bytes(data)`` joins them): no copy of the file is made."""
     arrays, terms = evaluate(case)
@@ -81,7 +89,7 @@ def case_cost(case: Case) -> float:
     return float(work) * pieces * calls + 1e4
 
 
-def shard_of(cases, index: int, count: int) -> list:
+def shard_of(cases: Iterable[Case], index: int, count: int) -> list[Case]:
     """The cases of shard ``index`` (1-based) of ``count``: largest first to the least loaded shard
     (ties to the lowest index), by :func:`case_cost`; deterministic for a given catalog."""
     if not 1 <= index <= count:
@@ -217,7 +225,9 @@ def _same_definition(entry: dict, case: Case) -> bool:
         (case.suite, case.params, case.bits, tuple(case.derivatives))
 
 
-def build(out=None, suite=None, pattern=None, progress=None, *, catalog=None, jobs: int = 1, shard=None) -> dict:
+def build(out: StrPath | None = None, suite: str | None = None, pattern: str | None = None,
+          progress: Progress | None = None, *, catalog: CatalogLike = None, jobs: int = 1,
+          shard: tuple[int, int] | None = None) -> dict:
     """Evaluate the selected cases and write them (atomically) into the store at ``out``.
 
     ``catalog``: ``None`` for the built-in catalog, a :class:`Catalog` or a catalog file's path.
@@ -264,7 +274,7 @@ def build(out=None, suite=None, pattern=None, progress=None, *, catalog=None, jo
 
 # --- merge ----------------------------------------------------------------------------------
 
-def merge(out, shard_dirs, progress=None) -> dict:
+def merge(out: StrPath, shard_dirs: Iterable[StrPath], progress: Progress | None = None) -> dict:
     """Combine shard stores (``refws golden build --shard I/N``) into one store with one manifest.
 
     The shards must come from the same catalog (hash) and refws version and together be shards
@@ -285,7 +295,7 @@ def merge(out, shard_dirs, progress=None) -> dict:
                 raise ValueError(f"{d / 'manifest.json'}: {key} {m.get(key)!r} differs from {dirs[0]}'s "
                                  f"{first.get(key)!r}: shards of different builds")
     count = first["shard"]["count"]
-    seen = {}
+    seen: dict[int, Path] = {}
     for d, m in zip(dirs, manifests):
         i = m["shard"]["index"]
         if m["shard"]["count"] != count:
@@ -296,7 +306,8 @@ def merge(out, shard_dirs, progress=None) -> dict:
     missing = sorted(set(range(1, count + 1)) - set(seen))
     if missing:
         raise ValueError(f"merge: shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
-    entries, origin = {}, {}
+    entries: dict[str, dict] = {}
+    origin: dict[str, Path] = {}
     for d, m in zip(dirs, manifests):
         for name, entry in m["cases"].items():
             if name in entries:
@@ -373,8 +384,8 @@ def _verify_case(case, encoding: str, root: str, entry: dict):
         return "corrupt", [f"{path}: missing"]
     if sha256(data) != entry.get("sha256"):
         return "corrupt", [f"{path}: checksum mismatch (truncated or altered)"]
-    rebuilt, rebuilt_entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
-    rebuilt = bytes(rebuilt)
+    parts, rebuilt_entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
+    rebuilt = bytes(parts)
     try:
         problems = _compare(case.name, data, rebuilt, str(path))
     except GoldenError as exc:
@@ -395,7 +406,8 @@ def _stored_catalog(manifest: dict, root: Path):
     return cat
 
 
-def verify(root=None, progress=None, complete: bool = True, *, catalog=None, jobs: int = 1) -> VerifyReport:
+def verify(root: StrPath | None = None, progress: Progress | None = None, complete: bool = True, *,
+           catalog: CatalogLike = None, jobs: int = 1) -> VerifyReport:
     """Check every checksum, rebuild every case in memory and compare byte for byte.
 
     Against which catalog: ``catalog`` (a path or :class:`Catalog`) if given, whose hash must be
@@ -413,6 +425,7 @@ def verify(root=None, progress=None, complete: bool = True, *, catalog=None, job
     record, shard = manifest.get("catalog"), manifest.get("shard")
     self_described = catalog is None and record is not None and record.get("name") != BUILTIN_NAME
     if self_described:
+        assert record is not None                  # self_described implies it
         cat = _stored_catalog(manifest, root)
         if shard is None and catalog_hash(cat.cases, cat.encoding) != record.get("sha256"):
             report.mismatches["(catalog)"] = [f"the manifest's cases do not hash to the catalog sha256 it records "

@@ -31,9 +31,12 @@ import json
 import math
 import numbers
 import re
+import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .case import DEFAULT_DERIVATIVES, DERIVATIVES, SUITES, Case
 from .rng import DEFAULT_BITS, GRIDS
@@ -51,7 +54,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.,+=-]+(/[A-Za-z0-9_.,+=-]+)*$")
 class CatalogError(ValueError):
     """Bad catalog input; the message names the file, the case and the field."""
 
-    def __init__(self, source: str, message: str, case: str | None = None, field_: str | None = None):
+    def __init__(self, source: str, message: str, case: str | None = None, field_: str | None = None) -> None:
         where = source + (f": case {case}" if case else "") + (f": field {field_!r}" if field_ else "")
         super().__init__(f"{where}: {message}")
         self.source, self.case, self.field = source, case, field_
@@ -184,7 +187,8 @@ def _bits(v):
     return int(v)
 
 
-_COMMON = dict(bits=(_bits, None), derivatives=(None, None))
+# field -> (check, default); the check of ``derivatives`` is _derivatives (_check_field's first branch).
+_COMMON: dict[str, tuple[Any, Any]] = dict(bits=(_bits, None), derivatives=(None, None))
 
 #: Short prefixes of swept parameters in generated names (others use their full name).
 ABBREVIATIONS = dict(stride="s", padding="p", lhs_dilation="lhs", rhs_dilation="rhs", dilation="d", groups="g",
@@ -379,7 +383,7 @@ def _expand(raw: dict, where: _Entry, defaults: dict, strict: bool, notes: list)
                     raise where.error("given both as a value and in sweep", f"sweep.{key}[{i}].{clash[0]}")
                 axis.append((label, checked))
         else:
-            prefix = ABBREVIATIONS.get(key, key)
+            prefix = ABBREVIATIONS[key] if key in ABBREVIATIONS else key
             axis = [(prefix + _value_label(v), {key: _check_field(fields, key, v, where, f"sweep.{key}")})
                     for v in options]
         axes.append(axis)
@@ -407,7 +411,7 @@ def _expand(raw: dict, where: _Entry, defaults: dict, strict: bool, notes: list)
             continue
         cases.append(case)
     if skipped:
-        reasons = {}
+        reasons: dict[str, list[str]] = {}
         for n, why in skipped:
             reasons.setdefault(why, []).append(n.rsplit("/", 1)[-1])
         detail = "; ".join(f"{', '.join(ns)}: {why}" for why, ns in reasons.items())
@@ -440,7 +444,7 @@ class Catalog:
         return {c.name: c for c in self.cases}
 
 
-def catalog_hash(cases, encoding: str = "float64") -> str:
+def catalog_hash(cases: Iterable[Case], encoding: str = "float64") -> str:
     """SHA-256 of the canonical JSON of what determines the store's bytes: every case's name,
     suite, parameters, grid and derivatives (sorted by name) and the encoding. Comments, key
     order, TOML vs JSON and the order of entries do not change it."""
@@ -472,7 +476,9 @@ def parse_catalog(doc: dict, source: str, strict: bool = False) -> Catalog:
     entries = doc.get("case", [])
     if not isinstance(entries, list) or not entries:
         raise CatalogError(source, "expected at least one [[case]] entry", None, "case")
-    cases, notes, seen = [], [], {}
+    cases: list[Case] = []
+    notes: list[str] = []
+    seen: dict[str, str] = {}
     for i, raw in enumerate(entries):
         where = _Entry(source, i, raw.get("name") if isinstance(raw, dict) else None)
         for case in _expand(raw, where, defaults, strict, notes):
@@ -485,7 +491,7 @@ def parse_catalog(doc: dict, source: str, strict: bool = False) -> Catalog:
                    doc.get("description", ""), encoding, tuple(notes))
 
 
-def load_catalog(path, strict: bool = False) -> Catalog:
+def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
     """Read a catalog file (``.toml`` with :mod:`tomllib`, or ``.json``) and expand it."""
     path = Path(path)
     source = str(path)

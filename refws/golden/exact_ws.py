@@ -30,15 +30,21 @@ is refused, so no golden file depends on a subgradient convention.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .rational import QArray, sqrt_q
 
 __all__ = ["Variant", "ChannelStats", "channel_stats", "ws_terms", "ws_vjp_terms", "ws_jvp_terms", "combine_terms",
            "WS_SAFETY", "WSBounds"]
+
+# One term of an affine form: exact coefficients (Fractions, one per output channel) and the
+# float64 grid array they multiply along the output axis (see :func:`combine_terms`).
+Term = tuple[list[Fraction], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class ChannelStats:
     fixed: Fraction
 
 
-def _to_channels_last(a: np.ndarray, out_axis: int) -> np.ndarray:
+def _to_channels_last(a: ArrayLike, out_axis: int) -> np.ndarray:
     return np.moveaxis(np.asarray(a, dtype=np.float64), out_axis, -1)
 
 
@@ -113,7 +119,7 @@ def _gains(gain, c_out: int) -> list:
     return [Fraction(float(g)) for g in np.asarray(gain, dtype=np.float64).reshape(-1)]
 
 
-def _channel_sums(a: np.ndarray, b: np.ndarray | None, out_axis: int) -> list:
+def _channel_sums(a: ArrayLike, b: ArrayLike | None, out_axis: int) -> list:
     """Exact ``sum_i a_i`` (or ``sum_i a_i b_i``) per channel, as Fractions."""
     qa = QArray.from_float(_to_channels_last(a, out_axis).reshape(-1, np.shape(a)[out_axis]))
     if b is not None:
@@ -121,14 +127,16 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None, out_axis: int) -> list:
     return qa.sum(axis=0).fractions()
 
 
-def ws_terms(w, st: ChannelStats, gain=None, out_axis: int = -1):
+def ws_terms(w: ArrayLike, st: ChannelStats, gain: ArrayLike | None = None,
+             out_axis: int = -1) -> tuple[list[Term], list[Fraction]]:
     """Terms of ``w_hat``: ``[(A, w), (-A m, ones)]``; also returns ``A`` per channel."""
     amp = [st.fixed * g / s for g, s in zip(_gains(gain, len(st.sigma)), st.sigma)]
     ones = np.ones_like(np.asarray(w, dtype=np.float64))
     return [(amp, np.asarray(w, dtype=np.float64)), ([-a * m for a, m in zip(amp, st.mean)], ones)], amp
 
 
-def ws_vjp_terms(w, g, st: ChannelStats, gain=None, out_axis: int = -1):
+def ws_vjp_terms(w: ArrayLike, g: ArrayLike, st: ChannelStats, gain: ArrayLike | None = None,
+                 out_axis: int = -1) -> tuple[list[Term], list[Fraction]]:
     """Terms of ``dw`` for the cotangent ``g`` (a grid array), and ``dgain`` per channel (Fractions)."""
     _, amp = ws_terms(w, st, gain, out_axis)
     n = st.n
@@ -149,7 +157,8 @@ def ws_vjp_terms(w, g, st: ChannelStats, gain=None, out_axis: int = -1):
     return terms, dgain
 
 
-def ws_jvp_terms(w, t, st: ChannelStats, gain=None, tgain=None, out_axis: int = -1):
+def ws_jvp_terms(w: ArrayLike, t: ArrayLike, st: ChannelStats, gain: ArrayLike | None = None,
+                 tgain: ArrayLike | None = None, out_axis: int = -1) -> list[Term]:
     """Terms of the tangent ``t_hat`` for tangents ``t`` (of ``w``) and ``tgain`` (of ``gain``)."""
     tgains = _gains(tgain, len(st.sigma)) if tgain is not None else [Fraction(0)] * len(st.sigma)
     _, amp = ws_terms(w, st, gain, out_axis)
@@ -169,12 +178,13 @@ def ws_jvp_terms(w, t, st: ChannelStats, gain=None, tgain=None, out_axis: int = 
             (coef_w, np.asarray(w, dtype=np.float64)), (coef_one_w, ones)]
 
 
-def combine_terms(terms, out_axis: int = -1) -> QArray:
+def combine_terms(terms: Sequence[Term], out_axis: int = -1) -> QArray:
     """``sum_k coef_k[c] * G_k`` with ``c`` the index along ``out_axis`` (no linear map applied)."""
-    total = None
+    total: QArray | None = None
     for coefs, grid in terms:
         q = QArray.from_float(grid).scale(coefs, axis=out_axis % np.ndim(grid))
         total = q if total is None else total + q
+    assert total is not None, "combine_terms needs at least one term"
     return total
 
 
@@ -230,7 +240,8 @@ class WSBounds:
     included, the safety factor is there for them and for a few ulps of ``rsqrt``/``sqrt``.
     """
 
-    def __init__(self, w, st: ChannelStats, v: Variant, gain=None, out_axis: int = -1):
+    def __init__(self, w: ArrayLike, st: ChannelStats, v: Variant, gain: ArrayLike | None = None,
+                 out_axis: int = -1) -> None:
         w = np.asarray(w, dtype=np.float64)
         self.out_axis = out_axis % w.ndim
         wl = _to_channels_last(w, self.out_axis)
@@ -300,7 +311,7 @@ class WSBounds:
         shift = self.e_mu + 2 * self.absd + 2 * self.mu               # errors of d (both forms)
         return self._back(WS_SAFETY * (self.scale * shift + what * (self.rho_scale + 2)))
 
-    def vjp(self, g):
+    def vjp(self, g: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """First-order bounds of ``dw`` (shape of w) and ``dgain`` (per channel) for the cotangent ``g``."""
         abs_g, top, mean, sum_abs, sum_abs_d, t = self._channel_data(g)
         e_t = self._e_t(sum_abs, sum_abs_d)
@@ -310,7 +321,7 @@ class WSBounds:
         dgain = self.fos * e_t + self.fos * t * (self.rho_sigma + 4)
         return self._back(WS_SAFETY * dw), WS_SAFETY * dgain
 
-    def jvp(self, t, tgain=None) -> np.ndarray:
+    def jvp(self, t: ArrayLike, tgain: ArrayLike | None = None) -> np.ndarray:
         """First-order bound of ``t_hat`` (shape of w) for tangents ``t`` of w and ``tgain`` of the gain."""
         abs_t, top, mean, sum_abs, sum_abs_d, tt = self._channel_data(t)
         e_t = self._e_t(sum_abs, sum_abs_d)
@@ -323,7 +334,7 @@ class WSBounds:
         return self._back(WS_SAFETY * bound)
 
     # -- the magnitude Jacobian (rigorous, rounded up) ------------------------------------------
-    def magnitude_vjp(self, v):
+    def magnitude_vjp(self, v: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(A(v), a_gain(v))`` for a grid ``v >= 0`` shaped like w: upper bounds of ``|J^T| v`` and
         of ``|d w_hat / d gain|^T v = |F| / sigma * sum_i |d_i| v_i`` (per channel), exact then rounded up."""
         vq = QArray.from_float(self._flat(v))

@@ -13,7 +13,7 @@ in :mod:`refws.nn` reproduce these values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..nn.brainstate import flip_swap_io
 from ..nn.elektronn3 import from_hwio, to_hwio, torch_pads
 from ..pad import pad as pad_fn
 from ..pad import pad_vjp
+from .case import Case
 from .exact_ws import Variant, WSBounds, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
 from .ozaki import exact_parts, round_up_sum
 from .rational import QArray, bilinear_upper, exact_bilinear, sum_up
@@ -220,14 +221,14 @@ def _elektronn3(p) -> LayerMath:
                     dilation=dilation, groups=groups,
                     output_size=p.get("output_size"))
 
-        def core(x, w):                      # w: (C_in, C_out/groups, *k) -> (*k, C_out/groups, C_in)
+        def transposed_core(x, w):           # w: (C_in, C_out/groups, *k) -> (*k, C_out/groups, C_in)
             return from_cl(conv_transpose(to_cl(x), to_hwio(w), **args))
 
-        def core_vjp(x, w, dy):
+        def transposed_core_vjp(x, w, dy):
             dx, dw = conv_transpose_vjp(to_cl(x), to_hwio(w), to_cl(dy), **args)
             return from_cl(dx), from_hwio(dw)
-        return LayerMath(core, core_vjp, (c_in, c_out // groups, *k), 0, variant, (c_in,), bias_shape, 1,
-                         int(np.prod(k)) * (c_in // groups))    # y sums taps * C_in/groups products
+        return LayerMath(transposed_core, transposed_core_vjp, (c_in, c_out // groups, *k), 0, variant, (c_in,),
+                         bias_shape, 1, int(np.prod(k)) * (c_in // groups))    # y sums taps * C_in/groups products
     pads = torch_pads(kw.get("padding", 0), k, stride, dilation)
     mode = kw.get("padding_mode", "zeros")
     conv_args = dict(stride=stride, rhs_dilation=dilation, groups=groups)
@@ -248,7 +249,7 @@ def _elektronn3(p) -> LayerMath:
                      int(np.prod(k)) * (c_in // groups))
 
 
-def layer_math(params) -> LayerMath:
+def layer_math(params: dict) -> LayerMath:
     return {"brainstate": _brainstate, "elektronn3": _elektronn3}[params["library"]](params)
 
 
@@ -270,7 +271,7 @@ def _channel_pieces(grid: np.ndarray, axis: int):
     """``grid`` split into one array per index along ``axis`` (zeros elsewhere)."""
     for c in range(grid.shape[axis]):
         piece = np.zeros_like(grid)
-        sel = [slice(None)] * grid.ndim
+        sel: list[slice | int] = [slice(None)] * grid.ndim
         sel[axis] = c
         piece[tuple(sel)] = grid[tuple(sel)]
         yield c, piece
@@ -311,7 +312,7 @@ def _effective_q(terms, axis, mask) -> QArray:
     return q if mask is None else q * QArray.from_float(mask)
 
 
-def evaluate_layer(case):
+def evaluate_layer(case: Case) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Every stored array of a layer case and its ``terms`` (see docs/golden-format.md).
 
     Bound data (``W = mask * WS(weight, gain)``, ``|W|`` its exact magnitude rounded up, ``g =
@@ -361,7 +362,7 @@ def evaluate_layer(case):
         return m.core_vjp(a, w, c)[1]
 
     st = channel_stats(w, m.variant, m.ws_axis) if m.variant else None
-    bounds = WSBounds(w, st, m.variant, gain, m.ws_axis) if st else None
+    bounds = WSBounds(w, st, m.variant, gain, m.ws_axis) if st and m.variant else None
     terms = ws_terms(w, st, gain, m.ws_axis)[0] if st else _plain_terms(w, m.ws_axis)
     w_mag = _effective_q(terms, m.ws_axis, mask).abs().to_float_up(strict=st is not None)
     ws_w = _masked(bounds.forward(), mask) if bounds else None
@@ -377,6 +378,7 @@ def evaluate_layer(case):
         y_mag.append(np.abs(bias_col(arrays["bias"])))
     out["y"], out["y__absbound"] = yq.to_float(), sum_up(*y_mag)
     if bounds:
+        assert ws_w is not None                  # both set with WS
         out["y__wsbound"] = bilinear_upper(m.core, x, ws_w)
 
     # VJP
@@ -387,6 +389,7 @@ def evaluate_layer(case):
         out["dx"] = _apply_terms(core_x, dy, terms, m.ws_axis, mask).to_float()
         out["dx__absbound"] = bilinear_upper(core_x, dy, w_mag)
         if bounds:
+            assert ws_w is not None
             out["dx__wsbound"] = bilinear_upper(core_x, dy, ws_w)
         # g = mask * core_vjp_W(x, dy) as exact parts (one part unless 24-bit operands were split), so
         # that J^T g below is of the exact g; g_mag = mask * core_vjp_W(|x|, |dy|), exact or rounded up
@@ -394,6 +397,7 @@ def evaluate_layer(case):
         g = _masked(exact_bilinear(core_w, x, dy).to_float(), mask)
         g_mag = _masked(round_up_sum(core_w, x, dy), mask)
         if st:
+            assert bounds is not None                # set with st
             vterms, dgain = [], None
             for part in g_parts:
                 part_terms, part_gain = ws_vjp_terms(w, part, st, gain, m.ws_axis)
@@ -403,6 +407,7 @@ def evaluate_layer(case):
             out["dweight__absbound"], gain_mag = bounds.magnitude_vjp(g_mag)
             out["dweight__wsbound"], gain_ws = bounds.vjp(g)
             if gain is not None:
+                assert dgain is not None             # at least one part
                 out["dgain"] = np.array([float(v) for v in dgain]).reshape(gain.shape)
                 out["dgain__absbound"] = gain_mag.reshape(gain.shape)
                 out["dgain__wsbound"] = gain_ws.reshape(gain.shape)
@@ -432,6 +437,7 @@ def evaluate_layer(case):
             ty_mag.append(np.abs(bias_col(tangents["bias"])))
         out["ty"], out["ty__absbound"] = tyq.to_float(), sum_up(*ty_mag)
         if bounds:
+            assert ws_w is not None
             ws_t = _masked(bounds.jvp(tw, tangents.get("gain")), mask)
             out["ty__wsbound"] = sum_up(bilinear_upper(m.core, tangents["x"], ws_w), bilinear_upper(m.core, x, ws_t))
     return out, k

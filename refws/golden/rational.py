@@ -16,14 +16,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["SQRT_BITS", "sqrt_q", "QArray", "exact_bilinear", "grid_exponent", "grid_scaled", "bilinear_upper",
            "sum_up"]
 
 SQRT_BITS = 256
+
+# A bilinear map of two float64 arrays (a convolution, its VJP or JVP halves, a linear layer).
+BilinearOp = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def sqrt_q(v: Fraction) -> Fraction:
@@ -89,12 +95,12 @@ class QArray:
 
     __slots__ = ("num", "den")
 
-    def __init__(self, num: np.ndarray, den: int = 1):
+    def __init__(self, num: np.ndarray, den: int = 1) -> None:
         self.num = np.asarray(num, dtype=object)
         self.den = int(den)
 
     @classmethod
-    def from_float(cls, a: np.ndarray) -> "QArray":
+    def from_float(cls, a: np.ndarray) -> QArray:
         """Exact conversion of a dyadic float64 array (every finite float64 is dyadic)."""
         a = np.asarray(a, dtype=np.float64)
         e = grid_exponent(a)
@@ -106,22 +112,25 @@ class QArray:
         return cls(num, 1 << e)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.num.shape
 
-    def _common(self, other: "QArray"):
+    def _common(self, other: QArray):
         d = math.lcm(self.den, other.den)
         return self.num * (d // self.den), other.num * (d // other.den), d
 
-    def __add__(self, other: "QArray") -> "QArray":
+    def __add__(self, other: QArray) -> QArray:
         a, b, d = self._common(other)
         return QArray(a + b, d)
 
-    def __mul__(self, other: "QArray") -> "QArray":
+    def __mul__(self, other: QArray) -> QArray:
         return QArray(self.num * other.num, self.den * other.den)
 
-    def scale(self, coefs, axis: int | None = None) -> "QArray":
-        """Multiply by one Fraction, or by one Fraction per index along ``axis``."""
+    def scale(self, coefs: Any, axis: int | None = None) -> QArray:
+        """Multiply by one Fraction, or by one Fraction per index along ``axis``.
+
+        ``coefs``: one number :class:`~fractions.Fraction` accepts (``axis=None``), else a sequence
+        of them, one per index along ``axis``."""
         if axis is None:
             c = Fraction(coefs)
             return QArray(self.num * c.numerator, self.den * c.denominator)
@@ -133,10 +142,10 @@ class QArray:
         factors[:] = [c.numerator * (d // c.denominator) for c in coefs]
         return QArray(self.num * factors.reshape(shape), self.den * d)
 
-    def sum(self, axis=None, keepdims=False) -> "QArray":
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> QArray:
         return QArray(np.asarray(np.sum(self.num, axis=axis, keepdims=keepdims), dtype=object), self.den)
 
-    def abs(self) -> "QArray":
+    def abs(self) -> QArray:
         """``|self|`` elementwise (exact)."""
         return QArray(np.abs(self.num), self.den)
 
@@ -170,7 +179,7 @@ class QArray:
         return np.where(raise_, np.nextafter(near, np.inf), near)
 
 
-def exact_bilinear(op, a: np.ndarray, b: np.ndarray) -> QArray:
+def exact_bilinear(op: BilinearOp, a: np.ndarray, b: np.ndarray) -> QArray:
     """``op(a, b)`` for a bilinear ``op`` and dyadic-grid operands, exactly.
 
     The check: with grid units ``ua, ub``, every partial sum of ``op`` is an integer multiple of
@@ -184,16 +193,17 @@ def exact_bilinear(op, a: np.ndarray, b: np.ndarray) -> QArray:
     return value.to_qarray()
 
 
-def sum_up(*arrays) -> np.ndarray:
+def sum_up(*arrays: ArrayLike) -> np.ndarray:
     """``sum(arrays)`` (float64 arrays that broadcast together), exact, then rounded toward +inf."""
-    total = None
+    total: QArray | None = None
     for a in arrays:
         q = QArray.from_float(np.asarray(a, dtype=np.float64))
         total = q if total is None else total + q
+    assert total is not None, "sum_up needs at least one array"
     return total.to_float_up()
 
 
-def bilinear_upper(op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def bilinear_upper(op: BilinearOp, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A float64 upper bound of ``op(|a|, b)`` for a bilinear ``op``, a grid ``a`` and any ``b >= 0``.
 
     ``b`` is rounded up onto the grid ``2**-e`` with the finest ``e`` for which ``op`` stays exact

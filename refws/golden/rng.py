@@ -22,6 +22,7 @@ significand (its outputs are made correctly rounded by :mod:`refws.golden.ozaki`
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,21 +52,22 @@ def splitmix64(seed: int, count: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def grid_ints(seed: int, shape, lo: int, hi: int) -> np.ndarray:
+def grid_ints(seed: int, shape: Sequence[int], lo: int, hi: int) -> np.ndarray:
     """Integers in ``[lo, hi]`` (int64) of the given shape from the stream of ``seed``."""
     count = int(np.prod(shape, dtype=np.int64))
     span = np.uint64(hi - lo + 1)
     return (splitmix64(seed, count) % span).astype(np.int64).reshape(shape) + lo
 
 
-def grid_array(seed: int, shape, lo: int, hi: int, exponent: int) -> np.ndarray:
+def grid_array(seed: int, shape: Sequence[int], lo: int, hi: int, exponent: int) -> np.ndarray:
     """float64 array of ``grid_ints(...) * 2**-exponent`` (exactly float32-representable)."""
     if max(abs(lo), abs(hi)) >= 2**24:
         raise ValueError(f"grid range [{lo}, {hi}] is not float32-representable")
     return np.ldexp(grid_ints(seed, shape, lo, hi).astype(np.float64), -exponent)
 
 
-def data_array(case_name: str, array: str, shape, lo: int = -(2**BITS), hi: int = 2**BITS, exponent: int = BITS):
+def data_array(case_name: str, array: str, shape: Sequence[int], lo: int = -(2**BITS), hi: int = 2**BITS,
+               exponent: int = BITS) -> np.ndarray:
     """The stored input ``array`` of ``case_name``: grid integers from the case's own stream."""
     return grid_array(seed_of(case_name, array), tuple(shape), lo, hi, exponent)
 
@@ -88,11 +90,11 @@ class Grid:
         power_of_two = self.top & (self.top - 1) == 0
         return self.top.bit_length() - 1 if power_of_two and self.top > 1 else self.top.bit_length()
 
-    def values(self, case_name: str, array: str, shape) -> np.ndarray:
+    def values(self, case_name: str, array: str, shape: Sequence[int]) -> np.ndarray:
         """Operand ``array`` of ``case_name``: integers in ``[-top, top]`` times ``2**-exponent``."""
         return data_array(case_name, array, shape, -self.top, self.top, self.exponent)
 
-    def gains(self, case_name: str, array: str, shape) -> np.ndarray:
+    def gains(self, case_name: str, array: str, shape: Sequence[int]) -> np.ndarray:
         """Gains: integers in ``[1, top]`` times ``2**-(exponent - 1)``, in ``(0, 2]``."""
         return data_array(case_name, array, shape, 1, self.top, self.exponent - 1)
 
@@ -116,11 +118,11 @@ def grid_of(bits: int) -> Grid:
     return GRIDS[bits]
 
 
-def generator_vectors(name: str = "conv/example", arrays=("x", "gain"), count: int = 6) -> dict:
+def generator_vectors(name: str = "conv/example", arrays: Sequence[str] = ("x", "gain"), count: int = 6) -> dict:
     """``{bits: {array: (first integers, exponent)}}``: what another language's generator must
     reproduce (``gain`` with :meth:`Grid.gains`, every other array with :meth:`Grid.values`);
     the values are the integers times ``2**-exponent``."""
-    out = {}
+    out: dict[int, dict[str, tuple[list[int], int]]] = {}
     for bits, grid in GRIDS.items():
         out[bits] = {}
         for a in arrays:

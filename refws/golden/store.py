@@ -20,10 +20,18 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .case import Case
+
+# A folder or file name as the functions below take it.
+StrPath = str | os.PathLike[str]
 
 __all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes",
            "read_npz", "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store",
@@ -71,7 +79,7 @@ def _npy_parts(a: np.ndarray) -> tuple:
     total = 10 + len(header) + 1
     header += " " * (-total % 64) + "\n"
     head = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1")
-    return head, memoryview(a.reshape(-1)).cast("B")
+    return head, a.reshape(-1).data.cast("B")
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -114,6 +122,9 @@ class _Pieces:
         return n
 
     def flush(self) -> None:
+        pass
+
+    def close(self) -> None:            # zipfile never closes a file it was given; here for its protocol
         pass
 
 
@@ -169,12 +180,12 @@ def default_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "golden"
 
 
-def case_path(root: Path, name: str) -> Path:
+def case_path(root: StrPath, name: str) -> Path:
     """``<root>/<suite>/<case>.npz`` for a case named ``<suite>/<case>``."""
     return Path(root) / f"{name}.npz"
 
 
-def read_manifest(root=None) -> dict:
+def read_manifest(root: StrPath | None = None) -> dict:
     root = Path(root) if root is not None else default_root()
     path = root / "manifest.json"
     _recover_interrupted_swap(root)
@@ -202,7 +213,7 @@ def _read_verified(root: Path, name: str, entry: dict) -> bytes:
     return data
 
 
-def load(name: str, root=None) -> GoldenCase:
+def load(name: str, root: StrPath | None = None) -> GoldenCase:
     """Load one case after checking its checksum against the manifest.
 
     Raises
@@ -242,7 +253,7 @@ def decode_arrays(arrays: dict, entry: dict, where: str) -> dict:
     return out
 
 
-def encode_arrays(arrays: dict, outputs, encoding: str) -> tuple:
+def encode_arrays(arrays: dict, outputs: Container[str], encoding: str) -> tuple:
     """``(arrays to write, manifest metadata per array)``.
 
     ``compact``: every input (not an output in ``outputs``, not bound data) whose grid integers
@@ -250,7 +261,8 @@ def encode_arrays(arrays: dict, outputs, encoding: str) -> tuple:
     ``integer * 2**-exponent``); everything else is float64, as in the ``float64`` encoding.
     """
     from .rational import grid_exponent
-    written, meta = {}, {}
+    written: dict[str, np.ndarray] = {}
+    meta: dict[str, dict[str, Any]] = {}
     for k, a in sorted(arrays.items()):
         a = np.asarray(a, dtype=np.float64)
         meta[k] = dict(shape=list(a.shape), dtype="<f8")
@@ -278,7 +290,7 @@ def entry_derivatives(entry: dict) -> tuple:
     return tuple(entry.get("derivatives", ("vjp", "jvp")))
 
 
-def cases(root=None, suite=None):
+def cases(root: StrPath | None = None, suite: str | None = None) -> Iterator[GoldenCase]:
     """Iterate over the stored cases (optionally one suite), each loaded and verified.
 
     The manifest is read once, when iteration starts.
@@ -290,7 +302,7 @@ def cases(root=None, suite=None):
             yield load_entry(root, name, manifest["cases"][name])
 
 
-def manifest_entry(case, meta: dict, terms: dict, data) -> dict:
+def manifest_entry(case: Case, meta: dict, terms: dict, data: bytes | NpzParts) -> dict:
     """A case's manifest entry: ``meta`` per array as :func:`encode_arrays` returns it (or, for
     the float64 encoding, the arrays themselves); ``data``: the case file's bytes or
     :class:`NpzParts`."""
@@ -329,17 +341,17 @@ class StoreWriter:
     commit removes the temporary folder.
     """
 
-    def __init__(self, root):
+    def __init__(self, root: StrPath) -> None:
         self.root = Path(root)
         self.root.parent.mkdir(parents=True, exist_ok=True)
         _recover_interrupted_swap(self.root)
         self.tmp = Path(tempfile.mkdtemp(prefix=self.root.name + ".tmp-", dir=self.root.parent))
         self.tmp.chmod(0o755)                       # mkdtemp makes it private; the store is not
 
-    def __enter__(self):
+    def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
         return False
@@ -347,7 +359,7 @@ class StoreWriter:
     def add(self, name: str, data: bytes) -> None:
         write_case_file(self.tmp, name, data)
 
-    def copy(self, name: str, source_root, expected_sha256: str | None = None) -> None:
+    def copy(self, name: str, source_root: StrPath, expected_sha256: str | None = None) -> None:
         """Copy a case file from another store (checking its checksum when given)."""
         data = case_path(source_root, name).read_bytes()
         if expected_sha256 is not None and sha256(data) != expected_sha256:
@@ -372,7 +384,7 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def write_case_file(root, name: str, data: bytes) -> None:
+def write_case_file(root: StrPath, name: str, data: bytes) -> None:
     """Write ``<root>/<name>.npz`` and fsync it."""
     dest = case_path(root, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -380,7 +392,7 @@ def write_case_file(root, name: str, data: bytes) -> None:
     _fsync(dest)
 
 
-def write_case_parts(root, name: str, parts) -> None:
+def write_case_parts(root: StrPath, name: str, parts: NpzParts | bytes | bytearray) -> None:
     """Write ``<root>/<name>.npz`` from buffers (:func:`npz_parts`, or one bytes object) and fsync
     it; no copy of the file is made."""
     dest = case_path(root, name)
@@ -393,7 +405,7 @@ def write_case_parts(root, name: str, parts) -> None:
         os.fsync(fh.fileno())
 
 
-def write_store(root, files: dict, manifest: bytes, keep: dict | None = None) -> None:
+def write_store(root: StrPath, files: dict, manifest: bytes, keep: dict | None = None) -> None:
     """Atomically replace the store at ``root``.
 
     ``files`` maps case names to npz bytes; ``keep`` maps case names of the existing store that stay
