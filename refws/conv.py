@@ -149,10 +149,10 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
     the benchmark), so it is valid until the next chunk. Without padding and lhs dilation it is a
     view of ``x``: no copy at all. ``part``: only these chunks (of :func:`chunks`), default all.
     """
-    plain = all(p == (0, 0) for p in g.padding) and all(L == 1 for L in g.lhs_dilation)
     if batch_step >= x.shape[0] and row_step >= g.out_spatial[0]:     # one chunk: no workspace to plan
-        yield 0, x.shape[0], 0, g.out_spatial[0], x if plain else dilate_pad(x, g.lhs_dilation, g.padding)
+        yield 0, x.shape[0], 0, g.out_spatial[0], whole_window(x, g)
         return
+    plain = _unpadded(g)
     if not plain:
         shape = dilate_pad_shape((batch_step, *x.shape[1:]), g.lhs_dilation, _row_window_pads(g, 0, row_step))
         buffer = np.empty(math.prod(shape))
@@ -165,6 +165,16 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
             window = dilate_pad(xb, g.lhs_dilation, pads,
                                 out=_carve(buffer, dilate_pad_shape(xb.shape, g.lhs_dilation, pads)))
         yield b0, nb, r0, rows, window
+
+
+def _unpadded(g: ConvGeometry) -> bool:
+    return all(p == (0, 0) for p in g.padding) and all(L == 1 for L in g.lhs_dilation)
+
+
+def whole_window(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """The window of a convolution done in one chunk: ``dilate_pad(x)``, or ``x`` itself without
+    padding and lhs dilation."""
+    return x if _unpadded(g) else dilate_pad(x, g.lhs_dilation, g.padding)
 
 
 # --- threads for the tap formulation ------------------------------------------------------------
@@ -255,6 +265,9 @@ def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, f
     batch_step, row_step = plan(g, n_batch, c_in, c_out, groups, formulation)
     items = chunks(n_batch, g.out_spatial[0], batch_step, row_step)
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step, w)
+    if len(items) == 1:                               # the small problems: no more bookkeeping
+        shared.forward(whole_window(x, g), y)
+        return y
     workers = parallel_workers(formulation, len(items), y.size, math.prod(w.shape[:-1]))
 
     def work(part):
