@@ -2,29 +2,31 @@
 
 Run from the repository root:
 
-    python benchmarks/bench_diagnosis.py            # the figures of docs/conformance.md (7 rounds)
-    python benchmarks/bench_diagnosis.py --quick    # smoke run: 2 rounds, fewer cases
+    python benchmarks/bench_diagnosis.py            # the figures of docs/conformance.md (9 rounds)
+    python benchmarks/bench_diagnosis.py --quick    # smoke run: 2 rounds, a few cases
+    python benchmarks/bench_diagnosis.py --cases    # also print every case's row of the sweeps
 
 For each backend with a slip and each case it fails, ``run_case(backend, case, diagnose=None)``
 and ``run_case(backend, case)`` (the default diagnosis) are timed alternately, ``--repeat``
 rounds, and the fastest of each is kept; the ratio is with / without, i.e. the run time of the
 failing case with the diagnosis as a multiple of the run time without it (a passing case never
-calls the diagnosis: ratio 1 by construction). Times are CPU times of the process; the
-diagnosis caches are cleared before each timed call, so every call pays the full diagnosis.
-Then the whole conv suite is run once each way (every case fails under a flipped kernel).
-Every library runs single-threaded (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``).
+calls the diagnosis: ratio 1 by construction). Times are CPU times of the process; every cache of
+the diagnosis is cleared before each timed call (``diagnosis.clear_caches``), so every call pays
+the full diagnosis, as the first failing array of a case does in ``refws check``.
 
-Backends (each optional framework is skipped when not installed):
+Per-case ratio distribution (median and max over cases, the worst case named):
 
-- ``numpy``: refws's own functions with the kernel flipped: a backend as fast as refws itself,
-  the worst case for the ratio;
-- ``jax``: refws.backends.jax (float64) with the kernel flipped; ``warm`` reuses compiled code,
-  ``cold`` clears jax's caches before each call, as ``refws check`` meets each configuration once;
-- ``torch``: refws.backends.torch (float64) with the kernel flipped;
-- ``lax-reference``: the built-in adapter of jax's NumPy reference, with its real bugs, on cases
-  it fails.
+- ``numpy``: refws's own functions with the kernel flipped, on every conv case it fails: a
+  backend as fast as refws itself, the worst case for the ratio;
+- ``lax-reference``: the built-in adapter of jax's NumPy reference, with its real bugs, on every
+  conv case it fails (sub-millisecond calls, wrong output shapes);
+- ``jax`` (refws.backends.jax, float64; ``warm`` reuses compiled code, ``cold`` clears jax's
+  caches before each call, as ``refws check`` meets each configuration once) and ``torch``
+  (refws.backends.torch, float64), both with the kernel flipped, on six cases.
 
-A benchmark, not a test: nothing is asserted.
+Then the whole conv suite is run once each way (every case fails under a flipped kernel). Every
+library runs single-threaded (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``); each
+optional framework is skipped when not installed. A benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -47,10 +49,8 @@ from refws.conformance import diagnosis, load_backend, run, run_case  # noqa: E4
 from refws.grads import conv_vjp  # noqa: E402
 
 CASES = ("conv/2d_pad_same", "conv/2d_groups2", "conv/same_stride2_n9_k2", "conv/3d_pad_same",
-         "conv/2d_s2_lhs1_rhs2", "conv/1d_pad_pairs")
+         "conv/2d_s2_lhs1_rhs2", "conv/1d_pad_pairs")          # the jax and torch rows
 QUICK_CASES = CASES[:2]
-LAX_REFERENCE_CASES = ("conv/bug_lax_reference_same_rhs_dilation", "conv/2d_s1_lhs1_rhs2",
-                       "conv/bug_lax_reference_pad_2_minus1")
 
 
 def _flip(w):
@@ -92,11 +92,7 @@ class Flipped:
 
 
 def _clear_diagnosis():
-    diagnosis._CACHE["case"] = None
-    diagnosis._INDEX_CACHE.clear()
-    for cached in (diagnosis._inner_geometry, diagnosis._taps_by_output, diagnosis._readers_of_input,
-                   diagnosis._reads_of_tap, diagnosis._gamma64):
-        cached.cache_clear()
+    diagnosis.clear_caches()
 
 
 def _timed(fn, before):
@@ -139,33 +135,68 @@ def backends():
     return out
 
 
+def failing_cases(backend) -> list:
+    """The conv cases on which ``backend`` fails at least one array."""
+    report = run(backend, suite="conv", diagnose=None)
+    return sorted({r.case for r in report.records if r.status == "fail"})
+
+
+def sweep(label, backend, names, repeat, before=lambda: None, show=False) -> list:
+    """``measure`` on each case: rows ``(label, case, failing arrays, without, with, matches)``."""
+    rows = []
+    for name in names:
+        t0, t1, n_fail, matches = measure(backend, golden.load(name), repeat, before)
+        rows.append((label, name, n_fail, t0, t1, ", ".join(matches)))
+        if show:
+            _print_rows(rows[-1:])
+    return rows
+
+
+def _print_rows(rows):
+    for label, name, n_fail, t0, t1, matches in rows:
+        print(f"{label:<14} {name:<42} {n_fail:>4} {1e3 * t0:>10.2f} {1e3 * t1:>8.2f} {t1 / t0:>6.2f}  {matches}")
+
+
+def _summary(rows) -> str:
+    ratios = [t1 / t0 for *_, t0, t1, _m in rows]
+    worst = max(rows, key=lambda r: r[4] / r[3])
+    without = [1e3 * r[3] for r in rows]
+    added = [1e3 * (r[4] - r[3]) for r in rows]
+    return (f"{len(rows)} cases, ratio median {statistics.median(ratios):.2f}, max {max(ratios):.2f} "
+            f"({worst[1]}); without {min(without):.2f}-{max(without):.2f} ms, "
+            f"the diagnosis adds {min(added):.2f}-{max(added):.2f} ms")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--quick", action="store_true", help="2 rounds, two cases")
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--quick", action="store_true", help="2 rounds, a few cases")
+    ap.add_argument("--cases", action="store_true", help="print every case's row of the sweeps")
     args = ap.parse_args(argv)
-    repeat, cases = (2, QUICK_CASES) if args.quick else (args.repeat, CASES)
-    rows = []
-    for label, backend, before in backends():
-        for name in cases:
-            t0, t1, n_fail, matches = measure(backend, golden.load(name), repeat, before)
-            rows.append((label, name, n_fail, t0, t1, ", ".join(matches)))
+    repeat = 2 if args.quick else args.repeat
+    print(f"{'backend':<14} {'case':<42} {'fail':>4} {'without ms':>10} {'with ms':>8} {'ratio':>6}  diagnosis")
+    summaries, rows = [], []
+    numpy_cases = failing_cases(NumpyFlipped())
+    sweeps = [("numpy", NumpyFlipped(), numpy_cases[::12] if args.quick else numpy_cases, repeat)]
     try:
         lr = load_backend("lax-reference")
     except Exception as exc:                                # noqa: BLE001 - optional framework
         print(f"lax-reference: not available ({exc})")
-    else:
-        for name in (LAX_REFERENCE_CASES[:1] if args.quick else LAX_REFERENCE_CASES):
-            t0, t1, n_fail, matches = measure(lr, golden.load(name), repeat)
-            rows.append(("lax-reference", name, n_fail, t0, t1, ", ".join(matches)))
-    print(f"{'backend':<14} {'case':<42} {'fail':>4} {'without ms':>10} {'with ms':>8} {'ratio':>6}  diagnosis")
-    for label, name, n_fail, t0, t1, matches in rows:
-        print(f"{label:<14} {name:<42} {n_fail:>4} {1e3 * t0:>10.2f} {1e3 * t1:>8.2f} {t1 / t0:>6.2f}  {matches}")
-    by = {}
-    for label, *_, t0, t1, _m in rows:
-        by.setdefault(label, []).append(t1 / t0)
-    print("\nratio with / without, per backend: " + "; ".join(
-        f"{k} median {statistics.median(v):.2f}, max {max(v):.2f}" for k, v in by.items()))
+    else:                                                   # sub-millisecond calls: more rounds
+        lr_cases = failing_cases(lr)
+        sweeps.append(("lax-reference", lr, lr_cases[::4] if args.quick else lr_cases, max(repeat, 3 * repeat)))
+    for label, backend, names, rounds in sweeps:
+        swept = sweep(label, backend, names, rounds, show=args.cases)
+        summaries.append((label, _summary(swept)))
+        rows += swept
+    for label, backend, before in backends():
+        if label == "numpy":
+            continue
+        rows += sweep(label, backend, QUICK_CASES if args.quick else CASES, repeat, before, show=True)
+        summaries.append((label, _summary(rows[-(len(QUICK_CASES) if args.quick else len(CASES)):])))
+    print("\nper-case ratio with / without the diagnosis:")
+    for label, text in summaries:
+        print(f"  {label:<14} {text}")
     print("\nwhole conv suite, every case failing (refws check's loop, run once each way):")
     for label, backend, before in backends():
         run(backend, suite="conv", diagnose=None)           # warm-up: imports, first compiles

@@ -765,3 +765,148 @@ def test_screening_at_a_few_elements_agrees_with_the_full_evaluation():
                                                [full[p] for p in points], rtol=1e-13, atol=1e-13)
                     checked += 1
     assert checked > 500
+
+
+# --------------------------------------------------------------------------------------------
+# the fast paths give the full evaluation's answers
+# --------------------------------------------------------------------------------------------
+def _problems(case):
+    """Every single-variant and pair problem of a convolution-like case (None where a slip cannot
+    apply), named."""
+    base = diagnosis.base_problem(case)
+    singles = [((n,), v.slip(base, case)) for n, v in VARIANTS.items() if case.suite in v.suites]
+    pairs = [(pair, diagnosis._slip(pair, base, case)) for pair in PAIRS
+             if all(case.suite in VARIANTS[n].suites for n in pair)]
+    return [("base",), base], *[(names, P) for names, P in singles + pairs if P is not None]
+
+
+def test_shapes_and_geometry_from_the_arguments_alone_are_the_evaluated_ones():
+    """The shape screen (no convolution) and its geometry: ``conv_geometry`` of the problem's
+    arguments, and the shape the full evaluation returns, for every variant and pair."""
+    checked = 0
+    for suite in ("conv", "conv_transpose"):
+        for case in golden.cases(suite=suite):
+            for names, P in _problems(case):
+                g, xi, wi, _, y_shape = diagnosis._info(P, case)
+                spatial = tuple(xi[i] for i in _spatial_axes(np.zeros(xi), np.zeros(wi), P.channel_first))
+                assert g == refws.conv_geometry(spatial, wi[:-2], P.stride, P.padding, P.lhs_dilation,
+                                                P.rhs_dilation), (case.name, names)
+                v = diagnosis.variant_value(P, case, "y")
+                assert y_shape == v.shape == diagnosis._out_shape(P, case, "y"), (case.name, names)
+                for array in ("dx", "dw"):                  # None: dy does not fit (or, dx of
+                    full = diagnosis.variant_value(P, case, array)      # dw_not_summed, not defined)
+                    shape = diagnosis._out_shape(P, case, array)
+                    assert full is None if shape is None else full is None or full.shape == shape
+                checked += 1
+    assert checked > 1500
+
+
+def _full_diagnosis(monkeypatch, backend, case):
+    """The records of ``run_case`` with the screen and the magnitudes floor turned off: every
+    variant of the backend's shape evaluated in full, its magnitudes computed when not bit-equal."""
+    with monkeypatch.context() as m:
+        m.setattr(diagnosis, "_screen", lambda *args: None)
+        m.setattr(diagnosis, "_magnitudes_floor", lambda v, g64: np.full(v.shape, -np.inf))
+        diagnosis.clear_caches()
+        return run_case(backend, case)
+
+
+class _Float32Flipped(OperandSlip):
+    """A float32 backend with the kernel flipped: matches need the rounding bound, not equality."""
+
+    precision = "float32"
+
+    def __init__(self):
+        super().__init__(_flip, _flip)
+
+    def fwd(self, x, w, kw):
+        return super().fwd(x.astype(np.float32), w.astype(np.float32), kw).astype(np.float32)
+
+    def vjp(self, x, w, dy, kw):
+        dx, dw = super().vjp(x.astype(np.float32), w.astype(np.float32), dy.astype(np.float32), kw)
+        return dx.astype(np.float32), dw.astype(np.float32)
+
+
+class _Noisy(Correct):
+    """refws plus a small smooth error: no variant explains it, so the pairs are tried too."""
+
+    def fwd(self, x, w, kw):
+        y = super().fwd(x, w, kw)
+        return y + 1e-3 * np.sin(np.arange(y.size)).reshape(y.shape)
+
+
+@pytest.mark.parametrize("backend", ["kernel_flipped", "float32", "noisy", "same_lower", "spatial_axes_swapped",
+                                     "groups_interleaved", "dw_kernel_flipped", "transpose_weight_io_swapped",
+                                     "output_padding_ignored"])
+def test_the_screen_and_the_magnitudes_floor_give_the_full_evaluations_diagnosis(monkeypatch, backend):
+    """The screen (a variant at a few elements), the spread elements it looks at for a difference
+    from refws, and the match accepted from ``|v|`` before the magnitudes are computed only save
+    work: on a spread of cases, backends and precisions the diagnosis is the full evaluation's."""
+    backends = {"float32": _Float32Flipped(), "noisy": _Noisy()}
+    chosen = backends.get(backend) or SLIPS[backend][0]
+    compared = 0
+    for suite in ("conv", "conv_transpose"):
+        for case in list(golden.cases(suite=suite))[::3]:
+            diagnosis.clear_caches()
+            fast = run_case(chosen, case)
+            full = _full_diagnosis(monkeypatch, chosen, case)
+            assert [r.diagnosis for r in fast] == [r.diagnosis for r in full], case.name
+            compared += sum(r.diagnosis is not None for r in fast)
+    assert compared > 0
+
+
+def test_sample_points_are_the_worst_errors_then_the_largest_element():
+    """``_sample_points`` against its definition: a stable sort of the errors (non-finite ones
+    first), ties and NaN included."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        shape = tuple(rng.integers(1, 4, size=rng.integers(1, 4)))
+        exact = rng.integers(-3, 4, size=shape).astype(np.float64)
+        actual = exact + rng.integers(-2, 3, size=shape)
+        if trial % 5 == 0:
+            actual.flat[rng.integers(actual.size)] = [np.nan, np.inf, -np.inf][trial % 3]
+        err = np.abs(actual - exact).ravel()
+        order = np.argsort(-np.where(np.isfinite(err), err, np.inf), kind="stable")[:2]
+        mag = np.abs(actual).ravel()
+        largest = int(np.argmax(np.where(np.isfinite(mag), mag, np.inf)))
+        expected = list(dict.fromkeys([int(f) for f in order] + [largest]))
+        assert diagnosis._sample_points(actual, exact) == [np.unravel_index(f, shape) for f in expected]
+        other = np.zeros(shape + (2,))
+        expected = list(dict.fromkeys([largest, actual.size // 2]))
+        assert diagnosis._sample_points(actual, other) == [np.unravel_index(f, shape) for f in expected]
+
+
+def test_a_slipped_problem_is_the_dataclass_replace_of_its_base():
+    """Slips build problems without ``__init__`` (and cache their hash): equal, and equally
+    hashed, to ``dataclasses.replace``; an unknown field is refused."""
+    case = golden.load("conv/2d_pad_same")
+    base = diagnosis.base_problem(case)
+    changes = [dict(padding="SAME_LOWER"), dict(w_maps=(("flip", (0, 1)),)), dict(stride=(2, 2), dw_flip=True)]
+    for change in changes:
+        P, Q = diagnosis._evolve(base, **change), dataclasses.replace(base, **change)
+        assert P == Q and hash(P) == hash(Q) and repr(P) == repr(Q)
+    assert hash(base) == hash(dataclasses.replace(base))
+    with pytest.raises(TypeError, match="no field 'pading'"):
+        diagnosis._evolve(base, pading="SAME")
+
+
+def test_the_magnitudes_floor_is_below_the_magnitudes():
+    """What the match from ``|v|`` rests on: ``|v| (1 - 2 gamma - 2**-40)`` is at most the
+    magnitudes ``conv(|x|, |w|)`` through the same variant, inflated by ``1 + 2 gamma``, for every
+    variant and array of a spread of cases."""
+    checked = 0
+    for suite in ("conv", "conv_transpose"):
+        for case in list(golden.cases(suite=suite))[::2]:
+            for array in ("y", "ty", "dx", "dw", "db"):
+                if array not in case.arrays:
+                    continue
+                bound = diagnosis._stored_bound(case, array)
+                for names, P in _problems(case):
+                    v = diagnosis.variant_value(P, case, array)
+                    if v is None:
+                        continue
+                    g64 = diagnosis._conv_bounds(P, case, array, bound)[1]
+                    m = diagnosis.variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
+                    assert np.all(diagnosis._magnitudes_floor(v, g64) <= m), (case.name, names, array)
+                    checked += 1
+    assert checked > 1000

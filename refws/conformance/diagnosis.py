@@ -35,6 +35,16 @@ refws's own float64 rounding of ``v`` added. For weight standardization the stor
 bound, like the stored one); without stored bound data ``(n + 4) max |v|`` stands in. A variant
 whose value equals refws's correct value on the case (to float64 rounding) is not tried: it
 cannot explain a failure there.
+
+What it costs
+-------------
+Only what the verdicts need is computed, and what does not depend on the backend's array is
+computed once per case (problems, shapes, mapped operands, bound data, values). A variant is
+first screened by its output shape, from the geometry alone; then at a few elements, summed
+from the taps each element reads (``_screen``); only a variant the screen cannot tell apart is
+evaluated in full, and its magnitudes are computed only when neither bit-equality nor the bound
+from ``|v|`` (no larger than the one from the magnitudes: ``_magnitudes_floor``) settles the
+match. Every shortcut gives the full evaluation's verdict (``spec_tests/test_diagnosis.py``).
 """
 
 from __future__ import annotations
@@ -48,15 +58,16 @@ import numpy as np
 
 from ..arrays import from_canonical, to_canonical
 from ..conv import conv, conv_canonical
-from ..explain import axis_taps, explain_case
-from ..geometry import as_int_tuple, conv_geometry, normalize_padding, same_pads
+from ..explain import explain_case
+from ..geometry import ConvGeometry, as_int_tuple, conv_geometry, normalize_padding, out_size, same_pads
 from ..grads import conv_vjp, flip_swap_kernel, input_grad_pads, transpose_geometry
+from ..im2col import dilate_pad, window_view
 from ..testing import golden_bound
 from ..tolerance import Bound, element_bound, gamma, resolve_precision
 from ..ws import WSSpec, resolve_spec, weight_standardize, weight_standardize_jvp, weight_standardize_vjp
 
 __all__ = ["Variant", "VARIANTS", "PAIRS", "ConvProblem", "WSProblem", "diagnose", "diagnosis_text",
-           "variant_value", "base_problem", "variant_geometry", "explain_records"]
+           "variant_value", "base_problem", "variant_geometry", "explain_records", "clear_caches"]
 
 _U64 = 2.0**-53
 
@@ -128,7 +139,9 @@ def _adjoint(maps: tuple, shape: tuple, g: np.ndarray) -> np.ndarray | None:
 
 
 def _mapped_shape(maps: tuple, shape: tuple) -> tuple:
-    return _index(maps, shape).shape if maps else tuple(shape)
+    if all(m[0] in ("flip", "chan_perm") for m in maps):     # these keep the shape
+        return tuple(shape)
+    return _index(maps, shape).shape
 
 
 # --- layouts -------------------------------------------------------------------------------------
@@ -143,7 +156,8 @@ def _channel_axis(ndim: int, channel_first: bool, batched: bool) -> int:
 
 
 def _spatial(shape: tuple, nd: int, channel_first: bool, batched: bool) -> tuple:
-    return tuple(shape[i] for i in _spatial_axes(len(shape), nd, channel_first, batched))
+    start = (1 if batched else 0) + (1 if channel_first else 0)
+    return tuple(shape[start:start + nd])
 
 
 # --- problems ------------------------------------------------------------------------------------
@@ -188,14 +202,60 @@ class ConvProblem:
         return _geometry(self, tuple(x_shape), tuple(w_shape))
 
     def pads(self, case) -> tuple:
-        return self.geometry(case["x"].shape, case["w"].shape)[0].padding
+        return _info(self, case)[0].padding
+
+    def __hash__(self) -> int:
+        # a problem keys every cache of the diagnosis: its hash is computed once
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, name) for name in _PROBLEM_FIELDS))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+
+_PROBLEM_FIELDS = tuple(f.name for f in fields(ConvProblem))
+
+
+def _evolve(P: ConvProblem, **changes) -> ConvProblem:
+    """``dataclasses.replace(P, **changes)`` without re-running ``__init__`` (a quarter of the cost;
+    a slip makes one problem, and a diagnosis makes up to forty)."""
+    unknown = set(changes).difference(_PROBLEM_FIELDS)
+    if unknown:
+        raise TypeError(f"ConvProblem has no field {sorted(unknown)[0]!r}")
+    Q = object.__new__(ConvProblem)
+    Q.__dict__.update(P.__dict__, **changes)
+    Q.__dict__.pop("_hash", None)
+    return Q
+
+
+def _inner_geometry(P: ConvProblem, xi: tuple, wi: tuple):
+    """The geometry of the inner convolution for its operands' shapes ``xi``, ``wi``."""
+    return _geometry_of(_spatial(xi, P.nd, P.channel_first, P.batched), tuple(wi[:-2]), P.stride, P.padding,
+                        P.lhs_dilation, P.rhs_dilation)
 
 
 @functools.lru_cache(maxsize=4096)
-def _inner_geometry(P: ConvProblem, xi: tuple, wi: tuple):
-    """The geometry of the inner convolution for its operands' shapes ``xi``, ``wi``."""
-    return conv_geometry(_spatial(xi, P.nd, P.channel_first, P.batched), wi[:-2], P.stride, P.padding,
-                         P.lhs_dilation, P.rhs_dilation)
+def _geometry_of(spatial: tuple, kernel: tuple, stride: tuple, pad, lhs: tuple, rhs: tuple):
+    """:func:`refws.geometry.conv_geometry` of a problem's arguments (cached by the arguments alone,
+    so that variants which only move data share it).
+
+    A problem's factors are normalised int tuples and its padding a pad string or explicit pairs,
+    so the pads and sizes come straight from :func:`refws.geometry.same_pads` and
+    :func:`refws.geometry.out_size` (what ``conv_geometry`` computes them with; its argument
+    checks cost several times more and cannot fail on a problem). Any other padding goes
+    through ``conv_geometry``."""
+    if not isinstance(pad, str):                    # explicit (lo, hi) pairs of ints, by construction
+        pads = pad
+    elif pad == "VALID":
+        pads = ((0, 0),) * len(spatial)
+    elif pad in ("SAME", "SAME_LOWER") and all(L == 1 for L in lhs):
+        lower = pad == "SAME_LOWER"
+        pads = tuple(same_pads(n, k, s, d, lower=lower) for n, k, s, d in zip(spatial, kernel, stride, rhs))
+    else:
+        return conv_geometry(spatial, kernel, stride, pad, lhs, rhs)
+    out = tuple(out_size(n, k, s, lo, hi, L, d)
+                for n, k, s, (lo, hi), L, d in zip(spatial, kernel, stride, pads, lhs, rhs))
+    return ConvGeometry(spatial, kernel, stride, pads, lhs, rhs, out)
 
 
 def _geometry(P: ConvProblem, x_shape: tuple, w_shape: tuple):
@@ -281,8 +341,14 @@ def _inner_conv(P: ConvProblem, x, w):
 
 def _forward(P: ConvProblem, case, names: tuple, bias_name: str, absolute: bool) -> np.ndarray:
     """``Y(sum of conv(X a, W b) over the operand pairs)`` plus the scaled bias (``y`` and ``ty``)."""
-    terms = [_inner_conv(P, _apply(P.x_maps, _operand(case, a_name, absolute)),
-                         _apply(P.w_maps, _operand(case, b_name, absolute))) for a_name, b_name in names]
+    if absolute:
+        terms = [_inner_conv(P, _apply(P.x_maps, _operand(case, a_name, True)),
+                             _apply(P.w_maps, _operand(case, b_name, True))) for a_name, b_name in names]
+    else:                                           # the mapped operands the screens use, cached
+        g, canonical = _info(P, case)[0], (P.channel_first, P.batched)
+        terms = [from_canonical(conv_canonical(_mapped_operand(case, a_name, P.x_maps, canonical),
+                                               _mapped_operand(case, b_name, P.w_maps), g, P.groups),
+                                P.channel_first, not P.batched) for a_name, b_name in names]
     out = _apply(P.y_maps, sum(terms[1:], terms[0]))
     if P.bias_scale and bias_name in case.arrays:
         layout_cf = case.params["channel_first"]
@@ -383,10 +449,8 @@ def variant_value(P, case, array: str, absolute: bool = False):
     ``absolute=True`` evaluates the bilinear problem on the inputs' absolute values: the
     magnitudes ``m`` of the rounding bound. Values are cached for the case last asked about.
     """
-    if _CACHE["case"] is not case:
-        _CACHE["case"], _CACHE["values"] = case, {}
     key = (P, array, absolute)
-    values = _CACHE["values"]
+    values = _values(case)
     if key in values:
         return values[key]
     if isinstance(P, WSProblem):
@@ -396,7 +460,7 @@ def variant_value(P, case, array: str, absolute: bool = False):
     elif array == "ty":
         v = _forward(P, case, (("tx", "w"), ("x", "tw")), "tb", absolute)
     elif array in ("dx", "dw"):
-        unflipped = replace(P, dw_flip=False)       # the flip is applied to dw afterwards: shared
+        unflipped = _evolve(P, dw_flip=False)       # the flip is applied to dw afterwards: shared
         bkey = (unflipped, "backward", absolute)
         if bkey not in values:
             values[bkey] = _backward(unflipped, case, absolute)
@@ -415,41 +479,53 @@ def variant_value(P, case, array: str, absolute: bool = False):
 # --- screening: a variant at a few elements, from its definition --------------------------------------
 #
 # A full evaluation costs one or two refws convolutions per variant; most variants are wrong by
-# far, which a handful of elements shows. The value of the inner convolution at one element is
-# summed from the taps that read an input (refws.explain.axis_taps: the same geometry refws
-# computes with); the maps are followed through their index arrays. Screening only rejects: a
-# variant that passes it is evaluated in full.
+# far, which a handful of elements shows. Which input position every (output position, kernel
+# tap) reads is refws's own gather applied to the positions themselves (lhs dilation, padding,
+# window view: :class:`_Reads`), so the inner convolution, its input gradient and its weight
+# gradient at one element are one short dot product each; the maps are followed through their
+# index arrays. Screening only rejects: a variant that passes it is evaluated in full.
+
+class _Reads:
+    """Which input position every (output position, kernel tap) of a geometry reads: ``table``,
+    ``(O, T)`` ints (row-major over ``g.out_spatial`` and ``g.kernel_spatial``), the flat input
+    position plus one, 0 where the tap reads padding or a hole of the lhs dilation. The rows,
+    columns and readers the screens ask for are kept."""
+
+    def __init__(self, g):
+        positions = np.arange(1, math.prod(g.in_spatial) + 1, dtype=np.float64).reshape((1, *g.in_spatial, 1))
+        windows = window_view(dilate_pad(positions, g.lhs_dilation, g.padding), g.kernel_spatial, g.out_spatial,
+                              g.stride, g.rhs_dilation)
+        self.table = np.array(windows, dtype=np.intp).reshape(math.prod(g.out_spatial), math.prod(g.kernel_spatial))
+        self._rows: dict = {}
+        self._cols: dict = {}
+        self._readers: dict = {}
+
+    def row(self, o: int) -> tuple:
+        """``(taps, inputs)`` of output position ``o``: its taps that read an input, and which."""
+        if o not in self._rows:
+            read = self.table[o]
+            taps = np.flatnonzero(read)
+            self._rows[o] = taps, read[taps] - 1
+        return self._rows[o]
+
+    def col(self, t: int) -> tuple:
+        """``(outputs, inputs)`` of tap ``t``: the output positions where it reads an input, and which."""
+        if t not in self._cols:
+            read = self.table[:, t]
+            outs = np.flatnonzero(read)
+            self._cols[t] = outs, read[outs] - 1
+        return self._cols[t]
+
+    def readers(self, i: int) -> tuple:
+        """``(outputs, taps)`` that read input position ``i``."""
+        if i not in self._readers:
+            self._readers[i] = np.nonzero(self.table == i + 1)
+        return self._readers[i]
+
 
 @functools.lru_cache(maxsize=1024)
-def _taps_by_output(g, axis: int) -> tuple:
-    """Per output position: (taps, sources) of the taps that read an input."""
-    rows = []
-    for o in range(g.out_spatial[axis]):
-        read = [t for t in axis_taps(g, axis, o) if t.kind == "input"]
-        rows.append((np.array([t.tap for t in read], dtype=np.intp), np.array([t.source for t in read], dtype=np.intp)))
-    return tuple(rows)
-
-
-@functools.lru_cache(maxsize=1024)
-def _readers_of_input(g, axis: int) -> tuple:
-    """Per input position: (outputs, taps) that read it."""
-    found: list = [([], []) for _ in range(g.in_spatial[axis])]
-    for o, (taps, sources) in enumerate(_taps_by_output(g, axis)):
-        for t, i in zip(taps, sources):
-            found[i][0].append(o)
-            found[i][1].append(t)
-    return tuple((np.array(o, dtype=np.intp), np.array(t, dtype=np.intp)) for o, t in found)
-
-
-@functools.lru_cache(maxsize=1024)
-def _reads_of_tap(g, axis: int) -> tuple:
-    """Per kernel tap: (outputs, sources) where it reads an input."""
-    found: list = [([], []) for _ in range(g.kernel_spatial[axis])]
-    for o, (taps, sources) in enumerate(_taps_by_output(g, axis)):
-        for t, i in zip(taps, sources):
-            found[t][0].append(o)
-            found[t][1].append(i)
-    return tuple((np.array(o, dtype=np.intp), np.array(i, dtype=np.intp)) for o, i in found)
+def _reads(g) -> _Reads:
+    return _Reads(g)
 
 
 def _to_canonical_index(index: tuple, channel_first: bool, batched: bool) -> tuple:
@@ -463,65 +539,79 @@ def _from_canonical_index(index: tuple, channel_first: bool, batched: bool) -> t
     return tuple(index) if batched else tuple(index[1:])
 
 
+def _flat(index: tuple, shape: tuple) -> int:
+    """``np.ravel_multi_index`` of one index, in Python ints (a tenth of its cost)."""
+    f = 0
+    for i, n in zip(index, shape):
+        f = f * n + i
+    return f
+
+
+def _unflat(f: int, shape: tuple) -> tuple:
+    """``np.unravel_index`` of one flat position, as a tuple of Python ints."""
+    out = []
+    for n in reversed(shape):
+        f, r = divmod(f, n)
+        out.append(r)
+    return tuple(reversed(out))
+
+
 def _inverse_index(maps: tuple, shape: tuple) -> np.ndarray:
     """For index maps that permute: where each input element lands (flat positions)."""
-    idx = _index(maps, shape).ravel()
-    inv = np.full(math.prod(shape), -1, dtype=np.intp)
+    key = ("inverse", maps, tuple(shape))
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = _invert(_index(maps, shape).ravel(), math.prod(shape))
+    return _INDEX_CACHE[key]
+
+
+def _invert(idx: np.ndarray, size: int) -> np.ndarray:
+    inv = np.full(size, -1, dtype=np.intp)
     keep = idx > 0
     inv[idx[keep] - 1] = np.nonzero(keep)[0]
     return inv
 
 
-def _grid(*arrays) -> tuple:
-    """``np.ix_`` without its checks (integer index arrays only): an open grid for fancy indexing."""
-    n = len(arrays)
-    return tuple(a.reshape((1,) * i + (-1,) + (1,) * (n - 1 - i)) for i, a in enumerate(arrays))
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.vdot(a, b))
 
 
-def _y_at(xc: np.ndarray, wc: np.ndarray, g, groups: int, index: tuple) -> float:
-    """``conv`` at canonical output index ``(n, *o, j)``, from the definition."""
-    n, o, j = index[0], index[1:-1], index[-1]
-    cg, cog = wc.shape[-2], wc.shape[-1] // groups
-    rows = [_taps_by_output(g, a)[oa] for a, oa in enumerate(o)]
-    if any(len(t) == 0 for t, _ in rows):
-        return 0.0
+def _y_at(xf: np.ndarray, wf: np.ndarray, reads: _Reads, groups: int, n: int, o: int, j: int) -> float:
+    """``conv`` at batch ``n``, flat output position ``o``, output channel ``j`` (operands
+    ``(N, S, C)`` and ``(T, C/G, C_out)``): the taps of ``o`` that read an input."""
+    cg, cog = wf.shape[1], wf.shape[2] // groups
+    taps, inputs = reads.row(o)
     lo = (j // cog) * cg
-    xs = xc[n][_grid(*[s for _, s in rows]) + (slice(lo, lo + cg),)]
-    ws = wc[_grid(*[t for t, _ in rows])][..., j]
-    return float(np.sum(xs * ws))
+    return _dot(xf[n, inputs, lo:lo + cg], wf[taps, :, j])
 
 
-def _dx_at(dyc: np.ndarray, wc: np.ndarray, g, groups: int, index: tuple) -> float:
-    """The input gradient at canonical index ``(n, *i, c)``: every (output, tap) reading ``i``."""
-    n, i, c = index[0], index[1:-1], index[-1]
-    cg, cog = wc.shape[-2], wc.shape[-1] // groups
-    rows = [_readers_of_input(g, a)[ia] for a, ia in enumerate(i)]
-    if any(len(o) == 0 for o, _ in rows):
-        return 0.0
+def _dx_at(dyf: np.ndarray, wf: np.ndarray, reads: _Reads, groups: int, n: int, i: int, c: int) -> float:
+    """The input gradient at batch ``n``, flat input position ``i``, channel ``c``: every
+    (output, tap) that reads ``i``."""
+    cg, cog = wf.shape[1], wf.shape[2] // groups
+    outs, taps = reads.readers(i)
     block = slice((c // cg) * cog, (c // cg + 1) * cog)
-    dys = dyc[n][_grid(*[o for o, _ in rows]) + (block,)]
-    ws = wc[_grid(*[t for _, t in rows])][..., c % cg, block]
-    return float(np.sum(dys * ws))
+    return _dot(dyf[n, outs, block], wf[taps, c % cg, block])
 
 
-def _dw_at(xc: np.ndarray, dyc: np.ndarray, g, groups: int, index: tuple, batch: int) -> float:
-    """The weight gradient at ``(*t, c, j)``: every (sample, output) whose tap ``t`` reads an input."""
-    t, c, j = index[:-2], index[-2], index[-1]
-    cg, cog = xc.shape[-1] // groups, dyc.shape[-1] // groups
-    rows = [_reads_of_tap(g, a)[ta] for a, ta in enumerate(t)]
-    if any(len(o) == 0 for o, _ in rows):
-        return 0.0
-    samples = np.arange(batch)
-    xs = xc[_grid(samples, *[s for _, s in rows])][..., (j // cog) * cg + c]
-    dys = dyc[_grid(samples, *[o for o, _ in rows])][..., j]
-    return float(np.sum(xs * dys))
+def _dw_at(xf: np.ndarray, dyf: np.ndarray, reads: _Reads, groups: int, t: int, c: int, j: int,
+           batch: int) -> float:
+    """The weight gradient at flat tap ``t``, channels ``(c, j)``: every (sample, output) whose
+    tap ``t`` reads an input."""
+    cg, cog = xf.shape[2] // groups, dyf.shape[2] // groups
+    outs, inputs = reads.col(t)
+    return _dot(xf[:batch, inputs, (j // cog) * cg + c], dyf[:batch, outs, j])
+
+
+def _values(case) -> dict:
+    """The cache of ``case``: values, problems, shapes... (it holds the case last asked about)."""
+    if _CACHE["case"] is not case:
+        _CACHE["case"], _CACHE["values"] = case, {}
+    return _CACHE["values"]
 
 
 def _cached(case, key, compute):
-    """``compute()`` once per case and key (the cache holds the case last asked about)."""
-    if _CACHE["case"] is not case:
-        _CACHE["case"], _CACHE["values"] = case, {}
-    values = _CACHE["values"]
+    """``compute()`` once per case and key."""
+    values = _values(case)
     if key not in values:
         values[key] = compute()
     return values[key]
@@ -535,55 +625,86 @@ def _mapped_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
         to_canonical(_mapped_operand(case, name, maps), canonical[0], not canonical[1])))
 
 
+def _flat_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
+    """:func:`_mapped_operand` with its spatial axes flattened: an input ``(N, S, C)``, a kernel
+    ``(T, C/G, C_out)``."""
+    def compute():
+        a = _mapped_operand(case, name, maps, canonical)
+        return a.reshape(a.shape[0], -1, a.shape[-1]) if canonical is not None else a.reshape(-1, *a.shape[-2:])
+    return _cached(case, ("flat", name, maps, canonical), compute)
+
+
+def _info(P: ConvProblem, case) -> tuple:
+    """``(geometry, x_inner_shape, w_inner_shape, inner_y_shape, y_shape)`` of a problem on a case,
+    from the shapes alone (once per case: every array's diagnosis asks for them)."""
+    values = _values(case)
+    info = values.get(("info", P))
+    if info is None:
+        xi, wi = case["x"].shape, case["w"].shape
+        if P.x_maps:
+            xi = _mapped_shape(P.x_maps, xi)
+        if P.w_maps:
+            wi = _mapped_shape(P.w_maps, wi)
+        g = _inner_geometry(P, xi, wi)
+        inner = _inner_out_shape(P, g, xi, wi)
+        info = values["info", P] = (g, xi, wi, inner, _mapped_shape(P.y_maps, inner) if P.y_maps else inner)
+    return info
+
+
 def _point_evaluator(P: ConvProblem, case, array: str):
     """A function from an index of the problem's ``array`` to its value there (None when the
     problem does not define ``array`` for this case)."""
     x, w = case["x"], case["w"]
-    g, xi_shape, wi_shape = P.geometry(x.shape, w.shape)
-    inner_y = _inner_out_shape(P, g, xi_shape, wi_shape)
+    g, xi_shape, wi_shape, inner_y, outer = _info(P, case)
     cf, b = P.channel_first, P.batched
-    wc = _mapped_operand(case, "w", P.w_maps)
+    wf = _flat_operand(case, "w", P.w_maps)
     if array in ("y", "ty"):
-        outer = _mapped_shape(P.y_maps, inner_y)
         yidx = _index(P.y_maps, inner_y).ravel() if P.y_maps else None
         pairs = (("x", "w"),) if array == "y" else (("tx", "w"), ("x", "tw"))
-        ops = [(_mapped_operand(case, a, P.x_maps, (cf, b)), _mapped_operand(case, k, P.w_maps)) for a, k in pairs]
+        ops = [(_flat_operand(case, a, P.x_maps, (cf, b)), _flat_operand(case, k, P.w_maps)) for a, k in pairs]
         bias = case.arrays.get("b" if array == "y" else "tb") if P.bias_scale else None
         channel = _channel_axis(len(outer), case.params["channel_first"], b)
+        reads = _reads(g)
 
         def y_at(e):
-            f = int(np.ravel_multi_index(e, outer))
+            f = _flat(e, outer)
             src = f if yidx is None else int(yidx[f]) - 1
             value = 0.0
             if src >= 0:
-                ic = _to_canonical_index(np.unravel_index(src, inner_y), cf, b)
-                value = sum(_y_at(xc, kc, g, P.groups, ic) for xc, kc in ops)
+                ic = _to_canonical_index(_unflat(src, inner_y), cf, b)
+                o = _flat(ic[1:-1], g.out_spatial)
+                for xf, kf in ops:
+                    value += _y_at(xf, kf, reads, P.groups, ic[0], o, ic[-1])
             return value + (P.bias_scale * float(bias[e[channel]]) if bias is not None else 0.0)
         return y_at
     dyi = _cached(case, ("dy", P.y_maps, inner_y), lambda: _adjoint(P.y_maps, inner_y, case["dy"]))
     if dyi is None:
         return None
-    dyc = _cached(case, ("dy", P.y_maps, inner_y, cf), lambda: to_canonical(dyi, cf, not b))
+    dyf = _cached(case, ("dy", P.y_maps, inner_y, cf), lambda: (
+        lambda c: c.reshape(c.shape[0], -1, c.shape[-1]))(to_canonical(dyi, cf, not b)))
     if array == "dx":
-        gx = replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g
+        reads = _reads(replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g)
         inv = _inverse_index(P.x_maps, x.shape) if P.x_maps else None
 
         def dx_at(e):
-            f = int(np.ravel_multi_index(e, x.shape))
+            f = _flat(e, x.shape)
             pos = f if inv is None else int(inv[f])
-            return _dx_at(dyc, wc, gx, P.groups, _to_canonical_index(np.unravel_index(pos, xi_shape), cf, b))
+            ic = _to_canonical_index(_unflat(pos, xi_shape), cf, b)
+            return _dx_at(dyf, wf, reads, P.groups, ic[0], _flat(ic[1:-1], g.in_spatial), ic[-1])
         return dx_at
     if array == "dw":
-        xc = _mapped_operand(case, "x", P.x_maps, (cf, b))
+        xf = _flat_operand(case, "x", P.x_maps, (cf, b))
         inv = _inverse_index(P.w_maps, w.shape) if P.w_maps else None
-        batch = 1 if P.dw_first_sample else xc.shape[0]
+        batch = 1 if P.dw_first_sample else xf.shape[0]
+        reads = _reads(g)
 
         def dw_at(e):
             if P.dw_flip:
                 e = tuple(w.shape[a] - 1 - v if a < P.nd else v for a, v in enumerate(e))
-            f = int(np.ravel_multi_index(e, w.shape))
+            f = _flat(e, w.shape)
             pos = f if inv is None else int(inv[f])
-            return _dw_at(xc, dyc, g, P.groups, np.unravel_index(pos, wi_shape), batch)
+            t = _unflat(pos, wi_shape)
+            return _dw_at(xf, dyf, reads, P.groups, _flat(t[:-2], g.kernel_spatial), t[-2], t[-1], batch)
         return dw_at
     return None
 
@@ -599,13 +720,21 @@ def _sample_points(actual: np.ndarray, exact: np.ndarray) -> list:
     the shapes agree; else its largest and its middle element)."""
     if actual.size == 0:
         return []
-    a = np.abs(actual.astype(np.float64)).ravel()
-    flat = [int(np.argmax(np.where(np.isfinite(a), a, np.inf))), actual.size // 2]
+    a = actual.astype(np.float64, copy=False).ravel()
+    flat = []
     if exact.shape == actual.shape:
-        err = np.abs(actual.astype(np.float64) - exact).ravel()
-        flat = [int(f) for f in np.argsort(-np.where(np.isfinite(err), err, np.inf), kind="stable")[:2]] + flat[:1]
-    seen = list(dict.fromkeys(int(f) for f in flat))
-    return [tuple(int(v) for v in np.unravel_index(f, actual.shape)) for f in seen]
+        err = np.abs(a - exact.ravel())
+        err[~np.isfinite(err)] = np.inf
+        flat.append(int(np.argmax(err)))            # the first of the largest errors, then the next
+        if a.size > 1:
+            err[flat[0]] = -1.0
+            flat.append(int(np.argmax(err)))
+    magnitude = np.abs(a)
+    magnitude[~np.isfinite(magnitude)] = np.inf
+    flat.append(int(np.argmax(magnitude)))
+    if exact.shape != actual.shape:
+        flat.append(actual.size // 2)
+    return [_unflat(f, actual.shape) for f in dict.fromkeys(flat)]
 
 
 # --- the variants ----------------------------------------------------------------------------------
@@ -633,7 +762,7 @@ _WS_ARRAYS = ("w_hat", "dw", "dgain", "tw_hat")
 def _kernel_flipped(P, case):
     if math.prod(case["w"].shape[:-2]) == 1:
         return None
-    return replace(P, w_maps=P.w_maps + (("flip", tuple(range(P.nd))),))
+    return _evolve(P, w_maps=P.w_maps + (("flip", tuple(range(P.nd))),))
 
 
 def _same_to(target: str):
@@ -642,7 +771,7 @@ def _same_to(target: str):
     def slip(P, case):
         if P.padding != source or all(lo == hi for lo, hi in P.pads(case)):
             return None
-        return replace(P, padding=target)
+        return _evolve(P, padding=target)
     return slip
 
 
@@ -652,27 +781,27 @@ def _same_ignores_rhs_dilation(P, case):
     g = P.geometry(case["x"].shape, case["w"].shape)[0]
     pads = tuple(same_pads(n, k, s, 1, lower=P.padding == "SAME_LOWER")
                  for n, k, s in zip(g.in_spatial, g.kernel_spatial, g.stride))
-    return replace(P, padding=pads)
+    return _evolve(P, padding=pads)
 
 
 def _pads_swapped(P, case):
     pads = P.pads(case)
     if all(lo == hi for lo, hi in pads):
         return None
-    return replace(P, padding=tuple((hi, lo) for lo, hi in pads))
+    return _evolve(P, padding=tuple((hi, lo) for lo, hi in pads))
 
 
 def _high_crop_ignores_low_pad(P, case):
     pads = P.pads(case)
     if not any(lo > 0 > hi for lo, hi in pads):
         return None
-    return replace(P, padding=tuple((lo, hi - lo) if lo > 0 > hi else (lo, hi) for lo, hi in pads))
+    return _evolve(P, padding=tuple((lo, hi - lo) if lo > 0 > hi else (lo, hi) for lo, hi in pads))
 
 
 def _padding_ignored(P, case):
     if all(p == (0, 0) for p in P.pads(case)):
         return None
-    return replace(P, padding=((0, 0),) * P.nd)
+    return _evolve(P, padding=((0, 0),) * P.nd)
 
 
 def _set_factor(field: str, new):
@@ -683,7 +812,7 @@ def _set_factor(field: str, new):
         value = new(old)
         if value is None or value == old:
             return None
-        return replace(P, padding=P.pads(case), **{field: value})
+        return _evolve(P, padding=P.pads(case), **{field: value})
     return slip
 
 
@@ -694,13 +823,13 @@ def _swap01(t: tuple) -> tuple:
 def _spatial_args_swapped(P, case):
     if P.nd < 2:
         return None
-    Q = replace(P, stride=_swap01(P.stride), padding=_swap01(P.pads(case)), lhs_dilation=_swap01(P.lhs_dilation),
+    Q = _evolve(P, stride=_swap01(P.stride), padding=_swap01(P.pads(case)), lhs_dilation=_swap01(P.lhs_dilation),
                 rhs_dilation=_swap01(P.rhs_dilation))
-    return None if Q == replace(P, padding=P.pads(case)) else Q
+    return None if Q == _evolve(P, padding=P.pads(case)) else Q
 
 
 def _kernel_axes_swapped(P, case):
-    return None if P.nd < 2 else replace(P, w_maps=P.w_maps + (("swapaxes", 0, 1),))
+    return None if P.nd < 2 else _evolve(P, w_maps=P.w_maps + (("swapaxes", 0, 1),))
 
 
 def _spatial_axes_swapped(P, case):
@@ -708,7 +837,7 @@ def _spatial_axes_swapped(P, case):
         return None
     xa = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
     swap = ("swapaxes", xa[0], xa[1])
-    return replace(P, x_maps=P.x_maps + (swap,), y_maps=(swap,) + P.y_maps)
+    return _evolve(P, x_maps=P.x_maps + (swap,), y_maps=(swap,) + P.y_maps)
 
 
 def _groups_interleaved(P, case):
@@ -716,11 +845,11 @@ def _groups_interleaved(P, case):
     if P.groups < 2 or c_in // P.groups < 2:
         return None
     axis = _channel_axis(case["x"].ndim, P.channel_first, P.batched)
-    return replace(P, x_maps=P.x_maps + (("chan_perm", axis, P.groups),))
+    return _evolve(P, x_maps=P.x_maps + (("chan_perm", axis, P.groups),))
 
 
 def _channels_first_misread(P, case):
-    return replace(P, channel_first=not P.channel_first,
+    return _evolve(P, channel_first=not P.channel_first,
                    x_maps=P.x_maps + (("relayout", P.channel_first, P.batched),),
                    y_maps=(("relayout", not P.channel_first, P.batched),) + P.y_maps)
 
@@ -732,9 +861,9 @@ def _output_padding(low: bool):
             return None
         pads = P.pads(case)
         if low:
-            return replace(P, padding=tuple((lo + o, hi - o) for (lo, hi), o in zip(pads, op)))
+            return _evolve(P, padding=tuple((lo + o, hi - o) for (lo, hi), o in zip(pads, op)))
         axes = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
-        return replace(P, padding=tuple((lo, hi - o) for (lo, hi), o in zip(pads, op)),
+        return _evolve(P, padding=tuple((lo, hi - o) for (lo, hi), o in zip(pads, op)),
                        y_maps=(("pad_high", axes, op),) + P.y_maps)
     return slip
 
@@ -745,27 +874,27 @@ def _transpose_kernel_not_flipped(P, case):
 
 def _transpose_weight_io_swapped(P, case):
     maps = tuple(("reshape_io",) + m[1:] if m[0] == "swap_io" else m for m in P.w_maps)
-    return None if maps == P.w_maps else replace(P, w_maps=maps)
+    return None if maps == P.w_maps else _evolve(P, w_maps=maps)
 
 
 def _bias(scale: int):
     def slip(P, case):
-        return None if P.bias_scale != 1 else replace(P, bias_scale=scale)
+        return None if P.bias_scale != 1 else _evolve(P, bias_scale=scale)
     return slip
 
 
 def _dx_stride_ignored(P, case):
-    return None if all(s == 1 for s in P.stride) else replace(P, dx_unstuffed=True)
+    return None if all(s == 1 for s in P.stride) else _evolve(P, dx_unstuffed=True)
 
 
 def _dw_not_summed(P, case):
     if not P.batched or case["x"].shape[0] < 2:
         return None
-    return replace(P, dw_first_sample=True)
+    return _evolve(P, dw_first_sample=True)
 
 
 def _dw_kernel_flipped(P, case):
-    return None if math.prod(case["w"].shape[:-2]) == 1 else replace(P, dw_flip=True)
+    return None if math.prod(case["w"].shape[:-2]) == 1 else _evolve(P, dw_flip=True)
 
 
 # weight standardization
@@ -936,12 +1065,20 @@ def _applies(variant: Variant, suite: str, array: str) -> bool:
     return suite in variant.suites and array in variant.arrays
 
 
+@functools.lru_cache(maxsize=64)
+def _candidates(suite: str, array: str) -> tuple:
+    """The single variants, then the pairs, that apply to a suite's array (in table order)."""
+    singles = tuple((name,) for name, v in VARIANTS.items() if _applies(v, suite, array))
+    pairs = tuple(pair for pair in PAIRS if all(_applies(VARIANTS[n], suite, array) for n in pair))
+    return singles, pairs
+
+
 def _terms(P, case, array: str) -> int:
     """An upper bound on the products summed into one element of the variant's ``array``."""
     w = case["w"]
     taps = math.prod(w.shape[:-2])
     if array in ("y", "ty"):
-        c_in = P.geometry(case["x"].shape, w.shape)[2][-2]
+        c_in = _info(P, case)[2][-2]
         return (2 if array == "ty" else 1) * taps * c_in + (1 if P.bias_scale else 0)
     if array == "dx":
         return taps * max(w.shape[-1], w.shape[-2])
@@ -953,8 +1090,7 @@ def _out_shape(P, case, array: str):
     """The shape of the variant's ``array`` without computing it (None: the variant does not define it)."""
     if isinstance(P, WSProblem):
         return case[array].shape
-    g, xi, wi = P.geometry(case["x"].shape, case["w"].shape)
-    y_shape = _mapped_shape(P.y_maps, _inner_out_shape(P, g, xi, wi))
+    y_shape = _info(P, case)[4]
     if array in ("y", "ty"):
         return y_shape
     if y_shape != case["dy"].shape:
@@ -964,24 +1100,26 @@ def _out_shape(P, case, array: str):
     return case[{"dx": "x", "dw": "w"}[array]].shape
 
 
-def _maxima(case) -> dict:
-    return _cached(case, "maxima", lambda: {k: float(np.max(np.abs(a), initial=0.0))
-                                            for k, a in case.arrays.items() if "__" not in k})
+def _max_abs(case, name: str) -> float:
+    """``max |a|`` of a stored array (0 for an absent one), once per case."""
+    return _cached(case, ("max_abs", name), lambda: (
+        float(np.abs(case.arrays[name]).max(initial=0.0)) if name in case.arrays else 0.0))
 
 
 def _upper_magnitude(P, case, array: str, K: int) -> float:
     """A scalar upper bound on the variant's magnitudes ``m`` (rejects most variants cheaply)."""
-    mx = _maxima(case)
+    def mx(name):
+        return _max_abs(case, name)
     bias = abs(P.bias_scale)
     if array == "y":
-        return K * mx["x"] * mx["w"] + bias * mx.get("b", 0.0)
+        return K * mx("x") * mx("w") + bias * mx("b")
     if array == "ty":
-        return K * max(mx["tx"] * mx["w"], mx["x"] * mx["tw"]) + bias * mx.get("tb", 0.0)
+        return K * max(mx("tx") * mx("w"), mx("x") * mx("tw")) + bias * mx("tb")
     if array == "dx":
-        return K * mx["dy"] * mx["w"]
+        return K * mx("dy") * mx("w")
     if array == "dw":
-        return K * mx["x"] * mx["dy"]
-    return K * mx["dy"] * bias
+        return K * mx("x") * mx("dy")
+    return K * mx("dy") * bias
 
 
 @dataclass(frozen=True)
@@ -1004,6 +1142,17 @@ class _MemoBound(Bound):
         return self.memo[key]
 
 
+_BOUND_FIELDS = tuple(f.name for f in fields(Bound))
+
+
+def _stored_bound(case, array: str) -> _MemoBound:
+    """The stored bound data of ``array`` (once per case: every variant and precision reuses it)."""
+    def compute():
+        stored = golden_bound(case, array)
+        return _MemoBound(**{name: getattr(stored, name) for name in _BOUND_FIELDS})
+    return _cached(case, ("bound", array), compute)
+
+
 def _errors(actual: np.ndarray, v: np.ndarray) -> np.ndarray:
     a = actual.astype(np.float64)
     err = np.abs(a - v)
@@ -1014,8 +1163,12 @@ def _errors(actual: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _conv_bounds(P, case, array: str, bound: Bound) -> tuple:
     """``(K, gamma_K(2**-53), M)``: the variant's term count, refws's own float64 rounding factor
     and a scalar upper bound ``K max|a| max|b|`` on its magnitudes."""
-    K = max(bound.K, _terms(P, case, array))
-    return K, _gamma64(K), _upper_magnitude(P, case, array, K)
+    def compute():
+        K = max(bound.K, _terms(P, case, array))
+        return K, _gamma64(K), _upper_magnitude(P, case, array, K)
+    # both depend on the problem only through its inner input channels (y, ty) and bias scale
+    c_in = _info(P, case)[2][-2] if array in ("y", "ty") else 0
+    return _cached(case, ("bounds", array, bound.K, c_in, P.bias_scale), compute)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1024,40 +1177,79 @@ def _gamma64(K: int) -> float:
 
 
 def _loose(bound: Bound, K: int, g64: float, M: float, values, prec):
-    """Per-element bounds no smaller than the variant's rigorous ones (scalar magnitudes ``M``).
-
-    The bound is affine in ``|value|`` (its ``u_out |y|`` term), so two evaluations at 0 and 1
-    give it for every value; they are computed once per bound, term count and magnitude."""
-    key = (id(bound), K, M, resolve_precision(prec).name)
-    memo = getattr(bound, "memo", {})
-    if key not in memo:
-        loose = replace(bound, m=np.asarray(M * (1 + 2 * g64)), K=K, W=None, extra=np.asarray(2 * g64 * M))
-        at0, at1 = (float(element_bound(loose, np.asarray(v), prec)) for v in (0.0, 1.0))
-        memo[key] = (at0, at1 - at0)
-    at0, slope = memo[key]
+    """Per-element bounds no smaller than the variant's rigorous ones (scalar magnitudes ``M``)."""
+    at0, slope = _loose_line(bound, K, g64, M, prec)
     return at0 + slope * np.abs(values)
 
 
-def _screen(P, case, array: str, actual: np.ndarray, bound: Bound, prec, points: list) -> str | None:
-    """``"differs"`` when the variant is told apart from both refws and the backend at ``points``
-    (no full evaluation needed), else None. Stops at the first point that settles it."""
-    if not points or array not in ("y", "ty", "dx", "dw"):
+def _loose_line(bound: Bound, K: int, g64: float, M: float, prec) -> tuple:
+    """``(at 0, slope)`` of :func:`_loose`: the bound is affine in ``|value|`` (its ``u_out |y|``
+    term), so its values at 0 and 1 give it for every value; computed once per bound, term count,
+    magnitude and precision."""
+    key = (K, M, resolve_precision(prec).name)
+    memo = getattr(bound, "memo", {})
+    if key not in memo:
+        loose = replace(bound, m=np.asarray(M * (1 + 2 * g64)), K=K, W=None, extra=np.asarray(2 * g64 * M))
+        at0, at1 = element_bound(loose, np.array([0.0, 1.0]), prec).tolist()
+        memo[key] = (at0, at1 - at0)
+    return memo[key]
+
+
+class _Probe:
+    """The elements a screen looks at: ``points`` (see :func:`_sample_points`), the backend's values
+    there and refws's (``exact``, None where the backend's shape is not refws's); ``spread``, more
+    elements evenly spread over the array with refws's values, computed when first asked for."""
+
+    SPREAD = 8
+
+    def __init__(self, actual: np.ndarray, exact: np.ndarray):
+        self.points = _sample_points(actual, exact)
+        self.actual = [float(actual[e]) for e in self.points]
+        self.comparable = exact.shape == actual.shape
+        self.exact = [float(exact[e]) for e in self.points] if self.comparable else None
+        self._exact_array, self._spread = exact, None
+
+    @property
+    def spread(self) -> list:
+        """``(index, refws's value)`` at up to :attr:`SPREAD` elements not among ``points``."""
+        if self._spread is None:
+            exact, taken = self._exact_array, set(self.points)
+            flat = dict.fromkeys(i * exact.size // self.SPREAD for i in range(min(self.SPREAD, exact.size)))
+            index = [_unflat(f, exact.shape) for f in flat]
+            self._spread = [(e, float(exact[e])) for e in index if e not in taken]
+        return self._spread
+
+
+def _screen(P, case, array: str, probe: _Probe, bound: Bound, prec) -> str | None:
+    """``"differs"`` when the variant is told apart from both refws and the backend at a few
+    elements (no full evaluation needed), else None.
+
+    The probe's points are visited in order until the variant is seen to differ from the backend
+    (beyond the loose bound) and from refws (beyond refws's own rounding) there; a variant seen
+    to differ from the backend but equal to refws at those points is also looked at on the probe's
+    spread elements, for a difference from refws only (the full evaluation would otherwise decide
+    between ``"differs"`` and ``"same"``)."""
+    if not probe.points or array not in ("y", "ty", "dx", "dw"):
         return None
     at = _point_evaluator(P, case, array)
     if at is None:
         return None
     K, g64, M = _conv_bounds(P, case, array, bound)
-    exact = case.arrays[array]
-    comparable = exact.shape == actual.shape
+    at0, slope = _loose_line(bound, K, g64, M, prec)
+    exact, same = probe.exact, 2 * g64 * M
     distinct = mismatch = False
-    for e in points:
-        value = np.float64(at(e))
-        distinct = distinct or not comparable or abs(value - exact[e]) > 2 * g64 * M
-        got = float(actual[e])
+    for i, e in enumerate(probe.points):
+        value = at(e)
+        distinct = distinct or exact is None or abs(value - exact[i]) > same
+        got = probe.actual[i]
         err = abs(got - value) if math.isfinite(got) else math.inf
-        mismatch = mismatch or err > _loose(bound, K, g64, M, value, prec)
+        mismatch = mismatch or err > at0 + slope * abs(value)
         if distinct and mismatch:
             return "differs"
+    if mismatch:
+        for e, ref in probe.spread:
+            if abs(at(e) - ref) > same:
+                return "differs"
     return None
 
 
@@ -1066,7 +1258,9 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
 
     The variant's own float64 rounding (``gamma_K(2**-53) m``) is added to the bound and ``m``
     inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A scalar bound
-    from ``K max|a| max|b|`` rejects most variants before their magnitudes are computed.
+    from ``K max|a| max|b|`` rejects most variants before their magnitudes are computed, and a
+    bound from ``|v|`` (no larger than the one from the magnitudes, see :func:`_magnitudes_floor`)
+    accepts most matches before them.
     """
     K, g64, M = _conv_bounds(P, case, array, bound)
     exact = case.arrays[array]
@@ -1077,9 +1271,24 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
         return "match"
     if np.any(err > _loose(bound, K, g64, M, v, prec)):
         return "differs"
+    low = _magnitudes_floor(v, g64)
+    if np.all(err <= element_bound(replace(bound, m=low, K=K, W=None, extra=g64 * low), v, prec)):
+        return "match"
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
     return "match" if np.all(err <= element_bound(tight, v, prec)) else "differs"
+
+
+def _magnitudes_floor(v: np.ndarray, g64: float) -> np.ndarray:
+    """A lower bound on the inflated magnitudes ``m (1 + 2 gamma)`` of a bilinear value ``v``.
+
+    With ``gamma = gamma_K(2**-53)``, refws's ``v`` is within ``gamma m*`` of the exact value and
+    its ``m`` within ``gamma m*`` of the exact magnitudes ``m* >= |exact value|``, so
+    ``|v| <= m (1 + gamma) / (1 - gamma)`` and ``|v| (1 - 2 gamma - 2**-40) <= m (1 + 2 gamma)``
+    even after the rounding of both products (the ``2**-40`` covers it many times over). The
+    bound is monotone in ``m`` and ``extra``, so an array within the bound from this floor is
+    within the bound from the magnitudes."""
+    return np.abs(v) * (1.0 - 2.0 * g64 - 2.0**-40)
 
 
 def _ws_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec) -> str:
@@ -1097,11 +1306,11 @@ def _ws_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bou
     return "match" if np.all(_errors(actual, v) <= element_bound(own, v, prec)) else "differs"
 
 
-def _try(P, case, array: str, actual: np.ndarray, bound: Bound, prec, points: list) -> str | None:
+def _try(P, case, array: str, actual: np.ndarray, bound: Bound, prec, probe: _Probe) -> str | None:
     """The outcome for one problem: ``"match"``, ``"differs"``, or None (not tried)."""
     if _out_shape(P, case, array) != actual.shape:
         return None
-    if isinstance(P, ConvProblem) and _screen(P, case, array, actual, bound, prec, points) == "differs":
+    if isinstance(P, ConvProblem) and _screen(P, case, array, probe, bound, prec) == "differs":
         return "differs"
     v = variant_value(P, case, array)
     if v is None or v.shape != actual.shape:
@@ -1127,6 +1336,9 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
     :data:`PAIRS` is tried and matching pairs are named ``"a+b"``. ``tried`` counts the variants
     and pairs that apply to the case and array, give an output of ``actual``'s shape and differ
     from refws's correct value there. ``backend`` is not used (the hook's signature).
+
+    What does not depend on ``actual`` (the problems, their shapes and bound data, mapped
+    operands, values) is computed once per case, for the case last asked about.
     """
     prec = resolve_precision(precision)
     base = _cached(case, "base", lambda: base_problem(case))
@@ -1136,15 +1348,13 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
         return {"matches": [], "tried": 0}
     if base is None or array not in case.arrays or actual.dtype.kind not in "fiu":
         return {"matches": [], "tried": 0}
-    stored = golden_bound(case, array)
-    bound = _MemoBound(**{f.name: getattr(stored, f.name) for f in fields(Bound)})
-    points = _sample_points(actual, case.arrays[array])
+    bound = _stored_bound(case, array)
+    probe = _Probe(actual, case.arrays[array])
     matches, tried = [], 0
-    for group in ([(name,) for name, v in VARIANTS.items() if _applies(v, case.suite, array)],
-                  [pair for pair in PAIRS if all(_applies(VARIANTS[n], case.suite, array) for n in pair)]):
+    for group in _candidates(case.suite, array):
         for names in group:
             P = _cached(case, ("slip", names), functools.partial(_slip, names, base, case))
-            outcome = None if P is None else _try(P, case, array, actual, bound, prec, points)
+            outcome = None if P is None else _try(P, case, array, actual, bound, prec, probe)
             if outcome is not None:
                 tried += 1
                 if outcome == "match":
@@ -1152,6 +1362,14 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
         if matches:
             break
     return {"matches": matches, "tried": tried}
+
+
+def clear_caches() -> None:
+    """Forget everything cached (per case and per geometry): the next diagnosis pays in full."""
+    _CACHE["case"], _CACHE["values"] = None, {}
+    _INDEX_CACHE.clear()
+    for cached in (_geometry_of, _reads, _gamma64):
+        cached.cache_clear()
 
 
 def describe(name: str) -> str:
