@@ -205,6 +205,8 @@ def taps_workers(n_parts: int, ops: int) -> int:
 def plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int, formulation: str):
     """:func:`refws.im2col.chunk_plan` for a formulation: the taps' threads each hold a workspace,
     so each gets an equal share of the budget."""
+    if formulation == "gemm" and GemmChunk.reads_window_as_columns(g, groups) and _unpadded(g):
+        return n_batch, g.out_spatial[0]              # no workspace at all: one product over x itself
     threads = taps_threads() if formulation == "taps" else 1
     return chunk_plan(g, n_batch, c_in, c_out, groups, formulation, get_workspace_bytes() // threads)
 
@@ -351,9 +353,14 @@ class GemmChunk(_Chunk):
         super().__init__(g, groups)
         self.taps, self.cg, self.cog = math.prod(g.kernel_spatial), cg, c_out // groups
         self.k_cg = self.taps * cg
-        self.direct = groups == 1 and self.taps == 1 and all(s == 1 for s in g.stride)
+        self.direct = self.reads_window_as_columns(g, groups)
         if w is not None:
             self.w_groups = w.reshape(self.k_cg, groups, self.cog).transpose(1, 0, 2)    # (G, K*Cg, Cog)
+
+    @staticmethod
+    def reads_window_as_columns(g: ConvGeometry, groups: int) -> bool:
+        """A 1x1 kernel, stride 1, one group: the padded window is the column matrix itself."""
+        return groups == 1 and math.prod(g.kernel_spatial) == 1 and all(s == 1 for s in g.stride)
 
     def _columns(self, window: np.ndarray, chunk_out) -> np.ndarray:
         """``(G, m, K*Cg)``: the window itself (direct), or its gathered windows in the workspace."""
