@@ -73,6 +73,8 @@ class Case:
     rhs_dilation: object = 1
     groups: int = 1
     note: str = ""
+    calls: int = 1            # calls per timed sample: > 1 for a tiny problem, timed per call
+    dense: bool = False       # one group: its forward is held to a share of the matmul probe
 
     @property
     def dims(self) -> int:
@@ -110,16 +112,56 @@ class Case:
 
 
 def conv_cases(batch: int = 8) -> list[Case]:
-    """The forward cases of issue 2; ``batch`` shrinks them for ``--quick``."""
+    """The cases of issues 2 and 15; ``batch`` shrinks them for ``--quick`` (not the tiny one)."""
     n3 = max(1, batch // 4)
     return [
-        Case("main", (batch, 64, 64, 32), (3, 3, 32, 64), note="SAME"),
-        Case("strided", (batch, 64, 64, 32), (3, 3, 32, 64), stride=2, note="s=2 SAME"),
+        Case("main", (batch, 64, 64, 32), (3, 3, 32, 64), note="SAME", dense=True),
+        Case("strided", (batch, 64, 64, 32), (3, 3, 32, 64), stride=2, note="s=2 SAME", dense=True),
+        Case("dilated", (batch, 64, 64, 32), (3, 3, 32, 64), rhs_dilation=2, note="rhs_dil=2 SAME", dense=True),
+        Case("3d", (n3, 16, 32, 32, 16), (3, 3, 3, 16, 32), note="SAME", dense=True),
+        Case("pointwise", (batch, 64, 64, 32), (1, 1, 32, 64), note="1x1", dense=True),
         Case("grouped", (batch, 64, 64, 32), (3, 3, 8, 64), groups=4, note="G=4 SAME"),
+        Case("grouped2", (batch, 64, 64, 32), (3, 3, 2, 32), groups=16, note="G=16 2 ch/group SAME"),
         Case("depthwise", (batch, 64, 64, 32), (3, 3, 1, 64), groups=32, note="G=32 mult=2 SAME"),
-        Case("dilated", (batch, 64, 64, 32), (3, 3, 32, 64), rhs_dilation=2, note="rhs_dil=2 SAME"),
-        Case("3d", (n3, 16, 32, 32, 16), (3, 3, 3, 16, 32), note="SAME"),
+        Case("depthwise1", (batch, 64, 64, 32), (3, 3, 1, 32), groups=32, note="G=32 mult=1 SAME"),
+        Case("tiny", (2, 7, 7, 3), (3, 3, 3, 4), note="SAME, per call", calls=2000),
     ]
+
+
+def catalog_cases(path) -> list[Case]:
+    """The distinct convolutions of a golden catalog file (``examples/catalogs/*.toml``), as cases.
+
+    Only the ``conv`` suite; channels-last shapes (a channel-first entry is converted); entries
+    with lhs dilation (no peer here takes it the same way) are left out; of entries with the same
+    shapes and arguments (grid sweeps) the first name is kept.
+    """
+    from refws.golden.catalog_file import load_catalog
+
+    cases, seen = [], set()
+    for entry in load_catalog(path).cases:
+        p = entry.params
+        if entry.suite != "conv" or p["lhs_dilation"] not in (1, [1] * (len(p["w_shape"]) - 2)):
+            continue
+        x_shape = tuple(p["x_shape"])
+        if p["channel_first"]:
+            x_shape = (x_shape[0], *x_shape[2:], x_shape[1])
+        key = repr((x_shape, p["w_shape"], p["stride"], p["padding"], p["rhs_dilation"], p["groups"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        padding = p["padding"] if isinstance(p["padding"], str) else tuple(map(tuple, p["padding"]))
+        seq = lambda v: tuple(v) if isinstance(v, list) else v                    # noqa: E731
+        note = " ".join([f"s={p['stride']}"] * (p["stride"] not in (1, [1] * len(x_shape[1:-1])))
+                        + [f"G={p['groups']}"] * (p["groups"] > 1) + [padding if isinstance(padding, str) else "pads"])
+        cases.append(Case(entry.name.split("/", 1)[1], x_shape, tuple(p["w_shape"]), seq(p["stride"]), padding,
+                          seq(p["rhs_dilation"]), p["groups"], note=note, dense=p["groups"] == 1))
+    return cases
+
+
+def selected_cases(args, batch: int) -> list[Case]:
+    """The built-in cases, or a catalog's (``--catalog``), filtered by ``--case``."""
+    cases = catalog_cases(args.catalog) if args.catalog else conv_cases(batch)
+    return [c for c in cases if not args.case or c.name in args.case]
 
 
 # --- timing ---------------------------------------------------------------------------------
@@ -131,6 +173,17 @@ class Timing:
     @property
     def median(self) -> float:
         return statistics.median(self.samples) if self.samples else float("nan")
+
+
+def per_call(fn, calls: int):
+    """``fn`` repeated ``calls`` times, for timing a call too short to time alone (divide by ``calls``)."""
+    if calls == 1:
+        return fn
+
+    def repeated():
+        for _ in range(calls):
+            fn()
+    return repeated
 
 
 def time_interleaved(fns: dict, repeat: int) -> dict:
@@ -148,10 +201,49 @@ def time_interleaved(fns: dict, repeat: int) -> dict:
         shift = round_ % len(labels)
         for label in labels[shift:] + labels[:shift]:
             time.sleep(SETTLE_SECONDS)
+            if WAIT_IDLE is not None:
+                IDLE_STATS[wait_idle(WAIT_IDLE)] += 1
             t0 = time.perf_counter()
             fns[label]()
             timings[label].samples.append(time.perf_counter() - t0)
     return {label: t.median for label, t in timings.items()}
+
+
+# --wait-idle: before each timed call, wait (at most IDLE_MAX_WAIT seconds) until the machine's
+# cores were idle for at least this fraction of IDLE_WINDOW seconds (Linux /proc/stat), so that
+# on a shared machine the samples come from quiet moments; IDLE_STATS counts quiet and not.
+WAIT_IDLE: float | None = None
+IDLE_WINDOW, IDLE_MAX_WAIT = 0.2, 60.0
+IDLE_STATS = {True: 0, False: 0}
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)            # idle + iowait, total
+
+
+def idle_fraction(window: float = IDLE_WINDOW) -> float | None:
+    """Share of the machine's CPU time that was idle over the next ``window`` seconds (None: unknown)."""
+    before = _cpu_times()
+    time.sleep(window)
+    after = _cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def wait_idle(threshold: float) -> bool:
+    """Wait until the cores are idle for ``threshold`` of a window; False if they never were."""
+    deadline = time.perf_counter() + IDLE_MAX_WAIT
+    while time.perf_counter() < deadline:
+        share = idle_fraction()
+        if share is None or share >= threshold:
+            return True
+    return False
 
 
 def dgemm_probe(size: int = 2048, rounds: int = 3) -> float:
@@ -164,6 +256,8 @@ def dgemm_probe(size: int = 2048, rounds: int = 3) -> float:
     a = np.random.default_rng(0).standard_normal((size, size))
     best = math.inf
     for _ in range(rounds):
+        if WAIT_IDLE is not None:
+            wait_idle(WAIT_IDLE)
         t0 = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - t0)
@@ -218,9 +312,11 @@ def versions() -> list[str]:
 
 def machine() -> str:
     load = os.getloadavg()
+    idle = "" if WAIT_IDLE is None else (f"; timed calls after an idle moment: {IDLE_STATS[True]}, "
+                                         f"after waiting in vain: {IDLE_STATS[False]}")
     return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}; "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-            f"square 2048 float64 matmul {dgemm_probe():.0f} GFLOP/s")
+            f"square 2048 float64 matmul {dgemm_probe():.0f} GFLOP/s{idle}")
 
 
 def _dn(dims: int):
@@ -360,6 +456,33 @@ def ms(t: float) -> str:
     return f"{t * 1e3:.1f}" if math.isfinite(t) else "-"
 
 
+def duration(t: float) -> str:
+    """``25.1 ms`` or, below a millisecond, ``37 us``."""
+    if not math.isfinite(t):
+        return "-"
+    return f"{t * 1e6:.0f} us" if t < 1e-3 else f"{t * 1e3:.1f} ms"
+
+
+def fastest(times: dict, labels) -> tuple:
+    """``(label, seconds)`` of the fastest of ``labels`` that has a time, or ``(None, nan)``."""
+    timed = [(times[label], label) for label in labels if label in times and math.isfinite(times[label])]
+    if not timed:
+        return None, float("nan")
+    t, label = min(timed)
+    return label, t
+
+
+# Targets of issue 15 (reported, never asserted): every case within this factor of its fastest
+# peer, dense forward cases at this share of the square-matmul probe or more, and the tiny call.
+TARGET_VS_FASTEST = 1.5
+TARGET_PROBE_SHARE = 0.5
+TARGET_TINY_SECONDS = 40e-6
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def ratio(t_refws: float, t_peer) -> str:
     return f"{t_refws / t_peer:.2f}" if isinstance(t_peer, float) and math.isfinite(t_peer) else "-"
 
@@ -372,6 +495,11 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
                    help="timed rounds per implementation after the warm-up (default 7, --quick 3)")
     p.add_argument("--case", action="append", default=None,
                    help="run only this case (repeatable)")
+    p.add_argument("--catalog", default=None, metavar="PATH",
+                   help="time the conv cases of a golden catalog file (examples/catalogs/*.toml) instead")
+    p.add_argument("--wait-idle", type=float, default=None, metavar="SHARE",
+                   help="before each timed call wait (up to a minute) until the cores were idle for this "
+                        "share of 0.2 s, e.g. 0.9: figures from the quiet moments of a shared machine")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for every library (OpenBLAS, XLA, torch); default: their own "
                         "defaults, i.e. all cores")
@@ -379,7 +507,9 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
 
 
 def settings(args) -> tuple[int, int]:
-    """``(batch, repeat)`` from the command line."""
+    """``(batch, repeat)`` from the command line (and the ``--wait-idle`` setting)."""
+    global WAIT_IDLE
+    WAIT_IDLE = args.wait_idle
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 7)
     if repeat < 1:
         raise SystemExit(f"--repeat {repeat}: expected a positive int")
@@ -394,5 +524,7 @@ def print_header(title: str, repeat: int) -> None:
     threads = "library defaults (all cores)" if THREADS is None else f"{THREADS} per library"
     print(f"threads: {threads}")
     print(f"timing: median of {repeat} interleaved rounds (order rotating each round) "
-          "after one warm-up call (jit compile excluded)")
+          "after one warm-up call (jit compile excluded)"
+          + ("" if WAIT_IDLE is None else f"; each call after the cores were {WAIT_IDLE:.0%} idle for "
+             f"{IDLE_WINDOW} s (waiting at most {IDLE_MAX_WAIT:.0f} s)"))
     print()

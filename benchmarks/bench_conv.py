@@ -8,13 +8,13 @@ Run from the repository root:
 
 float64 throughout, channels-last input and HWIO kernel (torch gets NCHW/OIHW, converted before
 timing). Ratios are refws time / peer time measured in the same run (> 1: refws is slower).
-Each peer's output is compared with refws's (max abs difference) so the table compares like
-with like. A benchmark, not a test: nothing is asserted.
+Each case is preceded by the square-matmul probe, and refws's GFLOP/s is also given as a share
+of it. The ``tiny`` case times 200 calls per sample and reports the time per call (the per-call
+overhead). Each peer's output is compared with refws's (max abs difference) so the table
+compares like with like. A benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
-
-import math
 
 import _peers as P
 
@@ -23,7 +23,10 @@ TARGETS = {"jax.lax": ("<=", 1.5), "lax_reference": ("<=", 0.5)}   # main case, 
 
 
 def run_case(case: P.Case, repeat: int):
-    """Prepare (and warm up) every implementation, time them interleaved, check their outputs."""
+    """Prepare (and warm up) every implementation, time them interleaved, check their outputs.
+
+    Returns seconds per call, the unavailable peers' reasons, the max abs differences, max |y|.
+    """
     x, w = case.operands()
     fns, status, diffs = {}, {}, {}
     fns["refws"], y = P.refws_forward(case, x, w)
@@ -36,58 +39,79 @@ def run_case(case: P.Case, repeat: int):
         else:
             fns[label], y_peer = prepared
             diffs[label] = P.max_abs_diff(y, y_peer)
-    times = P.time_interleaved(fns, repeat)
+    times = P.time_interleaved({k: P.per_call(f, case.calls) for k, f in fns.items()}, repeat)
+    times = {k: t / case.calls for k, t in times.items()}
     return times, status, diffs, float(abs(y).max()) if y.size else 0.0
 
 
 def main(argv=None):
     args = P.argument_parser(__doc__.splitlines()[0]).parse_args(argv)
     batch, repeat = P.settings(args)
-    cases = [c for c in P.conv_cases(batch) if not args.case or c.name in args.case]
+    cases = P.selected_cases(args, batch)
     P.print_header("refws.conv forward benchmark (float64, NHWC input, HWIO kernel)", repeat)
 
-    timing_rows, check_rows, notes, results = [], [], set(), {}
+    timing_rows, check_rows, target_lines, results = [], [], [], {}
     for case in cases:
+        probe = P.dgemm_probe()
         times, status, diffs, y_max = run_case(case, repeat)
         results[case.name] = times
         t = times["refws"]
-        row = [case.name, case.describe(), f"{case.flops() / 1e9:.3f}", P.ms(t),
-               f"{case.flops() / t / 1e9:.2f}"]
+        gflops = case.flops() / t / 1e9
+        best_label, best = P.fastest(times, [label for label, _ in PEERS])
+        row = [case.name, case.describe(), f"{probe:.0f}", f"{case.flops() / 1e9:.3f}", P.duration(t),
+               f"{gflops:.2f}", f"{gflops / probe:.0%}"]
         check = [case.name, f"{y_max:.3g}"]
         for label, _ in PEERS:
             if label in times:
-                row += [P.ms(times[label]), P.ratio(t, times[label])]
+                row += [P.duration(times[label]), P.ratio(t, times[label])]
                 check.append(f"{diffs[label]:.1e}")
             else:
                 row += [status[label], "-"]
                 check.append(status[label])
-                notes.add(f"{label}: {status[label]}")
+        row += [best_label or "-", P.ratio(t, best)]
         timing_rows.append(row)
         check_rows.append(check)
+        target_lines += case_targets(case, t, best_label, best, gflops / probe)
         print(f"  done {case.name}", flush=True)
     print()
 
-    header = ["case", "problem", "GFLOP", "refws ms", "refws GFLOP/s"]
+    header = ["case", "problem", "probe GFLOP/s", "GFLOP", "refws", "refws GFLOP/s", "of probe"]
     for label, _ in PEERS:
-        header += [f"{label} ms", f"refws/{label}"]
+        header += [label, f"refws/{label}"]
+    header += ["fastest peer", "refws/fastest"]
     print(P.format_table(header, timing_rows))
     print()
-    print("ratio = refws time / peer time, same run (> 1: refws slower). "
-          "lax_reference skips grouped cases: it has no feature_group_count.")
+    print("times per call (median of the rounds); ratio = refws time / peer time, same run (> 1: refws "
+          "slower). lax_reference skips grouped cases: it has no feature_group_count.")
     print()
     print("max abs difference refws - peer (agreement check; max abs y for scale):")
     print(P.format_table(["case", "max abs y"] + [label for label, _ in PEERS], check_rows))
     print()
+    for line in target_lines:
+        print(line)
     if "main" in results:
         main_times = results["main"]
         for label, (op, bound) in TARGETS.items():
             if label in main_times:
                 r = main_times["refws"] / main_times[label]
-                met = r <= bound
-                print(f"target, main case: refws/{label} = {r:.2f} {op} {bound}: {'met' if met else 'NOT met'}")
-            else:
-                print(f"target, main case: refws/{label}: peer not available")
+                print(f"target (issue 2), main: refws/{label} = {r:.2f} {op} {bound}: {P.verdict(r <= bound)}")
     print(f"machine after run: {P.machine()}")
+
+
+def case_targets(case: P.Case, t: float, best_label, best: float, probe_share: float) -> list[str]:
+    """The issue-15 target lines of one forward case."""
+    lines = []
+    if best_label is not None:
+        r = t / best
+        lines.append(f"target, {case.name}: refws / fastest peer ({best_label}) = {r:.2f} <= "
+                     f"{P.TARGET_VS_FASTEST}: {P.verdict(r <= P.TARGET_VS_FASTEST)}")
+    if case.dense:
+        lines.append(f"target, {case.name}: refws at {probe_share:.0%} of the matmul probe >= "
+                     f"{P.TARGET_PROBE_SHARE:.0%}: {P.verdict(probe_share >= P.TARGET_PROBE_SHARE)}")
+    if case.calls > 1:
+        lines.append(f"target, {case.name}: refws {t * 1e6:.0f} us per call <= {P.TARGET_TINY_SECONDS * 1e6:.0f} us: "
+                     f"{P.verdict(t <= P.TARGET_TINY_SECONDS)}")
+    return lines
 
 
 if __name__ == "__main__":
