@@ -54,6 +54,8 @@ except ImportError:                      # running from a checkout without `pip 
     import refws
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")   # no accelerator probing or warnings
+if THREADS is not None:                         # refws's tap formulation runs its own threads
+    sys.modules["refws.conv"].TAPS_THREADS = THREADS
 
 NOT_INSTALLED = "not installed"
 SETTLE_SECONDS = 0.25        # pause before each timed call, see time_interleaved

@@ -77,8 +77,6 @@ def main(argv=None):
     parser = P.argument_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     batch, repeat = P.settings(args)
-    if P.THREADS is not None:
-        conv_module.TAPS_THREADS = P.THREADS
     cases = [c for c in grid_cases(batch) if not args.case or c.name in args.case]
     P.print_header("refws evaluation paths (float64; * = the path the rules choose)", repeat)
     rows = []

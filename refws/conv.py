@@ -13,7 +13,6 @@ No kernel flip: this is the cross-correlation every framework calls convolution
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import os
@@ -155,7 +154,7 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
     plain = _unpadded(g)
     if not plain:
         shape = dilate_pad_shape((batch_step, *x.shape[1:]), g.lhs_dilation, _row_window_pads(g, 0, row_step))
-        buffer = np.empty(math.prod(shape))
+        buffer = workspace("window", (math.prod(shape),))
     for b0, nb, r0, rows in part if part is not None else chunks(x.shape[0], g.out_spatial[0], batch_step, row_step):
         xb = x[b0:b0 + nb]
         if plain:
@@ -167,6 +166,38 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
         yield b0, nb, r0, rows, window
 
 
+# --- workspaces kept between calls ----------------------------------------------------------------
+#
+# Fresh multi-megabyte arrays are page-faulted in on first touch, and on a virtual machine that
+# costs about as much as the convolution itself when calls come one by one between other work
+# (measured: a MobileNet stem conv, 2.1 ms with warm workspaces, 10-12 ms with fresh ones). So the
+# workspaces (padded rows, columns, products) are kept per thread between calls, RETAIN_BYTES in
+# all at most (and never more than the workspace budget); outputs are always fresh arrays, never
+# views of a workspace.
+
+#: The most workspace bytes a thread keeps between calls (also at most get_workspace_bytes()).
+RETAIN_BYTES = 32 * 2**20
+_retained = threading.local()
+
+
+def workspace(key: str, shape) -> np.ndarray:
+    """A float64 array of ``shape`` for scratch use, reused by every chunk and by later calls on
+    this thread (:data:`RETAIN_BYTES`); its contents are arbitrary. Each ``key`` names one
+    workspace: two arrays in use at the same time need two keys."""
+    size = math.prod(shape)
+    buffers = getattr(_retained, "buffers", None)
+    if buffers is None:
+        buffers = _retained.buffers = {}
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buffers.pop(key, None)
+        buf = np.empty(size)
+        kept = sum(b.nbytes for b in buffers.values())
+        if kept + buf.nbytes <= min(RETAIN_BYTES, get_workspace_bytes()):
+            buffers[key] = buf
+    return _carve(buf, shape)
+
+
 def _unpadded(g: ConvGeometry) -> bool:
     return all(p == (0, 0) for p in g.padding) and all(L == 1 for L in g.lhs_dilation)
 
@@ -174,7 +205,10 @@ def _unpadded(g: ConvGeometry) -> bool:
 def whole_window(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """The window of a convolution done in one chunk: ``dilate_pad(x)``, or ``x`` itself without
     padding and lhs dilation."""
-    return x if _unpadded(g) else dilate_pad(x, g.lhs_dilation, g.padding)
+    if _unpadded(g):
+        return x
+    return dilate_pad(x, g.lhs_dilation, g.padding,
+                      out=workspace("window", dilate_pad_shape(x.shape, g.lhs_dilation, g.padding)))
 
 
 # --- threads for the tap formulation ------------------------------------------------------------
@@ -273,9 +307,8 @@ def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, f
     workers = parallel_workers(formulation, len(items), y.size, math.prod(w.shape[:-1]))
 
     def work(part):
-        chunk = shared.fresh() if workers > 1 else shared              # workspaces of its own
         for b0, nb, r0, rows, window in row_windows(x, g, batch_step, row_step, part):
-            chunk.forward(window, y[b0:b0 + nb, r0:r0 + rows])
+            shared.forward(window, y[b0:b0 + nb, r0:r0 + rows])
 
     run_parts(work, items, workers)
     return y
@@ -313,22 +346,12 @@ class _Chunk:
     """What both evaluations share: reused workspaces and the per-tap strided views of a window."""
 
     def __init__(self, g: ConvGeometry, groups: int):
-        self.g, self.groups, self.buffers = g, groups, {}
-
-    def fresh(self):
-        """The same evaluator (weights shared) with workspaces of its own: one per thread."""
-        other = copy.copy(self)
-        other.buffers = {}
-        return other
+        self.g, self.groups = g, groups
 
     def _buffer(self, key: str, shape) -> np.ndarray:
-        """A workspace reused by every chunk (grown when a chunk needs more): allocating per chunk
-        costs page faults and cold caches."""
-        size = math.prod(shape)
-        buf = self.buffers.get(key)
-        if buf is None or buf.size < size:
-            buf = self.buffers[key] = np.empty(size)
-        return _carve(buf, shape)
+        """The evaluator's workspace ``key`` (:func:`workspace`: per thread, so every thread that
+        shares an evaluator has its own)."""
+        return workspace(key, shape)
 
     def _views(self, padded: np.ndarray, chunk_out):
         """Per kernel tap ``t`` (row-major), the strided view ``padded[:, o*s + t*d]`` over the chunk's outputs."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from .arrays import as_float64, from_canonical, to_canonical
 from .conv import (canonical_operands, check_conv_operands, check_groups, chunks, conv, evaluator,
-                   forward_formulation, parallel_workers, plan, row_windows, run_parts)
+                   forward_formulation, parallel_workers, plan, row_windows, run_parts, workspace)
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
 from .im2col import dilate_pad_adjoint, padded_spatial_shape
 
@@ -161,10 +161,10 @@ def _dw_col2im(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int
     workers = parallel_workers(formulation, len(items), dy_cl.size, taps * (c_in // groups))
 
     def work(part):
-        chunk, sums = shared.fresh() if workers > 1 else shared, []
+        sums = []
         for b0, nb, r0, rows, window in row_windows(x_cl, g, batch_step, row_step, part):
             sums.append(np.zeros(w_shape))
-            chunk.weight_grad(window, dy_cl[b0:b0 + nb, r0:r0 + rows], sums[-1])
+            shared.weight_grad(window, dy_cl[b0:b0 + nb, r0:r0 + rows], sums[-1])
         return sums
 
     dw = np.zeros(w_shape)
@@ -196,13 +196,12 @@ def _dx_col2im(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x
     workers = parallel_workers(formulation, len(blocks), dx.size, taps * (c_out // groups))
 
     def work(blocks):
-        chunk = shared.fresh() if workers > 1 else shared
-        padded = np.empty((min(batch_step, n_batch), *padded_spatial_shape(g), c_in))
+        padded = workspace("padded gradient", (min(batch_step, n_batch), *padded_spatial_shape(g), c_in))
         for b0 in blocks:
             nb = min(batch_step, n_batch - b0)
             padded[:nb] = 0.0
             for _, _, r0, rows in chunks(nb, rows_all, nb, row_step):
-                chunk.scatter(dy_cl[b0:b0 + nb, r0:r0 + rows], padded[:nb, r0 * s0:(r0 + rows - 1) * s0 + k0])
+                shared.scatter(dy_cl[b0:b0 + nb, r0:r0 + rows], padded[:nb, r0 * s0:(r0 + rows - 1) * s0 + k0])
             dx[b0:b0 + nb] = dilate_pad_adjoint(padded[:nb], g.in_spatial, g.lhs_dilation, g.padding)
 
     run_parts(work, blocks, workers)

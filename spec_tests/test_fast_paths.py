@@ -318,3 +318,25 @@ def test_taps_peak_memory_stays_under_budget(restore_budget, threads):
     assert extra <= budget + w.nbytes + 2**18, f"{extra / 2**10:.0f} KiB"
     refws.set_workspace_bytes(2**30)
     np.testing.assert_array_equal(y, refws.conv(x, w, groups=16))
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("budget", [2**12, 2**30])
+def test_results_never_share_memory_with_the_kept_workspaces(restore_budget, formulation, budget):
+    """Workspaces are kept between calls; results are fresh arrays: a later call (same shapes,
+    other data) leaves an earlier call's results as they were, for one chunk and for many."""
+    refws.set_workspace_bytes(budget)
+    rng = np.random.default_rng(8)
+    shapes = [((2, 9, 8, 4), (3, 3, 2, 4), dict(padding="SAME", groups=2)),
+              ((2, 9, 8, 4), (1, 1, 4, 6), dict(padding="VALID")),
+              ((2, 9, 8, 4), (1, 1, 4, 6), dict(padding=1, stride=2))]
+    for x_shape, w_shape, kw in shapes:
+        first = [rng.standard_normal(x_shape), rng.standard_normal(w_shape)]
+        with forced(formulation):
+            y = refws.conv(*first, **kw)
+            dx, dw = refws.conv_vjp(*first, np.ones(y.shape), **kw, method="col2im")
+            kept = [a.copy() for a in (y, dx, dw)]
+            y2 = refws.conv(rng.standard_normal(x_shape), rng.standard_normal(w_shape), **kw)
+            refws.conv_vjp(rng.standard_normal(x_shape), rng.standard_normal(w_shape), y2, **kw, method="col2im")
+        for a, b in zip((y, dx, dw), kept):
+            np.testing.assert_array_equal(a, b)
