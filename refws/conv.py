@@ -567,7 +567,8 @@ def conv(x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=
     -----
     NaN and Inf propagate as IEEE arithmetic does; padding zeros multiplied by an infinite weight
     give NaN, as in a framework's convolution over an explicitly padded input.
-    Extra memory stays within :func:`refws.get_workspace_bytes` (see :func:`refws.set_workspace_bytes`).
+    Extra memory stays within :func:`refws.get_workspace_bytes` (see :func:`refws.set_workspace_bytes`;
+    up to 32 MiB of it is kept per thread for the next call).
     The sums are evaluated by im2col and BLAS, or, with at most 4 channels per group on each side
     (depthwise, small groups; :func:`forward_formulation`), tap by tap on as many threads as the
     process may use; both form every product once, and the result does not depend on the threads.

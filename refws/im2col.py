@@ -46,10 +46,12 @@ PREFERRED_TAPS_CHUNK_BYTES = 2**20
 def set_workspace_bytes(n: int) -> int:
     """Set the extra-memory budget of :func:`refws.conv` in bytes; returns the previous value.
 
-    The default is 256 MiB. The budget bounds the im2col workspace (the padded input window,
-    the column matrix and, for grouped convolutions, the per-group product); the output array
+    The default is 256 MiB. The budget bounds the workspace of a call (the padded input window,
+    the column matrix and, for grouped convolutions, the per-group product; for the tap
+    formulation, its repeated channel and product, shared among its threads); the output array
     itself is not counted. One output row of one sample is the smallest unit of work, so a
-    budget below that is exceeded by that much.
+    budget below that is exceeded by that much. Between calls each thread keeps up to
+    ``min(budget, refws.conv.RETAIN_BYTES)`` (32 MiB) of workspace for the next call.
     """
     global _workspace_bytes
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
