@@ -62,7 +62,7 @@ def test_row_matches_a_fresh_run(cells):
         except Exception as exc:                         # noqa: BLE001 - e.g. brainstate under Python 3.11
             pytest.skip(f"{backend} cannot be loaded here: {exc}")
     else:
-        pytest.skip(f"{backend} takes minutes: checked from $REFWS_CHECK_REPORTS (.ci/run sets it)")
+        pytest.skip(f"{backend} is checked from $REFWS_CHECK_REPORTS (.ci/run runs it once and sets it)")
     if report["version"] != version:
         pytest.skip(f"the table records {backend} {version}, installed is {report['version']}: "
                     f"regenerate with python docs/findings_counts.py {backend}:{precision}")

@@ -54,10 +54,9 @@ class _Session:
         self.records: dict[str, dict[str, Record]] = {}
 
     def cases(self) -> Iterator[tuple[GoldenCase, list[str]]]:
-        from .runner import calls_for, select_cases
+        from .runner import calls_for, outputs_of, select_cases
         for case in select_cases(self.root, self.suite):
-            outputs = [o for call in calls_for(case.suite) for o in call.outputs if o and o in case.arrays]
-            yield case, outputs
+            yield case, [o for call in calls_for(case.suite) for o in outputs_of(case, call)]
 
     def record(self, case: GoldenCase, array: str) -> Record | None:
         if case.name not in self.records:

@@ -138,7 +138,7 @@ class Record:
         return d
 
 
-def _outputs(case: GoldenCase, call: Call) -> list[str]:
+def outputs_of(case: GoldenCase, call: Call) -> list[str]:
     """The arrays of ``case`` this call returns, by name (only those the case stores)."""
     return [o for o in call.outputs if o is not None and o in case.arrays]
 
@@ -175,7 +175,7 @@ def run_case(backend: Adapter, case: GoldenCase, precision: PrecisionLike | None
     prec = resolve_precision(precision if precision is not None else getattr(backend, "precision", "float64"))
     records: list[Record] = []
     for call in calls_for(case.suite):
-        names = _outputs(case, call)
+        names = outputs_of(case, call)
         if not names:
             continue
 
