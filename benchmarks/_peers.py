@@ -38,30 +38,34 @@ def _threads_from_argv(argv) -> int | None:
 
 
 THREADS = _threads_from_argv(sys.argv[1:])
-if THREADS is not None:             # every library's pool, set before any of them is imported
+if THREADS is not None:  # every library's pool, set before any of them is imported
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(THREADS)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                               + ("false" if THREADS == 1 else "true")
-                               + f" intra_op_parallelism_threads={THREADS}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen="
+        + ("false" if THREADS == 1 else "true")
+        + f" intra_op_parallelism_threads={THREADS}"
+    ).strip()
 
 import numpy as np  # noqa: E402  (after the thread settings above)
 
 try:
     import refws
-except ImportError:                      # running from a checkout without `pip install -e .`
+except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import refws
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")   # no accelerator probing or warnings
-if THREADS is not None:                         # refws's tap formulation runs its own threads
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing or warnings
+if THREADS is not None:  # refws's tap formulation runs its own threads
     sys.modules["refws.conv"].TAPS_THREADS = THREADS
 
 NOT_INSTALLED = "not installed"
-SETTLE_SECONDS = 0.25        # pause before each timed call, see time_interleaved
+SETTLE_SECONDS = 0.25  # pause before each timed call, see time_interleaved
 
 
 # --- cases ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Case:
@@ -75,16 +79,17 @@ class Case:
     rhs_dilation: object = 1
     groups: int = 1
     note: str = ""
-    calls: int = 1            # calls per timed sample: > 1 for a tiny problem, timed per call
-    dense: bool = False       # one group: its forward is held to a share of the matmul probe
+    calls: int = 1  # calls per timed sample: > 1 for a tiny problem, timed per call
+    dense: bool = False  # one group: its forward is held to a share of the matmul probe
 
     @property
     def dims(self) -> int:
         return len(self.w_shape) - 2
 
     def geometry(self):
-        return refws.conv_geometry(self.x_shape[1:-1], self.w_shape[:-2], self.stride, self.padding,
-                                   1, self.rhs_dilation)
+        return refws.conv_geometry(
+            self.x_shape[1:-1], self.w_shape[:-2], self.stride, self.padding, 1, self.rhs_dilation
+        )
 
     def out_shape(self) -> tuple:
         return (self.x_shape[0], *self.geometry().out_spatial, self.w_shape[-1])
@@ -92,19 +97,25 @@ class Case:
     def flops(self) -> float:
         """``2 * N * prod(out_spatial) * prod(kernel) * C_in/groups * C_out``."""
         g = self.geometry()
-        return (2.0 * self.x_shape[0] * math.prod(g.out_spatial) * math.prod(g.kernel_spatial)
-                * self.w_shape[-2] * self.w_shape[-1])
+        return (
+            2.0
+            * self.x_shape[0]
+            * math.prod(g.out_spatial)
+            * math.prod(g.kernel_spatial)
+            * self.w_shape[-2]
+            * self.w_shape[-1]
+        )
 
     def kwargs(self) -> dict:
         """Keyword arguments of ``refws.conv`` / ``refws.conv_vjp``."""
-        return dict(stride=self.stride, padding=self.padding, rhs_dilation=self.rhs_dilation,
-                    groups=self.groups)
+        return dict(stride=self.stride, padding=self.padding, rhs_dilation=self.rhs_dilation, groups=self.groups)
 
     def describe(self) -> str:
         k = "x".join(map(str, self.w_shape[:-2]))
         sp = "x".join(map(str, self.x_shape[1:-1]))
-        return (f"N={self.x_shape[0]} {sp} {self.x_shape[-1]}->{self.w_shape[-1]} k={k}"
-                + (f" {self.note}" if self.note else ""))
+        return f"N={self.x_shape[0]} {sp} {self.x_shape[-1]}->{self.w_shape[-1]} k={k}" + (
+            f" {self.note}" if self.note else ""
+        )
 
     def operands(self, seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -152,11 +163,25 @@ def catalog_cases(path) -> list[Case]:
             continue
         seen.add(key)
         padding = p["padding"] if isinstance(p["padding"], str) else tuple(map(tuple, p["padding"]))
-        seq = lambda v: tuple(v) if isinstance(v, list) else v                    # noqa: E731
-        note = " ".join([f"s={p['stride']}"] * (p["stride"] not in (1, [1] * len(x_shape[1:-1])))
-                        + [f"G={p['groups']}"] * (p["groups"] > 1) + [padding if isinstance(padding, str) else "pads"])
-        cases.append(Case(entry.name.split("/", 1)[1], x_shape, tuple(p["w_shape"]), seq(p["stride"]), padding,
-                          seq(p["rhs_dilation"]), p["groups"], note=note, dense=p["groups"] == 1))
+        seq = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+        note = " ".join(
+            [f"s={p['stride']}"] * (p["stride"] not in (1, [1] * len(x_shape[1:-1])))
+            + [f"G={p['groups']}"] * (p["groups"] > 1)
+            + [padding if isinstance(padding, str) else "pads"]
+        )
+        cases.append(
+            Case(
+                entry.name.split("/", 1)[1],
+                x_shape,
+                tuple(p["w_shape"]),
+                seq(p["stride"]),
+                padding,
+                seq(p["rhs_dilation"]),
+                p["groups"],
+                note=note,
+                dense=p["groups"] == 1,
+            )
+        )
     return cases
 
 
@@ -167,6 +192,7 @@ def selected_cases(args, batch: int) -> list[Case]:
 
 
 # --- timing ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Timing:
@@ -185,6 +211,7 @@ def per_call(fn, calls: int):
     def repeated():
         for _ in range(calls):
             fn()
+
     return repeated
 
 
@@ -225,7 +252,7 @@ def _cpu_times() -> tuple[int, int] | None:
             fields = [int(v) for v in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    return fields[3] + fields[4], sum(fields)            # idle + iowait, total
+    return fields[3] + fields[4], sum(fields)  # idle + iowait, total
 
 
 def idle_fraction(window: float = IDLE_WINDOW) -> float | None:
@@ -268,6 +295,7 @@ def dgemm_probe(size: int = 2048, rounds: int = 3) -> float:
 
 # --- optional peers -------------------------------------------------------------------------
 
+
 def load_jax():
     """``(jax, lax)`` with float64 enabled, or ``None``."""
     try:
@@ -304,21 +332,29 @@ def versions() -> list[str]:
         lines.append(f"jax: {NOT_INSTALLED}")
     else:
         import jaxlib
-        lines.append(f"jax {jx[0].__version__}, jaxlib {jaxlib.__version__} "
-                     f"(backend {jx[0].default_backend()}, x64 on)")
+
+        lines.append(
+            f"jax {jx[0].__version__}, jaxlib {jaxlib.__version__} (backend {jx[0].default_backend()}, x64 on)"
+        )
     tc = load_torch()
-    lines.append(f"torch: {NOT_INSTALLED}" if tc is None else
-                 f"torch {tc.__version__} ({tc.get_num_threads()} intra-op threads)")
+    lines.append(
+        f"torch: {NOT_INSTALLED}" if tc is None else f"torch {tc.__version__} ({tc.get_num_threads()} intra-op threads)"
+    )
     return lines
 
 
 def machine() -> str:
     load = os.getloadavg()
-    idle = "" if WAIT_IDLE is None else (f"; timed calls after an idle moment: {IDLE_STATS[True]}, "
-                                         f"after waiting in vain: {IDLE_STATS[False]}")
-    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}; "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-            f"square 2048 float64 matmul {dgemm_probe():.0f} GFLOP/s{idle}")
+    idle = (
+        ""
+        if WAIT_IDLE is None
+        else (f"; timed calls after an idle moment: {IDLE_STATS[True]}, after waiting in vain: {IDLE_STATS[False]}")
+    )
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}; "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"square 2048 float64 matmul {dgemm_probe():.0f} GFLOP/s{idle}"
+    )
 
 
 def _dn(dims: int):
@@ -372,6 +408,7 @@ def _pad_canonical(x: np.ndarray, pads) -> np.ndarray:
 
 # --- forward callables: each returns (blocking callable, result as channels-last numpy) -------
 
+
 def refws_forward(case: Case, x, w):
     fn = lambda: refws.conv(x, w, **case.kwargs())
     return fn, fn()
@@ -391,9 +428,14 @@ def jax_forward(case: Case, x, w):
 def lax_conv(case: Case, lax):
     """``(x, w) -> lax.conv_general_dilated(x, w, ...)`` for the case (NHWC / HWIO), not jitted."""
     return lambda a, b: lax.conv_general_dilated(
-        a, b, window_strides=_seq(case.stride, case.dims), padding=_lax_padding(case),
-        rhs_dilation=_seq(case.rhs_dilation, case.dims), dimension_numbers=_dn(case.dims),
-        feature_group_count=case.groups)
+        a,
+        b,
+        window_strides=_seq(case.stride, case.dims),
+        padding=_lax_padding(case),
+        rhs_dilation=_seq(case.rhs_dilation, case.dims),
+        dimension_numbers=_dn(case.dims),
+        feature_group_count=case.groups,
+    )
 
 
 def lax_reference_forward(case: Case, x, w):
@@ -405,9 +447,9 @@ def lax_reference_forward(case: Case, x, w):
         return "no groups"
     # Explicit pads: lax_reference's string padding ignores rhs_dilation (see ../shared/NOTES.md).
     pads = [tuple(p) for p in case.geometry().padding]
-    fn = lambda: ref.conv_general_dilated(x, w, _seq(case.stride, case.dims), pads,
-                                          (1,) * case.dims, _seq(case.rhs_dilation, case.dims),
-                                          _dn(case.dims))
+    fn = lambda: ref.conv_general_dilated(
+        x, w, _seq(case.stride, case.dims), pads, (1,) * case.dims, _seq(case.rhs_dilation, case.dims), _dn(case.dims)
+    )
     return fn, np.asarray(fn())
 
 
@@ -420,12 +462,17 @@ def torch_forward(case: Case, x, w):
     conv = getattr(torch.nn.functional, f"conv{case.dims}d")
     xn, padding = torch_operands(case, x)
     xt, wt = torch.from_numpy(xn), torch.from_numpy(to_torch_w(w))
-    kw = dict(stride=_seq(case.stride, case.dims), padding=padding,
-              dilation=_seq(case.rhs_dilation, case.dims), groups=case.groups)
+    kw = dict(
+        stride=_seq(case.stride, case.dims),
+        padding=padding,
+        dilation=_seq(case.rhs_dilation, case.dims),
+        groups=case.groups,
+    )
 
     def fn():
         with torch.no_grad():
             return conv(xt, wt, **kw)
+
     return fn, from_torch_x(fn().numpy())
 
 
@@ -439,6 +486,7 @@ def _lax_padding(case: Case):
 
 
 # --- output ---------------------------------------------------------------------------------
+
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
@@ -491,20 +539,36 @@ def ratio(t_refws: float, t_peer) -> str:
 
 def argument_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true",
-                   help="batch 2 (3-D: 1) and 3 repeats: a smoke run, not figures to quote")
-    p.add_argument("--repeat", type=int, default=None,
-                   help="timed rounds per implementation after the warm-up (default 7, --quick 3)")
-    p.add_argument("--case", action="append", default=None,
-                   help="run only this case (repeatable)")
-    p.add_argument("--catalog", default=None, metavar="PATH",
-                   help="time the conv cases of a golden catalog file (examples/catalogs/*.toml) instead")
-    p.add_argument("--wait-idle", type=float, default=None, metavar="SHARE",
-                   help="before each timed call wait (up to a minute) until the cores were idle for this "
-                        "share of 0.2 s, e.g. 0.9: figures from the quiet moments of a shared machine")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads for every library (OpenBLAS, XLA, torch); default: their own "
-                        "defaults, i.e. all cores")
+    p.add_argument(
+        "--quick", action="store_true", help="batch 2 (3-D: 1) and 3 repeats: a smoke run, not figures to quote"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed rounds per implementation after the warm-up (default 7, --quick 3)",
+    )
+    p.add_argument("--case", action="append", default=None, help="run only this case (repeatable)")
+    p.add_argument(
+        "--catalog",
+        default=None,
+        metavar="PATH",
+        help="time the conv cases of a golden catalog file (examples/catalogs/*.toml) instead",
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="before each timed call wait (up to a minute) until the cores were idle for this "
+        "share of 0.2 s, e.g. 0.9: figures from the quiet moments of a shared machine",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for every library (OpenBLAS, XLA, torch); default: their own defaults, i.e. all cores",
+    )
     return p
 
 
@@ -525,8 +589,14 @@ def print_header(title: str, repeat: int) -> None:
         print(line)
     threads = "library defaults (all cores)" if THREADS is None else f"{THREADS} per library"
     print(f"threads: {threads}")
-    print(f"timing: median of {repeat} interleaved rounds (order rotating each round) "
-          "after one warm-up call (jit compile excluded)"
-          + ("" if WAIT_IDLE is None else f"; each call after the cores were {WAIT_IDLE:.0%} idle for "
-             f"{IDLE_WINDOW} s (waiting at most {IDLE_MAX_WAIT:.0f} s)"))
+    print(
+        f"timing: median of {repeat} interleaved rounds (order rotating each round) "
+        "after one warm-up call (jit compile excluded)"
+        + (
+            ""
+            if WAIT_IDLE is None
+            else f"; each call after the cores were {WAIT_IDLE:.0%} idle for "
+            f"{IDLE_WINDOW} s (waiting at most {IDLE_MAX_WAIT:.0f} s)"
+        )
+    )
     print()

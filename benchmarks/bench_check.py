@@ -34,14 +34,17 @@ def main(argv: list[str]) -> int:
     pairs = argv or ["torch:float32", "torch:float64", "jax:float32", "jax:float64"]
     for pair in pairs:
         backend, _, precision = pair.partition(":")
-        out = subprocess.run([sys.executable, "-c", CODE.format(backend=backend, precision=precision)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CODE.format(backend=backend, precision=precision)], capture_output=True, text=True
+        )
         if out.returncode != 0:
             print(f"{pair}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{backend:<14} {r['precision']:<8} {r['version']:<14} wall {r['wall']:6.1f} s  cpu {r['cpu']:6.1f} s  "
-              f"exit {r['exit']}  {r['counts']}")
+        print(
+            f"{backend:<14} {r['precision']:<8} {r['version']:<14} wall {r['wall']:6.1f} s  cpu {r['cpu']:6.1f} s  "
+            f"exit {r['exit']}  {r['counts']}"
+        )
     return 0
 
 

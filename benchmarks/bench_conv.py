@@ -19,7 +19,7 @@ from __future__ import annotations
 import _peers as P
 
 PEERS = [("jax.lax", P.jax_forward), ("lax_reference", P.lax_reference_forward), ("torch", P.torch_forward)]
-TARGETS = {"jax.lax": ("<=", 1.5), "lax_reference": ("<=", 0.5)}   # main case, issue 2
+TARGETS = {"jax.lax": ("<=", 1.5), "lax_reference": ("<=", 0.5)}  # main case, issue 2
 
 
 def run_case(case: P.Case, repeat: int):
@@ -58,8 +58,15 @@ def main(argv=None):
         t = times["refws"]
         gflops = case.flops() / t / 1e9
         best_label, best = P.fastest(times, [label for label, _ in PEERS])
-        row = [case.name, case.describe(), f"{probe:.0f}", f"{case.flops() / 1e9:.3f}", P.duration(t),
-               f"{gflops:.2f}", f"{gflops / probe:.0%}"]
+        row = [
+            case.name,
+            case.describe(),
+            f"{probe:.0f}",
+            f"{case.flops() / 1e9:.3f}",
+            P.duration(t),
+            f"{gflops:.2f}",
+            f"{gflops / probe:.0%}",
+        ]
         check = [case.name, f"{y_max:.3g}"]
         for label, _ in PEERS:
             if label in times:
@@ -81,8 +88,10 @@ def main(argv=None):
     header += ["fastest peer", "refws/fastest"]
     print(P.format_table(header, timing_rows))
     print()
-    print("times per call (median of the rounds); ratio = refws time / peer time, same run (> 1: refws "
-          "slower). lax_reference skips grouped cases: it has no feature_group_count.")
+    print(
+        "times per call (median of the rounds); ratio = refws time / peer time, same run (> 1: refws "
+        "slower). lax_reference skips grouped cases: it has no feature_group_count."
+    )
     print()
     print("max abs difference refws - peer (agreement check; max abs y for scale):")
     print(P.format_table(["case", "max abs y"] + [label for label, _ in PEERS], check_rows))
@@ -103,14 +112,20 @@ def case_targets(case: P.Case, t: float, best_label, best: float, probe_share: f
     lines = []
     if best_label is not None:
         r = t / best
-        lines.append(f"target, {case.name}: refws / fastest peer ({best_label}) = {r:.2f} <= "
-                     f"{P.TARGET_VS_FASTEST}: {P.verdict(r <= P.TARGET_VS_FASTEST)}")
+        lines.append(
+            f"target, {case.name}: refws / fastest peer ({best_label}) = {r:.2f} <= "
+            f"{P.TARGET_VS_FASTEST}: {P.verdict(r <= P.TARGET_VS_FASTEST)}"
+        )
     if case.dense:
-        lines.append(f"target, {case.name}: refws at {probe_share:.0%} of the matmul probe >= "
-                     f"{P.TARGET_PROBE_SHARE:.0%}: {P.verdict(probe_share >= P.TARGET_PROBE_SHARE)}")
+        lines.append(
+            f"target, {case.name}: refws at {probe_share:.0%} of the matmul probe >= "
+            f"{P.TARGET_PROBE_SHARE:.0%}: {P.verdict(probe_share >= P.TARGET_PROBE_SHARE)}"
+        )
     if case.calls > 1:
-        lines.append(f"target, {case.name}: refws {t * 1e6:.0f} us per call <= {P.TARGET_TINY_SECONDS * 1e6:.0f} us: "
-                     f"{P.verdict(t <= P.TARGET_TINY_SECONDS)}")
+        lines.append(
+            f"target, {case.name}: refws {t * 1e6:.0f} us per call <= {P.TARGET_TINY_SECONDS * 1e6:.0f} us: "
+            f"{P.verdict(t <= P.TARGET_TINY_SECONDS)}"
+        )
     return lines
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")        # one thread everywhere: CPU times comparable, no spinning pools
+    os.environ.setdefault(_var, "1")  # one thread everywhere: CPU times comparable, no spinning pools
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -48,8 +48,14 @@ from refws import golden  # noqa: E402
 from refws.conformance import diagnosis, load_backend, run, run_case  # noqa: E402
 from refws.grads import conv_vjp  # noqa: E402
 
-CASES = ("conv/2d_pad_same", "conv/2d_groups2", "conv/same_stride2_n9_k2", "conv/3d_pad_same",
-         "conv/2d_s2_lhs1_rhs2", "conv/1d_pad_pairs")          # the jax and torch rows
+CASES = (
+    "conv/2d_pad_same",
+    "conv/2d_groups2",
+    "conv/same_stride2_n9_k2",
+    "conv/3d_pad_same",
+    "conv/2d_s2_lhs1_rhs2",
+    "conv/1d_pad_pairs",
+)  # the jax and torch rows
 QUICK_CASES = CASES[:2]
 
 
@@ -106,7 +112,7 @@ def _timed(fn, before):
 
 def measure(backend, case, repeat: int, before=lambda: None) -> tuple:
     """(fastest without, fastest with, failing arrays, matches) over ``repeat`` alternating rounds."""
-    run_case(backend, case)                                     # warm-up (imports, first compile)
+    run_case(backend, case)  # warm-up (imports, first compile)
     without, with_ = [], []
     for _ in range(repeat):
         without.append(_timed(lambda: run_case(backend, case, diagnose=None), before))
@@ -122,15 +128,17 @@ def backends():
     for name in ("jax", "torch"):
         try:
             inner = load_backend(name, "float64")
-        except Exception as exc:                            # noqa: BLE001 - optional framework
+        except Exception as exc:  # noqa: BLE001 - optional framework
             print(f"{name}: not available ({exc})")
             continue
         if name == "torch":
             import torch
+
             torch.set_num_threads(1)
         out.append((f"{name} warm" if name == "jax" else name, Flipped(inner, name), lambda: None))
         if name == "jax":
             import jax
+
             out.append(("jax cold", Flipped(inner, name), jax.clear_caches))
     return out
 
@@ -162,9 +170,11 @@ def _summary(rows) -> str:
     worst = max(rows, key=lambda r: r[4] / r[3])
     without = [1e3 * r[3] for r in rows]
     added = [1e3 * (r[4] - r[3]) for r in rows]
-    return (f"{len(rows)} cases, ratio median {statistics.median(ratios):.2f}, max {max(ratios):.2f} "
-            f"({worst[1]}); without {min(without):.2f}-{max(without):.2f} ms, "
-            f"the diagnosis adds {min(added):.2f}-{max(added):.2f} ms")
+    return (
+        f"{len(rows)} cases, ratio median {statistics.median(ratios):.2f}, max {max(ratios):.2f} "
+        f"({worst[1]}); without {min(without):.2f}-{max(without):.2f} ms, "
+        f"the diagnosis adds {min(added):.2f}-{max(added):.2f} ms"
+    )
 
 
 def main(argv=None) -> int:
@@ -180,9 +190,9 @@ def main(argv=None) -> int:
     sweeps = [("numpy", NumpyFlipped(), numpy_cases[::12] if args.quick else numpy_cases, repeat)]
     try:
         lr = load_backend("lax-reference")
-    except Exception as exc:                                # noqa: BLE001 - optional framework
+    except Exception as exc:  # noqa: BLE001 - optional framework
         print(f"lax-reference: not available ({exc})")
-    else:                                                   # sub-millisecond calls: more rounds
+    else:  # sub-millisecond calls: more rounds
         lr_cases = failing_cases(lr)
         sweeps.append(("lax-reference", lr, lr_cases[::4] if args.quick else lr_cases, max(repeat, 3 * repeat)))
     for label, backend, names, rounds in sweeps:
@@ -193,13 +203,13 @@ def main(argv=None) -> int:
         if label == "numpy":
             continue
         rows += sweep(label, backend, QUICK_CASES if args.quick else CASES, repeat, before, show=True)
-        summaries.append((label, _summary(rows[-(len(QUICK_CASES) if args.quick else len(CASES)):])))
+        summaries.append((label, _summary(rows[-(len(QUICK_CASES) if args.quick else len(CASES)) :])))
     print("\nper-case ratio with / without the diagnosis:")
     for label, text in summaries:
         print(f"  {label:<14} {text}")
     print("\nwhole conv suite, every case failing (refws check's loop, run once each way):")
     for label, backend, before in backends():
-        run(backend, suite="conv", diagnose=None)           # warm-up: imports, first compiles
+        run(backend, suite="conv", diagnose=None)  # warm-up: imports, first compiles
         totals = {}
         for mode in (None, "default"):
             before()
@@ -209,8 +219,10 @@ def main(argv=None) -> int:
             report = run(backend, suite="conv", **kw)
             totals[mode] = time.process_time() - start
         n_fail = sum(r.status == "fail" for r in report.records)
-        print(f"  {label:<10} {n_fail} failing arrays: {totals[None]:.2f} s without, {totals['default']:.2f} s "
-              f"with the diagnosis (x{totals['default'] / totals[None]:.2f})")
+        print(
+            f"  {label:<10} {n_fail} failing arrays: {totals[None]:.2f} s without, {totals['default']:.2f} s "
+            f"with the diagnosis (x{totals['default'] / totals[None]:.2f})"
+        )
     return 0
 
 

@@ -33,10 +33,30 @@ grads = importlib.import_module("refws.grads")
 def grid_cases(batch: int) -> list[P.Case]:
     """32 input channels, 3x3, 64x64: Cg -> Cog channels per group over a grid, and the benchmark's
     few-channel shapes (strided, 1-D and 3-D depthwise)."""
-    cases = [P.Case(f"g{32 // cg}_{cg}to{cog}", (batch, 64, 64, 32), (3, 3, cg, 32 // cg * cog), groups=32 // cg,
-                    note=f"{cg} -> {cog} per group")
-             for cg, cog in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 2), (2, 4), (2, 8), (4, 1), (4, 2), (4, 4),
-                             (4, 8), (8, 1), (8, 16))]
+    cases = [
+        P.Case(
+            f"g{32 // cg}_{cg}to{cog}",
+            (batch, 64, 64, 32),
+            (3, 3, cg, 32 // cg * cog),
+            groups=32 // cg,
+            note=f"{cg} -> {cog} per group",
+        )
+        for cg, cog in (
+            (1, 1),
+            (1, 2),
+            (1, 4),
+            (1, 8),
+            (2, 2),
+            (2, 4),
+            (2, 8),
+            (4, 1),
+            (4, 2),
+            (4, 4),
+            (4, 8),
+            (8, 1),
+            (8, 16),
+        )
+    ]
     cases += [
         P.Case("depthwise_s2", (batch, 64, 64, 32), (3, 3, 1, 32), stride=2, groups=32, note="1 -> 1, s=2"),
         P.Case("depthwise_1d", (batch, 4096, 32), (9, 1, 32), groups=32, note="1 -> 1, k=9"),
@@ -55,7 +75,7 @@ def paths(case: P.Case, x, w, dy) -> dict:
         fns[("dw", f"col2im/{f}")] = lambda f=f: grads._weight_grad(x, dy, g, G, w.shape, "col2im", f)
     fns[("dx", "conv")] = lambda: grads._input_grad(dy, w, g, G, x.shape, "conv")
     fns[("dw", "conv")] = lambda: grads._weight_grad(x, dy, g, G, w.shape, "conv")
-    if G == 1 and case.w_shape[-2] > 4:      # taps on a dense convolution: minutes, and never chosen
+    if G == 1 and case.w_shape[-2] > 4:  # taps on a dense convolution: minutes, and never chosen
         fns = {k: f for k, f in fns.items() if "taps" not in k[1]}
     return fns
 
@@ -95,8 +115,11 @@ def main(argv=None):
         rows.append([case.name, case.describe(), *cells])
         print(f"  done {case.name}", flush=True)
     print()
-    print(P.format_table(["case", "problem", "forward", "chosen/fastest", "dx", "chosen/fastest", "dw",
-                          "chosen/fastest"], rows))
+    print(
+        P.format_table(
+            ["case", "problem", "forward", "chosen/fastest", "dx", "chosen/fastest", "dw", "chosen/fastest"], rows
+        )
+    )
     print()
     print(f"machine after run: {P.machine()}")
 

@@ -40,8 +40,10 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CATALOGS = [ROOT / "examples" / "catalogs" / "resnet50.toml",
-            ROOT / "examples" / "catalogs" / "mobilenet_v2_depthwise.toml"]
+CATALOGS = [
+    ROOT / "examples" / "catalogs" / "resnet50.toml",
+    ROOT / "examples" / "catalogs" / "mobilenet_v2_depthwise.toml",
+]
 
 # Run inside a fresh interpreter: build, then print the peak RSS of this process and its workers.
 _CHILD = """
@@ -92,31 +94,45 @@ import shutil; shutil.rmtree(out)
 
 def _per_case(catalog: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", _PER_CASE, str(catalog)], check=True, capture_output=True,
-                         text=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", _PER_CASE, str(catalog)], check=True, capture_output=True, text=True, env=env, cwd=ROOT
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     ref = _reference_seconds_by_case(catalog)
     print("  per case (eval, write, refws convs; peak RSS added vs the case's arrays + workspace budget):")
     for r in rows:
-        print(f"    {r['name']:44s} {r['eval_s']:6.3f} s {r['write_s']:6.3f} s {ref[r['name']]:6.3f} s   "
-              f"peak +{r['peak_mib']:6.0f} MiB, arrays {r['arrays_mib']:6.0f} MiB")
+        print(
+            f"    {r['name']:44s} {r['eval_s']:6.3f} s {r['write_s']:6.3f} s {ref[r['name']]:6.3f} s   "
+            f"peak +{r['peak_mib']:6.0f} MiB, arrays {r['arrays_mib']:6.0f} MiB"
+        )
     worst = max(rows, key=lambda r: r["peak_mib"] - r["arrays_mib"])
-    print(f"  totals: eval {sum(r['eval_s'] for r in rows):.2f} s, write {sum(r['write_s'] for r in rows):.2f} s, "
-          f"refws convs {sum(ref.values()):.2f} s; largest peak beyond the case's arrays: "
-          f"{worst['peak_mib'] - worst['arrays_mib']:.0f} MiB ({worst['name']}; workspace budget "
-          f"{worst['workspace_mib']:.0f} MiB)")
+    print(
+        f"  totals: eval {sum(r['eval_s'] for r in rows):.2f} s, write {sum(r['write_s'] for r in rows):.2f} s, "
+        f"refws convs {sum(ref.values()):.2f} s; largest peak beyond the case's arrays: "
+        f"{worst['peak_mib'] - worst['arrays_mib']:.0f} MiB ({worst['name']}; workspace budget "
+        f"{worst['workspace_mib']:.0f} MiB)"
+    )
 
 
 def _tree_digest(root: Path) -> dict:
     """sha256 of every file of a store (one file in memory at a time)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _build(store: Path, catalog: Path, jobs: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(store), str(catalog), str(jobs)],
-                         check=True, capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(store), str(catalog), str(jobs)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -126,6 +142,7 @@ def _reference_seconds_by_case(catalog) -> dict:
 
     import refws
     from refws.golden import load_catalog
+
     catalog = catalog if not isinstance(catalog, (str, Path)) else load_catalog(catalog)
     rng = np.random.default_rng(0)
     seconds = {}
@@ -151,6 +168,7 @@ def _subset(catalog_path: Path, count: int, folder: Path) -> Path:
     """A catalog of the first ``count`` cases (for --quick), written as TOML."""
     from refws.golden import load_catalog
     from refws.golden.catalog_file import Catalog, dump_toml
+
     cat = load_catalog(catalog_path)
     small = Catalog(cat.cases[:count], str(catalog_path), cat.name + "_quick", encoding=cat.encoding)
     path = folder / (catalog_path.stem + "_quick.toml")
@@ -177,6 +195,7 @@ def main(argv=None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     from refws.golden import load_catalog
+
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory(prefix="refws-bench-golden-") as tmp:
         tmp = Path(tmp)
@@ -190,8 +209,10 @@ def main(argv=None) -> int:
                 store = tmp / f"{cat.name}-j{jobs}"
                 r = _build(store, path, jobs)
                 stores[jobs] = store
-                print(f"  --jobs {jobs}: {r['seconds']:.1f} s, store {r['bytes'] / 2**20:.1f} MiB, peak RSS "
-                      f"{r['rss_self_mib']:.0f} MiB (build process), {r['rss_workers_mib']:.0f} MiB (largest worker)")
+                print(
+                    f"  --jobs {jobs}: {r['seconds']:.1f} s, store {r['bytes'] / 2**20:.1f} MiB, peak RSS "
+                    f"{r['rss_self_mib']:.0f} MiB (build process), {r['rss_workers_mib']:.0f} MiB (largest worker)"
+                )
             trees = [_tree_digest(s) for s in stores.values()]
             print(f"  stores identical across --jobs: {all(t == trees[0] for t in trees)}")
             for s in stores.values():

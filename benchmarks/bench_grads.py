@@ -29,7 +29,7 @@ import _peers as P
 METHODS = ("auto", "col2im", "conv")
 PARTS = ("dx+dw", "dx", "dw")
 PEERS = ("jax.vjp", "torch autograd")
-TARGET_JAX = 2.0          # main case, issue 3
+TARGET_JAX = 2.0  # main case, issue 3
 
 
 def refws_vjp(case: P.Case, x, w, dy):
@@ -75,7 +75,7 @@ def jax_vjp(case: P.Case, x, w, dy):
         "dx": lambda: dx_only(xj, wj, dyj).block_until_ready(),
         "dw": lambda: dw_only(xj, wj, dyj).block_until_ready(),
     }
-    for fn in fns.values():                                   # compile outside the timing
+    for fn in fns.values():  # compile outside the timing
         fn()
     dx, dw = fns["dx+dw"]()
     return fns, (np.asarray(dx), np.asarray(dw))
@@ -97,13 +97,19 @@ def torch_vjp(case: P.Case, x, w, dy):
     xt = torch.from_numpy(x_in).requires_grad_(True)
     wt = torch.from_numpy(P.to_torch_w(w)).requires_grad_(True)
     dyt = torch.from_numpy(P.to_torch_x(dy))
-    y = conv(xt, wt, stride=P._seq(case.stride, case.dims), padding=padding,
-             dilation=P._seq(case.rhs_dilation, case.dims), groups=case.groups)
+    y = conv(
+        xt,
+        wt,
+        stride=P._seq(case.stride, case.dims),
+        padding=padding,
+        dilation=P._seq(case.rhs_dilation, case.dims),
+        groups=case.groups,
+    )
     grad = lambda inputs: torch.autograd.grad(y, inputs, dyt, retain_graph=True)
     fns = {"dx+dw": lambda: grad((xt, wt)), "dx": lambda: grad((xt,)), "dw": lambda: grad((wt,))}
     dx, dw = fns["dx+dw"]()
     dx = P.from_torch_x(dx.numpy())
-    if padding == (0,) * case.dims:                       # padded up front: crop back to x
+    if padding == (0,) * case.dims:  # padded up front: crop back to x
         dx = dx[(slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1])))]
     return fns, (dx, P.from_torch_w(dw.numpy()))
 
@@ -137,8 +143,10 @@ def main(argv=None):
     for case in cases:
         probe = P.dgemm_probe()
         times, status, results = run_case(case, repeat)
-        print(f"case {case.name}: {case.describe()}; forward {case.flops() / 1e9:.3f} GFLOP "
-              f"(dx and dw cost the same each); probe {probe:.0f} GFLOP/s; auto chose {auto_choice(case)}")
+        print(
+            f"case {case.name}: {case.describe()}; forward {case.flops() / 1e9:.3f} GFLOP "
+            f"(dx and dw cost the same each); probe {probe:.0f} GFLOP/s; auto chose {auto_choice(case)}"
+        )
         rows = []
         for label in labels:
             if label in status:
@@ -149,8 +157,11 @@ def main(argv=None):
             rows.append([label, *cells, f"{2 * case.flops() / t / 1e9:.2f}" if t else "-"])
         print(P.format_table(["implementation", "dx+dw", "dx", "dw", "dx+dw GFLOP/s"], rows))
         rdx, rdw = results["refws auto"]
-        check = [[label, f"{P.max_abs_diff(rdx, results[label][0]):.1e}",
-                  f"{P.max_abs_diff(rdw, results[label][1]):.1e}"] for label in PEERS if label in results]
+        check = [
+            [label, f"{P.max_abs_diff(rdx, results[label][0]):.1e}", f"{P.max_abs_diff(rdw, results[label][1]):.1e}"]
+            for label in PEERS
+            if label in results
+        ]
         if check:
             print(f"max |refws - peer| (max|dx| {abs(rdx).max():.3g}, max|dw| {abs(rdw).max():.3g}):")
             print(P.format_table(["peer", "dx", "dw"], check))
@@ -159,21 +170,47 @@ def main(argv=None):
         peer_times = {label: times[(label, "dx+dw")] for label in PEERS if (label, "dx+dw") in times}
         best_label, best = P.fastest(peer_times, PEERS)
         gflops = 2 * case.flops() / t / 1e9
-        summary.append([case.name, f"{probe:.0f}", P.duration(t), f"{gflops:.2f}", f"{gflops / probe:.0%}",
-                        *(P.ratio(t, peer_times.get(label)) for label in PEERS), best_label or "-",
-                        P.ratio(t, best), auto_choice(case)])
+        summary.append(
+            [
+                case.name,
+                f"{probe:.0f}",
+                P.duration(t),
+                f"{gflops:.2f}",
+                f"{gflops / probe:.0%}",
+                *(P.ratio(t, peer_times.get(label)) for label in PEERS),
+                best_label or "-",
+                P.ratio(t, best),
+                auto_choice(case),
+            ]
+        )
         if best_label is not None:
             r = t / best
-            target_lines.append(f"target, {case.name}: refws dx+dw / fastest peer ({best_label}) = {r:.2f} <= "
-                                f"{P.TARGET_VS_FASTEST}: {P.verdict(r <= P.TARGET_VS_FASTEST)}")
+            target_lines.append(
+                f"target, {case.name}: refws dx+dw / fastest peer ({best_label}) = {r:.2f} <= "
+                f"{P.TARGET_VS_FASTEST}: {P.verdict(r <= P.TARGET_VS_FASTEST)}"
+            )
         if case.name == "main" and "jax.vjp" in peer_times:
             r = t / peer_times["jax.vjp"]
-            target_lines.append(f"target (issue 3), main: refws dx+dw / jax.vjp = {r:.2f} <= {TARGET_JAX}: "
-                                f"{P.verdict(r <= TARGET_JAX)}")
-    print("summary, dx+dw with method=\"auto\" (ratio = refws time / peer time, same run):")
-    print(P.format_table(["case", "probe GFLOP/s", "refws", "refws GFLOP/s", "of probe",
-                          *(f"refws/{label}" for label in PEERS), "fastest peer", "refws/fastest", "auto chose"],
-                         summary))
+            target_lines.append(
+                f"target (issue 3), main: refws dx+dw / jax.vjp = {r:.2f} <= {TARGET_JAX}: {P.verdict(r <= TARGET_JAX)}"
+            )
+    print('summary, dx+dw with method="auto" (ratio = refws time / peer time, same run):')
+    print(
+        P.format_table(
+            [
+                "case",
+                "probe GFLOP/s",
+                "refws",
+                "refws GFLOP/s",
+                "of probe",
+                *(f"refws/{label}" for label in PEERS),
+                "fastest peer",
+                "refws/fastest",
+                "auto chose",
+            ],
+            summary,
+        )
+    )
     print()
     for line in target_lines:
         print(line)

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--reports", type=Path, default=None, help="read <backend>_<precision>.json from here")
     args = p.parse_args(argv)
     pairs = args.pairs
-    if not pairs and args.reports:                   # every <backend>_<precision>.json in the folder
+    if not pairs and args.reports:  # every <backend>_<precision>.json in the folder
         pairs = [":".join(f.stem.rsplit("_", 1)) for f in sorted(args.reports.glob("*_float*.json"))]
     for pair in pairs:
         backend, _, precision = pair.partition(":")

@@ -26,12 +26,13 @@ def _site_page(repo_path: str) -> str | None:
     if repo_path in INCLUDED:
         return INCLUDED[repo_path]
     if repo_path.startswith("docs/") and (ROOT / repo_path).is_file():
-        return repo_path[len("docs/"):]
+        return repo_path[len("docs/") :]
     return None
 
 
 def _rewrite(markdown: str, written_in: str, page_src: str) -> str:
     """Links of ``markdown`` (written in repository file ``written_in``) as seen from page ``page_src``."""
+
     def one(m):
         target = m.group(2)
         if re.match(r"^[a-z]+:", target) or target.startswith("/"):
@@ -42,6 +43,7 @@ def _rewrite(markdown: str, written_in: str, page_src: str) -> str:
             return m.group(0)
         rel = posixpath.relpath(page, posixpath.dirname(page_src) or ".")
         return f"{m.group(1)}{rel}{m.group(3) or ''}{m.group(4)}"
+
     return LINK.sub(one, markdown)
 
 

@@ -15,12 +15,14 @@ def as_float64(a, name: str) -> np.ndarray:
     TypeError
         for complex, object, string or other non-real dtypes (naming the argument).
     """
-    if type(a) is np.ndarray and a.dtype == np.float64:      # the common case, without any copy
+    if type(a) is np.ndarray and a.dtype == np.float64:  # the common case, without any copy
         return a
     arr = np.asarray(a)
     if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} has dtype {arr.dtype}: expected a real array (bool, integer or floating); "
-                        "complex and object arrays are not supported")
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}: expected a real array (bool, integer or floating); "
+            "complex and object arrays are not supported"
+        )
     return arr.astype(np.float64, copy=False)
 
 
@@ -39,7 +41,7 @@ def to_canonical(a: np.ndarray, channel_first: bool, unbatched: bool) -> np.ndar
 def from_canonical(a: np.ndarray, channel_first: bool, unbatched: bool) -> np.ndarray:
     """Inverse of :func:`to_canonical`; returns a C-contiguous array."""
     if channel_first:
-        a = a.transpose(0, a.ndim - 1, *range(1, a.ndim - 1))          # np.moveaxis(a, -1, 1)
+        a = a.transpose(0, a.ndim - 1, *range(1, a.ndim - 1))  # np.moveaxis(a, -1, 1)
     if unbatched:
         a = a[0]
     return np.ascontiguousarray(a)

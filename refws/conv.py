@@ -22,10 +22,26 @@ import numpy as np
 
 from .arrays import as_float64, from_canonical, to_canonical
 from .geometry import ConvGeometry, conv_geometry
-from .im2col import (_tap_slices, chunk_plan, dilate_pad, dilate_pad_shape, gather_windows, gather_windows_shape,
-                     get_workspace_bytes, window_view)
+from .im2col import (
+    _tap_slices,
+    chunk_plan,
+    dilate_pad,
+    dilate_pad_shape,
+    gather_windows,
+    gather_windows_shape,
+    get_workspace_bytes,
+    window_view,
+)
 
-__all__ = ["conv", "conv_canonical", "check_conv_operands", "canonical_operands", "as_float64", "to_canonical", "from_canonical"]
+__all__ = [
+    "conv",
+    "conv_canonical",
+    "check_conv_operands",
+    "canonical_operands",
+    "as_float64",
+    "to_canonical",
+    "from_canonical",
+]
 
 
 def check_groups(groups) -> int:
@@ -50,8 +66,10 @@ def canonical_operands(x, w, channel_first: bool, w_layout: str):
         raise ValueError(f"w.shape={w.shape}: expected {w_layout} with at least one spatial dimension")
     if x.ndim not in (w.ndim, w.ndim - 1):
         layout = "(N, C, *spatial)" if channel_first else "(N, *spatial, C)"
-        raise ValueError(f"x.shape={x.shape}: expected rank {w.ndim} (batched) or {w.ndim - 1} (unbatched) "
-                         f"input of layout {layout} for a kernel w of shape {w.shape}")
+        raise ValueError(
+            f"x.shape={x.shape}: expected rank {w.ndim} (batched) or {w.ndim - 1} (unbatched) "
+            f"input of layout {layout} for a kernel w of shape {w.shape}"
+        )
     unbatched = x.ndim == w.ndim - 1
     return to_canonical(x, channel_first, unbatched), w, unbatched
 
@@ -78,8 +96,10 @@ def check_conv_operands(x, w, groups, channel_first: bool):
         raise ValueError(f"w.shape={w.shape}: kernel spatial sizes must be >= 1")
     c_in, c_out = x_cl.shape[-1], w.shape[-1]
     if c_in != w.shape[-2] * groups:
-        raise ValueError(f"x has C_in={c_in} channels but w.shape={w.shape} with groups={groups} expects "
-                         f"C_in = w.shape[-2] * groups = {w.shape[-2] * groups}")
+        raise ValueError(
+            f"x has C_in={c_in} channels but w.shape={w.shape} with groups={groups} expects "
+            f"C_in = w.shape[-2] * groups = {w.shape[-2] * groups}"
+        )
     if c_out % groups:
         raise ValueError(f"w.shape={w.shape}: C_out={c_out} is not divisible by groups={groups}")
     return x_cl, w, unbatched
@@ -134,8 +154,11 @@ def _row_window_pads(g: ConvGeometry, r0: int, rows: int):
 
 def chunks(n_batch: int, rows_all: int, batch_step: int, row_step: int) -> list:
     """``(b0, nb, r0, rows)``: samples ``b0 : b0 + nb`` and output rows ``r0 : r0 + rows`` of each chunk."""
-    return [(b0, min(batch_step, n_batch - b0), r0, min(row_step, rows_all - r0))
-            for b0 in range(0, n_batch, batch_step) for r0 in range(0, rows_all, row_step)]
+    return [
+        (b0, min(batch_step, n_batch - b0), r0, min(row_step, rows_all - r0))
+        for b0 in range(0, n_batch, batch_step)
+        for r0 in range(0, rows_all, row_step)
+    ]
 
 
 def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, part=None):
@@ -148,7 +171,7 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
     the benchmark), so it is valid until the next chunk. Without padding and lhs dilation it is a
     view of ``x``: no copy at all. ``part``: only these chunks (of :func:`chunks`), default all.
     """
-    if batch_step >= x.shape[0] and row_step >= g.out_spatial[0]:     # one chunk: no workspace to plan
+    if batch_step >= x.shape[0] and row_step >= g.out_spatial[0]:  # one chunk: no workspace to plan
         yield 0, x.shape[0], 0, g.out_spatial[0], whole_window(x, g)
         return
     plain = _unpadded(g)
@@ -156,13 +179,14 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
         shape = dilate_pad_shape((batch_step, *x.shape[1:]), g.lhs_dilation, _row_window_pads(g, 0, row_step))
         buffer = workspace("window", (math.prod(shape),))
     for b0, nb, r0, rows in part if part is not None else chunks(x.shape[0], g.out_spatial[0], batch_step, row_step):
-        xb = x[b0:b0 + nb]
+        xb = x[b0 : b0 + nb]
         if plain:
-            window = xb[:, r0 * g.stride[0]:(r0 + rows - 1) * g.stride[0] + g.dilated_kernel[0]]
+            window = xb[:, r0 * g.stride[0] : (r0 + rows - 1) * g.stride[0] + g.dilated_kernel[0]]
         else:
             pads = _row_window_pads(g, r0, rows)
-            window = dilate_pad(xb, g.lhs_dilation, pads,
-                                out=_carve(buffer, dilate_pad_shape(xb.shape, g.lhs_dilation, pads)))
+            window = dilate_pad(
+                xb, g.lhs_dilation, pads, out=_carve(buffer, dilate_pad_shape(xb.shape, g.lhs_dilation, pads))
+            )
         yield b0, nb, r0, rows, window
 
 
@@ -207,8 +231,9 @@ def whole_window(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
     padding and lhs dilation."""
     if _unpadded(g):
         return x
-    return dilate_pad(x, g.lhs_dilation, g.padding,
-                      out=workspace("window", dilate_pad_shape(x.shape, g.lhs_dilation, g.padding)))
+    return dilate_pad(
+        x, g.lhs_dilation, g.padding, out=workspace("window", dilate_pad_shape(x.shape, g.lhs_dilation, g.padding))
+    )
 
 
 # --- threads for the tap formulation ------------------------------------------------------------
@@ -240,7 +265,7 @@ def plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int, form
     """:func:`refws.im2col.chunk_plan` for a formulation: the taps' threads each hold a workspace,
     so each gets an equal share of the budget."""
     if formulation == "gemm" and GemmChunk.reads_window_as_columns(g, groups) and _unpadded(g):
-        return n_batch, g.out_spatial[0]              # no workspace at all: one product over x itself
+        return n_batch, g.out_spatial[0]  # no workspace at all: one product over x itself
     threads = taps_threads() if formulation == "taps" else 1
     return chunk_plan(g, n_batch, c_in, c_out, groups, formulation, get_workspace_bytes() // threads)
 
@@ -262,7 +287,7 @@ def run_parts(work, items: list, workers: int) -> list:
     def run(i):
         try:
             results[i] = work(parts[i])
-        except BaseException as exc:             # re-raised on the calling thread below
+        except BaseException as exc:  # re-raised on the calling thread below
             errors[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,), name=f"refws-taps-{i}") for i in range(len(parts))]
@@ -276,7 +301,9 @@ def run_parts(work, items: list, workers: int) -> list:
     return results
 
 
-def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, formulation: str | None = None) -> np.ndarray:
+def conv_canonical(
+    x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, formulation: str | None = None
+) -> np.ndarray:
     """Convolution of validated canonical operands, chunked to the workspace budget.
 
     Parameters
@@ -297,18 +324,18 @@ def conv_canonical(x: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, f
         formulation = forward_formulation(math.prod(g.kernel_spatial), c_in // groups, c_out // groups)
     elif formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r}: expected one of {FORMULATIONS} or None (chosen by shape)")
-    y = np.empty((n_batch, *g.out_spatial, c_out), dtype=np.float64)     # every element is written below
+    y = np.empty((n_batch, *g.out_spatial, c_out), dtype=np.float64)  # every element is written below
     batch_step, row_step = plan(g, n_batch, c_in, c_out, groups, formulation)
     items = chunks(n_batch, g.out_spatial[0], batch_step, row_step)
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step, w)
-    if len(items) == 1:                               # the small problems: no more bookkeeping
+    if len(items) == 1:  # the small problems: no more bookkeeping
         shared.forward(whole_window(x, g), y)
         return y
     workers = parallel_workers(formulation, len(items), y.size, math.prod(w.shape[:-1]))
 
     def work(part):
         for b0, nb, r0, rows, window in row_windows(x, g, batch_step, row_step, part):
-            shared.forward(window, y[b0:b0 + nb, r0:r0 + rows])
+            shared.forward(window, y[b0 : b0 + nb, r0 : r0 + rows])
 
     run_parts(work, items, workers)
     return y
@@ -321,8 +348,16 @@ def parallel_workers(formulation: str, n_parts: int, size: int, taps_reads: int)
     return 1 if formulation != "taps" else taps_workers(n_parts, 2 * size * taps_reads)
 
 
-def evaluator(formulation: str, g: ConvGeometry, groups: int, c_in: int, c_out: int, row_step: int,
-              w: np.ndarray | None = None, adjoint: bool = False):
+def evaluator(
+    formulation: str,
+    g: ConvGeometry,
+    groups: int,
+    c_in: int,
+    c_out: int,
+    row_step: int,
+    w: np.ndarray | None = None,
+    adjoint: bool = False,
+):
     """The chunk evaluator of a formulation: a :class:`GemmChunk` or a :class:`TapsChunk`.
 
     Its ``forward`` and ``weight_grad`` read input windows (``C_in / G`` channels per group);
@@ -336,7 +371,7 @@ def evaluator(formulation: str, g: ConvGeometry, groups: int, c_in: int, c_out: 
     last = row_step if g.ndim == 1 else g.out_spatial[-1]
     if w is None:
         return TapsChunk(g, groups, cg, c_out)
-    if adjoint:                                     # read dy (Cog per group), write dx (Cg per group)
+    if adjoint:  # read dy (Cog per group), write dx (Cg per group)
         w_t = w.reshape(taps, cg, groups, cog).transpose(0, 3, 2, 1).reshape(taps, cog, c_in)
         return TapsChunk(g, groups, cog, c_in, w_t, last)
     return TapsChunk(g, groups, cg, c_out, w.reshape(taps, cg, c_out), last)
@@ -355,8 +390,10 @@ class _Chunk:
 
     def _views(self, padded: np.ndarray, chunk_out):
         """Per kernel tap ``t`` (row-major), the strided view ``padded[:, o*s + t*d]`` over the chunk's outputs."""
-        return (padded[(slice(None), *sl)] for sl in _tap_slices(self.g.kernel_spatial, chunk_out,
-                                                                 self.g.stride, self.g.rhs_dilation))
+        return (
+            padded[(slice(None), *sl)]
+            for sl in _tap_slices(self.g.kernel_spatial, chunk_out, self.g.stride, self.g.rhs_dilation)
+        )
 
 
 class GemmChunk(_Chunk):
@@ -378,7 +415,7 @@ class GemmChunk(_Chunk):
         self.k_cg = self.taps * cg
         self.direct = self.reads_window_as_columns(g, groups)
         if w is not None:
-            self.w_groups = w.reshape(self.k_cg, groups, self.cog).transpose(1, 0, 2)    # (G, K*Cg, Cog)
+            self.w_groups = w.reshape(self.k_cg, groups, self.cog).transpose(1, 0, 2)  # (G, K*Cg, Cog)
 
     @staticmethod
     def reads_window_as_columns(g: ConvGeometry, groups: int) -> bool:
@@ -390,14 +427,15 @@ class GemmChunk(_Chunk):
         if self.direct:
             return window.reshape(1, -1, self.k_cg)
         g = self.g
-        if self.groups == 1:              # gather_windows' copy, without its checks (per-call overhead)
+        if self.groups == 1:  # gather_windows' copy, without its checks (per-call overhead)
             view = window_view(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation)
             cols = self._buffer("cols", view.shape)
             np.copyto(cols, view)
             return cols.reshape(1, -1, self.k_cg)
         shape = gather_windows_shape(window.shape, g.kernel_spatial, chunk_out, self.groups)
-        cols = gather_windows(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation, self.groups,
-                              out=self._buffer("cols", shape))
+        cols = gather_windows(
+            window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation, self.groups, out=self._buffer("cols", shape)
+        )
         return cols.reshape(self.groups, -1, self.k_cg)
 
     def _per_group(self, a: np.ndarray) -> np.ndarray:
@@ -409,7 +447,7 @@ class GemmChunk(_Chunk):
         cols = self._columns(window, out.shape[1:-1])
         m = cols.shape[1]
         if self.groups == 1:
-            np.matmul(cols[0], self.w_groups[0], out=out.reshape(m, -1))     # contiguous: a view
+            np.matmul(cols[0], self.w_groups[0], out=out.reshape(m, -1))  # contiguous: a view
         else:
             products = np.matmul(cols, self.w_groups, out=self._buffer("products", (self.groups, m, self.cog)))
             self._per_group(out)[...] = products
@@ -431,7 +469,7 @@ class GemmChunk(_Chunk):
             window += dcols.reshape(window.shape)
             return
         per_tap = dcols.reshape(*dy.shape[:-1], self.groups, self.taps, self.cg)
-        for t, view in enumerate(self._views(window, dy.shape[1:-1])):      # (nb, *chunk_out, G*Cg)
+        for t, view in enumerate(self._views(window, dy.shape[1:-1])):  # (nb, *chunk_out, G*Cg)
             view = view.reshape(*view.shape[:-1], self.groups, self.cg)
             np.add(view, per_tap[..., t, :], out=view)
 
@@ -455,8 +493,15 @@ class TapsChunk(_Chunk):
     that invisible, elsewhere it rounds once less).
     """
 
-    def __init__(self, g: ConvGeometry, groups: int, per_group_read: int, written: int,
-                 w_taps: np.ndarray | None = None, last: int = 1):
+    def __init__(
+        self,
+        g: ConvGeometry,
+        groups: int,
+        per_group_read: int,
+        written: int,
+        w_taps: np.ndarray | None = None,
+        last: int = 1,
+    ):
         super().__init__(g, groups)
         self.per_group_read, self.repeat = per_group_read, written // groups
         tile_bytes = min(TILE_BYTES, get_workspace_bytes() // 4)
@@ -470,7 +515,7 @@ class TapsChunk(_Chunk):
         self.w = w_taps
 
     def _weights(self, chunk_out) -> np.ndarray:
-        return self.w[:, :, :chunk_out[-1]] if self.w.shape[2] > 1 else self.w
+        return self.w[:, :, : chunk_out[-1]] if self.w.shape[2] > 1 else self.w
 
     def _expanded(self, a: np.ndarray, channel: int) -> np.ndarray:
         shape = (*a.shape[:-1], self.groups * self.repeat)
@@ -500,9 +545,9 @@ class TapsChunk(_Chunk):
 
     def weight_grad(self, window: np.ndarray, dy: np.ndarray, acc: np.ndarray) -> None:
         chunk_out, c = dy.shape[1:-1], dy.shape[-1]
-        acc = acc.reshape(-1, self.per_group_read, c)                           # (K, A, C), a view
-        positions = "abcdefghijklmnopqrstuvwxy"[:dy.ndim - 1]
-        subscripts = f"{positions}z,{positions}z->z"       # sum over samples and positions, per channel
+        acc = acc.reshape(-1, self.per_group_read, c)  # (K, A, C), a view
+        positions = "abcdefghijklmnopqrstuvwxy"[: dy.ndim - 1]
+        subscripts = f"{positions}z,{positions}z->z"  # sum over samples and positions, per channel
         for a in range(self.per_group_read):
             source = self._expanded(window, a)
             for t, view in enumerate(self._views(source, chunk_out)):
@@ -527,17 +572,19 @@ def expand_channel(a: np.ndarray, groups: int, channel: int, repeat: int, out: n
         return a
     source = a.reshape(*lead, groups, n)[..., channel]
     per_group = out.reshape(*lead, groups, repeat)
-    for r in range(repeat):       # one strided copy per r: 3x faster than one broadcast copy
+    for r in range(repeat):  # one strided copy per r: 3x faster than one broadcast copy
         per_group[..., r] = source
     return out
 
 
 def _carve(buffer: np.ndarray, shape) -> np.ndarray:
     """The first ``prod(shape)`` elements of the flat workspace ``buffer``, viewed with ``shape``."""
-    return buffer[:math.prod(shape)].reshape(shape)
+    return buffer[: math.prod(shape)].reshape(shape)
 
 
-def conv(x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *, channel_first=False) -> np.ndarray:
+def conv(
+    x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *, channel_first=False
+) -> np.ndarray:
     """N-d convolution (cross-correlation) with padding, strides, lhs/rhs dilation and groups.
 
     Parameters

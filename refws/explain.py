@@ -46,11 +46,19 @@ if TYPE_CHECKING:
     # Marked positions: one index per spatial axis, or per axis a sequence of positions (or None).
     Positions = Sequence[int | Sequence[int] | None]
 
-__all__ = ["Tap", "axis_taps", "ChannelBlock", "channel_blocks", "explain", "explain_geometry", "case_geometry",
-           "explain_case"]
+__all__ = [
+    "Tap",
+    "axis_taps",
+    "ChannelBlock",
+    "channel_blocks",
+    "explain",
+    "explain_geometry",
+    "case_geometry",
+    "explain_case",
+]
 
-MAX_ROWS = 24          # output positions drawn per axis before the middle is elided
-MAX_WIDTH = 110        # characters of a drawn row; wider axes get the text summary only
+MAX_ROWS = 24  # output positions drawn per axis before the middle is elided
+MAX_WIDTH = 110  # characters of a drawn row; wider axes get the text summary only
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,9 @@ def _tap_words(taps, kind: str, one: str, many: str) -> str:
 def _row_summary(taps) -> str:
     src = [str(t.source) for t in taps if t.kind == "input"]
     parts = [f"reads x[{', '.join(src)}]" if src else "reads no input"]
-    parts += [w for w in (_tap_words(taps, "pad", "padding", "padding"), _tap_words(taps, "hole", "a hole", "holes"))
-              if w]
+    parts += [
+        w for w in (_tap_words(taps, "pad", "padding", "padding"), _tap_words(taps, "hole", "a hole", "holes")) if w
+    ]
     return "; ".join(parts)
 
 
@@ -153,24 +162,33 @@ def _axis_text(g: ConvGeometry, axis: int, padding, at=None, inputs=None) -> lis
     L, d, (lo, hi), out = g.lhs_dilation[axis], g.rhs_dilation[axis], g.padding[axis], g.out_spatial[axis]
     n_l = (n - 1) * L + 1 if n > 0 else 0
     k_d = g.dilated_kernel[axis]
-    lines = [f"axis {axis}: n={n}, k={k}, s={s}, lhs_dilation={L}, rhs_dilation={d}, "
-             f"pads (lo, hi) = ({lo}, {hi}) -> out {out}",
-             f"  dilated input   n_L = (n - 1)*L + 1 = ({n} - 1)*{L} + 1 = {n_l}",
-             f"  dilated kernel  k_d = (k - 1)*d + 1 = ({k} - 1)*{d} + 1 = {k_d}"]
+    lines = [
+        f"axis {axis}: n={n}, k={k}, s={s}, lhs_dilation={L}, rhs_dilation={d}, "
+        f"pads (lo, hi) = ({lo}, {hi}) -> out {out}",
+        f"  dilated input   n_L = (n - 1)*L + 1 = ({n} - 1)*{L} + 1 = {n_l}",
+        f"  dilated kernel  k_d = (k - 1)*d + 1 = ({k} - 1)*{d} + 1 = {k_d}",
+    ]
     if isinstance(padding, str) and padding.upper() != "VALID":
         o_same = -(-n // s)
         total = max((o_same - 1) * s + k_d - n, 0)
-        lines.append(f"  {padding.upper()}: out = ceil(n / s) = {o_same}, total = max((out - 1)*s + k_d - n, 0) "
-                     f"= {total}, split ({lo}, {hi}) ({_split_words(padding.upper(), total)})")
+        lines.append(
+            f"  {padding.upper()}: out = ceil(n / s) = {o_same}, total = max((out - 1)*s + k_d - n, 0) "
+            f"= {total}, split ({lo}, {hi}) ({_split_words(padding.upper(), total)})"
+        )
     span = n_l + lo + hi - k_d
-    formula = f"floor(({_sum(n_l, lo, hi, -k_d)}) / {s}) + 1 = {out}" if span >= 0 else \
-        f"0 (the padded input, {n_l + lo + hi}, is shorter than the dilated kernel, {k_d})"
+    formula = (
+        f"floor(({_sum(n_l, lo, hi, -k_d)}) / {s}) + 1 = {out}"
+        if span >= 0
+        else f"0 (the padded input, {n_l + lo + hi}, is shorter than the dilated kernel, {k_d})"
+    )
     lines.append(f"  output          out = floor((n_L + lo + hi - k_d) / s) + 1 = {formula}")
     for side, pad, first in (("lo", lo, True), ("hi", hi, False)):
         if pad < 0:
             idx = [q // L for q in (range(-pad) if first else range(n_l + pad, n_l)) if q % L == 0]
-            lines.append(f"  {side} = {pad} crops {-pad} dilated {_plural(-pad, 'position')}"
-                         + (f" (x[{', '.join(map(str, idx))}])" if idx else ""))
+            lines.append(
+                f"  {side} = {pad} crops {-pad} dilated {_plural(-pad, 'position')}"
+                + (f" (x[{', '.join(map(str, idx))}])" if idx else "")
+            )
     if out == 0:
         return lines
     labels = _padded_labels(g, axis)
@@ -212,19 +230,28 @@ def _positions(at, n: int) -> list:
     return [None if v is None else [int(p) for p in v] for v in items]
 
 
-def explain_geometry(g: ConvGeometry, padding: Padding | None = None, *, at: Positions | None = None,
-                     inputs: Positions | None = None, title: str = "") -> str:
+def explain_geometry(
+    g: ConvGeometry,
+    padding: Padding | None = None,
+    *,
+    at: Positions | None = None,
+    inputs: Positions | None = None,
+    title: str = "",
+) -> str:
     """The text of :func:`explain` for an already normalised geometry.
 
     ``padding`` is the original padding argument (a SAME rule is spelled out when it is a
     string); ``inputs`` marks input positions per axis (``^`` under the header).
     """
     marks, in_marks = _positions(at, g.ndim), _positions(inputs, g.ndim)
-    lines = [title or "convolution geometry",
-             f"  input {g.in_spatial}, kernel {g.kernel_spatial}, stride {g.stride}, "
-             f"lhs_dilation {g.lhs_dilation}, rhs_dilation {g.rhs_dilation}",
-             f"  padding {padding!r} -> explicit pads {g.padding}; output {g.out_spatial}"
-             if padding is not None else f"  explicit pads {g.padding}; output {g.out_spatial}"]
+    lines = [
+        title or "convolution geometry",
+        f"  input {g.in_spatial}, kernel {g.kernel_spatial}, stride {g.stride}, "
+        f"lhs_dilation {g.lhs_dilation}, rhs_dilation {g.rhs_dilation}",
+        f"  padding {padding!r} -> explicit pads {g.padding}; output {g.out_spatial}"
+        if padding is not None
+        else f"  explicit pads {g.padding}; output {g.out_spatial}",
+    ]
     for axis in range(g.ndim):
         lines.append("")
         lines += _axis_text(g, axis, padding, marks[axis], in_marks[axis])
@@ -236,10 +263,12 @@ def _check_positions(name: str, value, marks: list, sizes: tuple, what: str) -> 
     for axis, (positions, size) in enumerate(zip(marks, sizes)):
         for p in positions or ():
             if not 0 <= p < size:
-                valid = (f"0 <= {name}[{axis}] <= {size - 1}" if size else
-                         f"none (the {what} is empty along axis {axis})")
-                raise ValueError(f"{name}={value!r}: position {p} along axis {axis} is outside the {what} "
-                                 f"{sizes}; expected {valid}")
+                valid = (
+                    f"0 <= {name}[{axis}] <= {size - 1}" if size else f"none (the {what} is empty along axis {axis})"
+                )
+                raise ValueError(
+                    f"{name}={value!r}: position {p} along axis {axis} is outside the {what} {sizes}; expected {valid}"
+                )
 
 
 @dataclass(frozen=True)
@@ -260,8 +289,11 @@ def _check_channels(channels, groups: int) -> tuple[int, int] | None:
         items = tuple(channels)
     except TypeError:
         items = None
-    if items is None or len(items) != 2 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
-                                                   for c in items):
+    if (
+        items is None
+        or len(items) != 2
+        or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in items)
+    ):
         raise ValueError(f"channels={channels!r}: expected (C_in, C_out), two positive ints")
     c_in, c_out = (int(c) for c in items)
     if c_in < 1 or c_out < 1:
@@ -278,7 +310,7 @@ def channel_blocks(groups: int, c_in: int, c_out: int) -> tuple:
     ``Cog = C_out / G`` (ValueError unless both divide)."""
     groups = check_groups(groups)
     counts = _check_channels((c_in, c_out), groups)
-    assert counts is not None                      # None only for channels=None
+    assert counts is not None  # None only for channels=None
     c_in, c_out = counts
     cg, cog = c_in // groups, c_out // groups
     return tuple(ChannelBlock(g, range(g * cg, (g + 1) * cg), range(g * cog, (g + 1) * cog)) for g in range(groups))
@@ -287,35 +319,52 @@ def channel_blocks(groups: int, c_in: int, c_out: int) -> tuple:
 def _channel_text(groups: int, channels, kernel_spatial: tuple) -> list:
     """The channel section: per group, which input channels its output channels read."""
     if channels is None:
-        return [f"channels: groups={groups} (give channels=(C_in, C_out), --channels CIN,COUT, for the indices)",
-                f"  group g: y[..., g*Cog:(g+1)*Cog] reads x[..., g*Cg:(g+1)*Cg] through w[..., :, g*Cog:(g+1)*Cog], "
-                f"Cg = C_in / {groups}, Cog = C_out / {groups}"]
+        return [
+            f"channels: groups={groups} (give channels=(C_in, C_out), --channels CIN,COUT, for the indices)",
+            f"  group g: y[..., g*Cog:(g+1)*Cog] reads x[..., g*Cg:(g+1)*Cg] through w[..., :, g*Cog:(g+1)*Cog], "
+            f"Cg = C_in / {groups}, Cog = C_out / {groups}",
+        ]
     c_in, c_out = channels
     cg, cog = c_in // groups, c_out // groups
-    lines = [f"channels: C_in={c_in}, C_out={c_out}, groups={groups}",
-             f"  Cg = C_in / groups = {c_in} / {groups} = {cg}, Cog = C_out / groups = {c_out} / {groups} = {cog}; "
-             f"weight (*kernel, Cg, C_out) = {(*kernel_spatial, cg, c_out)}"]
+    lines = [
+        f"channels: C_in={c_in}, C_out={c_out}, groups={groups}",
+        f"  Cg = C_in / groups = {c_in} / {groups} = {cg}, Cog = C_out / groups = {c_out} / {groups} = {cog}; "
+        f"weight (*kernel, Cg, C_out) = {(*kernel_spatial, cg, c_out)}",
+    ]
     if groups == 1:
         lines.append("  groups=1: every output channel reads every input channel")
     elif groups == c_in:
-        lines.append(f"  depthwise (groups = C_in = {c_in}), channel multiplier C_out / C_in = {cog}: "
-                     f"output channel co reads input channel co // {cog}")
+        lines.append(
+            f"  depthwise (groups = C_in = {c_in}), channel multiplier C_out / C_in = {cog}: "
+            f"output channel co reads input channel co // {cog}"
+        )
     blocks = channel_blocks(groups, c_in, c_out)
     for g in _rows(groups, None):
         if g is None:
             lines.append("  ...")
             continue
         b = blocks[g]
-        lines.append(f"  group {g}: y[..., {b.out_channels.start}:{b.out_channels.stop}] reads "
-                     f"x[..., {b.in_channels.start}:{b.in_channels.stop}] through "
-                     f"w[..., :, {b.out_channels.start}:{b.out_channels.stop}]")
+        lines.append(
+            f"  group {g}: y[..., {b.out_channels.start}:{b.out_channels.stop}] reads "
+            f"x[..., {b.in_channels.start}:{b.in_channels.stop}] through "
+            f"w[..., :, {b.out_channels.start}:{b.out_channels.stop}]"
+        )
     return lines
 
 
-def explain(in_spatial: Sequence[int], kernel_spatial: Sequence[int], stride: IntOrInts = 1,
-            padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, *,
-            at: Positions | None = None, inputs: Positions | None = None, groups: int = 1,
-            channels: Sequence[int] | None = None) -> str:
+def explain(
+    in_spatial: Sequence[int],
+    kernel_spatial: Sequence[int],
+    stride: IntOrInts = 1,
+    padding: Padding = "SAME",
+    lhs_dilation: IntOrInts = 1,
+    rhs_dilation: IntOrInts = 1,
+    *,
+    at: Positions | None = None,
+    inputs: Positions | None = None,
+    groups: int = 1,
+    channels: Sequence[int] | None = None,
+) -> str:
     """Explain the geometry of a convolution (arguments as :func:`refws.conv_geometry`, 1-D to N-D).
 
     Parameters
@@ -357,6 +406,7 @@ def explain(in_spatial: Sequence[int], kernel_spatial: Sequence[int], stride: In
 
 # --- golden cases -------------------------------------------------------------------------------
 
+
 def _spatial_of(shape, channel_first: bool, batched: bool) -> tuple:
     inner = tuple(shape[1:] if batched else shape)
     return inner[1:] if channel_first else inner[:-1]
@@ -376,17 +426,28 @@ def case_geometry(suite: str, params: dict) -> tuple[ConvGeometry, Padding | Non
     batched = len(x_shape) == len(w_shape)
     spatial, kernel = _spatial_of(x_shape, cf, batched), tuple(w_shape[:-2])
     if suite == "conv":
-        g = conv_geometry(spatial, kernel, params["stride"], params["padding"], params["lhs_dilation"],
-                          params["rhs_dilation"])
+        g = conv_geometry(
+            spatial, kernel, params["stride"], params["padding"], params["lhs_dilation"], params["rhs_dilation"]
+        )
         return g, params["padding"], ""
-    fwd = transpose_geometry(spatial, kernel, params["stride"], params["padding"], params["output_padding"],
-                             params["dilation"], params["output_size"], 2 if batched else 1)
+    fwd = transpose_geometry(
+        spatial,
+        kernel,
+        params["stride"],
+        params["padding"],
+        params["output_padding"],
+        params["dilation"],
+        params["output_size"],
+        2 if batched else 1,
+    )
     stride = as_int_tuple(params["stride"], len(spatial), "stride")
     pads = input_grad_pads(fwd)
     g = conv_geometry(spatial, kernel, 1, pads, stride, fwd.rhs_dilation)
-    note = (f"transposed convolution (stride {stride}, padding {params['padding']}, output_padding "
-            f"{params['output_padding']}, dilation {params['dilation']}) computed as the forward "
-            "convolution of the stride-dilated input with the flipped kernel")
+    note = (
+        f"transposed convolution (stride {stride}, padding {params['padding']}, output_padding "
+        f"{params['output_padding']}, dilation {params['dilation']}) computed as the forward "
+        "convolution of the stride-dilated input with the flipped kernel"
+    )
     return g, None, note
 
 
@@ -424,8 +485,10 @@ def explain_case(suite: str, params: dict, failing: dict | None = None, title: s
         text.append(f"  ({note})")
     legend = []
     if at is not None:
-        legend.append("> marks output positions with failing elements of " +
-                      ", ".join(n for n in (failing or {}) if n in ("y", "ty")))
+        legend.append(
+            "> marks output positions with failing elements of "
+            + ", ".join(n for n in (failing or {}) if n in ("y", "ty"))
+        )
     if inputs is not None:
         legend.append("^ marks input positions with failing elements of dx")
     lines = body.split("\n")

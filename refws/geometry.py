@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import numbers
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["ConvGeometry", "conv_geometry", "as_int_tuple", "normalize_padding", "same_pads", "out_size"]
 
@@ -52,7 +52,7 @@ def as_int_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     ValueError
         if the sequence has the wrong length or an element is below ``minimum``.
     """
-    if type(value) is int and value >= minimum:        # the common case, first
+    if type(value) is int and value >= minimum:  # the common case, first
         return (value,) * n
     if _is_int(value):
         items = (int(value),) * n
@@ -114,15 +114,21 @@ def normalize_padding(padding, in_spatial, kernel_spatial, stride, lhs_dilation,
     if isinstance(padding, str):
         mode = padding.upper()
         if mode not in _PAD_STRINGS:
-            raise ValueError(f"padding={padding!r}: expected one of 'SAME', 'SAME_LOWER', 'VALID' "
-                             "(any case), an int, or (lo, hi) pairs")
+            raise ValueError(
+                f"padding={padding!r}: expected one of 'SAME', 'SAME_LOWER', 'VALID' "
+                "(any case), an int, or (lo, hi) pairs"
+            )
         if any(L != 1 for L in lhs_dilation):
-            raise ValueError(f"padding={padding!r} with lhs_dilation={lhs_dilation}: string padding is "
-                             "undefined for an lhs-dilated input (as in lax); give explicit (lo, hi) pairs")
+            raise ValueError(
+                f"padding={padding!r} with lhs_dilation={lhs_dilation}: string padding is "
+                "undefined for an lhs-dilated input (as in lax); give explicit (lo, hi) pairs"
+            )
         if mode == "VALID":
             return ((0, 0),) * n
-        return tuple(same_pads(ni, ki, si, di, lower=mode == "SAME_LOWER")
-                     for ni, ki, si, di in zip(in_spatial, kernel_spatial, stride, rhs_dilation))
+        return tuple(
+            same_pads(ni, ki, si, di, lower=mode == "SAME_LOWER")
+            for ni, ki, si, di in zip(in_spatial, kernel_spatial, stride, rhs_dilation)
+        )
     if _is_int(padding):
         return ((int(padding), int(padding)),) * n
     if not _is_sequence(padding):
@@ -140,8 +146,9 @@ def normalize_padding(padding, in_spatial, kernel_spatial, stride, lhs_dilation,
     if len(pairs) == 1:
         return pairs * n
     if len(pairs) != n:
-        raise ValueError(f"padding={padding!r}: expected {n} (lo, hi) pairs (one per spatial dimension), "
-                         f"got {len(pairs)}")
+        raise ValueError(
+            f"padding={padding!r}: expected {n} (lo, hi) pairs (one per spatial dimension), got {len(pairs)}"
+        )
     return pairs
 
 
@@ -178,7 +185,7 @@ class ConvGeometry:
 
 def _as_shape(value, name: str, minimum: int) -> tuple[int, ...]:
     if type(value) is tuple and value and all(type(v) is int and v >= minimum for v in value):
-        return value                                     # an array's shape: the common case
+        return value  # an array's shape: the common case
     if not (_is_sequence(value) and len(value) >= 1 and all(_is_int(v) and v >= minimum for v in value)):
         raise ValueError(f"{name}={value!r}: expected a non-empty sequence of ints >= {minimum}")
     return tuple(int(v) for v in value)
@@ -206,13 +213,17 @@ def conv_geometry(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dila
     in_spatial = _as_shape(in_spatial, "in_spatial", 0)
     kernel_spatial = _as_shape(kernel_spatial, "kernel_spatial", 1)
     if len(kernel_spatial) != len(in_spatial):
-        raise ValueError(f"kernel_spatial={kernel_spatial}: expected {len(in_spatial)} sizes, one per "
-                         f"spatial dimension of in_spatial={in_spatial}")
+        raise ValueError(
+            f"kernel_spatial={kernel_spatial}: expected {len(in_spatial)} sizes, one per "
+            f"spatial dimension of in_spatial={in_spatial}"
+        )
     n = len(in_spatial)
     stride = as_int_tuple(stride, n, "stride")
     lhs_dilation = as_int_tuple(lhs_dilation, n, "lhs_dilation")
     rhs_dilation = as_int_tuple(rhs_dilation, n, "rhs_dilation")
     pads = normalize_padding(padding, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation)
-    out = tuple(out_size(n_i, k, s, lo, hi, L, d) for n_i, k, s, (lo, hi), L, d
-                in zip(in_spatial, kernel_spatial, stride, pads, lhs_dilation, rhs_dilation))
+    out = tuple(
+        out_size(n_i, k, s, lo, hi, L, d)
+        for n_i, k, s, (lo, hi), L, d in zip(in_spatial, kernel_spatial, stride, pads, lhs_dilation, rhs_dilation)
+    )
     return ConvGeometry(in_spatial, kernel_spatial, stride, pads, lhs_dilation, rhs_dilation, out)

@@ -32,21 +32,43 @@ from collections.abc import Sequence
 import numpy as np
 
 from .arrays import as_float64, from_canonical, to_canonical
-from .conv import (canonical_operands, check_conv_operands, check_groups, chunks, conv, evaluator,
-                   forward_formulation, parallel_workers, plan, row_windows, run_parts, workspace)
+from .conv import (
+    canonical_operands,
+    check_conv_operands,
+    check_groups,
+    chunks,
+    conv,
+    evaluator,
+    forward_formulation,
+    parallel_workers,
+    plan,
+    row_windows,
+    run_parts,
+    workspace,
+)
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
 from .im2col import dilate_pad_adjoint, padded_spatial_shape
 
-__all__ = ["conv_vjp", "conv_jvp", "bias_vjp", "conv_transpose", "conv_transpose_vjp",
-           "input_grad_pads", "weight_grad_pads", "flip_swap_kernel"]
+__all__ = [
+    "conv_vjp",
+    "conv_jvp",
+    "bias_vjp",
+    "conv_transpose",
+    "conv_transpose_vjp",
+    "input_grad_pads",
+    "weight_grad_pads",
+    "flip_swap_kernel",
+]
 
-_METHODS = ("col2im", "conv")          # the two derivations; "auto" picks one per half by shape
+_METHODS = ("col2im", "conv")  # the two derivations; "auto" picks one per half by shape
 
 
 def _check_method(method) -> str:
     if method != "auto" and method not in _METHODS:
-        raise ValueError(f"method={method!r}: expected one of {_METHODS} or 'auto' (the default: "
-                         "chosen by shape, see refws.grads.input_grad_method)")
+        raise ValueError(
+            f"method={method!r}: expected one of {_METHODS} or 'auto' (the default: "
+            "chosen by shape, see refws.grads.input_grad_method)"
+        )
     return method
 
 
@@ -59,12 +81,15 @@ def _layout_shape(n_batch, spatial, channels, channel_first: bool, unbatched: bo
 def _check_cotangent(dy, expected: tuple, what: str) -> np.ndarray:
     dy = as_float64(dy, "dy")
     if dy.shape != expected:
-        raise ValueError(f"dy.shape={dy.shape}: expected {expected}, the shape of the {what} output "
-                         "for these arguments (same layout, same batching)")
+        raise ValueError(
+            f"dy.shape={dy.shape}: expected {expected}, the shape of the {what} output "
+            "for these arguments (same layout, same batching)"
+        )
     return dy
 
 
 # --- the derived arguments of method "conv" --------------------------------------------------
+
 
 def flip_swap_kernel(w: np.ndarray, groups: int) -> np.ndarray:
     """Kernel of the adjoint map: spatially flipped, in/out channels exchanged within each group.
@@ -74,7 +99,7 @@ def flip_swap_kernel(w: np.ndarray, groups: int) -> np.ndarray:
     """
     k, (a, gb) = w.shape[:-2], w.shape[-2:]
     flipped = w[(slice(None, None, -1),) * len(k)]
-    swapped = flipped.reshape(*k, a, groups, gb // groups).swapaxes(-3, -1)     # (*k, B, G, A)
+    swapped = flipped.reshape(*k, a, groups, gb // groups).swapaxes(-3, -1)  # (*k, B, G, A)
     return swapped.reshape(*k, gb // groups, groups * a)
 
 
@@ -88,8 +113,9 @@ def input_grad_pads(g: ConvGeometry) -> tuple:
     window read (stride remainder, cropping) fall on zeros of the padding and get gradient 0.
     """
     pads = []
-    for n, (lo, _), L, s, kd, out in zip(g.in_spatial, g.padding, g.lhs_dilation, g.stride,
-                                          g.dilated_kernel, g.out_spatial):
+    for n, (lo, _), L, s, kd, out in zip(
+        g.in_spatial, g.padding, g.lhs_dilation, g.stride, g.dilated_kernel, g.out_spatial
+    ):
         stuffed = (out - 1) * s + 1 if out > 0 else 0
         lo_t = kd - 1 - lo
         pads.append((lo_t, (n - 1) * L + kd - stuffed - lo_t))
@@ -103,8 +129,9 @@ def weight_grad_pads(g: ConvGeometry) -> tuple:
     remainder; they are never read). Cutting them off makes the output size exactly ``k``.
     """
     pads = []
-    for n, (lo, hi), L, s, kd, out in zip(g.in_spatial, g.padding, g.lhs_dilation, g.stride,
-                                          g.dilated_kernel, g.out_spatial):
+    for n, (lo, hi), L, s, kd, out in zip(
+        g.in_spatial, g.padding, g.lhs_dilation, g.stride, g.dilated_kernel, g.out_spatial
+    ):
         n_padded = ((n - 1) * L + 1 if n > 0 else 0) + lo + hi
         pads.append((lo, hi - (n_padded - kd - (out - 1) * s)))
     return tuple(pads)
@@ -116,8 +143,15 @@ def _dx_conv(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int) -> 
     The roles of stride and lhs dilation exchange: ``lhs_dilation = s``, ``stride = L``;
     ``rhs_dilation`` stays ``d``; pads from :func:`input_grad_pads`; same ``groups``.
     """
-    return conv(dy_cl, flip_swap_kernel(w, groups), stride=g.lhs_dilation, padding=input_grad_pads(g),
-                lhs_dilation=g.stride, rhs_dilation=g.rhs_dilation, groups=groups)
+    return conv(
+        dy_cl,
+        flip_swap_kernel(w, groups),
+        stride=g.lhs_dilation,
+        padding=input_grad_pads(g),
+        lhs_dilation=g.stride,
+        rhs_dilation=g.rhs_dilation,
+        groups=groups,
+    )
 
 
 def _dw_conv(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int) -> np.ndarray:
@@ -132,8 +166,15 @@ def _dw_conv(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int) 
     n_batch, spatial, c_in = x_cl.shape[0], x_cl.shape[1:-1], x_cl.shape[-1]
     x_t = x_cl.reshape(n_batch, *spatial, groups, c_in // groups)
     x_t = np.moveaxis(x_t, (0, -1), (-1, 0)).reshape(c_in // groups, *spatial, groups * n_batch)
-    z = conv(x_t, np.moveaxis(dy_cl, 0, -2), stride=g.rhs_dilation, padding=weight_grad_pads(g),
-             lhs_dilation=g.lhs_dilation, rhs_dilation=g.stride, groups=groups)
+    z = conv(
+        x_t,
+        np.moveaxis(dy_cl, 0, -2),
+        stride=g.rhs_dilation,
+        padding=weight_grad_pads(g),
+        lhs_dilation=g.lhs_dilation,
+        rhs_dilation=g.stride,
+        groups=groups,
+    )
     return np.moveaxis(z, 0, -2)
 
 
@@ -144,8 +185,10 @@ def _dw_conv(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int) 
 # forward's two formulations: "gemm" forms each chunk's columns (or dcols) and multiplies them,
 # "taps" forms the same products tap by tap without them (refws.conv.TapsChunk).
 
-def _dw_col2im(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int, w_shape,
-               formulation: str | None = None) -> np.ndarray:
+
+def _dw_col2im(
+    x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int, w_shape, formulation: str | None = None
+) -> np.ndarray:
     """``dw[t, c, g*Cog + j] = sum_{n, o} P[n, o*s + t*d, g*Cg + c] * dy[n, o, g*Cog + j]``, chunk by chunk.
 
     Each chunk's sum is formed on its own and the chunks' sums are added in chunk order, so the
@@ -164,7 +207,7 @@ def _dw_col2im(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int
         sums = []
         for b0, nb, r0, rows, window in row_windows(x_cl, g, batch_step, row_step, part):
             sums.append(np.zeros(w_shape))
-            shared.weight_grad(window, dy_cl[b0:b0 + nb, r0:r0 + rows], sums[-1])
+            shared.weight_grad(window, dy_cl[b0 : b0 + nb, r0 : r0 + rows], sums[-1])
         return sums
 
     dw = np.zeros(w_shape)
@@ -174,8 +217,9 @@ def _dw_col2im(x_cl: np.ndarray, dy_cl: np.ndarray, g: ConvGeometry, groups: int
     return dw
 
 
-def _dx_col2im(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x_shape,
-               formulation: str | None = None) -> np.ndarray:
+def _dx_col2im(
+    dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x_shape, formulation: str | None = None
+) -> np.ndarray:
     """``dP[n, o*s + t*d, g*Cg + c] += sum_j dy[n, o, g*Cog + j] * w[t, c, g*Cog + j]``, then ``dx`` = dP read back.
 
     ``dP`` is the gradient of the padded input, one block of samples at a time; each chunk of
@@ -201,14 +245,15 @@ def _dx_col2im(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int, x
             nb = min(batch_step, n_batch - b0)
             padded[:nb] = 0.0
             for _, _, r0, rows in chunks(nb, rows_all, nb, row_step):
-                shared.scatter(dy_cl[b0:b0 + nb, r0:r0 + rows], padded[:nb, r0 * s0:(r0 + rows - 1) * s0 + k0])
-            dx[b0:b0 + nb] = dilate_pad_adjoint(padded[:nb], g.in_spatial, g.lhs_dilation, g.padding)
+                shared.scatter(dy_cl[b0 : b0 + nb, r0 : r0 + rows], padded[:nb, r0 * s0 : (r0 + rows - 1) * s0 + k0])
+            dx[b0 : b0 + nb] = dilate_pad_adjoint(padded[:nb], g.in_spatial, g.lhs_dilation, g.padding)
 
     run_parts(work, blocks, workers)
     return dx
 
 
 # --- choosing the derivation and the formulation -----------------------------------------------
+
 
 def input_grad_formulation(kernel_taps: int, cg: int, cog: int) -> str:
     """``"taps"`` or ``"gemm"`` for ``dx`` by col2im: the forward's rule, with the roles exchanged
@@ -267,8 +312,10 @@ def _weight_grad(x_cl, dy_cl, g, groups, w_shape, method, formulation=None) -> n
 
 # --- conv: VJP, JVP, bias ---------------------------------------------------------------------
 
-def conv_vjp(x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False, method="auto"):
+
+def conv_vjp(
+    x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *, channel_first=False, method="auto"
+):
     """Cotangents ``(dx, dw)`` of :func:`refws.conv` for the output cotangent ``dy``.
 
     Parameters
@@ -300,8 +347,7 @@ def conv_vjp(x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1,
     return from_canonical(dx, channel_first, unbatched), dw
 
 
-def conv_jvp(x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *,
-             channel_first=False):
+def conv_jvp(x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, *, channel_first=False):
     """Forward-mode derivative of :func:`refws.conv`: ``(y, ty)`` for tangents ``tx``, ``tw``.
 
     conv is bilinear, so ``ty = conv(tx, w) + conv(x, tw)`` exactly (no second-order term).
@@ -310,8 +356,14 @@ def conv_jvp(x, w, tx, tw, stride=1, padding="SAME", lhs_dilation=1, rhs_dilatio
     for name, t, like in (("tx", tx, x), ("tw", tw, w)):
         if np.shape(t) != np.shape(like):
             raise ValueError(f"{name}.shape={np.shape(t)}: expected {np.shape(like)}, the shape of {name[1:]}")
-    kw = dict(stride=stride, padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-              groups=groups, channel_first=channel_first)
+    kw = dict(
+        stride=stride,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        groups=groups,
+        channel_first=channel_first,
+    )
     return conv(x, w, **kw), conv(tx, w, **kw) + conv(x, tw, **kw)
 
 
@@ -325,20 +377,25 @@ def bias_vjp(dy, *, channel_first=False, unbatched=False) -> np.ndarray:
     dy = as_float64(dy, "dy")
     axis = -1 if not channel_first else (0 if unbatched else 1)
     if dy.ndim < (1 if axis == 0 else 2):
-        raise ValueError(f"dy.shape={dy.shape}: expected an output-like array with a channel axis "
-                         f"(channel_first={channel_first}, unbatched={unbatched})")
+        raise ValueError(
+            f"dy.shape={dy.shape}: expected an output-like array with a channel axis "
+            f"(channel_first={channel_first}, unbatched={unbatched})"
+        )
     return dy.sum(axis=tuple(i for i in range(dy.ndim) if i != axis % dy.ndim))
 
 
 # --- the transposed convolution -------------------------------------------------------------
+
 
 def _check_transpose_operands(x, w, groups, channel_first):
     """Canonical ``x`` ``(N, *n, C_in)``, float64 ``w`` ``(*k, C_out // G, C_in)``, unbatched flag."""
     groups = check_groups(groups)
     x_cl, w, unbatched = canonical_operands(x, w, channel_first, "(*kernel_spatial, C_out // groups, C_in)")
     if x_cl.shape[-1] != w.shape[-1] or w.shape[-1] % groups:
-        raise ValueError(f"x has C_in={x_cl.shape[-1]} channels but w.shape={w.shape} expects "
-                         f"C_in = w.shape[-1] = {w.shape[-1]}, divisible by groups={groups}")
+        raise ValueError(
+            f"x has C_in={x_cl.shape[-1]} channels but w.shape={w.shape} expects "
+            f"C_in = w.shape[-1] = {w.shape[-1]}, divisible by groups={groups}"
+        )
     return x_cl, w, unbatched, groups
 
 
@@ -354,17 +411,22 @@ def _resolve_output_size(output_size, in_spatial, min_sizes, stride, n_non_spati
     if sizes is not None and len(sizes) == s_dims + n_non_spatial:
         sizes = sizes[n_non_spatial:]
     if sizes is None or len(sizes) != s_dims or not all(isinstance(v, (int, np.integer)) for v in sizes):
-        raise ValueError(f"output_size={output_size!r}: expected {s_dims} or {s_dims + n_non_spatial} ints "
-                         "(the spatial sizes, optionally preceded by the non-spatial ones)")
+        raise ValueError(
+            f"output_size={output_size!r}: expected {s_dims} or {s_dims + n_non_spatial} ints "
+            "(the spatial sizes, optionally preceded by the non-spatial ones)"
+        )
     max_sizes = [m + s - 1 for m, s in zip(min_sizes, stride)]
     if any(not lo <= v <= hi for v, lo, hi in zip(sizes, min_sizes, max_sizes)):
-        raise ValueError(f"output_size={output_size!r} is unreachable: valid sizes range from {min_sizes} "
-                         f"to {max_sizes} (for an input of spatial size {tuple(in_spatial)})")
+        raise ValueError(
+            f"output_size={output_size!r} is unreachable: valid sizes range from {min_sizes} "
+            f"to {max_sizes} (for an input of spatial size {tuple(in_spatial)})"
+        )
     return tuple(int(v) - m for v, m in zip(sizes, min_sizes))
 
 
-def transpose_geometry(in_spatial, kernel_spatial, stride=1, padding=0, output_padding=0, dilation=1,
-                       output_size=None, n_non_spatial=2) -> ConvGeometry:
+def transpose_geometry(
+    in_spatial, kernel_spatial, stride=1, padding=0, output_padding=0, dilation=1, output_size=None, n_non_spatial=2
+) -> ConvGeometry:
     """The forward convolution whose input gradient is this transposed convolution.
 
     Per dimension the transposed output has ``m = (n - 1)*s - 2p + d*(k - 1) + op + 1`` entries;
@@ -375,33 +437,47 @@ def transpose_geometry(in_spatial, kernel_spatial, stride=1, padding=0, output_p
     stride = as_int_tuple(stride, s_dims, "stride")
     dilation = as_int_tuple(dilation, s_dims, "dilation")
     padding = as_int_tuple(padding, s_dims, "padding", minimum=0)
-    min_sizes = [(n - 1) * s - 2 * p + d * (k - 1) + 1
-                 for n, k, s, p, d in zip(in_spatial, kernel_spatial, stride, padding, dilation)]
-    if output_size is not None:      # as PyTorch: output_size takes precedence over output_padding
+    min_sizes = [
+        (n - 1) * s - 2 * p + d * (k - 1) + 1
+        for n, k, s, p, d in zip(in_spatial, kernel_spatial, stride, padding, dilation)
+    ]
+    if output_size is not None:  # as PyTorch: output_size takes precedence over output_padding
         op = _resolve_output_size(output_size, in_spatial, min_sizes, stride, n_non_spatial)
     else:
         op = as_int_tuple(output_padding, s_dims, "output_padding", minimum=0)
         limit = tuple(max(s, d) for s, d in zip(stride, dilation))
         if any(o >= m for o, m in zip(op, limit)):
-            raise ValueError(f"output_padding={output_padding!r}: each entry must be smaller than "
-                             f"max(stride, dilation) = {limit}")
+            raise ValueError(
+                f"output_padding={output_padding!r}: each entry must be smaller than max(stride, dilation) = {limit}"
+            )
     out = tuple(m + o for m, o in zip(min_sizes, op))
     if any(v < 0 for v in out):
         raise ValueError(f"padding={padding}: too large, the output size {out} would be negative")
-    return conv_geometry(out, kernel_spatial, stride, tuple((p, p - o) for p, o in zip(padding, op)),
-                         1, dilation)
+    return conv_geometry(out, kernel_spatial, stride, tuple((p, p - o) for p, o in zip(padding, op)), 1, dilation)
 
 
 def _transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first):
     x_cl, w, unbatched, groups = _check_transpose_operands(x, w, groups, channel_first)
-    g = transpose_geometry(x_cl.shape[1:-1], w.shape[:-2], stride, padding, output_padding, dilation,
-                           output_size, 1 if unbatched else 2)
+    g = transpose_geometry(
+        x_cl.shape[1:-1], w.shape[:-2], stride, padding, output_padding, dilation, output_size, 1 if unbatched else 2
+    )
     y_shape = (x_cl.shape[0], *g.in_spatial, w.shape[-2] * groups)
     return x_cl, w, unbatched, groups, g, y_shape
 
 
-def conv_transpose(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                   output_size=None, bias=None, channel_first=False) -> np.ndarray:
+def conv_transpose(
+    x,
+    w,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    output_size=None,
+    bias=None,
+    channel_first=False,
+) -> np.ndarray:
     """Transposed convolution with PyTorch/ONNX ``ConvTranspose`` semantics.
 
     Definition (per dimension, ``o = i*s - p + t*d``; entries outside ``[0, m)`` are dropped)::
@@ -434,8 +510,9 @@ def conv_transpose(x, w, stride=1, padding=0, output_padding=0, dilation=1, grou
     the cotangent ``x``; it is computed as that one convolution of the stride-dilated ``x`` with the
     flipped, in/out-swapped kernel (docs/backward.md).
     """
-    x_cl, w, unbatched, groups, g, y_shape = _transpose_setup(x, w, stride, padding, output_padding,
-                                                              dilation, groups, output_size, channel_first)
+    x_cl, w, unbatched, groups, g, y_shape = _transpose_setup(
+        x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first
+    )
     y = _input_grad(x_cl, w, g, groups, y_shape, "conv")
     if bias is not None:
         b = as_float64(bias, "bias")
@@ -445,8 +522,20 @@ def conv_transpose(x, w, stride=1, padding=0, output_padding=0, dilation=1, grou
     return from_canonical(y, channel_first, unbatched)
 
 
-def conv_transpose_vjp(x, w, dy, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
-                       output_size=None, channel_first=False, method="auto"):
+def conv_transpose_vjp(
+    x,
+    w,
+    dy,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    output_size=None,
+    channel_first=False,
+    method="auto",
+):
     """Cotangents ``(dx, dw)`` of :func:`conv_transpose` (without bias: ``db = bias_vjp(dy)``).
 
     ``conv_transpose(x, w) = T(x, w)`` is defined by ``<T(x, w), u> = <x, conv(u, w)>`` with the
@@ -458,8 +547,9 @@ def conv_transpose_vjp(x, w, dy, stride=1, padding=0, output_padding=0, dilation
       cotangent ``x`` (``method`` picks its derivation, as in :func:`conv_vjp`; ``"auto"``: col2im).
     """
     method = _check_method(method)
-    x_cl, w, unbatched, groups, g, y_shape = _transpose_setup(x, w, stride, padding, output_padding,
-                                                              dilation, groups, output_size, channel_first)
+    x_cl, w, unbatched, groups, g, y_shape = _transpose_setup(
+        x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first
+    )
     expected = _layout_shape(y_shape[0], y_shape[1:-1], y_shape[-1], channel_first, unbatched)
     dy_cl = to_canonical(_check_cotangent(dy, expected, "conv_transpose"), channel_first, unbatched)
     dx = conv(dy_cl, w, stride=g.stride, padding=g.padding, rhs_dilation=g.rhs_dilation, groups=groups)
@@ -508,10 +598,14 @@ def lax_transpose_geometry(in_spatial, kernel_spatial, strides, padding, rhs_dil
     rhs_dilation = as_int_tuple(1 if rhs_dilation is None else rhs_dilation, n, "rhs_dilation")
     if isinstance(padding, str):
         if padding not in _LAX_TRANSPOSE_STRINGS:
-            raise ValueError(f"padding={padding!r}: expected 'SAME' or 'VALID' (exactly; jax.lax.conv_transpose "
-                             "applies its transposed rule only to these two strings) or explicit (lo, hi) pairs")
-        padding = tuple(_lax_transpose_padding((k - 1) * d + 1, s, padding)
-                        for k, s, d in zip(kernel_spatial, strides, rhs_dilation))
+            raise ValueError(
+                f"padding={padding!r}: expected 'SAME' or 'VALID' (exactly; jax.lax.conv_transpose "
+                "applies its transposed rule only to these two strings) or explicit (lo, hi) pairs"
+            )
+        padding = tuple(
+            _lax_transpose_padding((k - 1) * d + 1, s, padding)
+            for k, s, d in zip(kernel_spatial, strides, rhs_dilation)
+        )
     return conv_geometry(in_spatial, kernel_spatial, 1, padding, strides, rhs_dilation)
 
 
@@ -519,7 +613,7 @@ def _lax_transpose_setup(x, w, strides, padding, rhs_dilation, transpose_kernel,
     """Canonical ``x``, the kernel the convolution uses, the unbatched flag, groups and geometry."""
     if transpose_kernel:
         x_cl, w, unbatched, groups = _check_transpose_operands(x, w, groups, channel_first)
-        w_conv = flip_swap_kernel(w, groups)                   # (*k, C_in // G, C_out)
+        w_conv = flip_swap_kernel(w, groups)  # (*k, C_in // G, C_out)
     else:
         x_cl, w_conv, unbatched = check_conv_operands(x, w, groups, channel_first)
         groups = int(groups)
@@ -528,12 +622,12 @@ def _lax_transpose_setup(x, w, strides, padding, rhs_dilation, transpose_kernel,
 
 
 def _lax_conv_kwargs(g: ConvGeometry, groups: int) -> dict:
-    return dict(stride=1, padding=g.padding, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation,
-                groups=groups)
+    return dict(stride=1, padding=g.padding, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation, groups=groups)
 
 
-def conv_transpose_lax(x, w, strides, padding, rhs_dilation=None, *, transpose_kernel=False, groups=1,
-                       channel_first=False) -> np.ndarray:
+def conv_transpose_lax(
+    x, w, strides, padding, rhs_dilation=None, *, transpose_kernel=False, groups=1, channel_first=False
+) -> np.ndarray:
     """Transposed convolution with ``jax.lax.conv_transpose`` semantics (flax ``ConvTranspose``).
 
     Definition: the input zero-stuffed by the stride, padded, and correlated with stride 1::
@@ -579,13 +673,25 @@ def conv_transpose_lax(x, w, strides, padding, rhs_dilation=None, *, transpose_k
     With ``transpose_kernel=True``, explicit pads ``(k_d - 1 - p, k_d - 1 - p + op)`` give exactly
     ``conv_transpose(x, w, s, p, op, d, groups)`` (PyTorch's convention); docs/backward.md, section 8.
     """
-    x_cl, w_conv, unbatched, groups, g = _lax_transpose_setup(x, w, strides, padding, rhs_dilation,
-                                                              transpose_kernel, groups, channel_first)
+    x_cl, w_conv, unbatched, groups, g = _lax_transpose_setup(
+        x, w, strides, padding, rhs_dilation, transpose_kernel, groups, channel_first
+    )
     return from_canonical(conv(x_cl, w_conv, **_lax_conv_kwargs(g, groups)), channel_first, unbatched)
 
 
-def conv_transpose_lax_vjp(x, w, dy, strides, padding, rhs_dilation=None, *, transpose_kernel=False, groups=1,
-                           channel_first=False, method="col2im"):
+def conv_transpose_lax_vjp(
+    x,
+    w,
+    dy,
+    strides,
+    padding,
+    rhs_dilation=None,
+    *,
+    transpose_kernel=False,
+    groups=1,
+    channel_first=False,
+    method="col2im",
+):
     """Cotangents ``(dx, dw)`` of :func:`conv_transpose_lax` for the output cotangent ``dy``.
 
     The map is ``conv(x, P(w))`` with ``P`` the identity or (``transpose_kernel``) the permutation
@@ -595,8 +701,9 @@ def conv_transpose_lax_vjp(x, w, dy, strides, padding, rhs_dilation=None, *, tra
     ``method`` as for :func:`conv_vjp`. ``dy`` has exactly the output's shape and layout.
     """
     method = _check_method(method)
-    x_cl, w_conv, unbatched, groups, g = _lax_transpose_setup(x, w, strides, padding, rhs_dilation,
-                                                              transpose_kernel, groups, channel_first)
+    x_cl, w_conv, unbatched, groups, g = _lax_transpose_setup(
+        x, w, strides, padding, rhs_dilation, transpose_kernel, groups, channel_first
+    )
     expected = _layout_shape(x_cl.shape[0], g.out_spatial, w_conv.shape[-1], channel_first, unbatched)
     dy_cl = to_canonical(_check_cotangent(dy, expected, "conv_transpose_lax"), channel_first, unbatched)
     dx, dw = conv_vjp(x_cl, w_conv, dy_cl, **_lax_conv_kwargs(g, groups), method=method)

@@ -28,9 +28,22 @@ from .arrays import as_float64
 from .geometry import ConvGeometry, conv_geometry
 
 __all__ = [
-    "lhs_dilate", "pad_or_crop", "dilate_pad", "dilate_pad_shape", "dilate_pad_adjoint",
-    "im2col", "col2im", "window_view", "gather_windows", "gather_windows_by_taps", "gather_windows_shape", "scatter_windows",
-    "set_workspace_bytes", "get_workspace_bytes", "chunk_plan", "padded_spatial_shape",
+    "lhs_dilate",
+    "pad_or_crop",
+    "dilate_pad",
+    "dilate_pad_shape",
+    "dilate_pad_adjoint",
+    "im2col",
+    "col2im",
+    "window_view",
+    "gather_windows",
+    "gather_windows_by_taps",
+    "gather_windows_shape",
+    "scatter_windows",
+    "set_workspace_bytes",
+    "get_workspace_bytes",
+    "chunk_plan",
+    "padded_spatial_shape",
 ]
 
 _DEFAULT_WORKSPACE = 256 * 2**20
@@ -67,13 +80,14 @@ def get_workspace_bytes() -> int:
 
 # --- lhs-dilate and pad or crop -------------------------------------------------------------
 
+
 def _placement(n: int, dilation: int, lo: int, n_out: int):
     """Where input elements land after dilation by ``dilation`` and padding by ``lo``.
 
     Element ``i`` goes to position ``p = i * dilation + lo``; only ``0 <= p < n_out`` survive.
     Returns ``(src, dst)`` slices (the source indices and their strided destinations).
     """
-    first = max(0, -(lo // dilation))                      # smallest i with p >= 0: ceil(-lo / L)
+    first = max(0, -(lo // dilation))  # smallest i with p >= 0: ceil(-lo / L)
     stop = min(n, (n_out - 1 - lo) // dilation + 1) if n_out > 0 else 0
     if stop <= first:
         return slice(0, 0), slice(0, 0)
@@ -129,7 +143,7 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None)
     """
     sizes, src, dst = _dilate_pad_plan(x.shape[1:-1], lhs_dilation, pads)
     if out is None:
-        out = np.zeros((x.shape[0], *sizes, x.shape[-1]))     # fresh zero pages: nothing to clear
+        out = np.zeros((x.shape[0], *sizes, x.shape[-1]))  # fresh zero pages: nothing to clear
     else:
         _zero_outside(_output(out, (x.shape[0], *sizes, x.shape[-1])), dst, lhs_dilation)
     out[dst + (slice(None),)] = x[src + (slice(None),)]
@@ -175,6 +189,7 @@ def pad_or_crop(x: np.ndarray, pads) -> np.ndarray:
 
 # --- gather windows and scatter them back ---------------------------------------------------
 
+
 def _tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation) -> tuple:
     """For each kernel tap ``t`` (row-major order), the strided slices ``t * d + o * s``."""
     return _tap_slices_of(*(tuple(a) for a in (kernel_spatial, out_spatial, stride, rhs_dilation)))
@@ -183,9 +198,13 @@ def _tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation) -> tuple:
 @functools.lru_cache(maxsize=1024)
 def _tap_slices_of(kernel_spatial: tuple, out_spatial: tuple, stride: tuple, rhs_dilation: tuple) -> tuple:
     # Cached: every chunk of a convolution asks again for the same K tuples of slices.
-    return tuple(tuple(slice(t * d, t * d + (o - 1) * s + 1, s) if o > 0 else slice(0, 0)
-                       for t, o, s, d in zip(tap, out_spatial, stride, rhs_dilation))
-                 for tap in itertools.product(*(range(k) for k in kernel_spatial)))
+    return tuple(
+        tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s) if o > 0 else slice(0, 0)
+            for t, o, s, d in zip(tap, out_spatial, stride, rhs_dilation)
+        )
+        for tap in itertools.product(*(range(k) for k in kernel_spatial))
+    )
 
 
 def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation) -> np.ndarray:
@@ -211,8 +230,15 @@ def gather_windows_shape(padded_shape, kernel_spatial, out_spatial, groups: int 
     return (groups, padded_shape[0], *out_spatial, *kernel_spatial, padded_shape[-1] // groups)
 
 
-def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation,
-                           groups: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+def gather_windows_by_taps(
+    padded: np.ndarray,
+    kernel_spatial,
+    out_spatial,
+    stride,
+    rhs_dilation,
+    groups: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Copy every kernel window of ``padded`` into a column array, one kernel tap at a time.
 
     The teaching version (:func:`gather_windows` is the fast one): for each tap ``t``,
@@ -238,15 +264,22 @@ def gather_windows_by_taps(padded: np.ndarray, kernel_spatial, out_spatial, stri
     cg = c // groups
     cols = _output(out, gather_windows_shape(padded.shape, kernel_spatial, out_spatial, groups))
     taps = int(np.prod(kernel_spatial))
-    flat = cols.reshape(groups, n_batch, *out_spatial, taps, cg)         # taps flattened, a view
+    flat = cols.reshape(groups, n_batch, *out_spatial, taps, cg)  # taps flattened, a view
     for t, window in enumerate(_tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation)):
         patch = padded[(slice(None), *window)].reshape(n_batch, *out_spatial, groups, cg)
         flat[..., t, :] = np.moveaxis(patch, -2, 0)
     return cols
 
 
-def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation, groups: int = 1,
-                   out: np.ndarray | None = None) -> np.ndarray:
+def gather_windows(
+    padded: np.ndarray,
+    kernel_spatial,
+    out_spatial,
+    stride,
+    rhs_dilation,
+    groups: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Same result as :func:`gather_windows_by_taps`, as one copy of :func:`window_view`.
 
     One pass over memory instead of one per tap: faster for every shape measured, by 1.0-1.8x
@@ -261,7 +294,7 @@ def gather_windows(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_
     if groups == 1:
         np.copyto(cols[0], view)
         return cols
-    grouped = view.reshape(*view.shape[:-1], groups, c // groups)         # still a view
+    grouped = view.reshape(*view.shape[:-1], groups, c // groups)  # still a view
     np.copyto(cols, grouped.transpose(grouped.ndim - 2, *range(grouped.ndim - 2), grouped.ndim - 1))
     return cols
 
@@ -273,19 +306,21 @@ def scatter_windows(cols: np.ndarray, padded_spatial, stride, rhs_dilation) -> n
     ``(N, *padded_spatial, C)`` holds ``sum_{o, t : o*s + t*d = p} cols[n, o, t, c]`` at ``p``.
     """
     s_dims = len(padded_spatial)
-    n_batch, out_spatial = cols.shape[0], cols.shape[1:1 + s_dims]
-    kernel_spatial, c = cols.shape[1 + s_dims:1 + 2 * s_dims], cols.shape[-1]
+    n_batch, out_spatial = cols.shape[0], cols.shape[1 : 1 + s_dims]
+    kernel_spatial, c = cols.shape[1 + s_dims : 1 + 2 * s_dims], cols.shape[-1]
     flat = cols.reshape(n_batch, *out_spatial, int(np.prod(kernel_spatial)), c)
     padded = np.zeros((n_batch, *padded_spatial, c), dtype=np.float64)
     for t, window in enumerate(_tap_slices(kernel_spatial, out_spatial, stride, rhs_dilation)):
-        padded[(slice(None), *window)] += flat[..., t, :]       # one tap never hits a cell twice
+        padded[(slice(None), *window)] += flat[..., t, :]  # one tap never hits a cell twice
     return padded
 
 
 def _geometry_of(x_shape, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation) -> ConvGeometry:
     if len(x_shape) < 3:
-        raise ValueError(f"x.shape={tuple(x_shape)}: expected a batched channels-last array "
-                         "(N, *spatial, C) with at least one spatial dimension")
+        raise ValueError(
+            f"x.shape={tuple(x_shape)}: expected a batched channels-last array "
+            "(N, *spatial, C) with at least one spatial dimension"
+        )
     return conv_geometry(x_shape[1:-1], kernel_spatial, stride, padding, lhs_dilation, rhs_dilation)
 
 
@@ -338,14 +373,24 @@ def col2im(cols, x_shape, kernel_spatial, stride=1, padding="SAME", lhs_dilation
 
 # --- chunking to the workspace budget -------------------------------------------------------
 
+
 def padded_spatial_shape(g: ConvGeometry) -> tuple:
     """Spatial shape of ``dilate_pad(x, g.lhs_dilation, g.padding)`` (what the windows are read from)."""
-    return tuple(max((n - 1) * L + 1 + lo + hi if n > 0 else lo + hi, 0)
-                 for n, L, (lo, hi) in zip(g.in_spatial, g.lhs_dilation, g.padding))
+    return tuple(
+        max((n - 1) * L + 1 + lo + hi if n > 0 else lo + hi, 0)
+        for n, L, (lo, hi) in zip(g.in_spatial, g.lhs_dilation, g.padding)
+    )
 
 
-def chunk_plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int, formulation: str = "gemm",
-               budget: int | None = None):
+def chunk_plan(
+    g: ConvGeometry,
+    n_batch: int,
+    c_in: int,
+    c_out: int,
+    groups: int,
+    formulation: str = "gemm",
+    budget: int | None = None,
+):
     """Split a convolution into pieces whose workspace fits the budget.
 
     Returns ``(batch_step, row_step)``: samples per chunk, and output rows (first spatial

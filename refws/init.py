@@ -28,9 +28,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["VarianceScaling", "XavierNormal", "KaimingNormal", "ZeroInit", "Constant",
-           "compute_fans", "torch_fans", "calculate_gain", "kaiming_normal_", "truncated_normal",
-           "TRUNCATED_NORMAL_STD"]
+__all__ = [
+    "VarianceScaling",
+    "XavierNormal",
+    "KaimingNormal",
+    "ZeroInit",
+    "Constant",
+    "compute_fans",
+    "torch_fans",
+    "calculate_gain",
+    "kaiming_normal_",
+    "truncated_normal",
+    "TRUNCATED_NORMAL_STD",
+]
 
 # std of a standard normal truncated to [-2, 2] (jax's variance_scaling constant)
 TRUNCATED_NORMAL_STD = 0.87962566103423978
@@ -88,8 +98,9 @@ def torch_fans(shape: int | Sequence[int]) -> tuple[int, int]:
     return shape[1] * rf, shape[0] * rf
 
 
-def truncated_normal(rng: np.random.Generator, shape: int | Sequence[int], lower: float = -2.0,
-                     upper: float = 2.0) -> np.ndarray:
+def truncated_normal(
+    rng: np.random.Generator, shape: int | Sequence[int], lower: float = -2.0, upper: float = 2.0
+) -> np.ndarray:
     """Standard normal samples conditioned on ``[lower, upper]`` (rejection sampling)."""
     out = rng.standard_normal(shape)
     bad = (out < lower) | (out > upper)
@@ -140,23 +151,23 @@ class VarianceScaling:
         return rng.uniform(-1.0, 1.0, shape) * math.sqrt(3 * variance)
 
     def __repr__(self):
-        return (f"{type(self).__name__}(scale={self.scale}, mode={self.mode!r}, in_axis={self.in_axis}, "
-                f"out_axis={self.out_axis}, distribution={self.distribution!r})")
+        return (
+            f"{type(self).__name__}(scale={self.scale}, mode={self.mode!r}, in_axis={self.in_axis}, "
+            f"out_axis={self.out_axis}, distribution={self.distribution!r})"
+        )
 
 
 class XavierNormal(VarianceScaling):
     """brainstate ``XavierNormal``: scale 1, fan_avg, truncated normal."""
 
-    def __init__(self, scale=1.0, mode="fan_avg", in_axis=-2, out_axis=-1,
-                 distribution="truncated_normal", rng=None):
+    def __init__(self, scale=1.0, mode="fan_avg", in_axis=-2, out_axis=-1, distribution="truncated_normal", rng=None):
         super().__init__(scale, mode, in_axis, out_axis, distribution, rng)
 
 
 class KaimingNormal(VarianceScaling):
     """brainstate ``KaimingNormal``: scale 2, fan_in, truncated normal."""
 
-    def __init__(self, scale=2.0, mode="fan_in", in_axis=-2, out_axis=-1,
-                 distribution="truncated_normal", rng=None):
+    def __init__(self, scale=2.0, mode="fan_in", in_axis=-2, out_axis=-1, distribution="truncated_normal", rng=None):
         super().__init__(scale, mode, in_axis, out_axis, distribution, rng)
 
 
@@ -185,8 +196,16 @@ class ZeroInit(Constant):
         return "ZeroInit()"
 
 
-_LINEAR_GAIN = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                "conv_transpose3d", "sigmoid")
+_LINEAR_GAIN = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+)
 
 
 def calculate_gain(nonlinearity: str, a: float | None = None) -> float:
@@ -205,12 +224,18 @@ def calculate_gain(nonlinearity: str, a: float | None = None) -> float:
         if isinstance(slope, bool) or not isinstance(slope, numbers.Real):
             raise ValueError(f"a={a!r}: expected a real negative slope")
         return math.sqrt(2.0 / (1 + float(slope) ** 2))
-    raise ValueError(f"nonlinearity={nonlinearity!r}: expected one of "
-                     f"{_LINEAR_GAIN + ('tanh', 'relu', 'leaky_relu', 'selu')}")
+    raise ValueError(
+        f"nonlinearity={nonlinearity!r}: expected one of {_LINEAR_GAIN + ('tanh', 'relu', 'leaky_relu', 'selu')}"
+    )
 
 
-def kaiming_normal_(shape: int | Sequence[int], rng: np.random.Generator | int | None = None, a: float = 0,
-                    mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> np.ndarray:
+def kaiming_normal_(
+    shape: int | Sequence[int],
+    rng: np.random.Generator | int | None = None,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+) -> np.ndarray:
     """PyTorch ``nn.init.kaiming_normal_`` as a sampler: ``N(0, std**2)`` with
     ``std = calculate_gain(nonlinearity, a) / sqrt(fan)`` and :func:`torch_fans` (OIHW rule).
 

@@ -48,8 +48,10 @@ PAD_MODES = {
 
 def _resolve_mode(mode) -> tuple[str, str | None]:
     if not isinstance(mode, str) or mode not in PAD_MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {sorted(PAD_MODES)} "
-                         "(torch names zeros/reflect/replicate/circular or numpy constant/edge/wrap)")
+        raise ValueError(
+            f"mode={mode!r}: expected one of {sorted(PAD_MODES)} "
+            "(torch names zeros/reflect/replicate/circular or numpy constant/edge/wrap)"
+        )
     return PAD_MODES[mode]
 
 
@@ -60,8 +62,9 @@ def _resolve_pads_axes(pads, axes, ndim: int) -> tuple[tuple, tuple]:
     except TypeError:
         raise TypeError(f"pads={pads!r}: expected a sequence of (lo, hi) pairs") from None
     for p in pairs:
-        if len(p) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                  and int(v) >= 0 for v in p):
+        if len(p) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0 for v in p
+        ):
             raise ValueError(f"pads={pads!r}: expected (lo, hi) pairs of ints >= 0, got {p!r}")
     if axes is None:
         if len(pairs) > ndim:
@@ -69,10 +72,10 @@ def _resolve_pads_axes(pads, axes, ndim: int) -> tuple[tuple, tuple]:
         axes = tuple(range(ndim - len(pairs), ndim))
     else:
         axes = tuple(axes)
-        if len(axes) != len(pairs) or not all(isinstance(a, numbers.Integral) and -ndim <= int(a) < ndim
-                                              for a in axes):
-            raise ValueError(f"axes={axes!r}: expected {len(pairs)} distinct axes in [{-ndim}, {ndim - 1}] "
-                             f"(one per pair in pads)")
+        if len(axes) != len(pairs) or not all(isinstance(a, numbers.Integral) and -ndim <= int(a) < ndim for a in axes):
+            raise ValueError(
+                f"axes={axes!r}: expected {len(pairs)} distinct axes in [{-ndim}, {ndim - 1}] (one per pair in pads)"
+            )
         axes = tuple(int(a) % ndim for a in axes)
         if len(set(axes)) != len(axes):
             raise ValueError(f"axes={axes!r}: expected distinct axes")
@@ -85,11 +88,15 @@ def _check_limit(limit, mode, n: int, lo: int, hi: int, axis: int):
     if n == 0 and mode != "zeros" and mode != "constant":
         raise ValueError(f"mode={mode!r} cannot pad axis {axis} of size 0 (pads ({lo}, {hi}))")
     if limit == "torch_reflect" and max(lo, hi) >= n:
-        raise ValueError(f"mode='reflect': pads ({lo}, {hi}) on axis {axis} of size {n}: expected each "
-                         f"pad < {n} (torch's limit; numpy-style repeated reflection is not torch's)")
+        raise ValueError(
+            f"mode='reflect': pads ({lo}, {hi}) on axis {axis} of size {n}: expected each "
+            f"pad < {n} (torch's limit; numpy-style repeated reflection is not torch's)"
+        )
     if limit == "torch_circular" and max(lo, hi) > n:
-        raise ValueError(f"mode='circular': pads ({lo}, {hi}) on axis {axis} of size {n}: expected each "
-                         f"pad <= {n} (torch's limit; use mode='wrap' for numpy's repeated wrapping)")
+        raise ValueError(
+            f"mode='circular': pads ({lo}, {hi}) on axis {axis} of size {n}: expected each "
+            f"pad <= {n} (torch's limit; use mode='wrap' for numpy's repeated wrapping)"
+        )
 
 
 def _source_index(np_mode: str, n: int, lo: int, hi: int) -> np.ndarray:
@@ -134,13 +141,14 @@ def _scatter_add(dy: np.ndarray, axis: int, src: np.ndarray, n: int) -> np.ndarr
     out_shape[axis] = n
     out = np.zeros(out_shape)
     lead = (slice(None),) * axis
-    index: Any = lead + (src[keep],)            # slices and an index array: valid for ufunc.at
+    index: Any = lead + (src[keep],)  # slices and an index array: valid for ufunc.at
     np.add.at(out, index, dy[lead + (keep,)])
     return out
 
 
-def pad(x: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *,
-        axes: Sequence[int] | None = None) -> np.ndarray:
+def pad(
+    x: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *, axes: Sequence[int] | None = None
+) -> np.ndarray:
     """Pad ``x`` along ``axes`` as ``torch.nn.functional.pad`` / ``numpy.pad`` would.
 
     Parameters
@@ -171,8 +179,9 @@ def pad(x: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *,
     return x
 
 
-def pad_vjp(dy: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *,
-            axes: Sequence[int] | None = None) -> np.ndarray:
+def pad_vjp(
+    dy: ArrayLike, pads: Sequence[tuple[int, int]], mode: str = "zeros", *, axes: Sequence[int] | None = None
+) -> np.ndarray:
     """Adjoint of :func:`pad`: scatter-add ``dy`` (the padded shape) back onto the unpadded shape.
 
     ``<pad(x), c> == <x, pad_vjp(c)>`` for all ``x`` and ``c``. The unpadded size of each padded

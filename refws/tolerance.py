@@ -53,9 +53,21 @@ from typing import TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Precision", "PRECISIONS", "FINGERPRINT_ORDER", "LAMBDA", "resolve_precision", "gamma",
-           "exactly_representable", "operand_rounding", "Bound", "element_bound", "Judgement", "judge",
-           "fingerprint"]
+__all__ = [
+    "Precision",
+    "PRECISIONS",
+    "FINGERPRINT_ORDER",
+    "LAMBDA",
+    "resolve_precision",
+    "gamma",
+    "exactly_representable",
+    "operand_rounding",
+    "Bound",
+    "element_bound",
+    "Judgement",
+    "judge",
+    "fingerprint",
+]
 
 LAMBDA = 6.0
 _SLACK = 1.0 + 2.0**-40
@@ -80,29 +92,64 @@ class Precision:
 
 
 def _unit(bits: int) -> float:
-    return 2.0 ** -bits
+    return 2.0**-bits
 
 
 # One table, read by everything else. u = 2**-p for a format with p significant bits (IEEE 754).
-PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("float64", _unit(53), _unit(53), 0.0, 53, "float64",
-              "IEEE binary64 inputs, accumulation and output"),
-    Precision("float32", _unit(24), _unit(24), 0.0, 24, "float32",
-              "IEEE binary32 inputs, accumulation and output"),
-    Precision("tf32", _unit(11), _unit(24), 0.0, 11, "float32",
-              "NVIDIA TF32 tensor cores (Ampere+; cuDNN's default for float32 convolutions): inputs "
-              "rounded to 10 stored mantissa bits (11 significant), float32 accumulation and output"),
-    Precision("float16", _unit(11), _unit(24), _unit(11), 11, "float16",
-              "binary16 inputs and output, float32 accumulation (tensor cores, cuDNN/cuBLAS default)"),
-    Precision("bf16x1", _unit(8), _unit(24), 0.0, 8, "float32",
-              "float32 computed as one bfloat16 pass (XLA's DEFAULT precision on TPU, oneDNN/cuDNN "
-              "bf16 modes): inputs rounded to bfloat16, float32 accumulation and output"),
-    Precision("bfloat16", _unit(8), _unit(24), _unit(8), 8, "float32",
-              "bfloat16 inputs and output (8 significant bits, float32 exponent range), float32 "
-              "accumulation"),
-    Precision("float16-acc16", _unit(11), _unit(11), 0.0, 11, "float16",
-              "binary16 inputs, accumulation and output (e.g. half-precision accumulation kernels)"),
-)}
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("float64", _unit(53), _unit(53), 0.0, 53, "float64", "IEEE binary64 inputs, accumulation and output"),
+        Precision("float32", _unit(24), _unit(24), 0.0, 24, "float32", "IEEE binary32 inputs, accumulation and output"),
+        Precision(
+            "tf32",
+            _unit(11),
+            _unit(24),
+            0.0,
+            11,
+            "float32",
+            "NVIDIA TF32 tensor cores (Ampere+; cuDNN's default for float32 convolutions): inputs "
+            "rounded to 10 stored mantissa bits (11 significant), float32 accumulation and output",
+        ),
+        Precision(
+            "float16",
+            _unit(11),
+            _unit(24),
+            _unit(11),
+            11,
+            "float16",
+            "binary16 inputs and output, float32 accumulation (tensor cores, cuDNN/cuBLAS default)",
+        ),
+        Precision(
+            "bf16x1",
+            _unit(8),
+            _unit(24),
+            0.0,
+            8,
+            "float32",
+            "float32 computed as one bfloat16 pass (XLA's DEFAULT precision on TPU, oneDNN/cuDNN "
+            "bf16 modes): inputs rounded to bfloat16, float32 accumulation and output",
+        ),
+        Precision(
+            "bfloat16",
+            _unit(8),
+            _unit(24),
+            _unit(8),
+            8,
+            "float32",
+            "bfloat16 inputs and output (8 significant bits, float32 exponent range), float32 accumulation",
+        ),
+        Precision(
+            "float16-acc16",
+            _unit(11),
+            _unit(11),
+            0.0,
+            11,
+            "float16",
+            "binary16 inputs, accumulation and output (e.g. half-precision accumulation kernels)",
+        ),
+    )
+}
 
 # What every ``precision`` argument takes: a name of PRECISIONS, a (u_in, u_acc, u_out) triple or a Precision.
 PrecisionLike: TypeAlias = Precision | str | Sequence[float]
@@ -113,8 +160,13 @@ FINGERPRINT_ORDER = ("float64", "float32", "tf32", "float16", "bf16x1", "bfloat1
 
 def _check_unit(value: object, name: str) -> float:
     # numbers.Real declares only < and <=, so the range [0, 1) is tested with < (NaN fails "< 1").
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0 or not value < 1 \
-            or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or value < 0
+        or not value < 1
+        or not math.isfinite(value)
+    ):
         raise ValueError(f"{name}={value!r}: expected a unit roundoff, a real number in [0, 1)")
     return float(value)
 
@@ -130,14 +182,18 @@ def resolve_precision(precision: PrecisionLike) -> Precision:
         try:
             return PRECISIONS[precision]
         except KeyError:
-            raise ValueError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)} "
-                             "or a (u_in, u_acc, u_out) triple") from None
+            raise ValueError(
+                f"precision={precision!r}: expected one of {sorted(PRECISIONS)} or a (u_in, u_acc, u_out) triple"
+            ) from None
     if isinstance(precision, (tuple, list)) and len(precision) == 3:
         u_in, u_acc, u_out = (_check_unit(v, f"precision[{i}]") for i, v in enumerate(precision))
-        return Precision(f"custom({u_in:.3g}, {u_acc:.3g}, {u_out:.3g})", u_in, u_acc, u_out,
-                         input_bits=0, input_range="custom")
-    raise ValueError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)} or a (u_in, u_acc, u_out) "
-                     "triple of unit roundoffs")
+        return Precision(
+            f"custom({u_in:.3g}, {u_acc:.3g}, {u_out:.3g})", u_in, u_acc, u_out, input_bits=0, input_range="custom"
+        )
+    raise ValueError(
+        f"precision={precision!r}: expected one of {sorted(PRECISIONS)} or a (u_in, u_acc, u_out) "
+        "triple of unit roundoffs"
+    )
 
 
 def gamma(K: ArrayLike, u: float) -> np.ndarray:
@@ -175,9 +231,9 @@ def exactly_representable(a: ArrayLike, precision: PrecisionLike) -> bool:
     mag = np.abs(a)
     if np.any(mag > big):
         return False
-    if np.any(np.mod(a[mag < normal], normal * 2.0**(1 - p.input_bits)) != 0):   # subnormal grid
+    if np.any(np.mod(a[mag < normal], normal * 2.0 ** (1 - p.input_bits)) != 0):  # subnormal grid
         return False
-    mant, _ = np.frexp(a)                                   # a = mant * 2**e, 0.5 <= |mant| < 1
+    mant, _ = np.frexp(a)  # a = mant * 2**e, 0.5 <= |mant| < 1
     scaled = np.ldexp(mant, p.input_bits)
     return bool(np.all(scaled == np.round(scaled)))
 
@@ -209,8 +265,8 @@ class Bound:
     m: np.ndarray | None
     K: int
     W: np.ndarray | None
-    operands: tuple = ()            # groups of arrays multiplied together (see operand_rounding)
-    ws_inputs: tuple = ()           # raw arrays fed to a standardization (their rounding scales W)
+    operands: tuple = ()  # groups of arrays multiplied together (see operand_rounding)
+    ws_inputs: tuple = ()  # raw arrays fed to a standardization (their rounding scales W)
     extra: np.ndarray | None = None  # an absolute term added as is (a reference that is not exact)
 
     def c_in(self, precision: PrecisionLike) -> float:
@@ -251,15 +307,15 @@ def element_bound(bound: Bound, exact: ArrayLike, precision: PrecisionLike, tier
 class Judgement:
     """The comparison of one array with its exact value under a precision's bounds."""
 
-    status: str                    # "pass", "warn" or "fail"
-    n: int                         # elements compared
-    n_fail: int                    # elements above the rigorous bound
-    n_warn: int                    # elements above the probabilistic bound
+    status: str  # "pass", "warn" or "fail"
+    n: int  # elements compared
+    n_fail: int  # elements above the rigorous bound
+    n_warn: int  # elements above the probabilistic bound
     max_error: float
-    max_ratio: float               # max error / rigorous bound (0/0 counts as 0, x/0 as inf)
-    max_warn_ratio: float          # max error / probabilistic bound
-    worst: tuple | None            # index of the element with the largest ratio
-    fingerprint: str | None        # the tightest named precision whose rigorous bound holds
+    max_ratio: float  # max error / rigorous bound (0/0 counts as 0, x/0 as inf)
+    max_warn_ratio: float  # max error / probabilistic bound
+    worst: tuple | None  # index of the element with the largest ratio
+    fingerprint: str | None  # the tightest named precision whose rigorous bound holds
     violations: np.ndarray | None  # boolean mask of elements above the rigorous bound
     message: str = ""
 
@@ -288,7 +344,7 @@ def judge(actual: ArrayLike, exact: ArrayLike, bound: Bound, precision: Precisio
     exact = np.asarray(exact, dtype=np.float64)
     try:
         a = np.asarray(actual)
-    except Exception as exc:                       # noqa: BLE001 - anything array-like or not
+    except Exception as exc:  # noqa: BLE001 - anything array-like or not
         return _failed(exact, f"not an array: {exc}")
     if a.dtype.kind not in "fiu":
         return _failed(exact, f"dtype {a.dtype}: expected a real floating-point array")
@@ -305,14 +361,32 @@ def judge(actual: ArrayLike, exact: ArrayLike, bound: Bound, precision: Precisio
     n_fail, n_warn = int(viol.sum()), int((err > prob).sum())
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape)) if ratio.size else None
     status = "fail" if n_fail else ("warn" if n_warn else "pass")
-    return Judgement(status, int(exact.size), n_fail, n_warn,
-                     float(err.max()) if err.size else 0.0,
-                     float(ratio.max()) if ratio.size else 0.0,
-                     float(wratio.max()) if wratio.size else 0.0,
-                     worst, fingerprint(err, bound, exact), viol if n_fail else None,
-                     "non-finite values" if bad.any() else "")
+    return Judgement(
+        status,
+        int(exact.size),
+        n_fail,
+        n_warn,
+        float(err.max()) if err.size else 0.0,
+        float(ratio.max()) if ratio.size else 0.0,
+        float(wratio.max()) if wratio.size else 0.0,
+        worst,
+        fingerprint(err, bound, exact),
+        viol if n_fail else None,
+        "non-finite values" if bad.any() else "",
+    )
 
 
 def _failed(exact: np.ndarray, message: str) -> Judgement:
-    return Judgement("fail", int(exact.size), int(exact.size), int(exact.size), math.inf, math.inf, math.inf,
-                     None, None, None, message)
+    return Judgement(
+        "fail",
+        int(exact.size),
+        int(exact.size),
+        int(exact.size),
+        math.inf,
+        math.inf,
+        math.inf,
+        None,
+        None,
+        None,
+        message,
+    )

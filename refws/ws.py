@@ -32,8 +32,14 @@ from numpy.typing import ArrayLike
 
 from .arrays import as_float64
 
-__all__ = ["WSSpec", "WS_PRESETS", "weight_standardize", "weight_standardize_vjp",
-           "weight_standardize_jvp", "resolve_spec"]
+__all__ = [
+    "WSSpec",
+    "WS_PRESETS",
+    "weight_standardize",
+    "weight_standardize_vjp",
+    "weight_standardize_jvp",
+    "resolve_spec",
+]
 
 DENOMINATORS = ("max_var_n", "std_plus_eps", "sqrt_var_plus_eps")
 FANS = ("fan_in", "numel", None)
@@ -90,52 +96,87 @@ class WSSpec:
         if self.fan not in FANS:
             raise ValueError(f"fan={self.fan!r}: expected one of {FANS}")
         if self.fixed_scale is not None:
-            if isinstance(self.fixed_scale, bool) or not isinstance(self.fixed_scale, numbers.Real) \
-                    or not math.isfinite(self.fixed_scale):
+            if (
+                isinstance(self.fixed_scale, bool)
+                or not isinstance(self.fixed_scale, numbers.Real)
+                or not math.isfinite(self.fixed_scale)
+            ):
                 raise ValueError(f"fixed_scale={self.fixed_scale!r}: expected a finite real number or None")
         needs_fan = self.denominator == "max_var_n" or self.fixed_scale is not None
         if needs_fan and self.fan is None:
-            raise ValueError(f"fan=None with denominator={self.denominator!r} and fixed_scale="
-                             f"{self.fixed_scale!r}: expected 'fan_in' or 'numel' (N is needed)")
+            raise ValueError(
+                f"fan=None with denominator={self.denominator!r} and fixed_scale="
+                f"{self.fixed_scale!r}: expected 'fan_in' or 'numel' (N is needed)"
+            )
         if not needs_fan and self.fan is not None:
-            raise ValueError(f"fan={self.fan!r} is unused by denominator={self.denominator!r} without "
-                             "fixed_scale: expected fan=None")
+            raise ValueError(
+                f"fan={self.fan!r} is unused by denominator={self.denominator!r} without fixed_scale: expected fan=None"
+            )
         _check_nonneg_finite(self.eps, "eps")
 
 
 _NFNETS = WSSpec(
-    ddof=0, denominator="max_var_n", fan="fan_in", eps=1e-4, name="nfnets",
+    ddof=0,
+    denominator="max_var_n",
+    fan="fan_in",
+    eps=1e-4,
+    name="nfnets",
     source="DeepMind nfnets/base.py WSConv2D: scale = rsqrt(maximum(var * fan_in, 1e-4)) * gain; "
-           "w * scale - mean * scale (var ddof 0, fan_in = prod of reduced axes)")
+    "w * scale - mean * scale (var ddof 0, fan_in = prod of reduced axes)",
+)
 
 WS_PRESETS: dict[str, WSSpec] = {
     "nfnets": _NFNETS,
     "brainstate": replace(
-        _NFNETS, name="brainstate",
+        _NFNETS,
+        name="brainstate",
         source="brainstate 0.6.0 nn/_normalizations.py weight_standardization: the NFNets formula "
-               "(u.math.maximum = jnp.maximum); not the docstring's g (W - mu) / (sigma + eps)"),
+        "(u.math.maximum = jnp.maximum); not the docstring's g (W - mu) / (sigma + eps)",
+    ),
     "elektronn3": WSSpec(
-        ddof=1, denominator="max_var_n", fan="numel", eps=1e-4, name="elektronn3",
+        ddof=1,
+        denominator="max_var_n",
+        fan="numel",
+        eps=1e-4,
+        name="elektronn3",
         source="elektronn3 0.1.1 modules/wsconv.py: var, mean = torch.var_mean(w, dim=all but 0) "
-               "(unbiased); fan_in = prod(w.shape); rsqrt(torch.max(var * fan_in, eps)) * gain; "
-               "use out_axis=0 (OIHW)"),
+        "(unbiased); fan_in = prod(w.shape); rsqrt(torch.max(var * fan_in, eps)) * gain; "
+        "use out_axis=0 (OIHW)",
+    ),
     "qiao": WSSpec(
-        ddof=1, denominator="std_plus_eps", eps=1e-5, name="qiao",
+        ddof=1,
+        denominator="std_plus_eps",
+        eps=1e-5,
+        name="qiao",
         source="Qiao et al. 2019 paper code (joe-siyuan-qiao/WeightStandardization) and mmcv "
-               "ConvWS2d: (w - mean) / (w.std(unbiased) + 1e-5)"),
+        "ConvWS2d: (w - mean) / (w.std(unbiased) + 1e-5)",
+    ),
     "timm_std": WSSpec(
-        ddof=0, denominator="sqrt_var_plus_eps", eps=1e-6, name="timm_std",
+        ddof=0,
+        denominator="sqrt_var_plus_eps",
+        eps=1e-6,
+        name="timm_std",
         source="timm StdConv2d: F.batch_norm(w.reshape(1, O, -1), training=True, eps=1e-6), i.e. "
-               "(w - mean) / sqrt(var_biased + eps)"),
+        "(w - mean) / sqrt(var_biased + eps)",
+    ),
     "timm_scaled": WSSpec(
-        ddof=0, denominator="sqrt_var_plus_eps", fan="fan_in", fixed_scale=1.0, eps=1e-6,
+        ddof=0,
+        denominator="sqrt_var_plus_eps",
+        fan="fan_in",
+        fixed_scale=1.0,
+        eps=1e-6,
         name="timm_scaled",
         source="timm ScaledStdConv2d: batch_norm as StdConv2d with weight gain * gamma * "
-               "fan_in ** -0.5 (fan_in = w[0].numel(), gamma=1.0, gain (O,1,1,1))"),
+        "fan_in ** -0.5 (fan_in = w[0].numel(), gamma=1.0, gain (O,1,1,1))",
+    ),
     "bit": WSSpec(
-        ddof=0, denominator="sqrt_var_plus_eps", eps=1e-10, name="bit",
+        ddof=0,
+        denominator="sqrt_var_plus_eps",
+        eps=1e-10,
+        name="bit",
         source="BiT (google-research/big_transfer, PyTorch/JAX/TF2) StdConv2d and composer "
-               "WeightStandardization: (w - mean) / sqrt(var_biased + 1e-10)"),
+        "WeightStandardization: (w - mean) / sqrt(var_biased + 1e-10)",
+    ),
 }
 
 
@@ -145,8 +186,7 @@ def resolve_spec(spec: str | WSSpec) -> WSSpec:
         return spec
     if isinstance(spec, str):
         if spec not in WS_PRESETS:
-            raise ValueError(f"spec={spec!r}: unknown preset, expected one of {sorted(WS_PRESETS)} "
-                             "or a WSSpec")
+            raise ValueError(f"spec={spec!r}: unknown preset, expected one of {sorted(WS_PRESETS)} or a WSSpec")
         return WS_PRESETS[spec]
     raise TypeError(f"spec={spec!r}: expected a preset name (str) or a WSSpec")
 
@@ -154,31 +194,30 @@ def resolve_spec(spec: str | WSSpec) -> WSSpec:
 class _Setup(NamedTuple):
     """Validated operands of one call."""
 
-    w: np.ndarray        # float64 weight
+    w: np.ndarray  # float64 weight
     spec: WSSpec
     eps: float
-    axes: tuple          # reduced axes
-    n: int               # elements per output channel
-    stat_shape: tuple    # w.shape with 1 on every reduced axis
+    axes: tuple  # reduced axes
+    n: int  # elements per output channel
+    stat_shape: tuple  # w.shape with 1 on every reduced axis
     gain: np.ndarray | None  # gain viewed in stat_shape
 
 
 class _Stats(NamedTuple):
     """Forward quantities per channel (arrays in stat_shape, except ``c``)."""
 
-    c: np.ndarray        # centred weight, w.shape
-    r: np.ndarray        # 1 / D
-    dD: np.ndarray       # dD / dvar (the clamp's subgradient already applied)
-    a: np.ndarray        # fixed scale times gain: w_hat = c * r * a
-    fixed: float         # the fixed scale F alone (1.0 when absent)
+    c: np.ndarray  # centred weight, w.shape
+    r: np.ndarray  # 1 / D
+    dD: np.ndarray  # dD / dvar (the clamp's subgradient already applied)
+    a: np.ndarray  # fixed scale times gain: w_hat = c * r * a
+    fixed: float  # the fixed scale F alone (1.0 when absent)
 
 
 def _check_out_axis(out_axis, ndim: int) -> int:
     if isinstance(out_axis, bool) or not isinstance(out_axis, numbers.Integral):
         raise TypeError(f"out_axis={out_axis!r}: expected an int")
     if not -ndim <= int(out_axis) < ndim:
-        raise ValueError(f"out_axis={out_axis}: expected an axis of w (ndim {ndim}), "
-                         f"i.e. in [{-ndim}, {ndim - 1}]")
+        raise ValueError(f"out_axis={out_axis}: expected an axis of w (ndim {ndim}), i.e. in [{-ndim}, {ndim - 1}]")
     return int(out_axis) % ndim
 
 
@@ -191,11 +230,12 @@ def _gain_view(gain, stat_shape: tuple, axis: int) -> np.ndarray | None:
     g = as_float64(gain, "gain")
     c_out = stat_shape[axis]
     flat = g.ndim == 1 and g.shape[0] == c_out
-    fits = 1 <= g.ndim <= len(stat_shape) and \
-        (1,) * (len(stat_shape) - g.ndim) + g.shape == stat_shape
+    fits = 1 <= g.ndim <= len(stat_shape) and (1,) * (len(stat_shape) - g.ndim) + g.shape == stat_shape
     if not (flat or fits):
-        raise ValueError(f"gain has shape {g.shape}: expected ({c_out},) or {stat_shape} "
-                         f"(one value per output channel along out_axis={axis}, leading 1s optional)")
+        raise ValueError(
+            f"gain has shape {g.shape}: expected ({c_out},) or {stat_shape} "
+            f"(one value per output channel along out_axis={axis}, leading 1s optional)"
+        )
     return g.reshape(stat_shape)
 
 
@@ -208,9 +248,11 @@ def _setup(w, gain, eps, out_axis, spec) -> _Setup:
     axes = tuple(i for i in range(w.ndim) if i != axis)
     n = math.prod(w.shape[i] for i in axes)
     if n <= spec.ddof:
-        raise ValueError(f"w has shape {w.shape}: reducing over every axis but out_axis={out_axis} "
-                         f"leaves n={n} element(s) per output channel, but ddof={spec.ddof} "
-                         f"(spec {spec.name or spec}) needs n >= {spec.ddof + 1}")
+        raise ValueError(
+            f"w has shape {w.shape}: reducing over every axis but out_axis={out_axis} "
+            f"leaves n={n} element(s) per output channel, but ddof={spec.ddof} "
+            f"(spec {spec.name or spec}) needs n >= {spec.ddof + 1}"
+        )
     eps = spec.eps if eps is None else _check_nonneg_finite(eps, "eps")
     stat_shape = tuple(1 if i in axes else s for i, s in enumerate(w.shape))
     return _Setup(w, spec, eps, axes, n, stat_shape, _gain_view(gain, stat_shape, axis))
@@ -240,8 +282,10 @@ def _denominator(var: np.ndarray, setup: _Setup) -> tuple[np.ndarray, np.ndarray
         dD = np.divide(0.5, D, out=np.zeros_like(D), where=D > 0)
     if not np.all(D > 0):
         bad = np.argwhere(D.reshape(-1) == 0).ravel().tolist()
-        raise ValueError(f"eps={eps}: output channel(s) {bad} of w are constant, so the denominator "
-                         f"of {form!r} is 0; expected eps > 0 or non-constant channels")
+        raise ValueError(
+            f"eps={eps}: output channel(s) {bad} of w are constant, so the denominator "
+            f"of {form!r} is 0; expected eps > 0 or non-constant channels"
+        )
     return D, dD
 
 
@@ -262,8 +306,14 @@ def _check_like(t, w: np.ndarray, name: str) -> np.ndarray:
     return t
 
 
-def weight_standardize(w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
-                       spec: str | WSSpec = "brainstate") -> np.ndarray:
+def weight_standardize(
+    w: ArrayLike,
+    gain: ArrayLike | None = None,
+    eps: float | None = None,
+    *,
+    out_axis: int = -1,
+    spec: str | WSSpec = "brainstate",
+) -> np.ndarray:
     r"""Standardize ``w`` per output channel: :math:`\hat w = (w - \bar w)\, D^{-1} F g`.
 
     Parameters
@@ -296,9 +346,15 @@ def weight_standardize(w: ArrayLike, gain: ArrayLike | None = None, eps: float |
     return st.c * (st.r * st.a)
 
 
-def weight_standardize_vjp(w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None,
-                           *, out_axis: int = -1,
-                           spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
+def weight_standardize_vjp(
+    w: ArrayLike,
+    dw_hat: ArrayLike,
+    gain: ArrayLike | None = None,
+    eps: float | None = None,
+    *,
+    out_axis: int = -1,
+    spec: str | WSSpec = "brainstate",
+) -> tuple[np.ndarray, np.ndarray | None]:
     r"""Reverse mode of :func:`weight_standardize`: pull ``dw_hat`` back to ``w`` and ``gain``.
 
     With ``u = dw_hat``, ``a = F g``, ``r = 1 / D`` and ``m = n - ddof`` (per channel):
@@ -328,9 +384,16 @@ def weight_standardize_vjp(w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | No
     return dw, dgain
 
 
-def weight_standardize_jvp(w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None, tgain: ArrayLike | None = None,
-                           eps: float | None = None, *, out_axis: int = -1,
-                           spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
+def weight_standardize_jvp(
+    w: ArrayLike,
+    tw: ArrayLike,
+    gain: ArrayLike | None = None,
+    tgain: ArrayLike | None = None,
+    eps: float | None = None,
+    *,
+    out_axis: int = -1,
+    spec: str | WSSpec = "brainstate",
+) -> tuple[np.ndarray, np.ndarray]:
     r"""Forward mode of :func:`weight_standardize`: push the tangents ``(tw, tgain)`` forward.
 
     With ``tc = tw - mean(tw)`` per channel:
@@ -352,7 +415,7 @@ def weight_standardize_jvp(w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None =
     st, axes = _forward(setup), setup.axes
     tc = tw - tw.mean(axis=axes, keepdims=True)
     dvar = (st.c * tc).sum(axis=axes, keepdims=True) * (2.0 / (setup.n - setup.spec.ddof))
-    dr = -st.r**2 * st.dD * dvar
+    dr = -(st.r**2) * st.dD * dvar
     tw_hat = st.a * (st.r * tc + dr * st.c)
     if tgain is not None:
         if gain is None:

@@ -74,8 +74,7 @@ def naive_dilated_size(n: int, lhs_dilation: int = 1) -> int:
     return 0 if n == 0 else (n - 1) * lhs_dilation + 1
 
 
-def naive_out_size(n: int, k: int, stride: int = 1, pad=(0, 0), lhs_dilation: int = 1,
-                   rhs_dilation: int = 1) -> int:
+def naive_out_size(n: int, k: int, stride: int = 1, pad=(0, 0), lhs_dilation: int = 1, rhs_dilation: int = 1) -> int:
     """Output size of one spatial dimension: the number of window starts ``o * stride`` with the
     whole rhs-dilated window ``(k - 1) * rhs_dilation + 1`` inside the padded, lhs-dilated input.
     Zero (never negative) when no window fits."""
@@ -102,8 +101,9 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def naive_explicit_pads(padding, in_spatial, kernel_spatial, stride=1, lhs_dilation=1,
-                        rhs_dilation=1) -> tuple[tuple[int, int], ...]:
+def naive_explicit_pads(
+    padding, in_spatial, kernel_spatial, stride=1, lhs_dilation=1, rhs_dilation=1
+) -> tuple[tuple[int, int], ...]:
     """Every padding form of the contract as explicit ``(lo, hi)`` pairs (test-side reading).
 
     * ``"SAME"`` / ``"SAME_LOWER"`` / ``"VALID"``, any case (only with ``lhs_dilation`` all 1);
@@ -123,8 +123,10 @@ def naive_explicit_pads(padding, in_spatial, kernel_spatial, stride=1, lhs_dilat
         if mode == "VALID":
             return ((0, 0),) * nd
         if mode in ("SAME", "SAME_LOWER"):
-            return tuple(naive_same_pads(n, k, s, d, lower=mode == "SAME_LOWER")
-                         for n, k, s, d in zip(in_spatial, kernel_spatial, stride, rhs_dilation))
+            return tuple(
+                naive_same_pads(n, k, s, d, lower=mode == "SAME_LOWER")
+                for n, k, s, d in zip(in_spatial, kernel_spatial, stride, rhs_dilation)
+            )
         raise ValueError(f"unknown padding {padding!r}")
     if _is_int(padding):
         return ((int(padding), int(padding)),) * nd
@@ -214,8 +216,7 @@ def naive_dilate_pad(x: np.ndarray, pads, lhs_dilation=1) -> np.ndarray:
     spatial = x.shape[1:-1]
     nd = len(spatial)
     lhs_dilation = as_tuple(lhs_dilation, nd)
-    padded_shape = tuple(naive_dilated_size(n, d) + lo + hi
-                         for n, d, (lo, hi) in zip(spatial, lhs_dilation, pads))
+    padded_shape = tuple(naive_dilated_size(n, d) + lo + hi for n, d, (lo, hi) in zip(spatial, lhs_dilation, pads))
     if any(s < 0 for s in padded_shape):
         raise ValueError(f"pads {pads} crop more than the input {spatial} holds")
     xpad = np.zeros((x.shape[0], *padded_shape, x.shape[-1]))
@@ -238,8 +239,7 @@ def _normalize(x, w, stride, pads, lhs_dilation, rhs_dilation, groups):
     c_in, cg, c_out = x.shape[-1], w.shape[-2], w.shape[-1]
     if c_in != cg * groups or c_out % groups:
         raise ValueError(f"naive: channels {c_in} -> {c_out} do not fit groups={groups}, w {w.shape}")
-    return (x, w, nd, as_tuple(stride, nd), pads, as_tuple(lhs_dilation, nd),
-            as_tuple(rhs_dilation, nd))
+    return (x, w, nd, as_tuple(stride, nd), pads, as_tuple(lhs_dilation, nd), as_tuple(rhs_dilation, nd))
 
 
 def naive_conv(x, w, stride=1, pads=None, lhs_dilation=1, rhs_dilation=1, groups=1) -> np.ndarray:
@@ -255,16 +255,17 @@ def naive_conv(x, w, stride=1, pads=None, lhs_dilation=1, rhs_dilation=1, groups
     cg, c_out = w.shape[-2], w.shape[-1]
     m = c_out // groups
     xpad = naive_dilate_pad(x, pads, lhs)
-    out_spatial = tuple(naive_out_size(n, k, s, p, ld, rd) for n, k, s, p, ld, rd
-                        in zip(x.shape[1:-1], kernel, stride, pads, lhs, rhs))
+    out_spatial = tuple(
+        naive_out_size(n, k, s, p, ld, rd) for n, k, s, p, ld, rd in zip(x.shape[1:-1], kernel, stride, pads, lhs, rhs)
+    )
     out = np.zeros((x.shape[0], *out_spatial, c_out))
     for b in range(x.shape[0]):
         for o in np.ndindex(*out_spatial):
             for t in np.ndindex(*kernel):
                 src = tuple(oi * si + ti * di for oi, si, ti, di in zip(o, stride, t, rhs))
                 for g in range(groups):
-                    x_vec = xpad[(b, *src, slice(g * cg, (g + 1) * cg))]          # (Cg,)
-                    w_mat = w[(*t, slice(None), slice(g * m, (g + 1) * m))]        # (Cg, M)
+                    x_vec = xpad[(b, *src, slice(g * cg, (g + 1) * cg))]  # (Cg,)
+                    w_mat = w[(*t, slice(None), slice(g * m, (g + 1) * m))]  # (Cg, M)
                     out[(b, *o, slice(g * m, (g + 1) * m))] += x_vec @ w_mat
     return out
 
@@ -298,8 +299,10 @@ def naive_im2col(x, kernel_spatial, stride=1, pads=None, lhs_dilation=1, rhs_dil
     stride, lhs, rhs = (as_tuple(v, nd) for v in (stride, lhs_dilation, rhs_dilation))
     pads = ((0, 0),) * nd if pads is None else tuple(pads)
     xpad = naive_dilate_pad(x, pads, lhs)
-    out_spatial = tuple(naive_out_size(n, k, s, p, ld, rd) for n, k, s, p, ld, rd
-                        in zip(x.shape[1:-1], kernel_spatial, stride, pads, lhs, rhs))
+    out_spatial = tuple(
+        naive_out_size(n, k, s, p, ld, rd)
+        for n, k, s, p, ld, rd in zip(x.shape[1:-1], kernel_spatial, stride, pads, lhs, rhs)
+    )
     cols = np.zeros((x.shape[0], *out_spatial, *kernel_spatial, x.shape[-1]))
     for o in np.ndindex(*out_spatial):
         for t in np.ndindex(*kernel_spatial):
@@ -311,7 +314,6 @@ def naive_im2col(x, kernel_spatial, stride=1, pads=None, lhs_dilation=1, rhs_dil
 def ceil_div(a: int, b: int) -> int:
     """``ceil(a / b)`` for ints, exactly."""
     return -(-a // b)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +343,7 @@ def naive_conv_vjp(x, w, dy, stride, pads, lhs_dilation, rhs_dilation, groups):
             else:
                 for g in range(groups):
                     ci, co = slice(g * cg, (g + 1) * cg), slice(g * m, (g + 1) * m)
-                    dy_v = dy[(slice(None), *o, co)]                      # (N, M)
+                    dy_v = dy[(slice(None), *o, co)]  # (N, M)
                     dx[(slice(None), *src, ci)] += dy_v @ w[(*t, slice(None), co)].T
                     dw[(*t, slice(None), co)] += x[(slice(None), *src, ci)].T @ dy_v
     return dx, dw
@@ -396,6 +398,6 @@ def naive_conv_transpose_weight_grad(x, dy, kernel_spatial, stride, padding, dil
                 continue
             for ci in range(c_in):
                 g = ci // cg
-                dy_o = dy[(slice(None), slice(g * cog, (g + 1) * cog), *o)]          # (N, Cog)
+                dy_o = dy[(slice(None), slice(g * cog, (g + 1) * cog), *o)]  # (N, Cog)
                 dw[(ci, slice(None), *t)] += x[(slice(None), ci, *i)] @ dy_o
     return dw

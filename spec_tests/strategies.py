@@ -19,7 +19,7 @@ otherwise; ``ConvProblem.assert_close`` picks the comparison accordingly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from hypothesis import strategies as st
@@ -60,13 +60,13 @@ PADDING_KINDS = ("string", "int", "ints", "pairs", "single_pair", "lohi")
 _STRINGS = ("SAME", "same", "Same", "SAME_LOWER", "same_lower", "VALID", "valid", "Valid")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ints(low: int, high: int):
     """Cached ``st.integers``: building strategies inside every draw is what makes drawing slow."""
     return st.integers(low, high)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _choice(options: tuple):
     return st.sampled_from(options)
 
@@ -92,11 +92,13 @@ def _clamp_pair(lo: int, hi: int, dilated: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _draw_padding(draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation,
-                  kinds=PADDING_KINDS, pad_range=(-2, 2)):
+def _draw_padding(
+    draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation, kinds=PADDING_KINDS, pad_range=(-2, 2)
+):
     nd = len(in_spatial)
-    kinds = [k for k in kinds if not (k == "lohi" and nd != 1)
-             and not (k == "string" and any(d != 1 for d in lhs_dilation))]
+    kinds = [
+        k for k in kinds if not (k == "lohi" and nd != 1) and not (k == "string" and any(d != 1 for d in lhs_dilation))
+    ]
     if "string" in kinds:
         kinds = kinds + ["string"]  # strings are the common case: draw them twice as often
     if "pairs" in kinds:
@@ -114,8 +116,7 @@ def _draw_padding(draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_di
     elif kind == "pairs":
         pairs = [_clamp_pair(draw(p_int), draw(p_int), dn) for dn in dilated]
         form = draw(_choice(("tuples", "lists", "list of tuples")))
-        arg = (tuple(pairs) if form == "tuples" else [list(q) for q in pairs] if form == "lists"
-               else list(pairs))
+        arg = tuple(pairs) if form == "tuples" else [list(q) for q in pairs] if form == "lists" else list(pairs)
     elif kind == "single_pair":
         pair = _clamp_pair(draw(p_int), draw(p_int), min(dilated))
         arg = (pair,) if draw(st.booleans()) else [list(pair)]
@@ -127,13 +128,13 @@ def _draw_padding(draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_di
 
 
 @st.composite
-def padding_arg(draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation,
-                kinds=PADDING_KINDS, pad_range=(-2, 2)):
+def padding_arg(
+    draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation, kinds=PADDING_KINDS, pad_range=(-2, 2)
+):
     """(padding argument, explicit pads) for the given geometry, in one of ``kinds``.
 
     Crops are limited so that no side removes more than the (lhs-dilated) axis holds."""
-    return _draw_padding(draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation,
-                         kinds, pad_range)
+    return _draw_padding(draw, in_spatial, kernel_spatial, stride, lhs_dilation, rhs_dilation, kinds, pad_range)
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,16 @@ class ConvGeometryArgs:
 
     @property
     def out_spatial(self) -> tuple[int, ...]:
-        return tuple(naive_out_size(n, k, s, p, ld, rd) for n, k, s, p, ld, rd in zip(
-            self.in_spatial, self.kernel_spatial, self.stride, self.pads, self.lhs_dilation,
-            self.rhs_dilation))
+        return tuple(
+            naive_out_size(n, k, s, p, ld, rd)
+            for n, k, s, p, ld, rd in zip(
+                self.in_spatial, self.kernel_spatial, self.stride, self.pads, self.lhs_dilation, self.rhs_dilation
+            )
+        )
 
     @property
     def naive_kwargs(self) -> dict:
-        return dict(stride=self.stride, pads=self.pads, lhs_dilation=self.lhs_dilation,
-                    rhs_dilation=self.rhs_dilation)
+        return dict(stride=self.stride, pads=self.pads, lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation)
 
 
 _RARELY = st.sampled_from([False, False, False, True])
@@ -169,8 +172,9 @@ _SOMETIMES = st.booleans()
 _ONE_IN_EIGHT = st.sampled_from([False] * 7 + [True])
 
 
-def _draw_geometry(draw, dims=(1, 2, 3), padding_kinds=PADDING_KINDS, lhs_dilation=True,
-                   rhs_dilation=True, stride=True, limits=None) -> ConvGeometryArgs:
+def _draw_geometry(
+    draw, dims=(1, 2, 3), padding_kinds=PADDING_KINDS, lhs_dilation=True, rhs_dilation=True, stride=True, limits=None
+) -> ConvGeometryArgs:
     nd = draw(_choice(tuple(dims)))
     lim = dict(LIMITS[nd], **(limits or {}))
 
@@ -183,25 +187,31 @@ def _draw_geometry(draw, dims=(1, 2, 3), padding_kinds=PADDING_KINDS, lhs_dilati
     in_spatial = per_dim(1, lim["n"])
     if draw(_ONE_IN_EIGHT):  # a size-0 axis somewhere (legal: the output is empty along it)
         axis = draw(_ints(0, nd - 1))
-        in_spatial = in_spatial[:axis] + (0,) + in_spatial[axis + 1:]
+        in_spatial = in_spatial[:axis] + (0,) + in_spatial[axis + 1 :]
     s = per_dim(1, lim["stride"], stride, _SOMETIMES)
     ld = per_dim(1, lim["lhs"], lhs_dilation, _RARELY)
     rd = per_dim(1, lim["rhs"], rhs_dilation, _SOMETIMES)
     kernel_spatial = per_dim(1, lim["k"])
     if not draw(_RARELY):
         # usually let the dilated kernel fit the dilated input, so most outputs are non-empty
-        kernel_spatial = tuple(max(1, min(k, (naive_dilated_size(n, l) - 1) // r + 1))
-                               for k, n, l, r in zip(kernel_spatial, in_spatial, ld, rd))
-    padding, pads = _draw_padding(draw, in_spatial, kernel_spatial, s, ld, rd, padding_kinds,
-                                  lim["pad"])
-    kwargs = dict(stride=_draw_int_or_seq(draw, s), padding=padding,
-                  lhs_dilation=_draw_int_or_seq(draw, ld), rhs_dilation=_draw_int_or_seq(draw, rd))
+        kernel_spatial = tuple(
+            max(1, min(k, (naive_dilated_size(n, l) - 1) // r + 1))
+            for k, n, l, r in zip(kernel_spatial, in_spatial, ld, rd)
+        )
+    padding, pads = _draw_padding(draw, in_spatial, kernel_spatial, s, ld, rd, padding_kinds, lim["pad"])
+    kwargs = dict(
+        stride=_draw_int_or_seq(draw, s),
+        padding=padding,
+        lhs_dilation=_draw_int_or_seq(draw, ld),
+        rhs_dilation=_draw_int_or_seq(draw, rd),
+    )
     return ConvGeometryArgs(in_spatial, kernel_spatial, kwargs, s, pads, ld, rd)
 
 
 @st.composite
-def geometry_args(draw, dims=(1, 2, 3), *, padding_kinds=PADDING_KINDS, lhs_dilation=True,
-                  rhs_dilation=True, stride=True, limits=None):
+def geometry_args(
+    draw, dims=(1, 2, 3), *, padding_kinds=PADDING_KINDS, lhs_dilation=True, rhs_dilation=True, stride=True, limits=None
+):
     """``ConvGeometryArgs`` with tiny sizes (see ``LIMITS``); any padding form of ``padding_kinds``.
 
     ``lhs_dilation`` / ``rhs_dilation`` / ``stride`` False pins that argument to 1 (still passed
@@ -272,9 +282,21 @@ class ConvProblem:
 
 
 @st.composite
-def conv_problems(draw, max_dims=3, *, dims=None, channel_first=None, batched=None, exact=None,
-                  groups=None, padding_kinds=PADDING_KINDS, lhs_dilation=True, rhs_dilation=True,
-                  stride=True, limits=None):
+def conv_problems(
+    draw,
+    max_dims=3,
+    *,
+    dims=None,
+    channel_first=None,
+    batched=None,
+    exact=None,
+    groups=None,
+    padding_kinds=PADDING_KINDS,
+    lhs_dilation=True,
+    rhs_dilation=True,
+    stride=True,
+    limits=None,
+):
     """Draw a ``ConvProblem``.
 
     dims: the numbers of spatial dims to draw from (default ``1..max_dims``).

@@ -15,24 +15,32 @@ import pytest
 
 from refws import golden
 from refws.conformance import NotExpressible, load_backend
-from spec_tests.test_backend_elektronn3 import (assert_all_pass, golden_statuses, golden_store,
-                                             message_without)
+from spec_tests.test_backend_elektronn3 import assert_all_pass, golden_statuses, golden_store, message_without
 
 OBSERVED = "0.6.0"
 
-NAMES = ["brainstate/Conv2d_lhs_dilation_pairs", "brainstate/ScaledWSConv2d_channel_first_unbatched",
-         "brainstate/ScaledWSConv1d_eps_1e-2_mask", "brainstate/ScaledWSLinear_mask", "brainstate/Linear_no_bias",
-         "brainstate/ConvTranspose2d_pairs_neg_mask", "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first",
-         "ws/brainstate_oihw", "ws/brainstate_hwio_no_gain"]
+NAMES = [
+    "brainstate/Conv2d_lhs_dilation_pairs",
+    "brainstate/ScaledWSConv2d_channel_first_unbatched",
+    "brainstate/ScaledWSConv1d_eps_1e-2_mask",
+    "brainstate/ScaledWSLinear_mask",
+    "brainstate/Linear_no_bias",
+    "brainstate/ConvTranspose2d_pairs_neg_mask",
+    "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first",
+    "ws/brainstate_oihw",
+    "ws/brainstate_hwio_no_gain",
+]
 
 
 @pytest.fixture(scope="module")
 def bs():
-    module = pytest.importorskip("brainstate", reason="brainstate 0.6.0 needs Python >= 3.12 "
-                                                      "(pip install 'refws[brainstate]')")
+    module = pytest.importorskip(
+        "brainstate", reason="brainstate 0.6.0 needs Python >= 3.12 (pip install 'refws[brainstate]')"
+    )
     if module.__version__ != OBSERVED:
         pytest.skip(f"brainstate {module.__version__} installed; these tests pin {OBSERVED}")
     from refws.backends.brainstate import BrainstateBackend
+
     return {p: BrainstateBackend(p) for p in ("float64", "float32")}
 
 
@@ -52,6 +60,7 @@ def test_golden_cases_pass(bs, store, name, precision):
 def test_jax_x64_flag_is_left_as_it_was(bs, store, precision, x64):
     """brainstate switches jax's process-wide x64 flag with its precision; the adapter restores it."""
     import jax
+
     before = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", x64)
     try:
@@ -65,8 +74,9 @@ def test_float32_computes_in_float32(bs, store):
     case = golden.load(NAMES[1], store)
     out = bs["float32"].layer(case.params, {k: v for k, v in case.arrays.items() if "__" not in k})
     assert {v.dtype for v in out.values()} == {np.dtype(np.float32)}
-    w_hat = bs["float32"].weight_standardize(np.arange(12.0).reshape(3, 4) + 2.0**-30, None, None,
-                                             out_axis=-1, spec="brainstate")
+    w_hat = bs["float32"].weight_standardize(
+        np.arange(12.0).reshape(3, 4) + 2.0**-30, None, None, out_axis=-1, spec="brainstate"
+    )
     assert w_hat.dtype == np.float32
 
 

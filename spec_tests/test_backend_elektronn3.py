@@ -22,10 +22,13 @@ from refws import golden
 from refws.conformance import NotExpressible, load_backend
 from refws.conformance.runner import run_case
 
-OBSERVED = "0.1.1"            # the elektronn3 release whose defects these tests pin
+OBSERVED = "0.1.1"  # the elektronn3 release whose defects these tests pin
 
-PASSING = ["elektronn3/WSConv1d_same_dilation", "elektronn3/WSConv2d_default",
-           "elektronn3/WSConv3d_valid_stride_groups"]
+PASSING = [
+    "elektronn3/WSConv1d_same_dilation",
+    "elektronn3/WSConv2d_default",
+    "elektronn3/WSConv3d_valid_stride_groups",
+]
 PADDING_MODE = ["elektronn3/WSConv1d_circular", "elektronn3/WSConv2d_reflect", "elektronn3/WSConv3d_replicate"]
 TRANSPOSE2D = ["elektronn3/WSConvTranspose2d_default", "elektronn3/WSConvTranspose2d_groups_dilation_no_bias"]
 OUTPUT_SIZE = "elektronn3/WSConvTranspose2d_output_size"
@@ -36,6 +39,7 @@ NAMES = PASSING + PADDING_MODE + TRANSPOSE2D + [OUTPUT_SIZE] + TRANSPOSE3D + WS_
 
 
 # --- shared helpers (no framework needed) -----------------------------------------------------
+
 
 def golden_store(tmp_path_factory, names, label):
     """A golden store holding exactly ``names``, built from the catalog into a temporary folder."""
@@ -64,21 +68,26 @@ def message_without(library: str, adapter: str) -> str:
     """The ImportError message of ``refws.backends.<module>:<Class>`` (``adapter``) constructed in a
     fresh interpreter where ``library`` cannot be imported."""
     module, cls = adapter.split(":")
-    r = python(f"import sys; sys.modules[{library!r}] = None\n"
-               f"from refws.backends.{module} import {cls}\n"
-               f"try:\n    {cls}()\nexcept ImportError as e:\n    print(e)\n")
+    r = python(
+        f"import sys; sys.modules[{library!r}] = None\n"
+        f"from refws.backends.{module} import {cls}\n"
+        f"try:\n    {cls}()\nexcept ImportError as e:\n    print(e)\n"
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
 # --- elektronn3 -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def e3():
     pytest.importorskip("torch")
-    pytest.importorskip("elektronn3.modules.wsconv",
-                        reason="elektronn3 is not installed (pip install 'refws[elektronn3]')")
+    pytest.importorskip(
+        "elektronn3.modules.wsconv", reason="elektronn3 is not installed (pip install 'refws[elektronn3]')"
+    )
     from refws.backends.elektronn3 import Elektronn3Backend
+
     return {p: Elektronn3Backend(p) for p in ("float64", "float32")} | {"fws": Elektronn3Backend(fws=True)}
 
 
@@ -93,8 +102,10 @@ def _release(e3) -> str:
 
 def _pinned(e3, name, observed):
     """The message when a pinned defect no longer shows (a release that fixes it)."""
-    return (f"elektronn3 {_release(e3)} on {name}: expected 0.1.1's defect ({observed}); if this release fixes "
-            f"it, update docs/findings-draft-layers.md and this test (pinned to {OBSERVED})")
+    return (
+        f"elektronn3 {_release(e3)} on {name}: expected 0.1.1's defect ({observed}); if this release fixes "
+        f"it, update docs/findings-draft-layers.md and this test (pinned to {OBSERVED})"
+    )
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
@@ -111,7 +122,7 @@ def test_wsconv_ignores_padding_mode(e3, store, name, precision):
     status = {a: r.status for a, r in rec.items()}
     expected = dict.fromkeys(("y", "dx", "dweight", "dgain", "ty"), "fail") | {"dbias": "pass"}
     assert status == expected, _pinned(e3, name, "padding_mode ignored")
-    assert "border" in rec["y"].message                 # only border outputs differ (interior is right)
+    assert "border" in rec["y"].message  # only border outputs differ (interior is right)
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
@@ -127,11 +138,13 @@ def test_wsconvtranspose2d_output_is_the_unstandardized_transposed_conv(e3, stor
     """The diagnosis, checked independently: elektronn3's output is F.conv_transpose2d with the raw
     weight and its gain gets no gradient."""
     import torch
+
     case = golden.load(TRANSPOSE2D[0], store)
     inputs = {k: v for k, v in case.arrays.items() if "__" not in k}
     out = e3["float64"].layer(case.params, inputs)
-    raw = torch.nn.functional.conv_transpose2d(torch.tensor(case["x"]), torch.tensor(case["weight"]),
-                                               torch.tensor(case["bias"]))
+    raw = torch.nn.functional.conv_transpose2d(
+        torch.tensor(case["x"]), torch.tensor(case["weight"]), torch.tensor(case["bias"])
+    )
     assert np.array_equal(out["y"], raw.numpy()), _pinned(e3, TRANSPOSE2D[0], "raw weight")
     assert not np.any(out["dgain"])
 
@@ -175,11 +188,14 @@ def test_standardize_weight_clamps_with_a_float32_eps(e3, store):
     float64 weight: the float64 result fails by the relative 1.3e-8 of float32(1e-4) and matches
     refws with that eps; at float32 it is within the bound."""
     import refws
+
     tiny, constant = (golden_statuses(e3["float64"], store, n, "float64") for n in WS_CLAMPED)
-    assert {a for a, r in tiny.items() if r.status == "fail"} == {"w_hat", "dw", "dgain", "tw_hat"}, \
-        _pinned(e3, WS_CLAMPED[0], "float32 eps")
-    assert {a for a, r in constant.items() if r.status == "fail"} == {"dw", "tw_hat"}, \
-        _pinned(e3, WS_CLAMPED[1], "float32 eps")
+    assert {a for a, r in tiny.items() if r.status == "fail"} == {"w_hat", "dw", "dgain", "tw_hat"}, _pinned(
+        e3, WS_CLAMPED[0], "float32 eps"
+    )
+    assert {a for a, r in constant.items() if r.status == "fail"} == {"dw", "tw_hat"}, _pinned(
+        e3, WS_CLAMPED[1], "float32 eps"
+    )
     for name in WS_CLAMPED:
         assert_all_pass(golden_statuses(e3["float32"], store, name, "float32"), name)
     case = golden.load(WS_CLAMPED[0], store)
@@ -187,10 +203,10 @@ def test_standardize_weight_clamps_with_a_float32_eps(e3, store):
     got = e3["float64"].weight_standardize(case["w"], case["gain"], None, **kw)
     eps32 = float(np.float32(1e-4))
     want = refws.weight_standardize(case["w"], case["gain"], eps32, **kw)
-    scale = np.max(np.abs(want))           # elektronn3 writes w * s - mean * s: an exact 0 comes out ~1e-21
+    scale = np.max(np.abs(want))  # elektronn3 writes w * s - mean * s: an exact 0 comes out ~1e-21
     np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-15 * scale)
     off = np.abs(got - case["w_hat"]) / scale
-    assert np.max(off) > 1e-9                          # the float64 eps, 1e-4, is a different map
+    assert np.max(off) > 1e-9  # the float64 eps, 1e-4, is a different map
 
 
 def test_other_libraries_are_not_expressible(e3):
@@ -205,7 +221,7 @@ def test_other_libraries_are_not_expressible(e3):
 def test_parameters_of_the_wrong_layout_are_refused(e3, store):
     case = golden.load(PASSING[1], store)
     inputs = {k: v for k, v in case.arrays.items() if "__" not in k}
-    inputs["weight"] = np.moveaxis(inputs["weight"], 0, -1)          # HWIO instead of OIHW
+    inputs["weight"] = np.moveaxis(inputs["weight"], 0, -1)  # HWIO instead of OIHW
     with pytest.raises(ValueError, match="PyTorch layout"):
         e3["float64"].layer(case.params, inputs)
 
@@ -218,6 +234,7 @@ def test_float32_computes_in_float32(e3, store):
 
 def test_the_users_torch_rng_is_left_alone(e3, store):
     import torch
+
     case = golden.load(PASSING[1], store)
     torch.manual_seed(7)
     before = torch.rand(3)
@@ -237,12 +254,15 @@ def test_registered_and_versioned(e3):
 
 # --- no framework needed ------------------------------------------------------------------------
 
+
 def test_importing_refws_and_the_adapters_imports_no_framework():
-    r = python("import sys, refws, refws.backends\n"
-               "import refws.backends.elektronn3, refws.backends.brainstate, refws.backends.timm\n"
-               "frameworks = ('torch', 'elektronn3', 'brainstate', 'jax', 'timm', 'torchvision')\n"
-               "hit = [m for m in frameworks if m in sys.modules]\n"
-               "assert not hit, hit")
+    r = python(
+        "import sys, refws, refws.backends\n"
+        "import refws.backends.elektronn3, refws.backends.brainstate, refws.backends.timm\n"
+        "frameworks = ('torch', 'elektronn3', 'brainstate', 'jax', 'timm', 'torchvision')\n"
+        "hit = [m for m in frameworks if m in sys.modules]\n"
+        "assert not hit, hit"
+    )
     assert r.returncode == 0, r.stderr
 
 

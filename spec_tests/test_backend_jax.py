@@ -18,27 +18,53 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-import refws.golden as golden                                          # noqa: E402
-from refws.backends.jax import JaxBackend, judged_precision            # noqa: E402
+import refws.golden as golden  # noqa: E402
+from refws.backends.jax import JaxBackend, judged_precision  # noqa: E402
 from refws.conformance.protocol import NotExpressible, Unimplemented  # noqa: E402
-from refws.conformance.runner import run_case                          # noqa: E402
-from refws.golden.case import SUITES                                   # noqa: E402
+from refws.conformance.runner import run_case  # noqa: E402
+from refws.golden.case import SUITES  # noqa: E402
 
 CASES = {
-    "conv": ["conv/2d_aniso", "conv/1d_unbatched_channel_first", "conv/3d_pad_pairs_mixed",
-             "conv/same_lower_stride2_k4", "conv/2d_pad_same_lowercase",
-             "conv/1d_zero_size_crop", "conv/2d_zero_batch", "conv/3d_channel_first_groups"],
-    "conv_transpose": ["conv_transpose/1d_output_padding_dilation", "conv_transpose/2d_groups4_bias_output_padding",
-                       "conv_transpose/3d_output_size", "conv_transpose/2d_unbatched",
-                       "conv_transpose/2d_channel_first", "conv_transpose/2d_aniso"],
-    "ws": ["ws/qiao_hwio_constant", "ws/elektronn3_oihw", "ws/timm_scaled_linear", "ws/brainstate_hwio_tiny",
-           "ws/bit_hwio_no_gain", "ws/nfnets_hwio_constant"],
-    "brainstate": ["brainstate/Conv2d_lhs_dilation_pairs", "brainstate/ScaledWSConv2d_channel_first_unbatched",
-                   "brainstate/ScaledWSLinear_mask",
-                   "brainstate/ConvTranspose2d_pairs_neg_mask", "brainstate/ConvTranspose2d_s2_same_groups2_bias",
-                   "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first"],
-    "elektronn3": ["elektronn3/WSConv2d_reflect", "elektronn3/WSConv1d_circular",
-                   "elektronn3/WSConv1d_same_dilation", "elektronn3/WSConvTranspose2d_output_size"],
+    "conv": [
+        "conv/2d_aniso",
+        "conv/1d_unbatched_channel_first",
+        "conv/3d_pad_pairs_mixed",
+        "conv/same_lower_stride2_k4",
+        "conv/2d_pad_same_lowercase",
+        "conv/1d_zero_size_crop",
+        "conv/2d_zero_batch",
+        "conv/3d_channel_first_groups",
+    ],
+    "conv_transpose": [
+        "conv_transpose/1d_output_padding_dilation",
+        "conv_transpose/2d_groups4_bias_output_padding",
+        "conv_transpose/3d_output_size",
+        "conv_transpose/2d_unbatched",
+        "conv_transpose/2d_channel_first",
+        "conv_transpose/2d_aniso",
+    ],
+    "ws": [
+        "ws/qiao_hwio_constant",
+        "ws/elektronn3_oihw",
+        "ws/timm_scaled_linear",
+        "ws/brainstate_hwio_tiny",
+        "ws/bit_hwio_no_gain",
+        "ws/nfnets_hwio_constant",
+    ],
+    "brainstate": [
+        "brainstate/Conv2d_lhs_dilation_pairs",
+        "brainstate/ScaledWSConv2d_channel_first_unbatched",
+        "brainstate/ScaledWSLinear_mask",
+        "brainstate/ConvTranspose2d_pairs_neg_mask",
+        "brainstate/ConvTranspose2d_s2_same_groups2_bias",
+        "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first",
+    ],
+    "elektronn3": [
+        "elektronn3/WSConv2d_reflect",
+        "elektronn3/WSConv1d_circular",
+        "elektronn3/WSConv1d_same_dilation",
+        "elektronn3/WSConvTranspose2d_output_size",
+    ],
 }
 
 _BACKENDS = {}
@@ -56,7 +82,7 @@ def backend(precision="float64", lax_precision="highest") -> JaxBackend:
 def test_golden_case_within_documented_bound(name, precision):
     case = golden.load(name)
     records = run_case(backend(precision), case, diagnose=None)
-    assert {r.array for r in records} == set(case.terms)            # every output computed and judged
+    assert {r.array for r in records} == set(case.terms)  # every output computed and judged
     bad = [(r.array, r.status, r.message) for r in records if r.status != "pass"]
     assert not bad, bad
     if precision == "float64" and case.suite in ("conv", "conv_transpose"):
@@ -65,7 +91,7 @@ def test_golden_case_within_documented_bound(name, precision):
 
 def test_default_lax_precision_runs_on_cpu_as_float32():
     be = backend("float32", "default")
-    assert be.precision == "float32"                                  # CPU: no reduced-precision path
+    assert be.precision == "float32"  # CPU: no reduced-precision path
     for name in ("conv/2d_aniso", "conv_transpose/2d_aniso"):
         assert all(r.status == "pass" for r in run_case(be, golden.load(name), diagnose=None))
 
@@ -91,7 +117,7 @@ def test_crop_beyond_the_input_is_unimplemented_by_lax():
     x, w = np.ones((1, 4, 2)), np.ones((2, 2, 3))
     with pytest.raises(Unimplemented, match="Negative padding is larger"):
         backend().conv(x, w, padding=[[-3, -3]])
-    assert backend().conv(x, w, padding=[[-3, -1]]).shape == (1, 0, 3)   # a crop to exactly 0 is fine
+    assert backend().conv(x, w, padding=[[-3, -1]]).shape == (1, 0, 3)  # a crop to exactly 0 is fine
 
 
 def test_unknown_layer_is_not_expressible():
@@ -107,10 +133,16 @@ def test_string_padding_with_lhs_dilation_is_refused():
         backend().conv(np.ones((1, 5, 2)), np.ones((3, 2, 2)), padding="SAME", lhs_dilation=2)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(precision="float16"), "precision"), (dict(precision=64), "precision"),
-    (dict(lax_precision="high"), "lax_precision"), (dict(lax_precision=None), "lax_precision"),
-    (dict(fast_compile="yes"), "fast_compile")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(precision="float16"), "precision"),
+        (dict(precision=64), "precision"),
+        (dict(lax_precision="high"), "lax_precision"),
+        (dict(lax_precision=None), "lax_precision"),
+        (dict(fast_compile="yes"), "fast_compile"),
+    ],
+)
 def test_arguments_are_validated(kwargs, name):
     with pytest.raises(ValueError, match=name) as info:
         JaxBackend(**kwargs)
@@ -153,9 +185,11 @@ def test_importing_refws_does_not_import_jax():
 
 
 def test_missing_jax_says_how_to_install():
-    res = _python("import sys; sys.modules['jax'] = None\n"
-                  "from refws.backends.jax import JaxBackend\n"
-                  "try:\n    JaxBackend()\nexcept ImportError as e:\n    print(e)")
+    res = _python(
+        "import sys; sys.modules['jax'] = None\n"
+        "from refws.backends.jax import JaxBackend\n"
+        "try:\n    JaxBackend()\nexcept ImportError as e:\n    print(e)"
+    )
     assert res.returncode == 0, res.stderr
     assert "pip install 'refws[jax]'" in res.stdout
 

@@ -19,11 +19,22 @@ from refws import golden
 from refws.conformance.protocol import NotExpressible
 from refws.conformance.runner import run_case
 
-OBSERVED_ON = "0.10.2"     # jax version the statuses below were measured on
+OBSERVED_ON = "0.10.2"  # jax version the statuses below were measured on
 
-PASSING = ["conv/2d_pad_same", "conv/2d_pad_same_lower", "conv/1d_pad_same_lowercase", "conv/same_stride2_n9_k4",
-           "conv/1d_pad_pairs_neg", "conv/3d_pad_pairs", "conv/2d_s2_lhs2_rhs2", "conv/1d_unbatched_channel_first",
-           "conv/2d_channel_first", "conv/2d_unbatched", "conv/2d_zero_batch", "conv/2d_zero_size_valid"]
+PASSING = [
+    "conv/2d_pad_same",
+    "conv/2d_pad_same_lower",
+    "conv/1d_pad_same_lowercase",
+    "conv/same_stride2_n9_k4",
+    "conv/1d_pad_pairs_neg",
+    "conv/3d_pad_pairs",
+    "conv/2d_s2_lhs2_rhs2",
+    "conv/1d_unbatched_channel_first",
+    "conv/2d_channel_first",
+    "conv/2d_unbatched",
+    "conv/2d_zero_batch",
+    "conv/2d_zero_size_valid",
+]
 
 # case -> (status of y, what is wrong)
 KNOWN = {
@@ -45,6 +56,7 @@ def lax_reference():
     pytest.importorskip("jax")
     pytest.importorskip("jax._src.lax_reference")
     from refws.backends.lax_reference import LaxReferenceBackend
+
     return LaxReferenceBackend
 
 
@@ -76,9 +88,11 @@ def test_known_bugs_are_reported(lax_reference, name):
     be = lax_reference()
     y = records_by_array(be, name)["y"]
     if y.status != expected:
-        pytest.fail(f"lax_reference in {be.version}: {name} is {y.status!r}, but was {expected!r} on jax "
-                    f"{OBSERVED_ON} ({what}). Fixed or changed upstream? Update KNOWN and docs/findings-draft.md. "
-                    f"{y.message}")
+        pytest.fail(
+            f"lax_reference in {be.version}: {name} is {y.status!r}, but was {expected!r} on jax "
+            f"{OBSERVED_ON} ({what}). Fixed or changed upstream? Update KNOWN and docs/findings-draft.md. "
+            f"{y.message}"
+        )
 
 
 def test_mixed_sign_padding_bug_mechanism(lax_reference):
@@ -86,9 +100,10 @@ def test_mixed_sign_padding_bug_mechanism(lax_reference):
     (2, -1) it keeps 7 of the 10 padded entries (lax keeps 9), so a 3-tap kernel gives 5, not 7."""
     y = lax_reference().conv(np.ones((1, 8, 2)), np.ones((3, 2, 3)), padding=[(2, -1)])
     n, lo, hi, k = 8, 2, -1, 3
-    assert n + lo + hi - k + 1 == 7                           # lax's (and refws's) output size
-    assert y.shape == (1, (hi % n) - k + 1, 3), (             # the bug: padded[0 : hi % n]
-        f"jax {OBSERVED_ON} gave 5 outputs here; this one gives {y.shape[1]}: fixed upstream?")
+    assert n + lo + hi - k + 1 == 7  # lax's (and refws's) output size
+    assert y.shape == (1, (hi % n) - k + 1, 3), (  # the bug: padded[0 : hi % n]
+        f"jax {OBSERVED_ON} gave 5 outputs here; this one gives {y.shape[1]}: fixed upstream?"
+    )
 
 
 def test_same_with_rhs_dilation_bug_mechanism(lax_reference):
@@ -104,6 +119,7 @@ def test_groups_are_not_expressible(lax_reference):
 
 def test_attributes_and_precision(lax_reference):
     import jax
+
     be = lax_reference()
     assert (be.name, be.precision, be.version) == ("lax-reference", "float64", f"jax {jax.__version__}")
     with pytest.raises(ValueError, match="precision='bfloat16'"):
@@ -123,13 +139,16 @@ def test_missing_jax_says_how_to_install(lax_reference, monkeypatch):
 
 def test_registered_as_builtin():
     from refws.conformance.registry import BUILTIN
+
     assert BUILTIN["lax-reference"] == "refws.backends.lax_reference:LaxReferenceBackend"
 
 
 def test_importing_refws_imports_no_framework():
     """``import refws``, ``refws.backends`` and the adapter modules themselves import no framework."""
-    code = ("import sys, refws, refws.backends, refws.backends.lax_reference, refws.backends.onnx, "
-            "refws.backends.tensorflow; "
-            "print(sorted(m for m in ('jax', 'onnx', 'onnxruntime', 'tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, refws, refws.backends, refws.backends.lax_reference, refws.backends.onnx, "
+        "refws.backends.tensorflow; "
+        "print(sorted(m for m in ('jax', 'onnx', 'onnxruntime', 'tensorflow', 'keras') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

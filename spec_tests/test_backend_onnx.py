@@ -21,17 +21,17 @@ ORT_OBSERVED_ON = "1.32.0"
 ONNX_OBSERVED_ON = "1.23.2"
 
 PASSING = [
-    "conv/2d_pad_same",                 # auto_pad SAME_UPPER
-    "conv/2d_pad_same_lower",           # auto_pad SAME_LOWER
-    "conv/same_stride2_n9_k4",          # SAME_UPPER, stride 2, even kernel
-    "conv/2d_pad_valid",                # auto_pad VALID
-    "conv/3d_pad_pairs_mixed",          # crops in NumPy, the rest as the node's pads
-    "conv/2d_s2_lhs2_rhs2",             # lhs dilation in NumPy, rhs dilation as dilations
+    "conv/2d_pad_same",  # auto_pad SAME_UPPER
+    "conv/2d_pad_same_lower",  # auto_pad SAME_LOWER
+    "conv/same_stride2_n9_k4",  # SAME_UPPER, stride 2, even kernel
+    "conv/2d_pad_valid",  # auto_pad VALID
+    "conv/3d_pad_pairs_mixed",  # crops in NumPy, the rest as the node's pads
+    "conv/2d_s2_lhs2_rhs2",  # lhs dilation in NumPy, rhs dilation as dilations
     "conv/1d_unbatched_channel_first",
     "conv/3d_channel_first_groups",
     "conv/2d_depthwise",
     "conv_transpose/2d_aniso",
-    "conv_transpose/3d_output_size",    # output_size -> output_padding
+    "conv_transpose/3d_output_size",  # output_size -> output_padding
     "conv_transpose/1d_output_padding",
     "conv_transpose/2d_unbatched",
     "conv_transpose/2d_channel_first",
@@ -40,27 +40,44 @@ PASSING = [
 
 # (backend, precision, case) -> (status of y, what)
 KNOWN = {
-    ("onnxruntime", "float32", "conv/2d_s1_lhs1_rhs2"):
-        ("unimplemented", "auto_pad=SAME_UPPER with dilation > 1 refused"),
-    ("onnxruntime", "float32", "conv/1d_depthwise_mult2"):
-        ("unimplemented", "auto_pad=SAME_UPPER with dilation > 1 refused"),
-    ("onnxruntime", "float32", "conv_transpose/2d_output_padding_dilation"):
-        ("unimplemented", "output_padding 2 >= stride 1 (< dilation 3) refused"),
-    ("onnxruntime", "float32", "conv/2d_zero_size_valid"):
-        ("unimplemented", "an empty output ONNX's formula gives is refused ('Invalid input shape')"),
+    ("onnxruntime", "float32", "conv/2d_s1_lhs1_rhs2"): (
+        "unimplemented",
+        "auto_pad=SAME_UPPER with dilation > 1 refused",
+    ),
+    ("onnxruntime", "float32", "conv/1d_depthwise_mult2"): (
+        "unimplemented",
+        "auto_pad=SAME_UPPER with dilation > 1 refused",
+    ),
+    ("onnxruntime", "float32", "conv_transpose/2d_output_padding_dilation"): (
+        "unimplemented",
+        "output_padding 2 >= stride 1 (< dilation 3) refused",
+    ),
+    ("onnxruntime", "float32", "conv/2d_zero_size_valid"): (
+        "unimplemented",
+        "an empty output ONNX's formula gives is refused ('Invalid input shape')",
+    ),
     ("onnxruntime", "float64", "conv/2d_pad_same"): ("unimplemented", "no float64 Conv kernel on the CPU"),
-    ("onnxruntime", "float64", "conv_transpose/1d_no_bias"):
-        ("unimplemented", "no float64 ConvTranspose kernel on the CPU"),
-    ("onnx-reference", "float64", "conv_transpose/2d_groups2_bias"):
-        ("unimplemented", "ConvTranspose group > 1: reshape error"),
-    ("onnx-reference", "float64", "conv_transpose/1d_depthwise_bias"):
-        ("unimplemented", "ConvTranspose group > 1: reshape error"),
-    ("onnx-reference", "float64", "conv_transpose/3d_output_padding_dilation"):
-        ("unimplemented", "output_padding 2 >= stride 1 (< dilation 3): col2im size error"),
-    ("onnxruntime", "float32", "conv/1d_zero_size_crop"):
-        ("not_expressible", "ONNX's output size would be negative"),
-    ("onnx-reference", "float32", "conv/1d_zero_size_crop"):
-        ("not_expressible", "ONNX's output size would be negative"),
+    ("onnxruntime", "float64", "conv_transpose/1d_no_bias"): (
+        "unimplemented",
+        "no float64 ConvTranspose kernel on the CPU",
+    ),
+    ("onnx-reference", "float64", "conv_transpose/2d_groups2_bias"): (
+        "unimplemented",
+        "ConvTranspose group > 1: reshape error",
+    ),
+    ("onnx-reference", "float64", "conv_transpose/1d_depthwise_bias"): (
+        "unimplemented",
+        "ConvTranspose group > 1: reshape error",
+    ),
+    ("onnx-reference", "float64", "conv_transpose/3d_output_padding_dilation"): (
+        "unimplemented",
+        "output_padding 2 >= stride 1 (< dilation 3): col2im size error",
+    ),
+    ("onnxruntime", "float32", "conv/1d_zero_size_crop"): ("not_expressible", "ONNX's output size would be negative"),
+    ("onnx-reference", "float32", "conv/1d_zero_size_crop"): (
+        "not_expressible",
+        "ONNX's output size would be negative",
+    ),
 }
 
 
@@ -68,6 +85,7 @@ KNOWN = {
 def onnx_backends():
     pytest.importorskip("onnx")
     from refws.backends import onnx as module
+
     return module
 
 
@@ -111,9 +129,11 @@ def test_known_refusals_are_reported(onnx_backends, key):
     y = y_record(be, name)
     observed_on = ORT_OBSERVED_ON if backend_name == "onnxruntime" else ONNX_OBSERVED_ON
     if y.status != expected:
-        pytest.fail(f"{backend_name} {be.version} at {precision}: {name} is {y.status!r}, but was {expected!r} on "
-                    f"{observed_on} ({what}). Fixed or changed upstream? Update KNOWN and docs/findings-draft.md. "
-                    f"{y.message}")
+        pytest.fail(
+            f"{backend_name} {be.version} at {precision}: {name} is {y.status!r}, but was {expected!r} on "
+            f"{observed_on} ({what}). Fixed or changed upstream? Update KNOWN and docs/findings-draft.md. "
+            f"{y.message}"
+        )
 
 
 def _depthwise_transpose_by_definition(x, w, b, stride):
@@ -140,8 +160,10 @@ def test_reference_evaluator_depthwise_transpose_adds_the_first_bias_to_every_ch
     np.testing.assert_array_equal(no_bias, exact - b)
     got = be.conv_transpose(x, w, stride=2, groups=3, bias=b)
     if np.array_equal(got, exact):
-        pytest.fail(f"onnx {be.version}: depthwise ConvTranspose with bias is right now (wrong on "
-                    f"{ONNX_OBSERVED_ON}): update docs/findings-draft.md and this test")
+        pytest.fail(
+            f"onnx {be.version}: depthwise ConvTranspose with bias is right now (wrong on "
+            f"{ONNX_OBSERVED_ON}): update docs/findings-draft.md and this test"
+        )
     np.testing.assert_array_equal(got - exact, np.broadcast_to(b[0] - b, got.shape))
 
 
@@ -189,6 +211,7 @@ def test_forward_only(onnx_backends):
 
 def test_attributes_and_precision(onnx_backends):
     import onnx
+
     be = onnx_backends.OnnxReferenceBackend()
     assert (be.name, be.precision) == ("onnx-reference", "float32")
     assert be.version.startswith(onnx.__version__)
@@ -210,6 +233,7 @@ def test_missing_onnxruntime_says_how_to_install(onnx_backends, monkeypatch):
 
 def test_registered_as_builtin():
     from refws.conformance.registry import BUILTIN
+
     assert BUILTIN["onnxruntime"] == "refws.backends.onnx:OnnxRuntimeBackend"
     assert BUILTIN["onnx-reference"] == "refws.backends.onnx:OnnxReferenceBackend"
 
@@ -218,12 +242,14 @@ def test_onnxruntime_without_opset_22_gets_opset_11_models(ort_backend, monkeypa
     """An onnxruntime that cannot load opset 22 (before 1.20) is given opset-11 models (same Conv)."""
     import onnx
     import onnxruntime
+
     real = onnxruntime.InferenceSession
 
     def old_runtime(model_bytes, *args, **kwargs):
         if onnx.load_from_string(model_bytes).opset_import[0].version > 21:
             raise RuntimeError("opset 22 is not supported")
         return real(model_bytes, *args, **kwargs)
+
     monkeypatch.setattr(onnxruntime, "InferenceSession", old_runtime)
     be = ort_backend()
     assert be.opset == 11 and be.version.endswith("opset 11)")

@@ -21,35 +21,46 @@ from refws.conformance.runner import run_case
 OBSERVED_ON = "2.21.0"
 
 PASSING_F32 = [
-    "conv/2d_pad_same",                     # TF's own SAME
+    "conv/2d_pad_same",  # TF's own SAME
     "conv/same_stride2_n8_k4",
-    "conv/2d_pad_same_lower",               # explicit pads of conv2d
-    "conv/1d_pad_same_lower",               # tf.pad + VALID
-    "conv/3d_pad_pairs_mixed",              # crops + tf.pad
-    "conv/1d_s2_lhs2_rhs2",                 # lhs dilation in TF, stride with dilation (raw op)
+    "conv/2d_pad_same_lower",  # explicit pads of conv2d
+    "conv/1d_pad_same_lower",  # tf.pad + VALID
+    "conv/3d_pad_pairs_mixed",  # crops + tf.pad
+    "conv/1d_s2_lhs2_rhs2",  # lhs dilation in TF, stride with dilation (raw op)
     "conv/2d_groups2",
-    "conv/2d_channel_first",                # NCHW (oneDNN)
+    "conv/2d_channel_first",  # NCHW (oneDNN)
     "conv/2d_unbatched",
-    "conv_transpose/2d_s2_p1_d1",           # explicit pads of conv2d_transpose
-    "conv_transpose/2d_output_padding",     # output_padding > padding: VALID, crop, zero-extend
+    "conv_transpose/2d_s2_p1_d1",  # explicit pads of conv2d_transpose
+    "conv_transpose/2d_output_padding",  # output_padding > padding: VALID, crop, zero-extend
     "conv_transpose/1d_output_padding_dilation",
     "conv_transpose/3d_output_size",
     "conv_transpose/2d_unbatched",
     "conv_transpose/1d_no_bias",
 ]
-PASSING_F64 = ["conv/2d_pad_same", "conv/2d_pad_same_lower", "conv/3d_pad_pairs_mixed",
-               "conv_transpose/2d_s2_p1_d1", "conv_transpose/2d_output_padding"]
+PASSING_F64 = [
+    "conv/2d_pad_same",
+    "conv/2d_pad_same_lower",
+    "conv/3d_pad_pairs_mixed",
+    "conv_transpose/2d_s2_p1_d1",
+    "conv_transpose/2d_output_padding",
+]
 
 # (precision, case, array) -> (status, what)
 KNOWN = {
-    ("float32", "conv/2d_zero_size_valid", "y"):
-        ("fail", "oneDNN Conv2D returns an input-shaped tensor of uninitialised memory for an empty output"),
+    ("float32", "conv/2d_zero_size_valid", "y"): (
+        "fail",
+        "oneDNN Conv2D returns an input-shaped tensor of uninitialised memory for an empty output",
+    ),
     ("float32", "conv/3d_pad_int_neg", "y"): ("fail", "oneDNN Conv3D: the same, in 3-D"),
     ("float32", "conv/3d_groups2", "y"): ("unimplemented", "no grouped Conv3D kernel"),
-    ("float32", "conv/2d_s1_lhs2_rhs2", "dx"):
-        ("unimplemented", "explicit padding + dilation: Conv2DBackpropInput refuses dilation"),
-    ("float32", "conv_transpose/2d_s1_p0_d2", "y"):
-        ("unimplemented", "explicit padding + dilation: Conv2DBackpropInput refuses dilation"),
+    ("float32", "conv/2d_s1_lhs2_rhs2", "dx"): (
+        "unimplemented",
+        "explicit padding + dilation: Conv2DBackpropInput refuses dilation",
+    ),
+    ("float32", "conv_transpose/2d_s1_p0_d2", "y"): (
+        "unimplemented",
+        "explicit padding + dilation: Conv2DBackpropInput refuses dilation",
+    ),
     ("float64", "conv/2d_channel_first", "y"): ("unimplemented", "no NCHW Conv2D kernel on the CPU"),
     ("float64", "conv/2d_groups2", "dx"): ("unimplemented", "no gradient for grouped convolutions on the CPU"),
     ("float64", "conv/3d_s1_lhs1_rhs2", "y"): ("unimplemented", "no dilated Conv3D kernel on the CPU"),
@@ -64,6 +75,7 @@ KNOWN = {
 def tf_backend():
     pytest.importorskip("tensorflow")
     from refws.backends.tensorflow import TensorflowBackend
+
     return TensorflowBackend
 
 
@@ -104,16 +116,20 @@ def test_known_bugs_and_refusals_are_reported(tf_backend, f32, f64, key):
     be = f32 if precision == "float32" else f64
     r = records(be, name)[array]
     if r.status != expected:
-        pytest.fail(f"TensorFlow {be.version} at {precision}: {name}:{array} is {r.status!r}, but was {expected!r} "
-                    f"on {OBSERVED_ON} ({what}). Fixed or changed upstream? Update KNOWN and "
-                    f"docs/findings-draft.md. {r.message}")
+        pytest.fail(
+            f"TensorFlow {be.version} at {precision}: {name}:{array} is {r.status!r}, but was {expected!r} "
+            f"on {OBSERVED_ON} ({what}). Fixed or changed upstream? Update KNOWN and "
+            f"docs/findings-draft.md. {r.message}"
+        )
 
 
 def test_float32_empty_output_comes_back_with_the_input_shape(f32):
     """oneDNN's Conv2D (float32) for a 2x5 input and a 3x3 kernel: the output must be (2, 0, 3, 2)."""
     y = f32.conv(np.ones((2, 2, 5, 3)), np.ones((3, 3, 3, 2)), padding="VALID")
-    assert y.shape == (2, 2, 5, 3), (f"TensorFlow {f32.version} returns {y.shape} (the input's shape on "
-                                     f"{OBSERVED_ON}); (2, 0, 3, 2) is right: fixed upstream?")
+    assert y.shape == (2, 2, 5, 3), (
+        f"TensorFlow {f32.version} returns {y.shape} (the input's shape on "
+        f"{OBSERVED_ON}); (2, 0, 3, 2) is right: fixed upstream?"
+    )
 
 
 def test_float64_weight_gradient_of_an_empty_output_is_uninitialised(f64):
@@ -138,6 +154,7 @@ def test_cpu_refusal_is_unimplemented(f64):
 
 def test_attributes_and_precision(tf_backend, f32):
     import tensorflow as tf
+
     assert (f32.name, f32.precision, f32.version) == ("tensorflow", "float32", tf.__version__)
     assert tf_backend().precision == "float32"
     with pytest.raises(ValueError, match="precision='bfloat16'"):
@@ -146,6 +163,7 @@ def test_attributes_and_precision(tf_backend, f32):
 
 def test_missing_tensorflow_says_how_to_install(tf_backend, monkeypatch):
     import refws.backends.tensorflow as module
+
     monkeypatch.setattr(module, "tf", None)
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'refws\[tensorflow\]'"):
@@ -154,4 +172,5 @@ def test_missing_tensorflow_says_how_to_install(tf_backend, monkeypatch):
 
 def test_registered_as_builtin():
     from refws.conformance.registry import BUILTIN
+
     assert BUILTIN["tensorflow"] == "refws.backends.tensorflow:TensorflowBackend"

@@ -17,12 +17,18 @@ import pytest
 
 from refws.conformance import NotExpressible, Unimplemented, load_backend
 from refws.golden.catalog import WS_PRESET_NAMES
-from spec_tests.test_backend_elektronn3 import (assert_all_pass, golden_statuses, golden_store,
-                                             message_without)
+from spec_tests.test_backend_elektronn3 import assert_all_pass, golden_statuses, golden_store, message_without
 
-SCALED = ["ws/timm_scaled_hwio", "ws/timm_scaled_oihw", "ws/timm_scaled_linear", "ws/timm_scaled_dhwio",
-          "ws/timm_scaled_hwio_no_gain", "ws/timm_scaled_hwio_tiny", "ws/timm_scaled_hwio_constant",
-          "ws/timm_scaled_oihw_eps_1e-2"]
+SCALED = [
+    "ws/timm_scaled_hwio",
+    "ws/timm_scaled_oihw",
+    "ws/timm_scaled_linear",
+    "ws/timm_scaled_dhwio",
+    "ws/timm_scaled_hwio_no_gain",
+    "ws/timm_scaled_hwio_tiny",
+    "ws/timm_scaled_hwio_constant",
+    "ws/timm_scaled_oihw_eps_1e-2",
+]
 STD = ["ws/timm_std_hwio_no_gain"]
 STD_WITH_GAIN = ["ws/timm_std_oihw", "ws/timm_std_hwio_tiny"]
 OTHER = ["ws/brainstate_oihw", "ws/bit_hwio_no_gain"]
@@ -35,6 +41,7 @@ def timm():
     if importlib.util.find_spec("timm") is None:
         pytest.skip("timm is not installed (pip install 'refws[timm]')")
     from refws.backends.timm import TimmBackend
+
     try:
         return {p: TimmBackend(p) for p in ("float64", "float32")}
     except ImportError as exc:
@@ -66,8 +73,11 @@ def test_what_timm_cannot_say_is_not_expressible(timm, store, name):
 
 def test_conv_is_not_expressible(timm):
     x, w = np.ones((1, 3, 3, 2)), np.ones((3, 3, 2, 2))
-    for call in (lambda b: b.conv(x, w), lambda b: b.conv_vjp(x, w, np.ones((1, 3, 3, 2))),
-                 lambda b: b.conv_jvp(x, w, x, w)):
+    for call in (
+        lambda b: b.conv(x, w),
+        lambda b: b.conv_vjp(x, w, np.ones((1, 3, 3, 2))),
+        lambda b: b.conv_jvp(x, w, x, w),
+    ):
         with pytest.raises(NotExpressible, match="no plain convolution"):
             call(timm["float64"])
 
@@ -76,6 +86,7 @@ def test_standardized_weight_is_timms_forward(timm):
     """The value read from the identity input equals timm's own layer output on a real input:
     StdConv2d(x) == conv2d(x, w_hat) with w_hat from the adapter (OIHW weight, out_axis 0)."""
     import torch
+
     rng = np.random.default_rng(3)
     w, x = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=(2, 3, 6, 6))
     w_hat = timm["float64"].weight_standardize(w, None, 1e-6, out_axis=0, spec="timm_std")
@@ -101,7 +112,7 @@ def test_registered_and_versioned(timm):
     be = load_backend("timm", precision="float32")
     assert (be.name, be.precision) == ("timm", "float32")
     assert be.version.split()[0] == importlib.metadata.version("timm")
-    if be.loaded_from != "timm.layers":                 # timm's package __init__ needs torchvision
+    if be.loaded_from != "timm.layers":  # timm's package __init__ needs torchvision
         assert "torchvision" in be.loaded_from and be.version.endswith("loaded without torchvision")
 
 

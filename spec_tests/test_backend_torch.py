@@ -18,28 +18,55 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import refws.golden as golden                                          # noqa: E402
-from refws.backends.torch import TorchBackend                          # noqa: E402
+import refws.golden as golden  # noqa: E402
+from refws.backends.torch import TorchBackend  # noqa: E402
 from refws.conformance.protocol import NotExpressible, Unimplemented  # noqa: E402
-from refws.testing import check_golden                                   # noqa: E402
+from refws.testing import check_golden  # noqa: E402
 
 
 CASES = {
-    "conv": ["conv/2d_aniso", "conv/1d_unbatched_channel_first", "conv/3d_pad_pairs_mixed",
-             "conv/2d_depthwise_mult2", "conv/same_lower_stride2_k4", "conv/2d_zero_batch",
-             "conv/3d_channel_first_groups"],
-    "conv_transpose": ["conv_transpose/1d_output_padding_dilation", "conv_transpose/2d_groups4_bias_output_padding",
-                       "conv_transpose/3d_output_size", "conv_transpose/2d_unbatched",
-                       "conv_transpose/2d_channel_first", "conv_transpose/1d_no_bias"],
-    "ws": ["ws/qiao_hwio_constant", "ws/elektronn3_oihw", "ws/timm_scaled_linear", "ws/brainstate_hwio_tiny",
-           "ws/bit_hwio_no_gain", "ws/timm_std_oihw_eps_1e-2"],
-    "brainstate": ["brainstate/Conv2d_lhs_dilation_pairs", "brainstate/ScaledWSConv2d_channel_first_unbatched",
-                   "brainstate/ScaledWSLinear_mask", "brainstate/Linear_no_bias", "brainstate/ScaledWSConv1d_no_gain",
-                   "brainstate/Conv3d_groups_stride", "brainstate/ConvTranspose2d_pairs_neg_mask",
-                   "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first"],
-    "elektronn3": ["elektronn3/WSConv2d_reflect", "elektronn3/WSConv3d_circular",
-                   "elektronn3/WSConv1d_same_dilation", "elektronn3/WSConvTranspose2d_output_size",
-                   "elektronn3/WSConvTranspose3d_groups_dilation_no_bias"],
+    "conv": [
+        "conv/2d_aniso",
+        "conv/1d_unbatched_channel_first",
+        "conv/3d_pad_pairs_mixed",
+        "conv/2d_depthwise_mult2",
+        "conv/same_lower_stride2_k4",
+        "conv/2d_zero_batch",
+        "conv/3d_channel_first_groups",
+    ],
+    "conv_transpose": [
+        "conv_transpose/1d_output_padding_dilation",
+        "conv_transpose/2d_groups4_bias_output_padding",
+        "conv_transpose/3d_output_size",
+        "conv_transpose/2d_unbatched",
+        "conv_transpose/2d_channel_first",
+        "conv_transpose/1d_no_bias",
+    ],
+    "ws": [
+        "ws/qiao_hwio_constant",
+        "ws/elektronn3_oihw",
+        "ws/timm_scaled_linear",
+        "ws/brainstate_hwio_tiny",
+        "ws/bit_hwio_no_gain",
+        "ws/timm_std_oihw_eps_1e-2",
+    ],
+    "brainstate": [
+        "brainstate/Conv2d_lhs_dilation_pairs",
+        "brainstate/ScaledWSConv2d_channel_first_unbatched",
+        "brainstate/ScaledWSLinear_mask",
+        "brainstate/Linear_no_bias",
+        "brainstate/ScaledWSConv1d_no_gain",
+        "brainstate/Conv3d_groups_stride",
+        "brainstate/ConvTranspose2d_pairs_neg_mask",
+        "brainstate/ConvTranspose3d_s3_valid_groups2_channel_first",
+    ],
+    "elektronn3": [
+        "elektronn3/WSConv2d_reflect",
+        "elektronn3/WSConv3d_circular",
+        "elektronn3/WSConv1d_same_dilation",
+        "elektronn3/WSConvTranspose2d_output_size",
+        "elektronn3/WSConvTranspose3d_groups_dilation_no_bias",
+    ],
 }
 
 _BACKENDS = {}
@@ -60,8 +87,10 @@ def outputs(be, case) -> dict:
     p = case.params
     if case.suite == "conv":
         kw = _without(p, "x_shape", "w_shape", "note")
-        (dx, dw), (_, ty) = be.conv_vjp(case["x"], case["w"], case["dy"], **kw), \
-            be.conv_jvp(case["x"], case["w"], case["tx"], case["tw"], **kw)
+        (dx, dw), (_, ty) = (
+            be.conv_vjp(case["x"], case["w"], case["dy"], **kw),
+            be.conv_jvp(case["x"], case["w"], case["tx"], case["tw"], **kw),
+        )
         return dict(y=be.conv(case["x"], case["w"], **kw), dx=dx, dw=dw, ty=ty)
     if case.suite == "conv_transpose":
         kw = _without(p, "x_shape", "w_shape", "note", "bias")
@@ -81,8 +110,11 @@ def outputs(be, case) -> dict:
         if gain is not None:
             out["dgain"] = dgain
         return out
-    inputs = {k: v for k, v in case.arrays.items()
-              if "__" not in k and k not in ("y", "dx", "dweight", "dbias", "dgain", "ty")}
+    inputs = {
+        k: v
+        for k, v in case.arrays.items()
+        if "__" not in k and k not in ("y", "dx", "dweight", "dbias", "dgain", "ty")
+    }
     return be.layer(p, inputs)
 
 
@@ -107,7 +139,7 @@ def test_golden_case_within_documented_bound(name, precision):
         assert np.all(np.isfinite(value)), (name, array)
         if precision == "float64" and not standardized(case):
             assert np.array_equal(value, exact), f"{name} {array}: float64 torch should be bit-exact"
-        result = check_golden(value, case, array, precision=precision)     # the bound of docs/conformance.md
+        result = check_golden(value, case, array, precision=precision)  # the bound of docs/conformance.md
         assert result.status != "fail", result.text
 
 
@@ -122,20 +154,28 @@ def test_float32_rounds_its_inputs():
 
 # --- what torch cannot say, or refuses --------------------------------------------------------
 
+
 def test_zero_size_output_is_not_expressible():
     case = golden.load("conv/2d_zero_size_valid")
     be, kw = backend("float64"), _without(case.params, "x_shape", "w_shape")
-    calls = [lambda: be.conv(case["x"], case["w"], **kw),
-             lambda: be.conv_vjp(case["x"], case["w"], case["dy"], **kw),
-             lambda: be.conv_jvp(case["x"], case["w"], case["tx"], case["tw"], **kw)]
+    calls = [
+        lambda: be.conv(case["x"], case["w"], **kw),
+        lambda: be.conv_vjp(case["x"], case["w"], case["dy"], **kw),
+        lambda: be.conv_jvp(case["x"], case["w"], case["tx"], case["tw"], **kw),
+    ]
     for call in calls:
         with pytest.raises(NotExpressible, match="zero-size outputs"):
             call()
 
 
 def test_zero_size_layer_output_is_not_expressible():
-    params = dict(library="brainstate", cls="Conv1d", x_shape=[1, 2, 1], mask=False,
-                  kwargs=dict(in_size=[2, 1], out_channels=1, kernel_size=3, padding="VALID"))
+    params = dict(
+        library="brainstate",
+        cls="Conv1d",
+        x_shape=[1, 2, 1],
+        mask=False,
+        kwargs=dict(in_size=[2, 1], out_channels=1, kernel_size=3, padding="VALID"),
+    )
     z = np.zeros
     arrays = dict(x=z((1, 2, 1)), weight=z((3, 1, 1)), dy=z((1, 0, 1)), tx=z((1, 2, 1)), tweight=z((3, 1, 1)))
     with pytest.raises(NotExpressible, match="zero-size outputs"):
@@ -145,6 +185,7 @@ def test_zero_size_layer_output_is_not_expressible():
 def test_not_implemented_in_torch_is_unimplemented(monkeypatch):
     def refuse(*args, **kwargs):
         raise NotImplementedError("conv2d: no kernel for this device (simulated)")
+
     monkeypatch.setattr(torch.nn.functional, "conv2d", refuse)
     case = golden.load("conv/2d_pad_same")
     be, kw = backend("float32"), _without(case.params, "x_shape", "w_shape")
@@ -155,6 +196,7 @@ def test_not_implemented_in_torch_is_unimplemented(monkeypatch):
 
 
 # --- construction -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("precision", ["float16", "tf32", "bfloat16", None, 64])
 def test_precision_is_validated(precision):
@@ -188,15 +230,19 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_importing_refws_does_not_import_torch():
-    r = _python("import sys, refws, refws.backends, refws.backends.torch; "
-                "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = _python(
+        "import sys, refws, refws.backends, refws.backends.torch; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_missing_torch_says_how_to_install():
-    r = _python("import sys; sys.modules['torch'] = None\n"
-                "from refws.backends.torch import TorchBackend\n"
-                "try:\n    TorchBackend()\nexcept ImportError as e:\n    print(e)\n")
+    r = _python(
+        "import sys; sys.modules['torch'] = None\n"
+        "from refws.backends.torch import TorchBackend\n"
+        "try:\n    TorchBackend()\nexcept ImportError as e:\n    print(e)\n"
+    )
     assert r.returncode == 0, r.stderr
     assert "pip install 'refws[torch]'" in r.stdout
 

@@ -42,7 +42,8 @@ STORE_HAS_WSBOUND = "w_hat__wsbound" in golden.load("ws/bit_dhwio").arrays
 needs_wsbound = pytest.mark.skipif(
     not STORE_HAS_WSBOUND,
     reason="needs the rebuilt golden store with <array>__wsbound (the ws suite has no bound data yet; check: "
-           "python -c \"import refws.golden as g; print('w_hat__wsbound' in g.load('ws/bit_dhwio').arrays)\")")
+    "python -c \"import refws.golden as g; print('w_hat__wsbound' in g.load('ws/bit_dhwio').arrays)\")",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,35 +66,81 @@ class Correct:
         return out if len(out) > 1 else out[0]
 
     def conv(self, x, w, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
-        return self._out(refws.conv(x, w, stride, padding, lhs_dilation, rhs_dilation, groups,
-                                    channel_first=channel_first))
+        return self._out(
+            refws.conv(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first=channel_first)
+        )
 
     def conv_vjp(self, x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
-        return self._out(*refws.conv_vjp(x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups,
-                                         channel_first=channel_first))
+        return self._out(
+            *refws.conv_vjp(x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first=channel_first)
+        )
 
     def conv_jvp(self, x, w, tx, tw, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
-        return self._out(*refws.conv_jvp(x, w, tx, tw, stride, padding, lhs_dilation, rhs_dilation, groups,
-                                         channel_first=channel_first))
+        return self._out(
+            *refws.conv_jvp(
+                x, w, tx, tw, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first=channel_first
+            )
+        )
 
-    def conv_transpose(self, x, w, stride, padding, output_padding, dilation, groups, *, output_size, bias,
-                       channel_first):
-        return self._out(refws.conv_transpose(x, w, stride, padding, output_padding, dilation, groups,
-                                              output_size=output_size, bias=bias, channel_first=channel_first))
+    def conv_transpose(
+        self, x, w, stride, padding, output_padding, dilation, groups, *, output_size, bias, channel_first
+    ):
+        return self._out(
+            refws.conv_transpose(
+                x,
+                w,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+                groups,
+                output_size=output_size,
+                bias=bias,
+                channel_first=channel_first,
+            )
+        )
 
-    def conv_transpose_vjp(self, x, w, dy, stride, padding, output_padding, dilation, groups, *, output_size,
-                           bias, channel_first):
-        dx, dw = refws.conv_transpose_vjp(x, w, dy, stride, padding, output_padding, dilation, groups,
-                                          output_size=output_size, channel_first=channel_first)
+    def conv_transpose_vjp(
+        self, x, w, dy, stride, padding, output_padding, dilation, groups, *, output_size, bias, channel_first
+    ):
+        dx, dw = refws.conv_transpose_vjp(
+            x,
+            w,
+            dy,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            output_size=output_size,
+            channel_first=channel_first,
+        )
         if bias is None or not self.return_db:
             return self._out(dx, dw)
         db = refws.bias_vjp(dy, channel_first=channel_first, unbatched=np.ndim(x) == np.ndim(w) - 1)
         return self._out(dx, dw, db)
 
-    def conv_transpose_jvp(self, x, w, tx, tw, stride, padding, output_padding, dilation, groups, *,
-                           output_size, bias, tbias, channel_first):
-        args, kw = (stride, padding, output_padding, dilation, groups), dict(output_size=output_size,
-                                                                             channel_first=channel_first)
+    def conv_transpose_jvp(
+        self,
+        x,
+        w,
+        tx,
+        tw,
+        stride,
+        padding,
+        output_padding,
+        dilation,
+        groups,
+        *,
+        output_size,
+        bias,
+        tbias,
+        channel_first,
+    ):
+        args, kw = (
+            (stride, padding, output_padding, dilation, groups),
+            dict(output_size=output_size, channel_first=channel_first),
+        )
         y = refws.conv_transpose(x, w, *args, bias=bias, **kw)
         ty = refws.conv_transpose(tx, w, *args, bias=tbias, **kw) + refws.conv_transpose(x, tw, *args, **kw)
         return self._out(y, ty)
@@ -143,7 +190,7 @@ def test_correct_backend_passes_every_stored_case(suite, precision):
     assert report.exit_code == 0 and report.precision == precision
     judged = [r for r in report.records if r.status == "pass"]
     assert len(judged) > 100 and all(r.max_ratio <= 1 for r in judged)
-    if precision == "float64":                                   # the stored values are exact
+    if precision == "float64":  # the stored values are exact
         assert all(r.max_error == 0 and r.fingerprint == "float64" for r in judged)
     else:
         assert {r.fingerprint for r in judged} <= {"float64", "float32"}
@@ -153,8 +200,9 @@ def test_correct_backend_passes_every_stored_case(suite, precision):
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_correct_backend_passes_the_ws_suite(precision):
     report = run(Correct(precision), suite="ws")
-    assert set(_statuses(report)) == {"pass"}, [(r.case, r.array, r.status) for r in report.records
-                                                if r.status != "pass"][:5]
+    assert set(_statuses(report)) == {"pass"}, [
+        (r.case, r.array, r.status) for r in report.records if r.status != "pass"
+    ][:5]
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,20 +267,33 @@ class GroupsInterleaved(Correct):
         _canonical_only(x, w, channel_first)
         cg = x.shape[-1] // groups
         order = [g + groups * i for g in range(groups) for i in range(cg)]
-        return super().conv(x[..., order], w, stride, padding, lhs_dilation, rhs_dilation, groups,
-                            channel_first=channel_first)
+        return super().conv(
+            x[..., order], w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first=channel_first
+        )
 
 
 class OutputPaddingDropped(Correct):
     """The transposed conv computed without output_padding, then zero-filled to the right shape."""
 
-    def conv_transpose(self, x, w, stride, padding, output_padding, dilation, groups, *, output_size, bias,
-                       channel_first):
+    def conv_transpose(
+        self, x, w, stride, padding, output_padding, dilation, groups, *, output_size, bias, channel_first
+    ):
         _canonical_only(x, w, channel_first)
-        full = super().conv_transpose(x, w, stride, padding, output_padding, dilation, groups,
-                                      output_size=output_size, bias=bias, channel_first=channel_first)
-        short = super().conv_transpose(x, w, stride, padding, 0, dilation, groups, output_size=None, bias=bias,
-                                       channel_first=channel_first)
+        full = super().conv_transpose(
+            x,
+            w,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            output_size=output_size,
+            bias=bias,
+            channel_first=channel_first,
+        )
+        short = super().conv_transpose(
+            x, w, stride, padding, 0, dilation, groups, output_size=None, bias=bias, channel_first=channel_first
+        )
         out = np.zeros_like(full)
         out[tuple(slice(0, n) for n in short.shape)] = short
         return out
@@ -251,8 +312,9 @@ class DxForgetsTheStride(Correct):
 
     def conv_vjp(self, x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
         _canonical_only(x, w, channel_first)
-        _, dw = super().conv_vjp(x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups,
-                                 channel_first=channel_first)
+        _, dw = super().conv_vjp(
+            x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first=channel_first
+        )
         g = refws.conv_geometry(x.shape[1:-1], w.shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
         pads = [list(p) for p in g.padding]
         y1 = refws.conv(x, w, 1, pads, lhs_dilation, rhs_dilation, groups)
@@ -292,7 +354,7 @@ class Float16Products(Correct):
         kernel = w.reshape(-1, w.shape[-1]).astype(np.float32)
         products = (rows[:, :, None] * kernel[None]).astype(np.float16).astype(np.float32)
         y = products.sum(axis=1, dtype=np.float32)
-        return self._out(y.reshape(*cols.shape[:1 + nd], w.shape[-1]))
+        return self._out(y.reshape(*cols.shape[: 1 + nd], w.shape[-1]))
 
 
 class OneBorderElementWrong(Correct):
@@ -331,7 +393,7 @@ class WSEps1e5(Correct):
 # (mutant, cases where the slip matters, arrays that must fail: exactly these for the conv suites)
 MUTANTS = [
     (KernelFlipped, "conv/2d_pad_same", {"y"}),
-    (SameSplitOnTheWrongSide, "conv/2d_pad_same", {"y"}),          # kernel (3, 2): odd total on axis 1
+    (SameSplitOnTheWrongSide, "conv/2d_pad_same", {"y"}),  # kernel (3, 2): odd total on axis 1
     (PadsSwapped, "conv/2d_pad_pairs", {"y"}),
     (DilationOffByOne, "conv/2d_s1_lhs1_rhs2", {"y"}),
     (StrideIgnoredOnOneAxis, "conv/2d_s2_lhs1_rhs1", {"y"}),
@@ -384,8 +446,12 @@ def test_ws_mutants_really_compute_something_else():
     for mutant, cases, _ in WS_MUTANTS:
         for case in golden.cases(suite="ws"):
             if case.name == cases:
-                kw = dict(gain=case["gain"] if case.params["gain"] else None, eps=case.params["eps"],
-                          out_axis=case.params["out_axis"], spec=case.params["spec"])
+                kw = dict(
+                    gain=case["gain"] if case.params["gain"] else None,
+                    eps=case.params["eps"],
+                    out_axis=case.params["out_axis"],
+                    spec=case.params["spec"],
+                )
                 good = Correct().weight_standardize(case["w"], **kw)
                 bad = mutant().weight_standardize(case["w"], **kw)
                 assert np.max(np.abs(bad - good)) > 1e-6 * np.max(np.abs(good)), mutant.__name__
@@ -403,8 +469,12 @@ def test_border_mutant_is_described_at_the_low_border_of_batch_item_0():
     report = _run(OneBorderElementWrong("float32"), "conv/2d_pad_same")
     y = [r for r in report.records if r.array == "y"][0]
     assert y.status == "fail" and "mismatched elements: 1 / " in y.message
-    assert "where: 1 of" in y.message and "batch items: batch item 0; spatial axis 0: position 0 (low border); " \
-           "spatial axis 1: position 0 (low border); channels: channel 0 of" in y.message
+    assert (
+        "where: 1 of" in y.message
+        and "batch items: batch item 0; spatial axis 0: position 0 (low border); "
+        "spatial axis 1: position 0 (low border); channels: channel 0 of"
+        in y.message
+    )
     assert [a["kind"] for a in y.where["axes"][1:3]] == ["low_border", "low_border"]
 
 
@@ -432,20 +502,20 @@ class Mixed(Correct):
     def conv_transpose(self, *args, **kw):
         raise Unimplemented("refused by the framework")
 
-    conv_transpose_vjp = None                        # not callable: the method is missing
+    conv_transpose_vjp = None  # not callable: the method is missing
 
     def conv_transpose_jvp(self, *args, **kw):
         y, ty = super().conv_transpose_jvp(*args, **kw)
-        return y, ty[..., :-1]                       # wrong shape
+        return y, ty[..., :-1]  # wrong shape
 
 
-MIXED_CASES = "conv*/1d_s1_*"                      # 3 conv and 4 conv_transpose cases
+MIXED_CASES = "conv*/1d_s1_*"  # 3 conv and 4 conv_transpose cases
 
 
 def test_every_status_and_the_run_goes_on():
     report = _run(Mixed(), MIXED_CASES)
     cases = sorted({r.case for r in report.records})
-    assert len(cases) == 7                                                  # every case ran
+    assert len(cases) == 7  # every case ran
     by = {(r.case.split("/")[0], r.array): r for r in report.records}
     assert by["conv", "y"].status == "pass"
     for a in ("dx", "dw"):
@@ -453,8 +523,10 @@ def test_every_status_and_the_run_goes_on():
         assert r.status == "error" and r.message.startswith("KeyError: 'boom' (at test_conformance.py:")
         assert r.max_error is None and r.fingerprint is None
     assert by["conv", "ty"].status == "not_expressible" and by["conv", "ty"].message == "no forward mode here"
-    assert by["conv_transpose", "y"].status == "unimplemented" and by["conv_transpose", "y"].message == \
-        "refused by the framework"
+    assert (
+        by["conv_transpose", "y"].status == "unimplemented"
+        and by["conv_transpose", "y"].message == "refused by the framework"
+    )
     skipped = by["conv_transpose", "dx"]
     assert skipped.status == "skipped" and skipped.message == "the adapter has no conv_transpose_vjp()"
     t = by["conv_transpose", "ty"]
@@ -475,6 +547,7 @@ def test_an_unexpressible_case_alone_does_not_fail_the_run():
             if channel_first:
                 raise NotExpressible("channels-last only")
             return super().conv(x, w, *args, channel_first=channel_first, **kw)
+
     report = _run(OnlyConv(), "conv/*channel_first*")
     assert {r.status for r in report.records if r.array == "y"} == {"not_expressible"}
     assert report.exit_code == 0
@@ -489,12 +562,12 @@ class Sloppy(Correct):
     def conv_vjp(self, x, w, dy, *args, **kw):
         dx, dw = refws.conv_vjp(x, w, dy, *args, **kw)
         m = refws.conv_vjp(np.abs(x), w, np.abs(dy), *args, **kw)[1]
-        return dx, dw + self.factor * 2.0**-24 * m               # float64: no rounding of our own
+        return dx, dw + self.factor * 2.0**-24 * m  # float64: no rounding of our own
 
 
 def test_warn_between_the_probabilistic_and_the_rigorous_bound():
     K = golden.load("conv/2d_pad_same").terms["dw"]
-    assert 6 * math.sqrt(K) < K                                  # the tiers differ here
+    assert 6 * math.sqrt(K) < K  # the tiers differ here
     backend = Sloppy("float32")
     backend.factor = (6 * math.sqrt(K) + K) / 2
     report = _run(backend, "conv/2d_pad_same")
@@ -504,7 +577,7 @@ def test_warn_between_the_probabilistic_and_the_rigorous_bound():
     assert {r.status for r in report.records if r.array != "dw"} == {"pass"}
     assert report.exit_code == 0
     assert report.summary()["conv"]["counts"]["warn"] == 1
-    backend.factor = K * 1.01                                   # and above the rigorous bound: fail
+    backend.factor = K * 1.01  # and above the rigorous bound: fail
     assert _failed_arrays(_run(backend, "conv/2d_pad_same")) == {"dw"}
 
 
@@ -647,13 +720,23 @@ def _check(capsys, *argv):
 
 
 def test_check_exit_0_with_a_user_adapter_loaded_from_the_current_directory(user_module, capsys, tmp_path):
-    code, out, err = _check(capsys, f"{user_module}:Backend", "--suite", "conv", "--case", "conv/1d_pad_*",
-                            "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"))
+    code, out, err = _check(
+        capsys,
+        f"{user_module}:Backend",
+        "--suite",
+        "conv",
+        "--case",
+        "conv/1d_pad_*",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--junit",
+        str(tmp_path / "r.xml"),
+    )
     assert code == 0, out + err
     assert "refws check: user 9.9 at float32" in out and "exit 0: every expressible array passes" in out
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["exit_code"] == 0 and doc["backend"] == "user" and doc["precision"] == "float32"
-    assert {r["status"] for r in doc["records"]} == {"pass", "skipped"}        # vjp/jvp missing: skipped
+    assert {r["status"] for r in doc["records"]} == {"pass", "skipped"}  # vjp/jvp missing: skipped
     assert {r["array"] for r in doc["records"] if r["status"] == "pass"} == {"y"}
 
 
@@ -675,8 +758,9 @@ def test_check_exit_1_on_a_wrong_backend(user_module, capsys):
 
 
 def test_check_repeat_reports_nondeterminism_and_exits_0(user_module, capsys, tmp_path):
-    code, out, _ = _check(capsys, f"{user_module}:Jittery", "--case", "conv/2d_pad_*", "--repeat", "2",
-                          "--json", str(tmp_path / "r.json"))
+    code, out, _ = _check(
+        capsys, f"{user_module}:Jittery", "--case", "conv/2d_pad_*", "--repeat", "2", "--json", str(tmp_path / "r.json")
+    )
     assert code == 0
     doc = json.loads((tmp_path / "r.json").read_text())
     judged = [r for r in doc["records"] if r["status"] == "pass"]
@@ -688,12 +772,21 @@ def test_check_repeat_reports_nondeterminism_and_exits_0(user_module, capsys, tm
 def _strict_json(text: str):
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def test_json_and_junit_reports_agree_with_every_record(user_module, capsys, tmp_path):
-    code, out, _ = _check(capsys, f"{user_module}:Mixed", "--case", MIXED_CASES, "--json", str(tmp_path / "r.json"),
-                          "--junit", str(tmp_path / "r.xml"))
+    code, out, _ = _check(
+        capsys,
+        f"{user_module}:Mixed",
+        "--case",
+        MIXED_CASES,
+        "--json",
+        str(tmp_path / "r.json"),
+        "--junit",
+        str(tmp_path / "r.xml"),
+    )
     assert code == 1
     doc = _strict_json((tmp_path / "r.json").read_text())
     assert doc["schema"] == "refws-check/1" and doc["exit_code"] == 1 and doc["version"] == "9.9"
@@ -721,8 +814,11 @@ def test_json_and_junit_reports_agree_with_every_record(user_module, capsys, tmp
         assert int(ts.get("tests")) == len(cases) == sum(c.values())
         assert int(ts.get("failures")) == c["fail"] == sum(1 for t in cases if t.find("failure") is not None)
         assert int(ts.get("errors")) == c["error"] == sum(1 for t in cases if t.find("error") is not None)
-        assert int(ts.get("skipped")) == c["not_expressible"] + c["unimplemented"] + c["skipped"] == \
-            sum(1 for t in cases if t.find("skipped") is not None)
+        assert (
+            int(ts.get("skipped"))
+            == c["not_expressible"] + c["unimplemented"] + c["skipped"]
+            == sum(1 for t in cases if t.find("skipped") is not None)
+        )
     names = {t.get("name") for t in xml.iter("testcase")}
     assert {f"{r['case']}:{r['array']}" for r in records} == names
     error = next(t for t in xml.iter("testcase") if t.find("error") is not None).find("error")
@@ -742,18 +838,21 @@ def test_report_functions_on_a_warn_report():
     assert [t.get("name") for t in warn] == ["conv/2d_pad_same:dw"]
 
 
-@pytest.mark.parametrize("argv, says", [
-    ([], "the following arguments are required: backend"),
-    (["{m}:Backend", "--suite", "nosuch"], "invalid choice: 'nosuch'"),
-    (["{m}:Backend", "--repeat", "x"], "invalid int value: 'x'"),
-    (["{m}:Backend", "--repeat", "0", "--case", "conv/1d_pad_same"], "repeat=0"),
-    (["{m}:Backend", "--case", "conv/no_such_case*"], "no stored case"),
-    (["{m}:Backend", "--opt", "novalue"], "--opt 'novalue': expected KEY=VALUE"),
-    (["{m}:Backend", "--opt", "colour=1"], "cannot construct it"),
-    (["{m}:NoSuchClass"], "has no attribute 'NoSuchClass'"),
-    (["nosuch.module:X"], "cannot import 'nosuch.module'"),
-    (["no_colon_here"], "expected one of"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        ([], "the following arguments are required: backend"),
+        (["{m}:Backend", "--suite", "nosuch"], "invalid choice: 'nosuch'"),
+        (["{m}:Backend", "--repeat", "x"], "invalid int value: 'x'"),
+        (["{m}:Backend", "--repeat", "0", "--case", "conv/1d_pad_same"], "repeat=0"),
+        (["{m}:Backend", "--case", "conv/no_such_case*"], "no stored case"),
+        (["{m}:Backend", "--opt", "novalue"], "--opt 'novalue': expected KEY=VALUE"),
+        (["{m}:Backend", "--opt", "colour=1"], "cannot construct it"),
+        (["{m}:NoSuchClass"], "has no attribute 'NoSuchClass'"),
+        (["nosuch.module:X"], "cannot import 'nosuch.module'"),
+        (["no_colon_here"], "expected one of"),
+    ],
+)
 def test_check_exit_2_on_bad_usage_and_unloadable_backends(user_module, capsys, argv, says):
     code, out, err = _check(capsys, *[a.format(m=user_module) for a in argv])
     assert code == 2, out + err
@@ -781,8 +880,15 @@ def test_refws_check_command_exit_codes_from_a_real_process(tmp_path):
     env_path = f"{ROOT}"
 
     def check(*argv):
-        return subprocess.run([sys.executable, "-m", "refws", "check", *argv], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": env_path})
+        return subprocess.run(
+            [sys.executable, "-m", "refws", "check", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**__import__("os").environ, "PYTHONPATH": env_path},
+        )
+
     ok = check("proc_backend:Backend", "--case", "conv/1d_pad_same")
     bad = check("proc_backend:Flipped", "--case", "conv/1d_pad_same")
     broken = check("nosuch.module:X")

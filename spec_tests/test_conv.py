@@ -55,13 +55,13 @@ def test_layouts_agree(p):
     output); unbatched is batched with N = 1 and the batch axis dropped."""
     base = _call(p)
     x_cf = np.moveaxis(p.x, -1, 1)
-    np.testing.assert_array_equal(refws.conv(x_cf, p.w, **dict(p.kwargs, channel_first=True)),
-                                  np.moveaxis(base, -1, 1))
+    np.testing.assert_array_equal(refws.conv(x_cf, p.w, **dict(p.kwargs, channel_first=True)), np.moveaxis(base, -1, 1))
     for b in range(p.x.shape[0]):
         np.testing.assert_array_equal(refws.conv(p.x[b], p.w, **p.kwargs), base[b])
         np.testing.assert_array_equal(
             refws.conv(np.moveaxis(p.x[b], -1, 0), p.w, **dict(p.kwargs, channel_first=True)),
-            np.moveaxis(base[b], -1, 0))
+            np.moveaxis(base[b], -1, 0),
+        )
 
 
 @settings(max_examples=min(50, settings.default.max_examples))
@@ -86,8 +86,10 @@ def test_groups_is_concatenation_of_per_group_convs(p):
     """Grouped conv == per-group ungrouped convs on the group's input-channel slice with the
     group's output-channel slice of w, concatenated along the channel axis."""
     cg, m = p.w.shape[-2], p.w.shape[-1] // p.groups
-    parts = [refws.conv(p.x[..., g * cg:(g + 1) * cg], p.w[..., g * m:(g + 1) * m],
-                        **dict(p.kwargs, groups=1)) for g in range(p.groups)]
+    parts = [
+        refws.conv(p.x[..., g * cg : (g + 1) * cg], p.w[..., g * m : (g + 1) * m], **dict(p.kwargs, groups=1))
+        for g in range(p.groups)
+    ]
     np.testing.assert_array_equal(_call(p), np.concatenate(parts, axis=-1))
 
 
@@ -99,7 +101,8 @@ def test_lhs_dilation_is_conv_of_zero_stuffed_input(p):
     stuffed = zero_stuff(p.x, p.geometry.lhs_dilation, axes=tuple(range(1, nd + 1)))
     np.testing.assert_array_equal(
         _call(p, padding=p.geometry.pads),
-        refws.conv(stuffed, p.w, **dict(p.kwargs, padding=p.geometry.pads, lhs_dilation=1)))
+        refws.conv(stuffed, p.w, **dict(p.kwargs, padding=p.geometry.pads, lhs_dilation=1)),
+    )
 
 
 @given(conv_problems(exact=True))
@@ -152,8 +155,13 @@ def _scipy_conv(x, w, mode):
     """out[b, ..., co] = sum_ci scipy.signal.correlate(x[b, ..., ci], w[..., ci, co], mode)."""
     outs = []
     for b in range(x.shape[0]):
-        per_co = [sum(scipy.signal.correlate(x[b, ..., ci], w[..., ci, co], mode=mode, method="direct")
-                      for ci in range(x.shape[-1])) for co in range(w.shape[-1])]
+        per_co = [
+            sum(
+                scipy.signal.correlate(x[b, ..., ci], w[..., ci, co], mode=mode, method="direct")
+                for ci in range(x.shape[-1])
+            )
+            for co in range(w.shape[-1])
+        ]
         outs.append(np.stack(per_co, axis=-1))
     return np.stack(outs)
 
@@ -167,8 +175,9 @@ def test_plain_case_matches_scipy_correlate(xw):
     k = w.shape[:nd]
     tol = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(refws.conv(x, w, padding="VALID"), _scipy_conv(x, w, "valid"), **tol)
-    np.testing.assert_allclose(refws.conv(x, w, padding=[(ki - 1, ki - 1) for ki in k]),
-                               _scipy_conv(x, w, "full"), **tol)
+    np.testing.assert_allclose(
+        refws.conv(x, w, padding=[(ki - 1, ki - 1) for ki in k]), _scipy_conv(x, w, "full"), **tol
+    )
     np.testing.assert_allclose(refws.conv(x, w, padding="SAME_LOWER"), _scipy_conv(x, w, "same"), **tol)
     pads = [((ki - 1) // 2 + 1, ki // 3) for ki in k]
     xpad = np.pad(x, [(0, 0), *pads, (0, 0)])
@@ -198,17 +207,18 @@ def test_accepted_dtypes_compute_in_float64(dtype):
         got = refws.conv(xi, wi, stride=(1, 2), padding="SAME")
         assert got.dtype == np.float64
         pads = tuple(naive_same_pads(n, k, s) for n, k, s in zip((5, 4), (3, 2), (1, 2)))
-        np.testing.assert_array_equal(got, naive_conv(x.astype(np.float64), w.astype(np.float64),
-                                                      stride=(1, 2), pads=pads))
+        np.testing.assert_array_equal(
+            got, naive_conv(x.astype(np.float64), w.astype(np.float64), stride=(1, 2), pads=pads)
+        )
 
 
 def test_float32_values_are_not_rounded_to_float32():
     """The computation is float64 even for float32 inputs: 1 + 2**-20 * 2**-20 terms survive."""
-    x = np.array([[[1.0], [2.0 ** -20]]], dtype=np.float32)  # (1, 2, 1)
-    w = np.array([[[1.0]], [[2.0 ** -20]]], dtype=np.float32)  # (2, 1, 1)
+    x = np.array([[[1.0], [2.0**-20]]], dtype=np.float32)  # (1, 2, 1)
+    w = np.array([[[1.0]], [[2.0**-20]]], dtype=np.float32)  # (2, 1, 1)
     got = refws.conv(x, w, padding="VALID")
     assert got.dtype == np.float64
-    assert got[0, 0, 0] == 1.0 + 2.0 ** -40
+    assert got[0, 0, 0] == 1.0 + 2.0**-40
 
 
 @pytest.mark.parametrize("bad", ["complex64", "complex128", "object"])
@@ -257,15 +267,17 @@ def test_nan_in_w_poisons_exactly_its_output_channel():
 # ------------------------------------------------------------------------------------------
 def _exact_data(x_shape, w_shape, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(-4, 5, size=x_shape).astype(np.float64),
-            rng.integers(-4, 5, size=w_shape).astype(np.float64))
+    return (rng.integers(-4, 5, size=x_shape).astype(np.float64), rng.integers(-4, 5, size=w_shape).astype(np.float64))
 
 
-@pytest.mark.parametrize("padding, pads", [
-    ((2, -1), ((2, -1),)),              # 1-D: a 2-int tuple is (lo, hi)
-    ([(2, -1)], ((2, -1),)),
-    ((-1, 2), ((-1, 2),)),
-])
+@pytest.mark.parametrize(
+    "padding, pads",
+    [
+        ((2, -1), ((2, -1),)),  # 1-D: a 2-int tuple is (lo, hi)
+        ([(2, -1)], ((2, -1),)),
+        ((-1, 2), ((-1, 2),)),
+    ],
+)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_sign_pads_1d(padding, pads, stride):
     """lax_reference gets the output shape wrong for one positive and one negative side."""
@@ -276,12 +288,15 @@ def test_mixed_sign_pads_1d(padding, pads, stride):
     np.testing.assert_array_equal(y, naive_conv(x, w, stride=stride, pads=pads))
 
 
-@pytest.mark.parametrize("padding, pads", [
-    (((2, -1), (2, -1)), ((2, -1), (2, -1))),
-    ([(2, -1)], ((2, -1), (2, -1))),      # a single pair, every dimension
-    (((2, -1), (0, 0)), ((2, -1), (0, 0))),
-    (((-1, 2), (2, -1)), ((-1, 2), (2, -1))),
-])
+@pytest.mark.parametrize(
+    "padding, pads",
+    [
+        (((2, -1), (2, -1)), ((2, -1), (2, -1))),
+        ([(2, -1)], ((2, -1), (2, -1))),  # a single pair, every dimension
+        (((2, -1), (0, 0)), ((2, -1), (0, 0))),
+        (((-1, 2), (2, -1)), ((-1, 2), (2, -1))),
+    ],
+)
 def test_mixed_sign_pads_2d(padding, pads):
     x, w = _exact_data((1, 5, 6, 2), (3, 2, 2, 3))
     y = refws.conv(x, w, padding=padding)
@@ -300,10 +315,10 @@ def test_same_with_rhs_dilation_2_on_9x9_keeps_9x9():
 # (n, k) -> lax SAME pads at stride 2, derived from the rule (out = ceil(n/2),
 # total = (out - 1) * 2 + k - n, lo = total // 2): even kernels on even and odd sizes.
 SAME_STRIDE2 = [
-    (8, 2, (0, 0)),   # out 4, total 0
-    (8, 4, (1, 1)),   # out 4, total 2
-    (7, 2, (0, 1)),   # out 4, total 1: the extra element at the end
-    (7, 4, (1, 2)),   # out 4, total 3
+    (8, 2, (0, 0)),  # out 4, total 0
+    (8, 4, (1, 1)),  # out 4, total 2
+    (7, 2, (0, 1)),  # out 4, total 1: the extra element at the end
+    (7, 4, (1, 2)),  # out 4, total 3
     (6, 6, (2, 2)),
     (9, 4, (1, 2)),
 ]
@@ -320,8 +335,7 @@ def test_same_stride_2_even_kernels(n, k, pads, lower):
     np.testing.assert_array_equal(y, naive_conv(x, w, stride=2, pads=(expected_pads,)))
     # 2-D with one even and one odd size, channel-first, unbatched
     x2, w2 = _exact_data((n, n - 1, 3), (k, 2, 3, 2), seed=n)
-    y2 = refws.conv(np.moveaxis(x2, -1, 0), w2, stride=2, padding="SAME_LOWER" if lower else "SAME",
-                    channel_first=True)
+    y2 = refws.conv(np.moveaxis(x2, -1, 0), w2, stride=2, padding="SAME_LOWER" if lower else "SAME", channel_first=True)
     pads2 = (expected_pads, naive_same_pads(n - 1, 2, 2, 1, lower=lower))
     np.testing.assert_array_equal(np.moveaxis(y2, 0, -1), naive_conv(x2[None], w2, stride=2, pads=pads2)[0])
 
@@ -373,22 +387,24 @@ def test_brainstate_conv2d_depthwise_example():
     kw = dict(pads=((1, 1), (1, 1)), groups=32)
     _spot_check(x, w, y, [(0, 0, 0, 0), (1, 63, 63, 31), (1, 31, 0, 17), (0, 12, 40, 5)], **kw)
     # a corner crop of the input sees the same values away from the crop's far edges
-    np.testing.assert_allclose(y[:, :7, :7], naive_conv(x[:, :8, :8], w, **kw)[:, :7, :7],
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y[:, :7, :7], naive_conv(x[:, :8, :8], w, **kw)[:, :7, :7], rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------
 # Zero-size outputs are legal
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("x_shape, w_shape, kw, out_spatial", [
-    ((2, 3, 3), (5, 3, 2), dict(padding="VALID"), (0,)),                    # kernel > input
-    ((2, 4, 3), (3, 3, 2), dict(padding=(-1, -1)), (0,)),                   # crop to 2 < 3
-    ((2, 4, 3), (2, 3, 2), dict(padding="VALID", rhs_dilation=4), (0,)),    # dilated kernel 5 > 4
-    ((2, 0, 3), (3, 3, 2), dict(padding="SAME"), (0,)),                     # empty input axis
-    ((1, 6, 2, 3), (3, 3, 3, 4), dict(padding="VALID"), (4, 0)),
-    ((1, 0, 5, 2), (1, 2, 2, 4), dict(padding="VALID"), (0, 4)),
-    ((1, 2, 2, 2, 1), (3, 1, 1, 1, 2), dict(padding="VALID", stride=2), (0, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kw, out_spatial",
+    [
+        ((2, 3, 3), (5, 3, 2), dict(padding="VALID"), (0,)),  # kernel > input
+        ((2, 4, 3), (3, 3, 2), dict(padding=(-1, -1)), (0,)),  # crop to 2 < 3
+        ((2, 4, 3), (2, 3, 2), dict(padding="VALID", rhs_dilation=4), (0,)),  # dilated kernel 5 > 4
+        ((2, 0, 3), (3, 3, 2), dict(padding="SAME"), (0,)),  # empty input axis
+        ((1, 6, 2, 3), (3, 3, 3, 4), dict(padding="VALID"), (4, 0)),
+        ((1, 0, 5, 2), (1, 2, 2, 4), dict(padding="VALID"), (0, 4)),
+        ((1, 2, 2, 2, 1), (3, 1, 1, 1, 2), dict(padding="VALID", stride=2), (0, 1, 1)),
+    ],
+)
 def test_zero_size_outputs_are_legal(x_shape, w_shape, kw, out_spatial):
     x = np.ones(x_shape)
     w = np.ones(w_shape)

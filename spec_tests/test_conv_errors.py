@@ -42,12 +42,15 @@ def test_wrong_rank_of_x_channel_first():
         refws.conv(np.ones((4, 5)), W, channel_first=True)
 
 
-@pytest.mark.parametrize("x_shape, w_shape, groups", [
-    ((1, 5, 5, 4), (3, 3, 3, 6), 1),     # C_in 4 != 3 * 1
-    ((1, 5, 5, 4), (3, 3, 2, 6), 3),     # C_in 4 != 2 * 3
-    ((1, 5, 5, 4), (3, 3, 4, 6), 2),     # C_in 4 != 4 * 2
-    ((5, 5, 3), (3, 3, 4, 6), 1),        # unbatched
-])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, groups",
+    [
+        ((1, 5, 5, 4), (3, 3, 3, 6), 1),  # C_in 4 != 3 * 1
+        ((1, 5, 5, 4), (3, 3, 2, 6), 3),  # C_in 4 != 2 * 3
+        ((1, 5, 5, 4), (3, 3, 4, 6), 2),  # C_in 4 != 4 * 2
+        ((5, 5, 3), (3, 3, 4, 6), 1),  # unbatched
+    ],
+)
 def test_c_in_must_equal_w_in_times_groups(x_shape, w_shape, groups):
     with pytest.raises(ValueError, match=r"\bx\b|\bw\b|groups"):
         refws.conv(np.ones(x_shape), np.ones(w_shape), groups=groups)
@@ -78,17 +81,26 @@ def test_complex_and_object_operands(dtype, name):
 # ------------------------------------------------------------------------------------------
 # groups, stride, dilations
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("groups, exc", [(0, ValueError), (-1, ValueError), (-2, ValueError),
-                                         (1.5, EITHER), ("2", EITHER), (None, EITHER)])
+@pytest.mark.parametrize(
+    "groups, exc", [(0, ValueError), (-1, ValueError), (-2, ValueError), (1.5, EITHER), ("2", EITHER), (None, EITHER)]
+)
 def test_bad_groups(groups, exc):
     with pytest.raises(exc, match="groups"):
         refws.conv(X, W, groups=groups)
 
 
 BAD_INTS = [
-    (0, ValueError), (-1, ValueError), ((1, 0), ValueError), ((-2, 1), ValueError),   # non-positive
-    (1.5, EITHER), ((1, 1.5), EITHER), ("2", EITHER), (None, EITHER),                # non-integer
-    ((1, 1, 1), ValueError), ((1, 2, 3, 4), ValueError), ((), ValueError),           # wrong length
+    (0, ValueError),
+    (-1, ValueError),
+    ((1, 0), ValueError),
+    ((-2, 1), ValueError),  # non-positive
+    (1.5, EITHER),
+    ((1, 1.5), EITHER),
+    ("2", EITHER),
+    (None, EITHER),  # non-integer
+    ((1, 1, 1), ValueError),
+    ((1, 2, 3, 4), ValueError),
+    ((), ValueError),  # wrong length
 ]
 
 
@@ -124,12 +136,12 @@ def test_unknown_padding_string(padding):
 
 
 MALFORMED_2D = [
-    ((1, 2, 3), EITHER),                      # 3 ints for N = 2
-    (((1, 2, 3), (0, 0)), EITHER),            # a triple
-    (((1,), (1,)), EITHER),                   # singletons
-    (((1, 1), (1, 1), (1, 1)), EITHER),       # 3 pairs for N = 2
-    (((1, 1), 2), EITHER),                    # a pair and an int
-    (((1.5, 1), (1, 1)), EITHER),             # non-integer
+    ((1, 2, 3), EITHER),  # 3 ints for N = 2
+    (((1, 2, 3), (0, 0)), EITHER),  # a triple
+    (((1,), (1,)), EITHER),  # singletons
+    (((1, 1), (1, 1), (1, 1)), EITHER),  # 3 pairs for N = 2
+    (((1, 1), 2), EITHER),  # a pair and an int
+    (((1.5, 1), (1, 1)), EITHER),  # non-integer
     ((1.5, 1), EITHER),
     (1.5, EITHER),
     (None, EITHER),
@@ -172,10 +184,15 @@ def test_string_padding_with_unit_lhs_dilation_is_fine():
 # ------------------------------------------------------------------------------------------
 # im2col shares the argument checks
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(stride=0), "stride"), (dict(rhs_dilation=-1), "rhs_dilation"),
-    (dict(padding="FULL"), "padding"), (dict(padding=((1, 2, 3), (0, 0))), "padding"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(stride=0), "stride"),
+        (dict(rhs_dilation=-1), "rhs_dilation"),
+        (dict(padding="FULL"), "padding"),
+        (dict(padding=((1, 2, 3), (0, 0))), "padding"),
+    ],
+)
 def test_im2col_argument_errors(kwargs, name):
     with pytest.raises(EITHER, match=name):
         refws.im2col(X, (3, 3), **kwargs)

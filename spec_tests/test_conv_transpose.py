@@ -60,10 +60,10 @@ def scatter_add(x, w, stride, padding, output_padding, dilation, groups, bias=No
 
 @dataclass(frozen=True, eq=False)
 class TransposeProblem:
-    x: np.ndarray            # in the problem's layout
-    w: np.ndarray            # (*k, C_out // G, C_in)
+    x: np.ndarray  # in the problem's layout
+    w: np.ndarray  # (*k, C_out // G, C_in)
     bias: np.ndarray | None
-    kwargs: dict             # stride, padding, output_padding, dilation, groups, channel_first (contract forms)
+    kwargs: dict  # stride, padding, output_padding, dilation, groups, channel_first (contract forms)
     stride: tuple
     padding: tuple
     output_padding: tuple
@@ -82,13 +82,28 @@ class TransposeProblem:
 
     def expected(self, x=None, w=None, bias=None):
         x = self.x_cl if x is None else to_channels_last(x, self.channel_first, self.batched)
-        return self.to_layout(scatter_add(x, self.w if w is None else w, self.stride, self.padding,
-                                          self.output_padding, self.dilation, self.groups, bias))
+        return self.to_layout(
+            scatter_add(
+                x,
+                self.w if w is None else w,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.dilation,
+                self.groups,
+                bias,
+            )
+        )
 
     def forward_conv_kwargs(self):
         """The forward convolution whose input gradient this transposed convolution is."""
-        return dict(stride=self.stride, padding=[(p, p - op) for p, op in zip(self.padding, self.output_padding)],
-                    rhs_dilation=self.dilation, groups=self.groups, channel_first=self.channel_first)
+        return dict(
+            stride=self.stride,
+            padding=[(p, p - op) for p, op in zip(self.padding, self.output_padding)],
+            rhs_dilation=self.dilation,
+            groups=self.groups,
+            channel_first=self.channel_first,
+        )
 
 
 def _form(values):
@@ -105,22 +120,45 @@ def transpose_problems(draw, dims=(1, 2, 3), exact=True):
     d = tuple(draw(st.integers(1, d_max)) for _ in range(nd))
     op = tuple(draw(st.integers(0, max(si, di) - 1)) for si, di in zip(s, d))
     # padding up to the largest that keeps the output size >= 0
-    p = tuple(min(draw(st.integers(0, p_max)), torch_output_size(ni, ki, si, 0, oi, di) // 2)
-              for ni, ki, si, oi, di in zip(n, k, s, op, d))
+    p = tuple(
+        min(draw(st.integers(0, p_max)), torch_output_size(ni, ki, si, 0, oi, di) // 2)
+        for ni, ki, si, oi, di in zip(n, k, s, op, d)
+    )
     groups = draw(st.integers(1, 3))
     cg, cog = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     batched, channel_first = draw(st.booleans()), draw(st.booleans())
     n_batch = draw(st.integers(1, 2)) if batched else 1
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    draw_array = ((lambda shape: rng.integers(-4, 5, size=shape).astype(np.float64)) if exact
-                  else (lambda shape: rng.standard_normal(shape)))
+    draw_array = (
+        (lambda shape: rng.integers(-4, 5, size=shape).astype(np.float64))
+        if exact
+        else (lambda shape: rng.standard_normal(shape))
+    )
     x_cl, w = draw_array((n_batch, *n, cg * groups)), draw_array((*k, cog, cg * groups))
     bias = draw_array((cog * groups,)) if draw(st.booleans()) else None
-    kwargs = dict(stride=draw(_form(s)), padding=draw(_form(p)), output_padding=draw(_form(op)),
-                  dilation=draw(_form(d)), groups=groups, channel_first=channel_first)
-    return TransposeProblem(from_channels_last(x_cl, channel_first, batched), w, bias, kwargs, s, p, op, d,
-                            groups, channel_first, batched, seed)
+    kwargs = dict(
+        stride=draw(_form(s)),
+        padding=draw(_form(p)),
+        output_padding=draw(_form(op)),
+        dilation=draw(_form(d)),
+        groups=groups,
+        channel_first=channel_first,
+    )
+    return TransposeProblem(
+        from_channels_last(x_cl, channel_first, batched),
+        w,
+        bias,
+        kwargs,
+        s,
+        p,
+        op,
+        d,
+        groups,
+        channel_first,
+        batched,
+        seed,
+    )
 
 
 def random_like(shape, seed, exact=True):
@@ -129,6 +167,7 @@ def random_like(shape, seed, exact=True):
 
 
 # --- the definition, the adjoint of conv, conv_vjp's dx -----------------------------------------
+
 
 @given(p=transpose_problems())
 def test_matches_scatter_add(p):
@@ -139,8 +178,10 @@ def test_matches_scatter_add(p):
 @given(p=transpose_problems())
 def test_output_shape_is_pytorchs_formula(p):
     y = to_channels_last(refws.conv_transpose(p.x, p.w, **p.kwargs), p.channel_first, p.batched)
-    expected = [torch_output_size(*a) for a in zip(p.x_cl.shape[1:-1], p.w.shape[:-2], p.stride, p.padding,
-                                                    p.output_padding, p.dilation)]
+    expected = [
+        torch_output_size(*a)
+        for a in zip(p.x_cl.shape[1:-1], p.w.shape[:-2], p.stride, p.padding, p.output_padding, p.dilation)
+    ]
     assert y.shape == (p.x_cl.shape[0], *expected, p.w.shape[-2] * p.groups)
 
 
@@ -166,6 +207,7 @@ def test_is_the_input_gradient_of_conv(p):
 
 
 # --- conv_transpose_vjp ---------------------------------------------------------------------
+
 
 @given(p=transpose_problems())
 def test_vjp_adjoint_identities_and_methods(p):
@@ -214,12 +256,14 @@ def test_vjp_central_differences(p):
 
     for tx, tw, derivative in ((vx, 0 * vw, np.vdot(dx, vx)), (0 * vx, vw, np.vdot(dw, vw))):
         cd = (loss(p.x + h * tx, p.w + h * tw) - loss(p.x - h * tx, p.w - h * tw)) / (2 * h)
-        bound = np.vdot(refws.conv_transpose(np.abs(p.x) + h * np.abs(tx), np.abs(p.w) + h * np.abs(tw),
-                                             **p.kwargs), np.abs(dy))
+        bound = np.vdot(
+            refws.conv_transpose(np.abs(p.x) + h * np.abs(tx), np.abs(p.w) + h * np.abs(tw), **p.kwargs), np.abs(dy)
+        )
         assert abs(cd - derivative) <= 4 * gamma_k * bound / h + 1e-300
 
 
 # --- output_padding and output_size, as PyTorch ---------------------------------------------
+
 
 @pytest.mark.parametrize("n, k, s, p, d", [(3, 3, 2, 1, 1), (4, 2, 3, 0, 1), (2, 3, 1, 0, 3), (5, 1, 4, 2, 2)])
 def test_output_size_resolution(n, k, s, p, d):
@@ -231,22 +275,28 @@ def test_output_size_resolution(n, k, s, p, d):
     for size in range(min_size, min_size + s):
         for out in ([size, size], (2, 4, size, size)):
             assert refws.conv_transpose(x, w, **kw, output_size=out).shape == (2, size, size, 4)
-        op = size - min_size              # the output_padding it resolves to, as torch's formula says
-        np.testing.assert_array_equal(refws.conv_transpose(x, w, **kw, output_size=[size, min_size]),
-                                      refws.conv_transpose(x, w, **kw, output_padding=[op, 0]))
-    unbatched = refws.conv_transpose(np.ones((3, n, n)), w, **kw, output_size=(4, min_size, min_size),
-                                     channel_first=True)
-    assert unbatched.shape == (4, min_size, min_size)        # unbatched: only the channel size precedes
+        op = size - min_size  # the output_padding it resolves to, as torch's formula says
+        np.testing.assert_array_equal(
+            refws.conv_transpose(x, w, **kw, output_size=[size, min_size]),
+            refws.conv_transpose(x, w, **kw, output_padding=[op, 0]),
+        )
+    unbatched = refws.conv_transpose(
+        np.ones((3, n, n)), w, **kw, output_size=(4, min_size, min_size), channel_first=True
+    )
+    assert unbatched.shape == (4, min_size, min_size)  # unbatched: only the channel size precedes
     for bad in (min_size - 1, min_size + s):
-        with pytest.raises(ValueError, match=rf"output_size=\[{bad}, {min_size}\] is unreachable: valid sizes "
-                                             rf"range from \[{min_size}, {min_size}\] to "
-                                             rf"\[{min_size + s - 1}, {min_size + s - 1}\]"):
+        with pytest.raises(
+            ValueError,
+            match=rf"output_size=\[{bad}, {min_size}\] is unreachable: valid sizes "
+            rf"range from \[{min_size}, {min_size}\] to "
+            rf"\[{min_size + s - 1}, {min_size + s - 1}\]",
+        ):
             refws.conv_transpose(x, w, **kw, output_size=[bad, min_size])
 
 
 def test_output_size_wins_over_output_padding_as_in_torch():
     """torch resolves output_size to its own output_padding and ignores the one given."""
-    x, w = np.ones((1, 3, 2)), np.ones((3, 2, 2))            # min size (3 - 1) * 3 + (3 - 1) + 1 = 9
+    x, w = np.ones((1, 3, 2)), np.ones((3, 2, 2))  # min size (3 - 1) * 3 + (3 - 1) + 1 = 9
     assert refws.conv_transpose(x, w, stride=3, output_padding=2, output_size=[10]).shape == (1, 10, 2)
 
 
@@ -264,13 +314,14 @@ def test_zero_size_output():
     """An output size of 0 is legal (as for refws.conv; PyTorch raises instead): an empty array,
     and zero gradients from the VJP."""
     x, w = np.ones((2, 1, 3)), np.ones((2, 4, 3))
-    y = refws.conv_transpose(x, w, padding=1)                  # (1 - 1) * 1 - 2 + 1 + 0 + 1 = 0
+    y = refws.conv_transpose(x, w, padding=1)  # (1 - 1) * 1 - 2 + 1 + 0 + 1 = 0
     assert y.shape == (2, 0, 4)
     dx, dw = refws.conv_transpose_vjp(x, w, y, padding=1)
     assert dx.shape == x.shape and dw.shape == w.shape and not dx.any() and not dw.any()
 
 
 # --- groups and bias: the ONNX ConvTranspose case ---------------------------------------------
+
 
 def onnx_conv_transpose(X, W, B, strides, pads, group):
     """ONNX ConvTranspose (NCHW, W of shape (C_in, C_out / group, kH, kW), pads [b0, b1, e0, e1]),
@@ -293,9 +344,8 @@ def test_onnx_group_and_bias_by_hand():
     """1x1 kernel, 4 input channels, group 2, one output channel per group:
     y0 = x0 w0 + x1 w1 + b0 = 10 + 40 + 100, y1 = x2 w2 + x3 w3 + b1 = 90 + 160 + 200."""
     X = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1, 1)
-    W = np.array([10.0, 20.0, 30.0, 40.0]).reshape(4, 1, 1, 1)      # ONNX/PyTorch (C_in, C_out/G, kH, kW)
-    y = refws.conv_transpose(X, np.moveaxis(W, (0, 1), (-1, -2)), groups=2, bias=[100.0, 200.0],
-                             channel_first=True)
+    W = np.array([10.0, 20.0, 30.0, 40.0]).reshape(4, 1, 1, 1)  # ONNX/PyTorch (C_in, C_out/G, kH, kW)
+    y = refws.conv_transpose(X, np.moveaxis(W, (0, 1), (-1, -2)), groups=2, bias=[100.0, 200.0], channel_first=True)
     np.testing.assert_array_equal(y.ravel(), [150.0, 450.0])
 
 
@@ -303,11 +353,11 @@ def test_onnx_group_and_bias_case():
     """The case ONNX's reference evaluator gets wrong (group > 1 with bias, NOTES.md), against the
     ONNX-layout loop above; also the golden catalog's 2d_groups2_bias geometry."""
     rng = np.random.default_rng(7)
-    X = rng.integers(-4, 5, size=(2, 4, 4, 4)).astype(float)           # N, C_in, H, W
-    W = rng.integers(-4, 5, size=(4, 3, 3, 3)).astype(float)           # C_in, C_out/G, kH, kW
+    X = rng.integers(-4, 5, size=(2, 4, 4, 4)).astype(float)  # N, C_in, H, W
+    W = rng.integers(-4, 5, size=(4, 3, 3, 3)).astype(float)  # C_in, C_out/G, kH, kW
     B = rng.integers(-4, 5, size=6).astype(float)
     expected = onnx_conv_transpose(X, W, B, strides=(2, 2), pads=(1, 1, 1, 1), group=2)
-    w = np.moveaxis(W, (0, 1), (-1, -2))                               # (kH, kW, C_out/G, C_in)
+    w = np.moveaxis(W, (0, 1), (-1, -2))  # (kH, kW, C_out/G, C_in)
     assert w.shape == (3, 3, 3, 4)
     got = refws.conv_transpose(X, w, stride=2, padding=1, groups=2, bias=B, channel_first=True)
     np.testing.assert_array_equal(got, expected)
@@ -315,16 +365,26 @@ def test_onnx_group_and_bias_case():
 
 # --- errors -----------------------------------------------------------------------------------
 
+
 def test_errors():
     x, w = np.ones((1, 4, 4, 2)), np.ones((3, 3, 3, 2))
-    with pytest.raises(ValueError, match=r"output_padding=2: each entry must be smaller than "
-                                         r"max\(stride, dilation\) = \(2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"output_padding=2: each entry must be smaller than "
+        r"max\(stride, dilation\) = \(2, 2\)",
+    ):
         refws.conv_transpose(x, w, stride=2, output_padding=2)
-    with pytest.raises(ValueError, match=r"output_padding=\(0, 1\): each entry must be smaller than "
-                                         r"max\(stride, dilation\) = \(1, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"output_padding=\(0, 1\): each entry must be smaller than "
+        r"max\(stride, dilation\) = \(1, 1\)",
+    ):
         refws.conv_transpose(x, w, output_padding=(0, 1))
-    with pytest.raises(ValueError, match=r"output_size=\[9, 9\] is unreachable: valid sizes range from "
-                                         r"\[7, 7\] to \[8, 8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"output_size=\[9, 9\] is unreachable: valid sizes range from "
+        r"\[7, 7\] to \[8, 8\]",
+    ):
         refws.conv_transpose(x, w, stride=2, padding=1, output_size=[9, 9])
     with pytest.raises(ValueError, match=r"output_size=\[1, 2, 3\]: expected 2 or 4 ints"):
         refws.conv_transpose(x, w, output_size=[1, 2, 3])
@@ -332,8 +392,11 @@ def test_errors():
         refws.conv_transpose(x, w, padding=-1)
     with pytest.raises(ValueError, match=r"padding=\(5, 5\): too large"):
         refws.conv_transpose(x, w, padding=5)
-    with pytest.raises(ValueError, match=r"x has C_in=2 channels but w.shape=\(3, 3, 3, 4\) expects "
-                                         r"C_in = w.shape\[-1\] = 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"x has C_in=2 channels but w.shape=\(3, 3, 3, 4\) expects "
+        r"C_in = w.shape\[-1\] = 4",
+    ):
         refws.conv_transpose(x, np.ones((3, 3, 3, 4)))
     with pytest.raises(ValueError, match=r"C_in = w.shape\[-1\] = 3, divisible by groups=2"):
         refws.conv_transpose(np.ones((1, 4, 4, 3)), np.ones((3, 3, 3, 3)), groups=2)
@@ -341,8 +404,11 @@ def test_errors():
         refws.conv_transpose(np.ones((4, 2)), w)
     with pytest.raises(ValueError, match=r"bias.shape=\(2,\): expected \(3,\)"):
         refws.conv_transpose(x, w, bias=np.ones(2))
-    with pytest.raises(ValueError, match=r"dy.shape=\(1, 4, 4, 3\): expected \(1, 6, 6, 3\), the shape of "
-                                         r"the conv_transpose output"):
+    with pytest.raises(
+        ValueError,
+        match=r"dy.shape=\(1, 4, 4, 3\): expected \(1, 6, 6, 3\), the shape of "
+        r"the conv_transpose output",
+    ):
         refws.conv_transpose_vjp(x, w, np.ones((1, 4, 4, 3)))
     with pytest.raises(ValueError, match=r"method='scatter': expected one of"):
         refws.conv_transpose_vjp(x, w, np.ones((1, 6, 6, 3)), method="scatter")
@@ -350,10 +416,11 @@ def test_errors():
 
 # --- optional: PyTorch ------------------------------------------------------------------------
 
+
 def _torch():
     try:
         import torch
-    except (ImportError, OSError) as exc:          # a broken install raises OSError on import
+    except (ImportError, OSError) as exc:  # a broken install raises OSError on import
         pytest.skip(f"torch not usable: {exc}")
     return torch
 
@@ -362,16 +429,26 @@ def _torch():
 def test_against_torch(p):
     torch = _torch()
     nd = p.w.ndim - 2
-    sizes = [torch_output_size(*a) for a in zip(p.x_cl.shape[1:-1], p.w.shape[:-2], p.stride, p.padding,
-                                                 p.output_padding, p.dilation)]
+    sizes = [
+        torch_output_size(*a)
+        for a in zip(p.x_cl.shape[1:-1], p.w.shape[:-2], p.stride, p.padding, p.output_padding, p.dilation)
+    ]
     if 0 in sizes:
-        return      # torch refuses empty outputs; refws returns them (see test_zero_size_output)
+        return  # torch refuses empty outputs; refws returns them (see test_zero_size_output)
     fn = getattr(torch.nn.functional, f"conv_transpose{nd}d")
-    x_cf = from_channels_last(p.x_cl, True, True)                       # (N, C_in, *n)
-    weight = np.moveaxis(p.w, (-1, -2), (0, 1))                          # back to (C_in, C_out/G, *k)
+    x_cf = from_channels_last(p.x_cl, True, True)  # (N, C_in, *n)
+    weight = np.moveaxis(p.w, (-1, -2), (0, 1))  # back to (C_in, C_out/G, *k)
     bias = None if p.bias is None else torch.from_numpy(p.bias)
-    ref = fn(torch.from_numpy(x_cf), torch.from_numpy(np.ascontiguousarray(weight)), bias, stride=p.stride,
-             padding=p.padding, output_padding=p.output_padding, groups=p.groups, dilation=p.dilation).numpy()
+    ref = fn(
+        torch.from_numpy(x_cf),
+        torch.from_numpy(np.ascontiguousarray(weight)),
+        bias,
+        stride=p.stride,
+        padding=p.padding,
+        output_padding=p.output_padding,
+        groups=p.groups,
+        dilation=p.dilation,
+    ).numpy()
     got = to_channels_last(refws.conv_transpose(p.x, p.w, **p.kwargs, bias=p.bias), p.channel_first, p.batched)
     np.testing.assert_allclose(got, np.moveaxis(ref, 1, -1), rtol=1e-12, atol=1e-12)
 
@@ -388,6 +465,7 @@ def test_output_size_against_torch(size):
         with pytest.raises(ValueError, match="output_size"):
             refws.conv_transpose(x.numpy(), w, stride=2, padding=1, output_size=size, channel_first=True)
         return
-    got = refws.conv_transpose(x.numpy(), w, stride=2, padding=1, output_size=size, channel_first=True,
-                               bias=m.bias.detach().numpy())
+    got = refws.conv_transpose(
+        x.numpy(), w, stride=2, padding=1, output_size=size, channel_first=True, bias=m.bias.detach().numpy()
+    )
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)

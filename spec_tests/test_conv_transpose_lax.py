@@ -31,6 +31,7 @@ from .test_conv_transpose import random_like
 
 # --- the definition (test side) -----------------------------------------------------------------
 
+
 def lax_transpose_pads_by_jax_rule(k_d, s, mode):
     """jax/_src/lax/convolution.py ``_conv_transpose_padding``, transcribed."""
     if mode == "SAME":
@@ -83,14 +84,15 @@ def definition(x, w, strides, pads, dilation, transpose_kernel, groups, dy=None)
 
 # --- problems -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, eq=False)
 class LaxProblem:
-    x: np.ndarray              # in the problem's layout
+    x: np.ndarray  # in the problem's layout
     w: np.ndarray
-    strides: object            # as passed: an int or a sequence
-    s: tuple                   # the strides as a tuple
-    padding: object            # as passed: 'SAME', 'VALID' or pairs
-    pads: tuple                # explicit, worked out on the test side
+    strides: object  # as passed: an int or a sequence
+    s: tuple  # the strides as a tuple
+    padding: object  # as passed: 'SAME', 'VALID' or pairs
+    pads: tuple  # explicit, worked out on the test side
     dilation: tuple
     transpose_kernel: bool
     groups: int
@@ -113,8 +115,9 @@ class LaxProblem:
         return from_channels_last(a_cl, self.channel_first, self.batched)
 
     def definition(self, dy_cl=None):
-        return definition(self.x_cl, self.w, self.s, self.pads, self.dilation, self.transpose_kernel,
-                          self.groups, dy_cl)
+        return definition(
+            self.x_cl, self.w, self.s, self.pads, self.dilation, self.transpose_kernel, self.groups, dy_cl
+        )
 
 
 @st.composite
@@ -140,16 +143,32 @@ def lax_problems(draw, dims=(1, 2, 3), exact=True, max_groups=3):
     n_batch = draw(st.integers(1, 2)) if batched else 1
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    make = ((lambda shape: rng.integers(-4, 5, size=shape).astype(np.float64)) if exact
-            else (lambda shape: rng.standard_normal(shape)))
+    make = (
+        (lambda shape: rng.integers(-4, 5, size=shape).astype(np.float64))
+        if exact
+        else (lambda shape: rng.standard_normal(shape))
+    )
     x_cl = make((n_batch, *n, cg * groups))
     w = make((*k, cog, cg * groups) if transpose_kernel else (*k, cg, cog * groups))
     strides = draw(st.sampled_from([s, list(s)] + ([s[0]] if len(set(s)) == 1 else [])))
-    return LaxProblem(from_channels_last(x_cl, channel_first, batched), w, strides, s, padding, pads, d,
-                      transpose_kernel, groups, channel_first, batched, seed)
+    return LaxProblem(
+        from_channels_last(x_cl, channel_first, batched),
+        w,
+        strides,
+        s,
+        padding,
+        pads,
+        d,
+        transpose_kernel,
+        groups,
+        channel_first,
+        batched,
+        seed,
+    )
 
 
 # --- forward ----------------------------------------------------------------------------------
+
 
 @given(p=lax_problems())
 def test_matches_the_definition(p):
@@ -168,9 +187,10 @@ def test_same_and_valid_output_sizes(n, k, s, d):
 @given(p=lax_problems())
 def test_string_padding_is_the_jax_rule_made_explicit(p):
     if isinstance(p.padding, str):
-        np.testing.assert_array_equal(p.call(refws.conv_transpose_lax),
-                                      refws.conv_transpose_lax(p.x, p.w, p.strides, [list(q) for q in p.pads],
-                                                               p.dilation, **p.kwargs))
+        np.testing.assert_array_equal(
+            p.call(refws.conv_transpose_lax),
+            refws.conv_transpose_lax(p.x, p.w, p.strides, [list(q) for q in p.pads], p.dilation, **p.kwargs),
+        )
 
 
 @given(p=lax_problems())
@@ -182,9 +202,13 @@ def test_transpose_kernel_is_pytorchs_convention_with_derived_pads(p):
     pt = [kd - 1 - lo for kd, (lo, _) in zip(k_d, p.pads)]
     op = [hi - lo for lo, hi in p.pads]
     sizes = [(n - 1) * s + 1 + lo + hi - kd + 1 for n, s, (lo, hi), kd in zip(p.x_cl.shape[1:-1], strides, p.pads, k_d)]
-    if not p.transpose_kernel or min(pt) < 0 or min(sizes) < 0 or any(
-            not 0 <= o < max(s, d) for o, s, d in zip(op, strides, p.dilation)):
-        return                                  # not expressible with PyTorch's symmetric padding
+    if (
+        not p.transpose_kernel
+        or min(pt) < 0
+        or min(sizes) < 0
+        or any(not 0 <= o < max(s, d) for o, s, d in zip(op, strides, p.dilation))
+    ):
+        return  # not expressible with PyTorch's symmetric padding
     want = refws.conv_transpose(p.x, p.w, p.strides, pt, op, p.dilation, p.groups, channel_first=p.channel_first)
     np.testing.assert_array_equal(p.call(refws.conv_transpose_lax), want)
 
@@ -196,15 +220,16 @@ def test_worked_example_of_the_docs():
     def lax(padding, tk):
         return refws.conv_transpose_lax(x, w, 2, padding, transpose_kernel=tk).ravel().tolist()
 
-    assert lax("VALID", False) == [100, 10, 201, 20, 2]            # the kernel as given, no flip
-    assert lax("VALID", True) == [1, 10, 102, 20, 200]             # = PyTorch padding 0
+    assert lax("VALID", False) == [100, 10, 201, 20, 2]  # the kernel as given, no flip
+    assert lax("VALID", True) == [1, 10, 102, 20, 200]  # = PyTorch padding 0
     assert refws.conv_transpose(x, w, 2, 0).ravel().tolist() == [1, 10, 102, 20, 200]
-    assert lax("SAME", True) == [1, 10, 102, 20]                   # pads (2, 1): the tail is cut
-    assert refws.conv_transpose(x, w, 2, 1, 1).ravel().tolist() == [10, 102, 20, 200]   # PyTorch: the head
-    assert lax([(1, 2)], True) == [10, 102, 20, 200]               # explicit pads reach PyTorch's split
+    assert lax("SAME", True) == [1, 10, 102, 20]  # pads (2, 1): the tail is cut
+    assert refws.conv_transpose(x, w, 2, 1, 1).ravel().tolist() == [10, 102, 20, 200]  # PyTorch: the head
+    assert lax([(1, 2)], True) == [10, 102, 20, 200]  # explicit pads reach PyTorch's split
 
 
 # --- VJP --------------------------------------------------------------------------------------
+
 
 @given(p=lax_problems())
 def test_vjp_matches_the_definition(p):
@@ -212,8 +237,7 @@ def test_vjp_matches_the_definition(p):
     dy = random_like(y.shape, p.seed + 1)
     _, dx_want, dw_want = p.definition(to_channels_last(dy, p.channel_first, p.batched))
     for method in ("col2im", "conv"):
-        dx, dw = refws.conv_transpose_lax_vjp(p.x, p.w, dy, p.strides, p.padding, p.dilation, **p.kwargs,
-                                              method=method)
+        dx, dw = refws.conv_transpose_lax_vjp(p.x, p.w, dy, p.strides, p.padding, p.dilation, **p.kwargs, method=method)
         np.testing.assert_array_equal(dx, p.to_layout(dx_want))
         np.testing.assert_array_equal(dw, dw_want)
 
@@ -244,12 +268,17 @@ def test_vjp_central_differences(p):
 
     for tx, tw, derivative in ((vx, 0 * vw, np.vdot(dx, vx)), (0 * vx, vw, np.vdot(dw, vw))):
         cd = (loss(p.x + h * tx, p.w + h * tw) - loss(p.x - h * tx, p.w - h * tw)) / (2 * h)
-        bound = np.vdot(refws.conv_transpose_lax(np.abs(p.x) + h * np.abs(tx), np.abs(p.w) + h * np.abs(tw),
-                                                 p.strides, p.padding, p.dilation, **p.kwargs), np.abs(dy))
+        bound = np.vdot(
+            refws.conv_transpose_lax(
+                np.abs(p.x) + h * np.abs(tx), np.abs(p.w) + h * np.abs(tw), p.strides, p.padding, p.dilation, **p.kwargs
+            ),
+            np.abs(dy),
+        )
         assert abs(cd - derivative) <= 4 * gamma * bound / h + 1e-300
 
 
 # --- errors -----------------------------------------------------------------------------------
+
 
 def test_errors():
     x, w = np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 5))
@@ -261,17 +290,24 @@ def test_errors():
         refws.conv_transpose_lax(x, w, (1, 2, 3), "SAME")
     with pytest.raises(ValueError, match=r"x has C_in=2 channels but w.shape=\(3, 3, 3, 5\) with groups=1"):
         refws.conv_transpose_lax(x, np.ones((3, 3, 3, 5)), 1, "SAME")
-    with pytest.raises(ValueError, match=r"x has C_in=2 channels but w.shape=\(3, 3, 2, 5\) expects "
-                                         r"C_in = w.shape\[-1\] = 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"x has C_in=2 channels but w.shape=\(3, 3, 2, 5\) expects "
+        r"C_in = w.shape\[-1\] = 5",
+    ):
         refws.conv_transpose_lax(x, w, 1, "SAME", transpose_kernel=True)
-    with pytest.raises(ValueError, match=r"dy.shape=\(1, 4, 4, 5\): expected \(1, 8, 8, 5\), the shape of "
-                                         r"the conv_transpose_lax output"):
+    with pytest.raises(
+        ValueError,
+        match=r"dy.shape=\(1, 4, 4, 5\): expected \(1, 8, 8, 5\), the shape of "
+        r"the conv_transpose_lax output",
+    ):
         refws.conv_transpose_lax_vjp(x, w, np.ones((1, 4, 4, 5)), 2, "SAME")
     with pytest.raises(ValueError, match=r"method='scatter'"):
         refws.conv_transpose_lax_vjp(x, w, np.ones((1, 8, 8, 5)), 2, "SAME", method="scatter")
 
 
 # --- optional: jax ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def jax_x64():
@@ -287,18 +323,19 @@ def test_against_jax(jax_x64, p):
     feature_group_count, no transpose_kernel), and jax.vjp for both cotangents."""
     jax = jax_x64
     if p.groups > 1 and p.transpose_kernel:
-        return                                  # lax has no grouped transpose; covered by the definition
+        return  # lax has no grouped transpose; covered by the definition
     nd = p.w.ndim - 2
     if any((n - 1) * s + 1 + lo + hi < 0 for n, s, (lo, hi) in zip(p.x_cl.shape[1:-1], p.s, p.pads)):
-        return                                  # lax refuses a negative padded size
+        return  # lax refuses a negative padded size
     padding = p.padding if isinstance(p.padding, str) else [tuple(q) for q in p.padding]
 
     def f(x, w):
         if p.groups == 1:
             return jax.lax.conv_transpose(x, w, p.s, padding, p.dilation, transpose_kernel=p.transpose_kernel)
         spec = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}[nd]
-        return jax.lax.conv_general_dilated(x, w, (1,) * nd, list(p.pads), p.s, p.dilation, spec,
-                                            feature_group_count=p.groups)
+        return jax.lax.conv_general_dilated(
+            x, w, (1,) * nd, list(p.pads), p.s, p.dilation, spec, feature_group_count=p.groups
+        )
 
     y_jax, pullback = jax.vjp(f, p.x_cl, p.w)
     y = to_channels_last(p.call(refws.conv_transpose_lax), p.channel_first, p.batched)
@@ -307,6 +344,10 @@ def test_against_jax(jax_x64, p):
     dy = random_like(y.shape, p.seed + 5, exact=False)
     jdx, jdw = pullback(dy)
     dx, dw = refws.conv_transpose_lax_vjp(p.x, p.w, p.to_layout(dy), p.strides, p.padding, p.dilation, **p.kwargs)
-    np.testing.assert_allclose(to_channels_last(dx, p.channel_first, p.batched), np.asarray(jdx), rtol=0,
-                               atol=1e-12 * max(1.0, float(np.abs(jdx).max(initial=0))))
+    np.testing.assert_allclose(
+        to_channels_last(dx, p.channel_first, p.batched),
+        np.asarray(jdx),
+        rtol=0,
+        atol=1e-12 * max(1.0, float(np.abs(jdx).max(initial=0))),
+    )
     np.testing.assert_allclose(dw, np.asarray(jdw), rtol=0, atol=1e-12 * max(1.0, float(np.abs(jdw).max(initial=0))))

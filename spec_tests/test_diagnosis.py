@@ -57,16 +57,43 @@ class Correct:
         return conv_vjp(x, w, dy, **self.args(kw, x, w))
 
     def conv(self, x, w, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
-        return self.fwd(x, w, dict(stride=stride, padding=padding, lhs_dilation=lhs_dilation,
-                                   rhs_dilation=rhs_dilation, groups=groups, channel_first=channel_first))
+        return self.fwd(
+            x,
+            w,
+            dict(
+                stride=stride,
+                padding=padding,
+                lhs_dilation=lhs_dilation,
+                rhs_dilation=rhs_dilation,
+                groups=groups,
+                channel_first=channel_first,
+            ),
+        )
 
     def conv_vjp(self, x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
-        return self.vjp(x, w, dy, dict(stride=stride, padding=padding, lhs_dilation=lhs_dilation,
-                                       rhs_dilation=rhs_dilation, groups=groups, channel_first=channel_first))
+        return self.vjp(
+            x,
+            w,
+            dy,
+            dict(
+                stride=stride,
+                padding=padding,
+                lhs_dilation=lhs_dilation,
+                rhs_dilation=rhs_dilation,
+                groups=groups,
+                channel_first=channel_first,
+            ),
+        )
 
     def conv_jvp(self, x, w, tx, tw, stride, padding, lhs_dilation, rhs_dilation, groups, *, channel_first):
-        kw = dict(stride=stride, padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                  groups=groups, channel_first=channel_first)
+        kw = dict(
+            stride=stride,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            groups=groups,
+            channel_first=channel_first,
+        )
         return self.fwd(x, w, kw), self.fwd(tx, w, kw) + self.fwd(x, tw, kw)
 
     # transposed convolution: y = tfwd(x, w) + bias
@@ -88,21 +115,45 @@ class Correct:
 
     @staticmethod
     def _tkw(stride, padding, output_padding, dilation, groups, output_size, channel_first):
-        return dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                    groups=groups, output_size=output_size, channel_first=channel_first)
+        return dict(
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            dilation=dilation,
+            groups=groups,
+            output_size=output_size,
+            channel_first=channel_first,
+        )
 
-    def conv_transpose(self, x, w, stride, padding, output_padding, dilation, groups, *, output_size, bias,
-                       channel_first):
+    def conv_transpose(
+        self, x, w, stride, padding, output_padding, dilation, groups, *, output_size, bias, channel_first
+    ):
         kw = self._tkw(stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._bias(self.tfwd(x, w, kw), bias, channel_first, np.ndim(x) == np.ndim(w))
 
-    def conv_transpose_vjp(self, x, w, dy, stride, padding, output_padding, dilation, groups, *, output_size,
-                           bias, channel_first):
+    def conv_transpose_vjp(
+        self, x, w, dy, stride, padding, output_padding, dilation, groups, *, output_size, bias, channel_first
+    ):
         kw = self._tkw(stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self.tvjp(x, w, dy, kw)
 
-    def conv_transpose_jvp(self, x, w, tx, tw, stride, padding, output_padding, dilation, groups, *,
-                           output_size, bias, tbias, channel_first):
+    def conv_transpose_jvp(
+        self,
+        x,
+        w,
+        tx,
+        tw,
+        stride,
+        padding,
+        output_padding,
+        dilation,
+        groups,
+        *,
+        output_size,
+        bias,
+        tbias,
+        channel_first,
+    ):
         kw = self._tkw(stride, padding, output_padding, dilation, groups, output_size, channel_first)
         batched = np.ndim(x) == np.ndim(w)
         y = self._bias(self.tfwd(x, w, kw), bias, channel_first, batched)
@@ -135,8 +186,9 @@ class ArgSlip(Correct):
 
 
 def _explicit(kw, spatial, kernel):
-    return refws.conv_geometry(spatial, kernel, kw["stride"], kw["padding"], kw["lhs_dilation"],
-                               kw["rhs_dilation"]).padding
+    return refws.conv_geometry(
+        spatial, kernel, kw["stride"], kw["padding"], kw["lhs_dilation"], kw["rhs_dilation"]
+    ).padding
 
 
 def _same_string(target):
@@ -144,6 +196,7 @@ def _same_string(target):
         if isinstance(kw["padding"], str) and kw["padding"].upper() in ("SAME", "SAME_LOWER"):
             kw["padding"] = target
         return kw
+
     return change
 
 
@@ -158,6 +211,7 @@ def _with(name, value):
         kw["padding"] = _explicit(kw, spatial, kernel)
         kw[name] = value(kw[name], len(spatial))
         return kw
+
     return change
 
 
@@ -241,11 +295,13 @@ def _deinterleave(a, w, kw):
 
 def _reshape_to(layout_cf):
     """Reinterpret an array's memory as the other layout's shape (channel axis moved in the shape only)."""
+
     def reshape(a, w, kw):
         cf = layout_cf(kw["channel_first"])
         lead = 1 if np.ndim(a) == np.ndim(w) else 0
         s = a.shape
-        return a.reshape(s[:lead] + (s[lead + 1:] + s[lead:lead + 1] if cf else s[-1:] + s[lead:-1]))
+        return a.reshape(s[:lead] + (s[lead + 1 :] + s[lead : lead + 1] if cf else s[-1:] + s[lead:-1]))
+
     return reshape
 
 
@@ -282,6 +338,7 @@ class DwFlipped(Correct):
 
 
 # transposed-convolution slips
+
 
 def _correct_size(x, w, kw):
     return refws.conv_transpose(np.zeros(np.shape(x)), np.zeros(np.shape(w)), **kw).shape
@@ -357,14 +414,20 @@ class WeightReshaped(Correct):
             lo = d[i] * (k - 1) - p[i]
             base = (n - 1) * s[i] - 2 * p[i] + d[i] * (k - 1) + 1
             pads.append((lo, lo + size[axes[i]] - base))
-        return dict(stride=1, padding=pads, lhs_dilation=s, rhs_dilation=d, groups=kw["groups"],
-                    channel_first=kw["channel_first"])
+        return dict(
+            stride=1,
+            padding=pads,
+            lhs_dilation=s,
+            rhs_dilation=d,
+            groups=kw["groups"],
+            channel_first=kw["channel_first"],
+        )
 
     def _kernel(self, w, groups):
-        pt = np.moveaxis(w, (-1, -2), (0, 1))                                   # (C_in, C_out/g, *k)
+        pt = np.moveaxis(w, (-1, -2), (0, 1))  # (C_in, C_out/g, *k)
         c_in, c_og = pt.shape[:2]
-        fwd = pt.reshape(c_og * groups, c_in // groups, *pt.shape[2:])          # read as (C_out, C_in/g, *k)
-        return _flip(np.moveaxis(fwd, (0, 1), (-1, -2)))                        # HWIO, flipped
+        fwd = pt.reshape(c_og * groups, c_in // groups, *pt.shape[2:])  # read as (C_out, C_in/g, *k)
+        return _flip(np.moveaxis(fwd, (0, 1), (-1, -2)))  # HWIO, flipped
 
     def _kernel_t(self, dk, w_shape, groups):
         fwd = np.moveaxis(_flip(dk), (-1, -2), (0, 1))
@@ -403,37 +466,58 @@ def _high_crop_ignores_low_pad(kw, spatial, kernel):
 
 SLIPS = {
     "kernel_flipped": (OperandSlip(_flip, _flip), ["conv/2d_pad_same", "conv/1d_groups2"]),
-    "high_crop_ignores_low_pad": (ArgSlip(_high_crop_ignores_low_pad), ["conv/bug_lax_reference_pad_2_minus1",
-                                                                        "conv/2d_pad_pairs_mixed"]),
+    "high_crop_ignores_low_pad": (
+        ArgSlip(_high_crop_ignores_low_pad),
+        ["conv/bug_lax_reference_pad_2_minus1", "conv/2d_pad_pairs_mixed"],
+    ),
     "same_lower": (ArgSlip(_same_string("SAME_LOWER")), ["conv/2d_pad_same", "conv/same_stride2_n9_k2"]),
     "same_upper": (ArgSlip(_same_string("SAME")), ["conv/2d_pad_same_lower", "conv/3d_pad_same_lower"]),
-    "same_ignores_rhs_dilation": (ArgSlip(_same_undilated), ["conv/bug_lax_reference_same_rhs_dilation",
-                                                              "conv/2d_s1_lhs1_rhs2"]),
-    "pads_swapped": (ArgSlip(lambda kw, sp, k: kw | {"padding": tuple((h, l) for l, h in _explicit(kw, sp, k))}),
-                     ["conv/2d_pad_pairs", "conv/2d_pad_same"]),
+    "same_ignores_rhs_dilation": (
+        ArgSlip(_same_undilated),
+        ["conv/bug_lax_reference_same_rhs_dilation", "conv/2d_s1_lhs1_rhs2"],
+    ),
+    "pads_swapped": (
+        ArgSlip(lambda kw, sp, k: kw | {"padding": tuple((h, l) for l, h in _explicit(kw, sp, k))}),
+        ["conv/2d_pad_pairs", "conv/2d_pad_same"],
+    ),
     "padding_ignored": (ArgSlip(lambda kw, sp, k: kw | {"padding": "VALID"}), ["conv/2d_pad_int1"]),
     "rhs_dilation_ignored": (ArgSlip(_with("rhs_dilation", _times(lambda d: 1))), ["conv/2d_s1_lhs1_rhs2"]),
-    "rhs_dilation_plus_one": (ArgSlip(_with("rhs_dilation", _times(lambda d: d + 1))),
-                              ["conv/2d_s1_lhs1_rhs2", "conv/1d_pad_valid"]),
+    "rhs_dilation_plus_one": (
+        ArgSlip(_with("rhs_dilation", _times(lambda d: d + 1))),
+        ["conv/2d_s1_lhs1_rhs2", "conv/1d_pad_valid"],
+    ),
     "lhs_dilation_ignored": (ArgSlip(_with("lhs_dilation", _times(lambda d: 1))), ["conv/2d_s1_lhs2_rhs1"]),
     "stride_ignored": (ArgSlip(_with("stride", _times(lambda s: 1))), ["conv/2d_s2_lhs1_rhs1"]),
     "spatial_args_swapped": (ArgSlip(_swap_first_two), ["conv/2d_aniso", "conv/3d_aniso"]),
-    "kernel_axes_swapped": (OperandSlip(lambda w: np.swapaxes(w, 0, 1), lambda w: np.swapaxes(w, 0, 1)),
-                            ["conv/2d_unbatched", "conv/2d_channel_first"]),
+    "kernel_axes_swapped": (
+        OperandSlip(lambda w: np.swapaxes(w, 0, 1), lambda w: np.swapaxes(w, 0, 1)),
+        ["conv/2d_unbatched", "conv/2d_channel_first"],
+    ),
     "spatial_axes_swapped": (DataSlip(_swap_data, _swap_data, _swap_data, _swap_data), ["conv/2d_pad_same"]),
-    "groups_interleaved": (DataSlip(_interleave, _deinterleave, lambda a, w, kw: a, lambda a, w, kw: a),
-                           ["conv/2d_groups2", "conv/1d_groups2", "conv_transpose/2d_groups2_bias"]),
-    "channels_first_misread": (DataSlip(_reshape_to(lambda cf: cf), _reshape_to(lambda cf: not cf),
-                                        _reshape_to(lambda cf: not cf), _reshape_to(lambda cf: cf),
-                                        inner=lambda cf: not cf),
-                               ["conv/2d_channel_first", "conv/1d_pad_same", "conv_transpose/2d_channel_first"]),
-    "output_padding_ignored": (OutputPaddingZeros(), ["conv_transpose/2d_output_padding",
-                                                      "conv_transpose/1d_output_padding"]),
-    "output_padding_low": (OutputPaddingLow(), ["conv_transpose/2d_output_padding",
-                                                "conv_transpose/2d_groups4_bias_output_padding"]),
+    "groups_interleaved": (
+        DataSlip(_interleave, _deinterleave, lambda a, w, kw: a, lambda a, w, kw: a),
+        ["conv/2d_groups2", "conv/1d_groups2", "conv_transpose/2d_groups2_bias"],
+    ),
+    "channels_first_misread": (
+        DataSlip(
+            _reshape_to(lambda cf: cf),
+            _reshape_to(lambda cf: not cf),
+            _reshape_to(lambda cf: not cf),
+            _reshape_to(lambda cf: cf),
+            inner=lambda cf: not cf,
+        ),
+        ["conv/2d_channel_first", "conv/1d_pad_same", "conv_transpose/2d_channel_first"],
+    ),
+    "output_padding_ignored": (
+        OutputPaddingZeros(),
+        ["conv_transpose/2d_output_padding", "conv_transpose/1d_output_padding"],
+    ),
+    "output_padding_low": (
+        OutputPaddingLow(),
+        ["conv_transpose/2d_output_padding", "conv_transpose/2d_groups4_bias_output_padding"],
+    ),
     "transpose_kernel_not_flipped": (OperandSlip(_flip, _flip), ["conv_transpose/2d_s2_p1_d1"]),
-    "transpose_weight_io_swapped": (WeightReshaped(), ["conv_transpose/2d_s2_p1_d1",
-                                                       "conv_transpose/2d_groups2_bias"]),
+    "transpose_weight_io_swapped": (WeightReshaped(), ["conv_transpose/2d_s2_p1_d1", "conv_transpose/2d_groups2_bias"]),
     "bias_missing": (BiasScaled(0), ["conv_transpose/2d_s2_p1_d1"]),
     "bias_twice": (BiasScaled(2), ["conv_transpose/2d_s2_p1_d1"]),
     "dx_stride_ignored": (DxStrideIgnored(), ["conv/2d_s2_lhs1_rhs1", "conv/2d_groups3_strided"]),
@@ -442,7 +526,7 @@ SLIPS = {
 }
 
 
-SAME_LOWER_BACKEND = SLIPS["same_lower"][0]          # for `refws check spec_tests.test_diagnosis:...`
+SAME_LOWER_BACKEND = SLIPS["same_lower"][0]  # for `refws check spec_tests.test_diagnosis:...`
 
 
 def _records(backend, patterns):
@@ -458,9 +542,10 @@ def test_a_backend_with_one_slip_is_diagnosed_with_that_slip(slip):
     records = _records(backend, patterns)
     failing = [r for r in records if r.status == "fail"]
     assert failing, f"the {slip} backend fails nothing on {patterns}"
-    assert not [r for r in records if r.status == "error" and r.array in ("y", "ty")], \
-        [r.message for r in records if r.status == "error"]
-    for r in records:                                       # nothing but failures is diagnosed
+    assert not [r for r in records if r.status == "error" and r.array in ("y", "ty")], [
+        r.message for r in records if r.status == "error"
+    ]
+    for r in records:  # nothing but failures is diagnosed
         assert (r.diagnosis is not None) == (r.status == "fail")
     named = {r.array for r in failing if slip in r.diagnosis["matches"]}
     kinds = {r.array for r in failing}
@@ -534,6 +619,7 @@ def test_a_double_slip_is_named_as_a_pair():
         def vjp(self, x, w, dy, kw):
             dx, dw = conv_vjp(x, _flip(w), dy, **self.args(kw, x, w))
             return dx, _flip(dw)
+
     backend = FlippedAndSwapped(SLIPS["pads_swapped"][0].change)
     report = run(backend, suite="conv", case="conv/2d_pad_pairs")
     y = [r for r in report.records if r.array == "y"][0]
@@ -549,6 +635,7 @@ def test_a_float32_backend_with_a_slip_is_still_diagnosed():
 
         def fwd(self, x, w, kw):
             return super().fwd(x.astype(np.float32), w.astype(np.float32), kw).astype(np.float32)
+
     report = run(F32(_flip, _flip), suite="conv", case="conv/2d_groups2")
     y = [r for r in report.records if r.array == "y"][0]
     assert y.status == "fail" and "kernel_flipped" in y.diagnosis["matches"]
@@ -596,13 +683,13 @@ class WSBackend:
     def weight_standardize_vjp(self, w, dw_hat, gain, eps, *, out_axis, spec):
         s, g, e, k = self._args(w, gain, eps, out_axis, spec)
         dw, dgain = refws.weight_standardize_vjp(w, dw_hat, g, e, out_axis=out_axis, spec=s)
-        return k * dw, (np.zeros(np.shape(gain)) if g is None and gain is not None else
-                        None if dgain is None else k * dgain)
+        return k * dw, (
+            np.zeros(np.shape(gain)) if g is None and gain is not None else None if dgain is None else k * dgain
+        )
 
     def weight_standardize_jvp(self, w, tw, gain, tgain, eps, *, out_axis, spec):
         s, g, e, k = self._args(w, gain, eps, out_axis, spec)
-        y, ty = refws.weight_standardize_jvp(w, tw, g, tgain if g is not None else None, e, out_axis=out_axis,
-                                             spec=s)
+        y, ty = refws.weight_standardize_jvp(w, tw, g, tgain if g is not None else None, e, out_axis=out_axis, spec=s)
         return k * y, k * ty
 
 
@@ -613,6 +700,7 @@ def _spec(**changes):
             uses_n = fields["denominator"] == "max_var_n" or spec.fixed_scale is not None
             fields["fan"] = (spec.fan or "fan_in") if uses_n else None
         return dataclasses.replace(spec, **fields), gain, 1.0, 1.0
+
     return change
 
 
@@ -625,8 +713,11 @@ class NoFan(WSBackend):
         c = w - w.mean(axis=axes, keepdims=True)
         var = (c * c).sum(axis=axes, keepdims=True) / (math.prod(w.shape[i] for i in axes) - spec.ddof)
         out = c / np.sqrt(np.maximum(var, spec.eps if eps is None else eps))
-        return out if gain is None else out * np.reshape(gain, [-1 if i == out_axis % w.ndim else 1
-                                                                 for i in range(w.ndim)])
+        return (
+            out
+            if gain is None
+            else out * np.reshape(gain, [-1 if i == out_axis % w.ndim else 1 for i in range(w.ndim)])
+        )
 
     weight_standardize_vjp = None
     weight_standardize_jvp = None
@@ -643,13 +734,18 @@ class MeanKept(WSBackend):
         c = w - w.mean(axis=axes, keepdims=True)
         var = (c * c).sum(axis=axes, keepdims=True) / (n - spec.ddof)
         big_n = n if spec.fan == "fan_in" else w.size
-        denom = {"max_var_n": lambda: np.sqrt(np.maximum(var * big_n, eps)),
-                 "std_plus_eps": lambda: np.sqrt(var) + eps,
-                 "sqrt_var_plus_eps": lambda: np.sqrt(var + eps)}[spec.denominator]()
-        fixed = 1.0 if spec.fixed_scale is None else spec.fixed_scale * big_n ** -0.5
+        denom = {
+            "max_var_n": lambda: np.sqrt(np.maximum(var * big_n, eps)),
+            "std_plus_eps": lambda: np.sqrt(var) + eps,
+            "sqrt_var_plus_eps": lambda: np.sqrt(var + eps),
+        }[spec.denominator]()
+        fixed = 1.0 if spec.fixed_scale is None else spec.fixed_scale * big_n**-0.5
         out = w / denom * fixed
-        return out if gain is None else out * np.reshape(gain, [-1 if i == out_axis % w.ndim else 1
-                                                                 for i in range(w.ndim)])
+        return (
+            out
+            if gain is None
+            else out * np.reshape(gain, [-1 if i == out_axis % w.ndim else 1 for i in range(w.ndim)])
+        )
 
     weight_standardize_vjp = None
     weight_standardize_jvp = None
@@ -664,8 +760,10 @@ WS_SLIPS = {
     "ws_fan_numel": (WSBackend(_spec(fan="numel")), ["ws/brainstate_hwio", "ws/timm_scaled_hwio"]),
     "ws_fan_in": (WSBackend(_spec(fan="fan_in")), ["ws/elektronn3_oihw"]),
     "ws_no_fan": (NoFan(), ["ws/brainstate_hwio", "ws/nfnets_dhwio"]),
-    "ws_gain_ignored": (WSBackend(lambda spec, gain, w, axis: (spec, None, 1.0, 1.0)), ["ws/brainstate_hwio",
-                                                                                      "ws/qiao_linear"]),
+    "ws_gain_ignored": (
+        WSBackend(lambda spec, gain, w, axis: (spec, None, 1.0, 1.0)),
+        ["ws/brainstate_hwio", "ws/qiao_linear"],
+    ),
     "ws_mean_not_subtracted": (MeanKept(), ["ws/bit_hwio", "ws/brainstate_oihw"]),
 }
 
@@ -708,8 +806,10 @@ def test_a_double_ws_slip_brainstate_formula_on_elektronn3_case():
     assert w_hat.status == "fail" and w_hat.diagnosis["matches"] == ["ws_ddof0+ws_fan_in"]
 
 
-@pytest.mark.skipif("w_hat__wsbound" not in golden.load("ws/bit_dhwio").arrays,
-                    reason="the committed store has no ws bound data (terms, __wsbound) yet")
+@pytest.mark.skipif(
+    "w_hat__wsbound" not in golden.load("ws/bit_dhwio").arrays,
+    reason="the committed store has no ws bound data (terms, __wsbound) yet",
+)
 def test_ws_slips_on_the_store_itself():
     backend, names = WS_SLIPS["ws_ddof1"]
     records = run(backend, suite="ws", case="ws/brainstate_*").records
@@ -721,13 +821,39 @@ def test_ws_slips_on_the_store_itself():
 # the table itself
 # --------------------------------------------------------------------------------------------
 def test_table_names_descriptions_and_pairs():
-    required = {"kernel_flipped", "same_lower", "same_upper", "pads_swapped", "padding_ignored",
-                "rhs_dilation_ignored", "rhs_dilation_plus_one", "lhs_dilation_ignored", "stride_ignored",
-                "spatial_axes_swapped", "groups_interleaved", "channels_first_misread", "output_padding_ignored",
-                "output_padding_low", "transpose_kernel_not_flipped", "transpose_weight_io_swapped", "bias_missing",
-                "bias_twice", "dx_stride_ignored", "dw_not_summed_over_batch", "dw_kernel_flipped", "ws_ddof0",
-                "ws_ddof1", "ws_eps_inside_sqrt", "ws_eps_outside_sqrt", "ws_eps_clamp", "ws_fan_numel",
-                "ws_fan_in", "ws_no_fan", "ws_gain_ignored", "ws_mean_not_subtracted"}
+    required = {
+        "kernel_flipped",
+        "same_lower",
+        "same_upper",
+        "pads_swapped",
+        "padding_ignored",
+        "rhs_dilation_ignored",
+        "rhs_dilation_plus_one",
+        "lhs_dilation_ignored",
+        "stride_ignored",
+        "spatial_axes_swapped",
+        "groups_interleaved",
+        "channels_first_misread",
+        "output_padding_ignored",
+        "output_padding_low",
+        "transpose_kernel_not_flipped",
+        "transpose_weight_io_swapped",
+        "bias_missing",
+        "bias_twice",
+        "dx_stride_ignored",
+        "dw_not_summed_over_batch",
+        "dw_kernel_flipped",
+        "ws_ddof0",
+        "ws_ddof1",
+        "ws_eps_inside_sqrt",
+        "ws_eps_outside_sqrt",
+        "ws_eps_clamp",
+        "ws_fan_numel",
+        "ws_fan_in",
+        "ws_no_fan",
+        "ws_gain_ignored",
+        "ws_mean_not_subtracted",
+    }
     assert required <= set(VARIANTS)
     for name, v in VARIANTS.items():
         assert v.name == name and v.description and v.suites and v.arrays
@@ -736,12 +862,21 @@ def test_table_names_descriptions_and_pairs():
 
 
 def test_inapplicable_variants_are_skipped():
-    case = golden.load("conv/1d_pad_valid")                  # VALID: no SAME, no pads, stride 1, one group
+    case = golden.load("conv/1d_pad_valid")  # VALID: no SAME, no pads, stride 1, one group
     base = diagnosis.base_problem(case)
-    for name in ("same_lower", "same_upper", "pads_swapped", "padding_ignored", "stride_ignored",
-                 "groups_interleaved", "spatial_axes_swapped", "dx_stride_ignored", "lhs_dilation_ignored"):
+    for name in (
+        "same_lower",
+        "same_upper",
+        "pads_swapped",
+        "padding_ignored",
+        "stride_ignored",
+        "groups_interleaved",
+        "spatial_axes_swapped",
+        "dx_stride_ignored",
+        "lhs_dilation_ignored",
+    ):
         assert VARIANTS[name].slip(base, case) is None, name
-    even = golden.load("conv/2d_unbatched")                   # SAME with 3x3: pads (1, 1), nothing to move
+    even = golden.load("conv/2d_unbatched")  # SAME with 3x3: pads (1, 1), nothing to move
     assert VARIANTS["same_lower"].slip(diagnosis.base_problem(even), even) is None
 
 
@@ -761,8 +896,12 @@ def test_screening_at_a_few_elements_agrees_with_the_full_evaluation():
                         continue
                     flat = sorted({0, full.size // 3, (2 * full.size) // 3, full.size - 1})
                     points = [tuple(int(i) for i in np.unravel_index(f, full.shape)) for f in flat]
-                    np.testing.assert_allclose(diagnosis._points_value(P, case, array, points),
-                                               [full[p] for p in points], rtol=1e-13, atol=1e-13)
+                    np.testing.assert_allclose(
+                        diagnosis._points_value(P, case, array, points),
+                        [full[p] for p in points],
+                        rtol=1e-13,
+                        atol=1e-13,
+                    )
                     checked += 1
     assert checked > 500
 
@@ -775,8 +914,11 @@ def _problems(case):
     apply), named."""
     base = diagnosis.base_problem(case)
     singles = [((n,), v.slip(base, case)) for n, v in VARIANTS.items() if case.suite in v.suites]
-    pairs = [(pair, diagnosis._slip(pair, base, case)) for pair in PAIRS
-             if all(case.suite in VARIANTS[n].suites for n in pair)]
+    pairs = [
+        (pair, diagnosis._slip(pair, base, case))
+        for pair in PAIRS
+        if all(case.suite in VARIANTS[n].suites for n in pair)
+    ]
     return [("base",), base], *[(names, P) for names, P in singles + pairs if P is not None]
 
 
@@ -789,12 +931,13 @@ def test_shapes_and_geometry_from_the_arguments_alone_are_the_evaluated_ones():
             for names, P in _problems(case):
                 g, xi, wi, _, y_shape = diagnosis._info(P, case)
                 spatial = tuple(xi[i] for i in _spatial_axes(np.zeros(xi), np.zeros(wi), P.channel_first))
-                assert g == refws.conv_geometry(spatial, wi[:-2], P.stride, P.padding, P.lhs_dilation,
-                                                P.rhs_dilation), (case.name, names)
+                assert g == refws.conv_geometry(
+                    spatial, wi[:-2], P.stride, P.padding, P.lhs_dilation, P.rhs_dilation
+                ), (case.name, names)
                 v = diagnosis.variant_value(P, case, "y")
                 assert y_shape == v.shape == diagnosis._out_shape(P, case, "y"), (case.name, names)
-                for array in ("dx", "dw"):                  # None: dy does not fit (or, dx of
-                    full = diagnosis.variant_value(P, case, array)      # dw_not_summed, not defined)
+                for array in ("dx", "dw"):  # None: dy does not fit (or, dx of
+                    full = diagnosis.variant_value(P, case, array)  # dw_not_summed, not defined)
                     shape = diagnosis._out_shape(P, case, array)
                     assert full is None if shape is None else full is None or full.shape == shape
                 checked += 1
@@ -835,9 +978,20 @@ class _Noisy(Correct):
         return y + 1e-3 * np.sin(np.arange(y.size)).reshape(y.shape)
 
 
-@pytest.mark.parametrize("backend", ["kernel_flipped", "float32", "noisy", "same_lower", "spatial_axes_swapped",
-                                     "groups_interleaved", "dw_kernel_flipped", "transpose_weight_io_swapped",
-                                     "output_padding_ignored"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "kernel_flipped",
+        "float32",
+        "noisy",
+        "same_lower",
+        "spatial_axes_swapped",
+        "groups_interleaved",
+        "dw_kernel_flipped",
+        "transpose_weight_io_swapped",
+        "output_padding_ignored",
+    ],
+)
 def test_the_screen_and_the_magnitudes_floor_give_the_full_evaluations_diagnosis(monkeypatch, backend):
     """The screen (a variant at a few elements), the spread elements it looks at for a difference
     from refws, and the match accepted from ``|v|`` before the magnitudes are computed only save

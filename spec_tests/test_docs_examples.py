@@ -59,24 +59,26 @@ STAND_INS = {
         "w = np.random.default_rng(1).normal(size=(3, 3, 3, 4))\n"
         "_case = refws.golden.load('conv/2d_pad_same')\n"
         "my_y = refws.conv(_case['x'], _case['w'], **{k: v for k, v in _case.params.items()\n"
-        "                                             if k not in ('x_shape', 'w_shape', 'note')})\n"),
+        "                                             if k not in ('x_shape', 'w_shape', 'note')})\n"
+    ),
     "docs/layers.md": (
         "import numpy as np\n"
         "_rng = np.random.default_rng(0)\n"
         "w_from_backend = _rng.normal(size=(3, 3, 3, 4))\n"
         "w, g = _rng.normal(size=(3, 3, 3, 4)), np.ones((1, 1, 1, 4))\n"
-        "x, dy = _rng.normal(size=(2, 8, 8, 3)), _rng.normal(size=(2, 8, 8, 4))\n"),
+        "x, dy = _rng.normal(size=(2, 8, 8, 3)), _rng.normal(size=(2, 8, 8, 4))\n"
+    ),
 }
 
 
 @dataclass
 class Block:
     page: str
-    line: int            # 1-based line of the first code line in the page
+    line: int  # 1-based line of the first code line in the page
     lang: str
     code: str
-    skip: str | None     # the no-test reason, or None
-    output: str | None   # the text block that follows, if any
+    skip: str | None  # the no-test reason, or None
+    output: str | None  # the text block that follows, if any
 
 
 def blocks(path: Path) -> list:
@@ -92,21 +94,30 @@ def blocks(path: Path) -> list:
         j = i + 1
         while j < len(lines) and not (lines[j].strip().startswith(fence) and lines[j].strip().strip(fence[0]) == ""):
             j += 1
-        body = "\n".join(ln[indent:] if ln[:indent].strip() == "" else ln for ln in lines[i + 1:j])
+        body = "\n".join(ln[indent:] if ln[:indent].strip() == "" else ln for ln in lines[i + 1 : j])
         k = i - 1
         while k >= 0 and lines[k].strip() == "":
             k -= 1
         marker = NO_TEST.search(lines[k]) if k >= 0 else None
         lang = info.split()[0].lower() if info else ""
-        found.append(Block(str(path.relative_to(ROOT)), i + 2, lang, body,
-                           (marker.group(1) or "no reason given") if marker else None, None))
+        found.append(
+            Block(
+                str(path.relative_to(ROOT)),
+                i + 2,
+                lang,
+                body,
+                (marker.group(1) or "no reason given") if marker else None,
+                None,
+            )
+        )
         spans.append((i, j))
         i = j + 1
     for (prev, (_, end)), (nxt, (start, _)) in zip(zip(found, spans), zip(found[1:], spans[1:])):
-        if nxt.lang == "text" and all(ln.strip() == "" for ln in lines[end + 1:start]):
+        if nxt.lang == "text" and all(ln.strip() == "" for ln in lines[end + 1 : start]):
             prev.output = nxt.code
-    return [b for b in found
-            if b.lang in RUN_LANGS or (b.lang in SHELL_LANGS and b.output is not None and _cli_lines(b))]
+    return [
+        b for b in found if b.lang in RUN_LANGS or (b.lang in SHELL_LANGS and b.output is not None and _cli_lines(b))
+    ]
 
 
 def _cli_lines(block: Block) -> list:
@@ -116,6 +127,7 @@ def _cli_lines(block: Block) -> list:
 
 
 # --- literal comments ----------------------------------------------------------------------------
+
 
 def _comments(code: str) -> dict:
     """``{line: comment text}`` for every comment of ``code`` (1-based lines)."""
@@ -143,16 +155,18 @@ def _same(actual, node: ast.AST, expected, source: str) -> bool:
         actual = actual.item()
     if isinstance(node, (ast.Tuple, ast.List)) and isinstance(actual, (tuple, list)):
         return len(actual) == len(node.elts) and all(
-            _same(a, n, e, source) for a, n, e in zip(actual, node.elts, expected))
+            _same(a, n, e, source) for a, n, e in zip(actual, node.elts, expected)
+        )
     if isinstance(node, ast.Dict) and isinstance(actual, dict):
         return list(actual) == list(expected) and all(
-            _same(actual[k], n, expected[k], source) for k, n in zip(expected, node.values))
+            _same(actual[k], n, expected[k], source) for k, n in zip(expected, node.values)
+        )
     if isinstance(expected, float) and isinstance(actual, (int, float)):
         written = ast.get_source_segment(source, node) or repr(expected)
         decimals = len(written.split("e")[0].split(".")[1]) if "." in written.split("e")[0] else 0
         if "e" in written.lower():
-            return math.isclose(actual, expected, rel_tol=0.5 * 10.0 ** -decimals, abs_tol=0.0)
-        return math.isclose(actual, expected, rel_tol=0.0, abs_tol=0.5 * 10.0 ** -decimals * (1 + 1e-9))
+            return math.isclose(actual, expected, rel_tol=0.5 * 10.0**-decimals, abs_tol=0.0)
+        return math.isclose(actual, expected, rel_tol=0.0, abs_tol=0.5 * 10.0**-decimals * (1 + 1e-9))
     return type(actual) is not bool and actual == expected if not isinstance(expected, bool) else actual is expected
 
 
@@ -171,16 +185,19 @@ def _checks(code: str) -> dict:
         elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             out[idx] = ("assign", stmt.targets[0].id, *lit, text)
         else:
-            raise AssertionError(f"line {stmt.end_lineno}: the literal comment '# {text}' is on a statement that is "
-                                 "neither an expression nor `name = ...`, so it cannot be checked")
+            raise AssertionError(
+                f"line {stmt.end_lineno}: the literal comment '# {text}' is on a statement that is "
+                "neither an expression nor `name = ...`, so it cannot be checked"
+            )
     return out
 
 
 def run_block(block: Block, ns: dict) -> None:
     """Run one block in ``ns``; raise AssertionError naming the page line on any mismatch."""
     if block.code.lstrip().startswith(">>>"):
-        test = doctest.DocTestParser().get_doctest(block.code, ns, f"{block.page}:{block.line}", block.page,
-                                                   block.line - 1)
+        test = doctest.DocTestParser().get_doctest(
+            block.code, ns, f"{block.page}:{block.line}", block.page, block.line - 1
+        )
         runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
         report = io.StringIO()
         runner.run(test, out=report.write, clear_globs=False)
@@ -189,6 +206,7 @@ def run_block(block: Block, ns: dict) -> None:
     printed = io.StringIO()
     if block.lang in SHELL_LANGS:
         from refws.cli import main
+
         with contextlib.redirect_stdout(printed):
             for line in _cli_lines(block):
                 argv = shlex.split(line.lstrip("$ "))[1:]
@@ -224,9 +242,10 @@ def run_block(block: Block, ns: dict) -> None:
 def _compare_output(block: Block, printed: str) -> None:
     got = [ln.rstrip() for ln in printed.rstrip("\n").split("\n")]
     want = [ln.rstrip() for ln in (block.output or "").rstrip("\n").split("\n")]
-    assert got == want, (f"{block.page}:{block.line}: printed output differs from the text block below it\n"
-                         + "\n".join(f"{'!' if g != w else ' '} got  {g!r}\n  want {w!r}"
-                                     for g, w in zip(got + [''] * len(want), want + [''] * len(got))))
+    assert got == want, f"{block.page}:{block.line}: printed output differs from the text block below it\n" + "\n".join(
+        f"{'!' if g != w else ' '} got  {g!r}\n  want {w!r}"
+        for g, w in zip(got + [""] * len(want), want + [""] * len(got))
+    )
 
 
 def page_id(path: Path) -> str:
@@ -235,7 +254,7 @@ def page_id(path: Path) -> str:
 
 @pytest.mark.parametrize("path", PAGES, ids=page_id)
 def test_page_examples_run_and_show_the_right_numbers(path, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)            # an example that writes a file writes it here
+    monkeypatch.chdir(tmp_path)  # an example that writes a file writes it here
     ns: dict = {"__name__": "__docs__"}
     exec(STAND_INS.get(page_id(path), ""), ns)
     ran = 0
@@ -259,13 +278,16 @@ def test_no_test_markers_are_few_and_give_a_reason():
 
 # --- the collector itself ------------------------------------------------------------------------
 
+
 def test_collector_checks_literal_comments_outputs_and_doctests(tmp_path):
     page = tmp_path / "p.md"
     page.write_text(
         "```python\nimport numpy as np\na = np.zeros((2, 3))   # (2, 3)\n1 / 3    # 0.333\n"
         "b = [1, 2]   # [1, 2]\nprint('hi')\n```\n\n```text\nhi\n```\n"
         "<!-- no-test: needs a GPU -->\n```python\nraise RuntimeError\n```\n"
-        "```pycon\n>>> 2 + 2\n4\n```\n", encoding="utf-8")
+        "```pycon\n>>> 2 + 2\n4\n```\n",
+        encoding="utf-8",
+    )
     found = [Block(b.page, b.line, b.lang, b.code, b.skip, b.output) for b in _blocks_at(page)]
     assert [b.skip for b in found] == [None, "needs a GPU", None]
     assert found[0].output == "hi" and found[0].line == 2
@@ -284,6 +306,7 @@ def test_collector_checks_literal_comments_outputs_and_doctests(tmp_path):
         run_block(Block("p.md", 1, "python", "for i in range(2): pass   # 2", None, None), {})
     shell = Block("p.md", 1, "bash", "refws explain 5 3 --padding VALID", None, None)
     from refws.explain import explain
+
     shell.output = explain((5,), (3,), padding="VALID")
     run_block(shell, {})
     shell.output = shell.output.replace("out 3", "out 4")
@@ -301,6 +324,7 @@ def _blocks_at(path: Path) -> list:
 
 
 # --- docstrings --------------------------------------------------------------------------------
+
 
 def _modules() -> list:
     names = ["refws"] + [m.name for m in pkgutil.walk_packages(refws.__path__, "refws.")]

@@ -79,18 +79,17 @@ def test_the_lax_reference_case_spelled_out():
     assert "padding 'SAME' -> explicit pads ((2, 2), (2, 2)); output (9, 9)" in text
     assert "dilated kernel  k_d = (k - 1)*d + 1 = (3 - 1)*2 + 1 = 5" in text
     assert "SAME: out = ceil(n / s) = 9, total = max((out - 1)*s + k_d - n, 0) = 4, split (2, 2)" in text
-    assert "output          out = floor((n_L + lo + hi - k_d) / s) + 1 = floor((9 + 2 + 2 - 5) / 1) + 1 = 9" \
-        in text
+    assert "output          out = floor((n_L + lo + hi - k_d) / s) + 1 = floor((9 + 2 + 2 - 5) / 1) + 1 = 9" in text
     assert _header(text, 0) == _header(text, 1) == ["p", "p"] + [str(i) for i in range(9)] + ["p", "p"]
     rows = [line for line in text.splitlines() if "o=0 " in line]
     assert rows[0].startswith("> o=0") and rows[0].endswith("reads x[0, 2]; tap 0 on padding")
-    assert rows[1].startswith("  o=0")                        # axis 1 marks o=8, not o=0
+    assert rows[1].startswith("  o=0")  # axis 1 marks o=8, not o=0
     assert [line for line in text.splitlines() if "o=8 " in line][1].startswith("> o=8")
 
 
 def test_holes_crops_and_empty_outputs():
     text = explain((5,), (2,), stride=2, padding=[(2, -1)], lhs_dilation=2)
-    assert _header(text, 0) == ["p", "p", "0", ".", "1", ".", "2", ".", "3", "."]      # x[4] cropped
+    assert _header(text, 0) == ["p", "p", "0", ".", "1", ".", "2", ".", "3", "."]  # x[4] cropped
     assert "hi = -1 crops 1 dilated position (x[4])" in text
     assert _rows(text, 0)[1] == "reads x[0]; tap 1 on a hole"
     assert _rows(text, 0)[0] == "reads no input; taps 0, 1 on padding"
@@ -120,8 +119,15 @@ def test_three_dimensions_and_marks():
         axis_taps(g, 0, 5)
 
 
-@pytest.mark.parametrize("name", ["conv_transpose/2d_output_padding", "conv_transpose/1d_s3_p1_d2",
-                                  "conv_transpose/2d_aniso", "conv_transpose/3d_groups2_bias"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "conv_transpose/2d_output_padding",
+        "conv_transpose/1d_s3_p1_d2",
+        "conv_transpose/2d_aniso",
+        "conv_transpose/3d_groups2_bias",
+    ],
+)
 def test_a_transposed_case_is_its_equivalent_forward_convolution(name):
     case = golden.load(name)
     p = case.params
@@ -138,8 +144,12 @@ def test_a_transposed_case_is_its_equivalent_forward_convolution(name):
         for o in range(g.out_spatial[axis]):
             read = {t.source for t in axis_taps(g, axis, o) if t.kind == "input"}
             # y[o] receives x[i] through tap t exactly when o = i*s - p + t*d
-            expected = {i for i in range(n) if (o + pad[axis] - i * s[axis]) % d[axis] == 0
-                        and 0 <= (o + pad[axis] - i * s[axis]) // d[axis] < k[axis]}
+            expected = {
+                i
+                for i in range(n)
+                if (o + pad[axis] - i * s[axis]) % d[axis] == 0
+                and 0 <= (o + pad[axis] - i * s[axis]) // d[axis] < k[axis]
+            }
             assert read == expected, (axis, o)
     text = explain_case(case.suite, p, {"y": {"axes": [{"role": "spatial", "positions": [0]}] * nd}})
     assert "> o=0" in text and "> marks output positions with failing elements of y" in text
@@ -166,18 +176,30 @@ def test_refws_check_explain_prints_the_geometry_marks_and_the_diagnosis(capsys)
 
 
 def test_refws_check_no_diagnose_and_explain_with_a_different_case(capsys):
-    code = main(["check", "spec_tests.test_diagnosis:SAME_LOWER_BACKEND", "--case", "conv/2d_pad_same",
-                 "--no-diagnose"])
+    code = main(
+        ["check", "spec_tests.test_diagnosis:SAME_LOWER_BACKEND", "--case", "conv/2d_pad_same", "--no-diagnose"]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "diagnosis:" not in out and "FAIL conv/2d_pad_same:y" in out
-    code = main(["check", "spec_tests.test_diagnosis:SAME_LOWER_BACKEND", "--case", "conv/2d_pad_valid",
-                 "--explain", "conv/2d_pad_same"])
+    code = main(
+        [
+            "check",
+            "spec_tests.test_diagnosis:SAME_LOWER_BACKEND",
+            "--case",
+            "conv/2d_pad_valid",
+            "--explain",
+            "conv/2d_pad_same",
+        ]
+    )
     assert code == 2 and "--explain names the one case to run" in capsys.readouterr().err
 
 
 def test_marks_outside_the_output_or_input_are_refused():
-    with pytest.raises(ValueError, match=r"at=\(2, 5\): position 5 along axis 1 is outside the output \(3, 5\); "
-                                         r"expected 0 <= at\[1\] <= 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"at=\(2, 5\): position 5 along axis 1 is outside the output \(3, 5\); "
+        r"expected 0 <= at\[1\] <= 4",
+    ):
         explain((5, 9), (3, 3), stride=(2, 2), padding="SAME", at=(2, 5))
     with pytest.raises(ValueError, match=r"at=\[\[0, 3\]\]: position 3 along axis 0"):
         explain((5,), (3,), stride=2, at=[[0, 3]])
@@ -187,19 +209,22 @@ def test_marks_outside_the_output_or_input_are_refused():
         explain((5,), (3,), inputs=[[5]])
     with pytest.raises(ValueError, match=r"at=\(0,\): .* expected none \(the output is empty along axis 0\)"):
         explain((2,), (3,), padding="VALID", at=(0,))
-    assert "> o=2" in explain((5,), (3,), stride=2, at=(2,))           # the last one is inside
+    assert "> o=2" in explain((5,), (3,), stride=2, at=(2,))  # the last one is inside
 
 
-@pytest.mark.parametrize("groups, channels, match", [
-    (4, (6, 4), r"channels=\(6, 4\): C_in=6 is not divisible by groups=4"),
-    (2, (4, 3), r"channels=\(4, 3\): C_out=3 is not divisible by groups=2"),
-    (1, (4,), r"channels=\(4,\): expected \(C_in, C_out\)"),
-    (1, 4, r"channels=4: expected \(C_in, C_out\)"),
-    (1, (0, 2), r"channels=\(0, 2\)"),
-    (1, (2.0, 2), r"channels=\(2.0, 2\)"),
-    (0, (2, 2), r"groups=0"),
-    (-2, None, r"groups=-2"),
-])
+@pytest.mark.parametrize(
+    "groups, channels, match",
+    [
+        (4, (6, 4), r"channels=\(6, 4\): C_in=6 is not divisible by groups=4"),
+        (2, (4, 3), r"channels=\(4, 3\): C_out=3 is not divisible by groups=2"),
+        (1, (4,), r"channels=\(4,\): expected \(C_in, C_out\)"),
+        (1, 4, r"channels=4: expected \(C_in, C_out\)"),
+        (1, (0, 2), r"channels=\(0, 2\)"),
+        (1, (2.0, 2), r"channels=\(2.0, 2\)"),
+        (0, (2, 2), r"groups=0"),
+        (-2, None, r"groups=-2"),
+    ],
+)
 def test_bad_groups_and_channels_name_the_argument(groups, channels, match):
     with pytest.raises(ValueError, match=match):
         explain((5,), (3,), groups=groups, channels=channels)
@@ -223,10 +248,13 @@ def test_channel_blocks_follow_the_definition(groups, cg, cog):
         x = np.zeros((1, 1, c_in))
         x[..., c] = 1.0
         y = naive_conv(x, np.ones((1, cg, c_out)), groups=groups)[0, 0]
-        assert {int(co) for co in np.flatnonzero(y)} == {co for b in blocks if c in b.in_channels
-                                                         for co in b.out_channels}
+        assert {int(co) for co in np.flatnonzero(y)} == {
+            co for b in blocks if c in b.in_channels for co in b.out_channels
+        }
     assert sorted(co for b in blocks for co in b.out_channels) == list(range(c_out))
     text = explain((3,), (1,), groups=groups, channels=(c_in, c_out))
     for b in blocks:
-        assert (f"group {b.group}: y[..., {b.out_channels.start}:{b.out_channels.stop}] reads "
-                f"x[..., {b.in_channels.start}:{b.in_channels.stop}]") in text
+        assert (
+            f"group {b.group}: y[..., {b.out_channels.start}:{b.out_channels.stop}] reads "
+            f"x[..., {b.in_channels.start}:{b.in_channels.stop}]"
+        ) in text

@@ -41,22 +41,37 @@ from .naive import naive_conv, naive_dilate_pad, naive_dilated_size, naive_expli
 CASES = [
     (["5", "3", "--stride", "2", "--padding", "1"], dict(in_spatial=(5,), kernel_spatial=(3,), stride=2, padding=1)),
     (["9", "3", "--rhs-dilation", "2"], dict(in_spatial=(9,), kernel_spatial=(3,), rhs_dilation=2)),
-    (["9,9", "3,3", "--stride", "2", "--rhs-dilation", "2", "--padding", "SAME"],
-     dict(in_spatial=(9, 9), kernel_spatial=(3, 3), stride=2, rhs_dilation=2, padding="SAME")),
+    (
+        ["9,9", "3,3", "--stride", "2", "--rhs-dilation", "2", "--padding", "SAME"],
+        dict(in_spatial=(9, 9), kernel_spatial=(3, 3), stride=2, rhs_dilation=2, padding="SAME"),
+    ),
     (["8", "4", "--stride", "3", "--padding", "SAME"], dict(in_spatial=(8,), kernel_spatial=(4,), stride=3)),
-    (["8", "4", "--stride", "3", "--padding", "SAME_LOWER"],
-     dict(in_spatial=(8,), kernel_spatial=(4,), stride=3, padding="SAME_LOWER")),
-    (["7,6", "3,2", "--padding", "VALID", "--stride", "2,1"],
-     dict(in_spatial=(7, 6), kernel_spatial=(3, 2), padding="VALID", stride=(2, 1))),
-    (["6", "3", "--padding=-1:2", "--lhs-dilation", "2"],
-     dict(in_spatial=(6,), kernel_spatial=(3,), padding=((-1, 2),), lhs_dilation=2)),
-    (["7,5", "2,3", "--padding=2:-1,-2:0", "--stride", "2"],
-     dict(in_spatial=(7, 5), kernel_spatial=(2, 3), padding=((2, -1), (-2, 0)), stride=2)),
-    (["4,3", "3,2", "--lhs-dilation", "3,2", "--padding", "2:2,1:0", "--rhs-dilation", "1,2"],
-     dict(in_spatial=(4, 3), kernel_spatial=(3, 2), lhs_dilation=(3, 2), padding=((2, 2), (1, 0)),
-          rhs_dilation=(1, 2))),
-    (["5,4,3", "3,2,2", "--stride", "2,1,2", "--padding", "SAME", "--rhs-dilation", "1,2,1"],
-     dict(in_spatial=(5, 4, 3), kernel_spatial=(3, 2, 2), stride=(2, 1, 2), rhs_dilation=(1, 2, 1))),
+    (
+        ["8", "4", "--stride", "3", "--padding", "SAME_LOWER"],
+        dict(in_spatial=(8,), kernel_spatial=(4,), stride=3, padding="SAME_LOWER"),
+    ),
+    (
+        ["7,6", "3,2", "--padding", "VALID", "--stride", "2,1"],
+        dict(in_spatial=(7, 6), kernel_spatial=(3, 2), padding="VALID", stride=(2, 1)),
+    ),
+    (
+        ["6", "3", "--padding=-1:2", "--lhs-dilation", "2"],
+        dict(in_spatial=(6,), kernel_spatial=(3,), padding=((-1, 2),), lhs_dilation=2),
+    ),
+    (
+        ["7,5", "2,3", "--padding=2:-1,-2:0", "--stride", "2"],
+        dict(in_spatial=(7, 5), kernel_spatial=(2, 3), padding=((2, -1), (-2, 0)), stride=2),
+    ),
+    (
+        ["4,3", "3,2", "--lhs-dilation", "3,2", "--padding", "2:2,1:0", "--rhs-dilation", "1,2"],
+        dict(
+            in_spatial=(4, 3), kernel_spatial=(3, 2), lhs_dilation=(3, 2), padding=((2, 2), (1, 0)), rhs_dilation=(1, 2)
+        ),
+    ),
+    (
+        ["5,4,3", "3,2,2", "--stride", "2,1,2", "--padding", "SAME", "--rhs-dilation", "1,2,1"],
+        dict(in_spatial=(5, 4, 3), kernel_spatial=(3, 2, 2), stride=(2, 1, 2), rhs_dilation=(1, 2, 1)),
+    ),
     (["3", "5", "--padding", "VALID"], dict(in_spatial=(3,), kernel_spatial=(5,), padding="VALID")),
     (["4", "2", "--padding=-3:0"], dict(in_spatial=(4,), kernel_spatial=(2,), padding=((-3, 0),))),
     (["40", "3", "--padding", "1", "--at", "20"], dict(in_spatial=(40,), kernel_spatial=(3,), padding=1)),
@@ -76,8 +91,9 @@ def _kw(kwargs):
 
 
 def _naive_pads(kw):
-    return naive_explicit_pads(kw["padding"], kw["in_spatial"], kw["kernel_spatial"], kw["stride"],
-                               kw["lhs_dilation"], kw["rhs_dilation"])
+    return naive_explicit_pads(
+        kw["padding"], kw["in_spatial"], kw["kernel_spatial"], kw["stride"], kw["lhs_dilation"], kw["rhs_dilation"]
+    )
 
 
 def _per_axis(value, nd):
@@ -86,14 +102,18 @@ def _per_axis(value, nd):
 
 # --- parsing the printed text ------------------------------------------------------------------
 
+
 def parse(text: str) -> dict:
     """The numbers of an ``explain`` text: pads, output, and per axis its formula and rows."""
     head = re.search(r"explicit pads (.*); output (.*)$", text, re.M)
     out = {"pads": ast.literal_eval(head.group(1)), "out": ast.literal_eval(head.group(2)), "axes": []}
     for block in re.split(r"\n(?=axis \d+:)", text)[1:]:
         lines = block.split("\n")
-        m = re.match(r"axis (\d+): n=(\d+), k=(\d+), s=(\d+), lhs_dilation=(\d+), rhs_dilation=(\d+), "
-                     r"pads \(lo, hi\) = \((-?\d+), (-?\d+)\) -> out (\d+)", lines[0])
+        m = re.match(
+            r"axis (\d+): n=(\d+), k=(\d+), s=(\d+), lhs_dilation=(\d+), rhs_dilation=(\d+), "
+            r"pads \(lo, hi\) = \((-?\d+), (-?\d+)\) -> out (\d+)",
+            lines[0],
+        )
         assert m, lines[0]
         ax = dict(zip(("axis", "n", "k", "s", "L", "d", "lo", "hi", "out"), map(int, m.groups())))
         ax["formula"] = next(ln for ln in lines if ln.strip().startswith("output"))
@@ -129,6 +149,7 @@ def _diagram_cells(header: str, row: str):
 
 # --- the definition ----------------------------------------------------------------------------
 
+
 def definition_axis(n, k, s, pads, L, d):
     """Per output position, per tap: ``("input", i)``, ``("pad", None)`` or ``("hole", None)``,
     from naive_conv of ``x = [1..n]`` with one-hot kernels (no refws code)."""
@@ -154,6 +175,7 @@ def definition_axis(n, k, s, pads, L, d):
 
 # --- tests -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("argv, kwargs", CASES, ids=IDS)
 def test_explain_agrees_with_conv_geometry_and_naive_rules(argv, kwargs, capsys):
     kw = _kw(kwargs)
@@ -161,9 +183,17 @@ def test_explain_agrees_with_conv_geometry_and_naive_rules(argv, kwargs, capsys)
     g = refws.conv_geometry(**kw)
     assert parsed["pads"] == g.padding == _naive_pads(kw)
     nd = len(kw["in_spatial"])
-    expected_out = tuple(naive_out_size(n, k, s, p, L, d) for n, k, s, p, L, d in zip(
-        kw["in_spatial"], kw["kernel_spatial"], _per_axis(kw["stride"], nd), _naive_pads(kw),
-        _per_axis(kw["lhs_dilation"], nd), _per_axis(kw["rhs_dilation"], nd)))
+    expected_out = tuple(
+        naive_out_size(n, k, s, p, L, d)
+        for n, k, s, p, L, d in zip(
+            kw["in_spatial"],
+            kw["kernel_spatial"],
+            _per_axis(kw["stride"], nd),
+            _naive_pads(kw),
+            _per_axis(kw["lhs_dilation"], nd),
+            _per_axis(kw["rhs_dilation"], nd),
+        )
+    )
     assert parsed["out"] == g.out_spatial == expected_out
     assert [a["out"] for a in parsed["axes"]] == list(expected_out)
     assert [(a["lo"], a["hi"]) for a in parsed["axes"]] == list(g.padding)
@@ -179,7 +209,7 @@ def test_formula_line_evaluates_to_the_output_size(argv, kwargs, capsys):
         expr, s, result = m.groups()
         n_l = naive_dilated_size(ax["n"], ax["L"])
         k_d = (ax["k"] - 1) * ax["d"] + 1
-        assert eval(expr, {"__builtins__": {}}) == n_l + ax["lo"] + ax["hi"] - k_d   # only ints, + and -
+        assert eval(expr, {"__builtins__": {}}) == n_l + ax["lo"] + ax["hi"] - k_d  # only ints, + and -
         assert math.floor(eval(expr, {"__builtins__": {}}) / int(s)) + 1 == int(result) == ax["out"]
 
 
@@ -190,11 +220,17 @@ def test_rows_read_what_the_definition_reads(argv, kwargs, capsys):
     pads = _naive_pads(kw)
     parsed = parse(run_cli(argv, capsys))
     for a, ax in enumerate(parsed["axes"]):
-        table = definition_axis(kw["in_spatial"][a], kw["kernel_spatial"][a], _per_axis(kw["stride"], nd)[a],
-                                pads[a], _per_axis(kw["lhs_dilation"], nd)[a], _per_axis(kw["rhs_dilation"], nd)[a])
+        table = definition_axis(
+            kw["in_spatial"][a],
+            kw["kernel_spatial"][a],
+            _per_axis(kw["stride"], nd)[a],
+            pads[a],
+            _per_axis(kw["lhs_dilation"], nd)[a],
+            _per_axis(kw["rhs_dilation"], nd)[a],
+        )
         assert len(table) == ax["out"]
         shown = sorted(ax["rows"])
-        if ax["out"] > 24:                                   # long axes: first four, last four, --at
+        if ax["out"] > 24:  # long axes: first four, last four, --at
             assert ax["elided"] and {0, 1, 2, 3, ax["out"] - 1}.issubset(shown)
         else:
             assert shown == list(range(ax["out"]))
@@ -213,13 +249,27 @@ def test_rows_read_what_the_definition_reads(argv, kwargs, capsys):
                 assert cells[col] == {"input": str(i), "pad": "p", "hole": "."}[kind], (line, t)
 
 
-@pytest.mark.parametrize("argv, kwargs", [c for c in CASES if len(c[1]["in_spatial"]) > 1] + [
-    (["5,4,3", "3,2,2", "--stride", "2,1,2", "--rhs-dilation", "1,2,1", "--at", "1,3,0"],
-     dict(in_spatial=(5, 4, 3), kernel_spatial=(3, 2, 2), stride=(2, 1, 2), rhs_dilation=(1, 2, 1))),
-    (["4,3", "3,2", "--lhs-dilation", "3,2", "--padding", "2:2,1:0", "--rhs-dilation", "1,2", "--at", "4,1"],
-     dict(in_spatial=(4, 3), kernel_spatial=(3, 2), lhs_dilation=(3, 2), padding=((2, 2), (1, 0)),
-          rhs_dilation=(1, 2))),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    "argv, kwargs",
+    [c for c in CASES if len(c[1]["in_spatial"]) > 1]
+    + [
+        (
+            ["5,4,3", "3,2,2", "--stride", "2,1,2", "--rhs-dilation", "1,2,1", "--at", "1,3,0"],
+            dict(in_spatial=(5, 4, 3), kernel_spatial=(3, 2, 2), stride=(2, 1, 2), rhs_dilation=(1, 2, 1)),
+        ),
+        (
+            ["4,3", "3,2", "--lhs-dilation", "3,2", "--padding", "2:2,1:0", "--rhs-dilation", "1,2", "--at", "4,1"],
+            dict(
+                in_spatial=(4, 3),
+                kernel_spatial=(3, 2),
+                lhs_dilation=(3, 2),
+                padding=((2, 2), (1, 0)),
+                rhs_dilation=(1, 2),
+            ),
+        ),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
 def test_at_marks_the_receptive_field_of_an_nd_output(argv, kwargs, capsys):
     """The rows marked ``>`` by ``--at O`` read, together, exactly the inputs the N-d definition
     combines into output ``O``."""
@@ -262,31 +312,45 @@ def test_cli_prints_the_function_text(argv, kwargs, capsys):
 
 def test_same_printer_as_the_conformance_diagnosis(capsys):
     """``refws check --explain`` prints a case with ``explain_case``; its axis blocks are the CLI's."""
-    params = dict(x_shape=(1, 9, 9, 2), w_shape=(3, 3, 2, 4), channel_first=False, stride=(2, 1),
-                  padding="SAME", lhs_dilation=1, rhs_dilation=(2, 1), groups=1)
+    params = dict(
+        x_shape=(1, 9, 9, 2),
+        w_shape=(3, 3, 2, 4),
+        channel_first=False,
+        stride=(2, 1),
+        padding="SAME",
+        lhs_dilation=1,
+        rhs_dilation=(2, 1),
+        groups=1,
+    )
     case_text = explain_case("conv", params)
     cli_text = run_cli(["9,9", "3,3", "--stride", "2,1", "--rhs-dilation", "2,1"], capsys)
     assert case_text.split("\naxis 0:")[1] == cli_text.rstrip("\n").split("\naxis 0:")[1]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["5", "3", "--padding", "SAMEISH"], "--padding"),
-    (["5", "3", "--stride", "two"], "--stride"),
-    (["5,5", "3"], "kernel_spatial"),
-    (["5", "3", "--stride", "0"], "stride"),
-    (["5", "3", "--padding", "SAME", "--lhs-dilation", "2"], "lhs_dilation"),
-    (["5", "5", "--at", "1,1"], "at="),
-    (["5", "3", "--at", "7"], "at=(7,): position 7 along axis 0 is outside the output (5,); expected 0 <= at[0] <= 4"),
-    (["5", "3", "--at=-1"], "at=(-1,)"),
-    (["6,6", "3,3", "--stride", "2", "--at", "1,3"], "at=(1, 3): position 3 along axis 1"),
-    (["3", "5", "--padding", "VALID", "--at", "0"], "none (the output is empty along axis 0)"),
-    (["5", "3", "--groups", "4", "--channels", "6,4"], "channels=(6, 4): C_in=6 is not divisible by groups=4"),
-    (["5", "3", "--groups", "2", "--channels", "6,3"], "C_out=3 is not divisible by groups=2"),
-    (["5", "3", "--channels", "6"], "channels=(6,)"),
-    (["5", "3", "--channels", "0,4"], "channels=(0, 4)"),
-    (["5", "3", "--groups", "0"], "groups=0"),
-    (["5", "3", "--groups", "two"], "--groups"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["5", "3", "--padding", "SAMEISH"], "--padding"),
+        (["5", "3", "--stride", "two"], "--stride"),
+        (["5,5", "3"], "kernel_spatial"),
+        (["5", "3", "--stride", "0"], "stride"),
+        (["5", "3", "--padding", "SAME", "--lhs-dilation", "2"], "lhs_dilation"),
+        (["5", "5", "--at", "1,1"], "at="),
+        (
+            ["5", "3", "--at", "7"],
+            "at=(7,): position 7 along axis 0 is outside the output (5,); expected 0 <= at[0] <= 4",
+        ),
+        (["5", "3", "--at=-1"], "at=(-1,)"),
+        (["6,6", "3,3", "--stride", "2", "--at", "1,3"], "at=(1, 3): position 3 along axis 1"),
+        (["3", "5", "--padding", "VALID", "--at", "0"], "none (the output is empty along axis 0)"),
+        (["5", "3", "--groups", "4", "--channels", "6,4"], "channels=(6, 4): C_in=6 is not divisible by groups=4"),
+        (["5", "3", "--groups", "2", "--channels", "6,3"], "C_out=3 is not divisible by groups=2"),
+        (["5", "3", "--channels", "6"], "channels=(6,)"),
+        (["5", "3", "--channels", "0,4"], "channels=(0, 4)"),
+        (["5", "3", "--groups", "0"], "groups=0"),
+        (["5", "3", "--groups", "two"], "--groups"),
+    ],
+)
 def test_bad_arguments_exit_2_and_name_the_argument(argv, message, capsys):
     assert cli.main(["explain", *argv]) == 2
     assert message in capsys.readouterr().err
@@ -312,17 +376,24 @@ def test_same_line_spells_out_lax_rule(argv, kwargs, capsys):
 
 
 def test_same_line_mentions_the_odd_element_only_when_there_is_one(capsys):
-    text = run_cli(["9", "3", "--rhs-dilation", "2"], capsys)      # total 4: split (2, 2)
+    text = run_cli(["9", "3", "--rhs-dilation", "2"], capsys)  # total 4: split (2, 2)
     assert "odd" not in text
 
 
-@pytest.mark.parametrize("argv, kwargs", SAME_CASES + [
-    (["7", "4"], dict(in_spatial=(7,), kernel_spatial=(4,))),
-    (["7", "4", "--padding", "SAME_LOWER"], dict(in_spatial=(7,), kernel_spatial=(4,), padding="SAME_LOWER")),
-    (["6", "2", "--stride", "2"], dict(in_spatial=(6,), kernel_spatial=(2,), stride=2)),
-    (["6,7", "3,2", "--padding", "SAME_LOWER", "--rhs-dilation", "2,1"],
-     dict(in_spatial=(6, 7), kernel_spatial=(3, 2), padding="SAME_LOWER", rhs_dilation=(2, 1))),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    "argv, kwargs",
+    SAME_CASES
+    + [
+        (["7", "4"], dict(in_spatial=(7,), kernel_spatial=(4,))),
+        (["7", "4", "--padding", "SAME_LOWER"], dict(in_spatial=(7,), kernel_spatial=(4,), padding="SAME_LOWER")),
+        (["6", "2", "--stride", "2"], dict(in_spatial=(6,), kernel_spatial=(2,), stride=2)),
+        (
+            ["6,7", "3,2", "--padding", "SAME_LOWER", "--rhs-dilation", "2,1"],
+            dict(in_spatial=(6, 7), kernel_spatial=(3, 2), padding="SAME_LOWER", rhs_dilation=(2, 1)),
+        ),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
 def test_same_line_words_the_split(argv, kwargs, capsys):
     """The words after the split follow the test-side SAME pads: no padding, an even split, or the
     odd element on the side that got the larger half (the end for SAME, the start for SAME_LOWER)."""
@@ -342,12 +413,12 @@ def test_same_line_words_the_split(argv, kwargs, capsys):
 
 GROUP_CASES = [
     ["5", "3", "--groups", "2", "--channels", "6,4"],
-    ["3", "1", "--channels", "3,5"],                                          # groups=1 with channels
-    ["4,4", "3,3", "--stride", "2", "--groups", "3", "--channels", "3,6"],    # depthwise, multiplier 2
+    ["3", "1", "--channels", "3,5"],  # groups=1 with channels
+    ["4,4", "3,3", "--stride", "2", "--groups", "3", "--channels", "3,6"],  # depthwise, multiplier 2
     ["4", "2", "--padding", "VALID", "--groups", "4", "--channels", "8,12"],
     ["3,2,2", "2,1,2", "--groups", "2", "--channels", "4,2", "--at", "1,0,1"],
-    ["2", "1", "--groups", "32", "--channels", "32,64"],                      # depthwise, groups elided
-    ["5", "3", "--groups", "5", "--channels", "5,5"],                         # depthwise, multiplier 1
+    ["2", "1", "--groups", "32", "--channels", "32,64"],  # depthwise, groups elided
+    ["5", "3", "--groups", "5", "--channels", "5,5"],  # depthwise, multiplier 1
 ]
 
 
@@ -375,12 +446,17 @@ def parse_channels(text: str) -> dict:
     parsed = dict(zip(("c_in", "c_out", "groups"), map(int, m.groups())))
     weight = re.search(r"; weight \(\*kernel, Cg, C_out\) = (\(.*\))$", section, re.M)
     parsed["weight"] = ast.literal_eval(weight.group(1))
-    dw = re.search(r"channel multiplier C_out / C_in = (\d+): output channel co reads input channel co // (\d+)",
-                   section)
+    dw = re.search(
+        r"channel multiplier C_out / C_in = (\d+): output channel co reads input channel co // (\d+)", section
+    )
     parsed["multiplier"] = int(dw.group(1)) if dw else None
     parsed["blocks"] = {}
-    for g, a, b, c, d, e, f in re.findall(r"^  group (\d+): y\[\.\.\., (\d+):(\d+)\] reads x\[\.\.\., "
-                                          r"(\d+):(\d+)\] through w\[\.\.\., :, (\d+):(\d+)\]$", section, re.M):
+    for g, a, b, c, d, e, f in re.findall(
+        r"^  group (\d+): y\[\.\.\., (\d+):(\d+)\] reads x\[\.\.\., "
+        r"(\d+):(\d+)\] through w\[\.\.\., :, (\d+):(\d+)\]$",
+        section,
+        re.M,
+    ):
         parsed["blocks"][int(g)] = (range(int(a), int(b)), range(int(c), int(d)), range(int(e), int(f)))
     parsed["elided"] = "\n  ...\n" in section
     return parsed
@@ -460,12 +536,16 @@ def test_groups_without_channels_spell_out_the_rule(capsys):
 
 @pytest.mark.parametrize("argv", GROUP_CASES, ids=" ".join)
 def test_cli_groups_print_the_function_text(argv, capsys):
-    kw = dict(in_spatial=tuple(int(v) for v in argv[0].split(",")),
-              kernel_spatial=tuple(int(v) for v in argv[1].split(",")),
-              stride=tuple(int(v) for v in _option(argv, "--stride", "1").split(",")),
-              padding=_option(argv, "--padding", "SAME"))
+    kw = dict(
+        in_spatial=tuple(int(v) for v in argv[0].split(",")),
+        kernel_spatial=tuple(int(v) for v in argv[1].split(",")),
+        stride=tuple(int(v) for v in _option(argv, "--stride", "1").split(",")),
+        padding=_option(argv, "--padding", "SAME"),
+    )
     at = _option(argv, "--at")
     at = tuple(int(v) for v in at.split(",")) if at else None
     c_in, c_out = (int(v) for v in _option(argv, "--channels").split(","))
-    assert run_cli(argv, capsys) == explain(**kw, at=at, groups=int(_option(argv, "--groups", "1")),
-                                            channels=(c_in, c_out)) + "\n"
+    assert (
+        run_cli(argv, capsys)
+        == explain(**kw, at=at, groups=int(_option(argv, "--groups", "1")), channels=(c_in, c_out)) + "\n"
+    )

@@ -31,13 +31,12 @@ from hypothesis import strategies as st
 
 import refws
 import refws.grads
-from .naive import (from_channels_last, naive_conv, naive_conv_transpose_weight_grad, naive_conv_vjp,
-                    to_channels_last)
+from .naive import from_channels_last, naive_conv, naive_conv_transpose_weight_grad, naive_conv_vjp, to_channels_last
 from .strategies import conv_problems
 from .test_conv_transpose import transpose_problems
 from .test_grads import assert_bound, n_terms, vjp_problem
 
-conv_module = importlib.import_module("refws.conv")       # refws.conv is the function
+conv_module = importlib.import_module("refws.conv")  # refws.conv is the function
 im2col_module = importlib.import_module("refws.im2col")
 FORMULATIONS = ("gemm", "taps")
 METHODS = ("auto", "col2im", "conv")
@@ -55,8 +54,11 @@ def forced(formulation=None, method=None, threads=None):
             stack.enter_context(mock.patch.object(conv_module, "TAPS_THREADS", threads))
             stack.enter_context(mock.patch.object(conv_module, "TAPS_PARALLEL_MIN_OPS", 0))
         if formulation is not None:
-            for module, name in ((conv_module, "forward_formulation"), (refws.grads, "input_grad_formulation"),
-                                 (refws.grads, "weight_grad_formulation")):
+            for module, name in (
+                (conv_module, "forward_formulation"),
+                (refws.grads, "input_grad_formulation"),
+                (refws.grads, "weight_grad_formulation"),
+            ):
                 stack.enter_context(mock.patch.object(module, name, lambda *args: formulation))
         if method is not None:
             for name in ("input_grad_method", "weight_grad_method"):
@@ -72,6 +74,7 @@ def restore_budget():
 
 
 # --- the forward formulations -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @given(p=conv_problems())
@@ -105,18 +108,22 @@ def test_taps_propagate_nan_and_inf_like_ieee(p, data):
         return
     for _ in range(data.draw(st.integers(1, 3))):
         x[tuple(data.draw(st.integers(0, s - 1)) for s in x.shape)] = data.draw(
-            st.sampled_from([np.nan, np.inf, -np.inf]))
+            st.sampled_from([np.nan, np.inf, -np.inf])
+        )
     with np.errstate(invalid="ignore", over="ignore"), forced("taps"):
         expected = naive_conv(x, p.w, **p.naive_kwargs)
         got = refws.conv(x, p.w, **p.kwargs)
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("x_shape, w_shape, groups, stride", [
-    ((2, 9, 1), (3, 1, 300), 1, 2),         # 300 written channels: weights not repeated along the axis
-    ((1, 3, 80, 2), (3, 3, 1, 200), 2, 1),  # repeated weights would exceed their memory limit
-    ((2, 6, 5, 12), (2, 3, 3, 8), 4, 2),    # 3 channels per group read, 2 written: both repeated
-])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, groups, stride",
+    [
+        ((2, 9, 1), (3, 1, 300), 1, 2),  # 300 written channels: weights not repeated along the axis
+        ((1, 3, 80, 2), (3, 3, 1, 200), 2, 1),  # repeated weights would exceed their memory limit
+        ((2, 6, 5, 12), (2, 3, 3, 8), 4, 2),  # 3 channels per group read, 2 written: both repeated
+    ],
+)
 def test_taps_with_and_without_repeated_weights(x_shape, w_shape, groups, stride):
     rng = np.random.default_rng(3)
     x = rng.integers(-4, 5, size=x_shape).astype(np.float64)
@@ -128,8 +135,10 @@ def test_taps_with_and_without_repeated_weights(x_shape, w_shape, groups, stride
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
-@pytest.mark.parametrize("padding, stride, lhs", [("VALID", 1, 1), ("SAME", 1, 1), (1, 1, 1), ("VALID", 2, 1),
-                                                  ([(0, 0), (-1, 2)], 1, 1), (0, 1, 2)])
+@pytest.mark.parametrize(
+    "padding, stride, lhs",
+    [("VALID", 1, 1), ("SAME", 1, 1), (1, 1, 1), ("VALID", 2, 1), ([(0, 0), (-1, 2)], 1, 1), (0, 1, 2)],
+)
 @pytest.mark.parametrize("channel_first", [False, True])
 def test_one_by_one_kernels(formulation, padding, stride, lhs, channel_first):
     """1x1 kernels: with stride 1 the gemm reads the padded input itself as its columns, and
@@ -154,6 +163,7 @@ def test_conv_canonical_refuses_an_unknown_formulation():
 
 # --- the gradient paths -------------------------------------------------------------------------
 
+
 def _check_vjp(p, got_dx, got_dw, what):
     dy, nkw = vjp_problem(p)
     dy_cl = to_channels_last(dy, p.channel_first, p.batched)
@@ -165,8 +175,9 @@ def _check_vjp(p, got_dx, got_dw, what):
         np.testing.assert_array_equal(got_dw, dw, err_msg=f"dw, {what}")
     else:
         abs_dx_cl, abs_dw = naive_conv_vjp(np.abs(p.x_cl), np.abs(p.w), np.abs(dy_cl), **nkw)
-        assert_bound(got_dx, dx, from_channels_last(abs_dx_cl, p.channel_first, p.batched), n_terms(p),
-                     err_msg=f"dx, {what}")
+        assert_bound(
+            got_dx, dx, from_channels_last(abs_dx_cl, p.channel_first, p.batched), n_terms(p), err_msg=f"dx, {what}"
+        )
         assert_bound(got_dw, dw, abs_dw, n_terms(p), err_msg=f"dw, {what}")
 
 
@@ -221,10 +232,11 @@ def test_conv_transpose_vjp_paths(formulation, p):
     dy_cl = np.random.default_rng(p.seed).integers(-4, 5, size=to_channels_last(y, p.channel_first, p.batched).shape)
     with forced(formulation):
         dx, dw = refws.conv_transpose_vjp(p.x, p.w, p.to_layout(dy_cl.astype(np.float64)), **p.kwargs)
-    channel_first = lambda a: np.moveaxis(a, -1, 1)                                    # noqa: E731
-    dw_torch = naive_conv_transpose_weight_grad(channel_first(p.x_cl), channel_first(dy_cl), p.w.shape[:-2],
-                                                p.stride, p.padding, p.dilation, p.groups)
-    np.testing.assert_array_equal(dw, np.moveaxis(dw_torch, (0, 1), (-1, -2)))          # (*k, C_out/G, C_in)
+    channel_first = lambda a: np.moveaxis(a, -1, 1)  # noqa: E731
+    dw_torch = naive_conv_transpose_weight_grad(
+        channel_first(p.x_cl), channel_first(dy_cl), p.w.shape[:-2], p.stride, p.padding, p.dilation, p.groups
+    )
+    np.testing.assert_array_equal(dw, np.moveaxis(dw_torch, (0, 1), (-1, -2)))  # (*k, C_out/G, C_in)
     pads = [(q, q - op) for q, op in zip(p.padding, p.output_padding)]
     dx_cl = naive_conv(dy_cl, p.w, stride=p.stride, pads=pads, rhs_dilation=p.dilation, groups=p.groups)
     np.testing.assert_array_equal(dx, p.to_layout(dx_cl))
@@ -232,15 +244,29 @@ def test_conv_transpose_vjp_paths(formulation, p):
 
 # --- the rules: what they document ------------------------------------------------------------
 
-@pytest.mark.parametrize("cg, cog, expected", [
-    (1, 1, "taps"), (1, 2, "taps"), (1, 4, "taps"), (2, 2, "taps"), (2, 4, "taps"), (4, 2, "taps"),
-    (8, 1, "gemm"), (1, 8, "gemm"), (4, 4, "gemm"), (4, 8, "gemm"), (32, 64, "gemm"), (1, 64, "gemm"),
-])
+
+@pytest.mark.parametrize(
+    "cg, cog, expected",
+    [
+        (1, 1, "taps"),
+        (1, 2, "taps"),
+        (1, 4, "taps"),
+        (2, 2, "taps"),
+        (2, 4, "taps"),
+        (4, 2, "taps"),
+        (8, 1, "gemm"),
+        (1, 8, "gemm"),
+        (4, 4, "gemm"),
+        (4, 8, "gemm"),
+        (32, 64, "gemm"),
+        (1, 64, "gemm"),
+    ],
+)
 def test_forward_rule(cg, cog, expected):
     """The documented rule: taps when Cg <= 4, Cog <= 4 and Cg * Cog <= 8."""
     assert conv_module.forward_formulation(9, cg, cog) == expected
     assert refws.grads.weight_grad_formulation(9, cg, cog) == expected
-    assert refws.grads.input_grad_formulation(9, cg, cog) == expected      # symmetric rule
+    assert refws.grads.input_grad_formulation(9, cg, cog) == expected  # symmetric rule
 
 
 @pytest.mark.parametrize("stride, expected", [(1, "conv"), ((1, 1), "conv"), ((1, 2), "col2im"), (3, "col2im")])
@@ -269,8 +295,11 @@ def test_forcing_reaches_the_path(formulation):
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal((2, 6, 5, 4)), rng.standard_normal((3, 3, 2, 4))
     dy = rng.standard_normal((2, 6, 5, 4))
-    spies = {f"{cls.__name__}.{name}": mock.patch.object(cls, name, autospec=True, side_effect=getattr(cls, name))
-             for cls in (conv_module.GemmChunk, conv_module.TapsChunk) for name in ("forward", "scatter", "weight_grad")}
+    spies = {
+        f"{cls.__name__}.{name}": mock.patch.object(cls, name, autospec=True, side_effect=getattr(cls, name))
+        for cls in (conv_module.GemmChunk, conv_module.TapsChunk)
+        for name in ("forward", "scatter", "weight_grad")
+    }
     with ExitStack() as stack, forced(formulation):
         calls = {name: stack.enter_context(spy) for name, spy in spies.items()}
         refws.conv(x, w, groups=2)
@@ -327,9 +356,11 @@ def test_results_never_share_memory_with_the_kept_workspaces(restore_budget, for
     other data) leaves an earlier call's results as they were, for one chunk and for many."""
     refws.set_workspace_bytes(budget)
     rng = np.random.default_rng(8)
-    shapes = [((2, 9, 8, 4), (3, 3, 2, 4), dict(padding="SAME", groups=2)),
-              ((2, 9, 8, 4), (1, 1, 4, 6), dict(padding="VALID")),
-              ((2, 9, 8, 4), (1, 1, 4, 6), dict(padding=1, stride=2))]
+    shapes = [
+        ((2, 9, 8, 4), (3, 3, 2, 4), dict(padding="SAME", groups=2)),
+        ((2, 9, 8, 4), (1, 1, 4, 6), dict(padding="VALID")),
+        ((2, 9, 8, 4), (1, 1, 4, 6), dict(padding=1, stride=2)),
+    ]
     for x_shape, w_shape, kw in shapes:
         first = [rng.standard_normal(x_shape), rng.standard_normal(w_shape)]
         with forced(formulation):

@@ -20,10 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 from findings_counts import COLUMNS, report_for, row  # noqa: E402
 
-QUICK = {"onnxruntime", "onnx-reference", "lax-reference", "elektronn3", "timm"}   # seconds, not minutes
-MODULES = {"torch": "torch", "jax": "jax", "onnxruntime": "onnxruntime", "onnx-reference": "onnx",
-           "lax-reference": "jax", "tensorflow": "tensorflow", "elektronn3": "elektronn3", "timm": "timm",
-           "brainstate": "brainstate"}
+QUICK = {"onnxruntime", "onnx-reference", "lax-reference", "elektronn3", "timm"}  # seconds, not minutes
+MODULES = {
+    "torch": "torch",
+    "jax": "jax",
+    "onnxruntime": "onnxruntime",
+    "onnx-reference": "onnx",
+    "lax-reference": "jax",
+    "tensorflow": "tensorflow",
+    "elektronn3": "elektronn3",
+    "timm": "timm",
+    "brainstate": "brainstate",
+}
 
 
 def _rows():
@@ -42,6 +50,7 @@ ROWS = _rows()
 
 def test_the_table_has_a_row_for_every_builtin_backend_at_both_precisions():
     from refws.conformance import BUILTIN
+
     have = {(r[0], r[2]) for r in ROWS}
     missing = [(b, p) for b in BUILTIN for p in ("float32", "float64") if (b, p) not in have]
     assert not missing, f"docs/conformance.md counts table lacks rows for {missing}"
@@ -59,11 +68,13 @@ def test_row_matches_a_fresh_run(cells):
     elif backend in QUICK:
         try:
             report = report_for(backend, precision)
-        except Exception as exc:                         # noqa: BLE001 - e.g. brainstate under Python 3.11
+        except Exception as exc:  # noqa: BLE001 - e.g. brainstate under Python 3.11
             pytest.skip(f"{backend} cannot be loaded here: {exc}")
     else:
         pytest.skip(f"{backend} is checked from $REFWS_CHECK_REPORTS (.ci/run runs it once and sets it)")
     if report["version"] != version:
-        pytest.skip(f"the table records {backend} {version}, installed is {report['version']}: "
-                    f"regenerate with python docs/findings_counts.py {backend}:{precision}")
+        pytest.skip(
+            f"the table records {backend} {version}, installed is {report['version']}: "
+            f"regenerate with python docs/findings_counts.py {backend}:{precision}"
+        )
     assert row(backend, report) == "| " + " | ".join(cells) + " |"

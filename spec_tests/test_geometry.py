@@ -60,8 +60,13 @@ def test_geometry_is_immutable():
     assert {name: getattr(g, name) for name in FIELDS} == before
 
 
-@given(st.integers(0, 40), st.integers(1, 7), st.integers(1, 5), st.integers(1, 4),
-       st.sampled_from(["SAME", "same", "SAME_LOWER", "Same_Lower"]))
+@given(
+    st.integers(0, 40),
+    st.integers(1, 7),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.sampled_from(["SAME", "same", "SAME_LOWER", "Same_Lower"]),
+)
 def test_same_rule(n, k, s, d, mode):
     """SAME: out = ceil(n / s) and lax's pads with the rhs-dilated kernel (odd element at the end;
     at the start for SAME_LOWER)."""
@@ -84,24 +89,27 @@ def test_valid_rule(n, k, s, mode):
 # ------------------------------------------------------------------------------------------
 # Padding forms, spelled out
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("in_spatial, padding, pads", [
-    ((5,), 2, ((2, 2),)),
-    ((5,), (1, 2), ((1, 2),)),                    # N = 1: a 2-int tuple is (lo, hi)
-    ((5,), [1, 2], ((1, 2),)),
-    ((5,), (3,), ((3, 3),)),                      # N = 1: one int per dimension
-    ((5,), [(1, 2)], ((1, 2),)),
-    ((5, 6), (1, 2), ((1, 1), (2, 2))),           # N = 2: per-dimension symmetric
-    ((5, 6), [1, 2], ((1, 1), (2, 2))),
-    ((5, 6), ((1, 2), (3, 0)), ((1, 2), (3, 0))),
-    ((5, 6), [[1, 2], [3, 0]], ((1, 2), (3, 0))),
-    ((5, 6), [(1, 2)], ((1, 2), (1, 2))),         # a single pair: every dimension
-    ((5, 6), ((1, 2),), ((1, 2), (1, 2))),
-    ((5, 6, 7), 1, ((1, 1),) * 3),
-    ((5, 6, 7), (0, 1, 2), ((0, 0), (1, 1), (2, 2))),
-    ((5, 6, 7), [(2, -1)], ((2, -1),) * 3),
-    ((5, 6, 7), ((2, -1), (-1, 2), (0, -3)), ((2, -1), (-1, 2), (0, -3))),
-    ((5, 6), -1, ((-1, -1), (-1, -1))),           # negative pads crop
-])
+@pytest.mark.parametrize(
+    "in_spatial, padding, pads",
+    [
+        ((5,), 2, ((2, 2),)),
+        ((5,), (1, 2), ((1, 2),)),  # N = 1: a 2-int tuple is (lo, hi)
+        ((5,), [1, 2], ((1, 2),)),
+        ((5,), (3,), ((3, 3),)),  # N = 1: one int per dimension
+        ((5,), [(1, 2)], ((1, 2),)),
+        ((5, 6), (1, 2), ((1, 1), (2, 2))),  # N = 2: per-dimension symmetric
+        ((5, 6), [1, 2], ((1, 1), (2, 2))),
+        ((5, 6), ((1, 2), (3, 0)), ((1, 2), (3, 0))),
+        ((5, 6), [[1, 2], [3, 0]], ((1, 2), (3, 0))),
+        ((5, 6), [(1, 2)], ((1, 2), (1, 2))),  # a single pair: every dimension
+        ((5, 6), ((1, 2),), ((1, 2), (1, 2))),
+        ((5, 6, 7), 1, ((1, 1),) * 3),
+        ((5, 6, 7), (0, 1, 2), ((0, 0), (1, 1), (2, 2))),
+        ((5, 6, 7), [(2, -1)], ((2, -1),) * 3),
+        ((5, 6, 7), ((2, -1), (-1, 2), (0, -3)), ((2, -1), (-1, 2), (0, -3))),
+        ((5, 6), -1, ((-1, -1), (-1, -1))),  # negative pads crop
+    ],
+)
 def test_padding_forms(in_spatial, padding, pads):
     k = (1,) * len(in_spatial)
     g = refws.conv_geometry(in_spatial, k, padding=padding)
@@ -127,10 +135,19 @@ def test_same_uses_the_rhs_dilated_kernel():
     assert g.out_spatial == (9, 9)
 
 
-@pytest.mark.parametrize("n, k, pads", [
-    (8, 2, (0, 0)), (8, 4, (1, 1)), (7, 2, (0, 1)), (7, 4, (1, 2)),   # as in NOTES, by the rule
-    (6, 2, (0, 0)), (9, 2, (0, 1)), (6, 6, (2, 2)), (5, 6, (2, 3)),
-])
+@pytest.mark.parametrize(
+    "n, k, pads",
+    [
+        (8, 2, (0, 0)),
+        (8, 4, (1, 1)),
+        (7, 2, (0, 1)),
+        (7, 4, (1, 2)),  # as in NOTES, by the rule
+        (6, 2, (0, 0)),
+        (9, 2, (0, 1)),
+        (6, 6, (2, 2)),
+        (5, 6, (2, 3)),
+    ],
+)
 def test_same_stride_2_even_kernels(n, k, pads):
     """Hand-derived from lax's rule: out = ceil(n / 2), total = (out - 1) * 2 + k - n."""
     g = refws.conv_geometry((n, n), (k, k), stride=2, padding="SAME")

@@ -34,8 +34,17 @@ from refws.golden.case import SUITES, Case
 from refws.golden.layer_cases import evaluate_layer
 from refws.golden.store import GoldenError, npz_bytes, read_npz
 
-from .naive import (as_tuple, from_channels_last, naive_conv_transpose_weight_grad, naive_conv_vjp,
-                    naive_explicit_pads, naive_out_size, naive_torch_pad, naive_torch_pads, to_channels_last)
+from .naive import (
+    as_tuple,
+    from_channels_last,
+    naive_conv_transpose_weight_grad,
+    naive_conv_vjp,
+    naive_explicit_pads,
+    naive_out_size,
+    naive_torch_pad,
+    naive_torch_pads,
+    to_channels_last,
+)
 from .test_nn_brainstate_transpose import transcribed_pads
 
 ROOT = Path(__file__).resolve().parents[1] / "golden"
@@ -51,6 +60,7 @@ def _names(suite):
 
 
 # --- independent definitions ----------------------------------------------------------------
+
 
 def _cl(case, key):
     """A stored input- or output-like array in batched channels-last layout, as its case dictates."""
@@ -96,7 +106,7 @@ def _conv_dx_exact_element(dy, w, idx, s, pads, L, d, groups):
     g, c = divmod(ci, cg)
     total = Fraction(0)
     for t in itertools.product(*(range(k) for k in w.shape[:nd])):
-        q = [i[a] * L[a] + pads[a][0] - t[a] * d[a] for a in range(nd)]          # = o * s
+        q = [i[a] * L[a] + pads[a][0] - t[a] * d[a] for a in range(nd)]  # = o * s
         if any(v < 0 or v % s[a] or v // s[a] >= dy.shape[1 + a] for a, v in enumerate(q)):
             continue
         o = tuple(v // s[a] for a, v in enumerate(q))
@@ -223,13 +233,15 @@ def test_conv_transpose_case_is_exact(name):
     case = golden.load(name)
     p = case.params
     x, dy, tx = _cl(case, "x"), _cl(case, "dy"), _cl(case, "tx")
-    w, tw = case["w"], case["tw"]                          # (*k, C_out/groups, C_in)
+    w, tw = case["w"], case["tw"]  # (*k, C_out/groups, C_in)
     nd = x.ndim - 2
     s, d, pad, op = (as_tuple(p[k], nd) for k in ("stride", "dilation", "padding", "output_padding"))
     groups = p["groups"]
-    size = [(n - 1) * ss - 2 * pp + dd * (k - 1) + oo + 1
-            for n, k, ss, pp, dd, oo in zip(x.shape[1:-1], w.shape[:nd], s, pad, d, op)]
-    if p["output_size"] is not None:                     # PyTorch: output_size replaces output_padding
+    size = [
+        (n - 1) * ss - 2 * pp + dd * (k - 1) + oo + 1
+        for n, k, ss, pp, dd, oo in zip(x.shape[1:-1], w.shape[:nd], s, pad, d, op)
+    ]
+    if p["output_size"] is not None:  # PyTorch: output_size replaces output_padding
         size = list(p["output_size"])[-nd:]
     y_spatial = dy.shape[1:-1]
     assert list(y_spatial) == size and dy.shape[-1] == w.shape[-2] * groups
@@ -260,9 +272,12 @@ mpmath.mp.dps = 60
 
 # (ddof, denominator, fan, eps, gamma) transcribed from ../shared/NOTES.md, independently of refws.ws
 _PRESETS = {
-    "brainstate": (0, "max_var_n", "fan_in", 1e-4, None), "nfnets": (0, "max_var_n", "fan_in", 1e-4, None),
-    "elektronn3": (1, "max_var_n", "numel", 1e-4, None), "qiao": (1, "std_plus_eps", None, 1e-5, None),
-    "timm_std": (0, "sqrt_var_plus_eps", None, 1e-6, None), "timm_scaled": (0, "sqrt_var_plus_eps", None, 1e-6, 1.0),
+    "brainstate": (0, "max_var_n", "fan_in", 1e-4, None),
+    "nfnets": (0, "max_var_n", "fan_in", 1e-4, None),
+    "elektronn3": (1, "max_var_n", "numel", 1e-4, None),
+    "qiao": (1, "std_plus_eps", None, 1e-5, None),
+    "timm_std": (0, "sqrt_var_plus_eps", None, 1e-6, None),
+    "timm_scaled": (0, "sqrt_var_plus_eps", None, 1e-6, 1.0),
     "bit": (0, "sqrt_var_plus_eps", None, 1e-10, None),
 }
 
@@ -348,15 +363,18 @@ def test_ws_golden_agrees_with_refws_float64():
     for name in _names("ws"):
         case = golden.load(name)
         p = case.params
-        got = refws.weight_standardize(case["w"], case.arrays.get("gain"), p["eps"], out_axis=p["out_axis"],
-                                       spec=p["spec"])
+        got = refws.weight_standardize(
+            case["w"], case.arrays.get("gain"), p["eps"], out_axis=p["out_axis"], spec=p["spec"]
+        )
         np.testing.assert_allclose(got, case["w_hat"], rtol=1e-13, atol=1e-13 * np.abs(case["w_hat"]).max())
 
 
 # --- the generator --------------------------------------------------------------------------
 
+
 def test_splitmix64_matches_reference_vector_and_pure_python():
     from refws.golden.rng import splitmix64
+
     # Published first outputs of SplitMix64 seeded with 0 (Vigna's splitmix64.c).
     assert int(splitmix64(0, 1)[0]) == 0xE220A8397B1DCDAF
     mask = 2**64 - 1
@@ -366,6 +384,7 @@ def test_splitmix64_matches_reference_vector_and_pure_python():
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
         return z ^ (z >> 31)
+
     seed = 0x0123456789ABCDEF
     assert [int(v) for v in splitmix64(seed, 50)] == [pure(seed, i) for i in range(1, 51)]
 
@@ -379,11 +398,17 @@ def test_stored_inputs_are_float32_representable():
 
 # --- reproducibility ------------------------------------------------------------------------
 
+
 def _build(out, threads, pattern):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
-    subprocess.run([sys.executable, "-m", "refws", "golden", "build", "--out", str(out), "--case", pattern],
-                   check=True, env=env, capture_output=True)
+    env = dict(
+        os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)
+    )
+    subprocess.run(
+        [sys.executable, "-m", "refws", "golden", "build", "--out", str(out), "--case", pattern],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
 
 def _tree(root):
@@ -391,7 +416,7 @@ def _tree(root):
 
 
 def test_builds_with_one_and_two_blas_threads_are_byte_identical_and_equal_the_store(tmp_path):
-    pattern = "*2d_[agp]*"                 # a few dozen cases of every suite with 2-d in the name
+    pattern = "*2d_[agp]*"  # a few dozen cases of every suite with 2-d in the name
     _build(tmp_path / "t1", 1, pattern)
     _build(tmp_path / "t2", 2, pattern)
     one, two = _tree(tmp_path / "t1"), _tree(tmp_path / "t2")
@@ -403,6 +428,7 @@ def test_builds_with_one_and_two_blas_threads_are_byte_identical_and_equal_the_s
 
 
 # --- integrity ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_store(tmp_path):
@@ -430,7 +456,7 @@ def _alter_one_value(root, name):
     arrays[key].ravel()[0] = np.nextafter(arrays[key].ravel()[0], np.inf)
     data = npz_bytes(arrays)
     path.write_bytes(data)
-    reread = read_npz(data, "altered")                   # readable, and the arrays the manifest lists
+    reread = read_npz(data, "altered")  # readable, and the arrays the manifest lists
     assert sorted(reread) == sorted(json.loads((root / "manifest.json").read_text())["cases"][name]["arrays"])
     return key
 
@@ -440,7 +466,7 @@ def test_load_refuses_altered_truncated_and_missing_files(small_store):
     path = small_store / f"{name}.npz"
     assert golden.load(name, small_store).name == name
     data = path.read_bytes()
-    _alter_one_value(small_store, name)                  # a valid npz: only the sha256 catches it
+    _alter_one_value(small_store, name)  # a valid npz: only the sha256 catches it
     with pytest.raises(GoldenError, match=ALTERED):
         golden.load(name, small_store)
     path.write_bytes(data[: len(data) // 2])
@@ -488,7 +514,7 @@ def test_npz_bytes_are_standard_and_deterministic():
 
 def test_interrupted_build_leaves_previous_store_intact(small_store, monkeypatch):
     before = _tree(small_store)
-    gb = importlib.import_module("refws.golden.build")     # the module, not the build() it exports
+    gb = importlib.import_module("refws.golden.build")  # the module, not the build() it exports
 
     calls = {"n": 0}
     real = gb.build_case
@@ -498,6 +524,7 @@ def test_interrupted_build_leaves_previous_store_intact(small_store, monkeypatch
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(case)
+
     monkeypatch.setattr(gb, "build_case", failing)
     with pytest.raises(KeyboardInterrupt):
         gb.build(small_store, pattern="conv/2d_*")
@@ -509,6 +536,7 @@ def test_interrupted_build_leaves_previous_store_intact(small_store, monkeypatch
 
 
 # --- the command ----------------------------------------------------------------------------
+
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "refws", *map(str, args)], capture_output=True, text=True)
@@ -561,6 +589,7 @@ def test_catalog_size_and_store_size():
 
 # --- layer suites: the layers' documented math in mpmath, no refws code ------------------------
 
+
 @dataclass(frozen=True)
 class _LayerDef:
     """A layer case as ``y = core(x, W) + bias`` with ``W = mask * WS(weight, gain)`` (or
@@ -574,8 +603,8 @@ class _LayerDef:
 
     wgrad: Callable
     y_shape: tuple
-    channel_axis: int                 # of y: where the bias goes
-    ws: tuple | None                  # _ws_mp's (ddof, denominator, fan, eps, gamma, axis); None: no WS
+    channel_axis: int  # of y: where the bias goes
+    ws: tuple | None  # _ws_mp's (ddof, denominator, fan, eps, gamma, axis); None: no WS
 
 
 def _brainstate_def(p, x_shape) -> _LayerDef:
@@ -590,8 +619,10 @@ def _brainstate_def(p, x_shape) -> _LayerDef:
         ddof, den, fan, eps, gamma = _PRESETS["brainstate"]
         ws = (ddof, den, fan, kw.get("eps", eps), gamma, -1)
     if cls.endswith("Linear"):
-        def outer_sum(x, dy):                            # y[..., o] = sum_i x[..., i] W[i, o] + b[o]
+
+        def outer_sum(x, dy):  # y[..., o] = sum_i x[..., i] W[i, o] + b[o]
             return x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+
         return _LayerDef(outer_sum, (*x_shape[:-1], kw["out_size"]), -1, ws)
     nd = int(cls[-2])
     cf, batched = kw.get("channel_first", False), len(x_shape) == nd + 2
@@ -601,7 +632,7 @@ def _brainstate_def(p, x_shape) -> _LayerDef:
     s, L, d = (as_tuple(kw.get(a, 1), nd) for a in ("stride", "lhs_dilation", "rhs_dilation"))
     x_cl_shape = to_channels_last(np.empty(x_shape), cf, batched).shape
     transpose = cls.startswith("ConvTranspose")
-    if transpose:                                        # the stride dilates the input; the window moves by 1
+    if transpose:  # the stride dilates the input; the window moves by 1
         s, L = (1,) * nd, s
         pads = transcribed_pads(kw.get("padding", "SAME"), x_cl_shape[1:-1], k, L, d)
     else:
@@ -611,9 +642,11 @@ def _brainstate_def(p, x_shape) -> _LayerDef:
 
     def wgrad(x, dy):
         w0 = np.zeros((*k, c_in // groups, c_out))
-        dw = naive_conv_vjp(to_channels_last(x, cf, batched), w0, to_channels_last(dy, cf, batched),
-                            s, pads, L, d, groups)[1]
+        dw = naive_conv_vjp(
+            to_channels_last(x, cf, batched), w0, to_channels_last(dy, cf, batched), s, pads, L, d, groups
+        )[1]
         return np.flip(np.swapaxes(dw, -1, -2), axis=tuple(range(nd))) if transpose else dw
+
     return _LayerDef(wgrad, y_shape, (1 if batched else 0) if cf else -1, ws)
 
 
@@ -632,11 +665,14 @@ def _elektronn3_def(p, x_shape) -> _LayerDef:
 
     def batch(a):
         return a if batched else a[None]
+
     if cls.startswith("WSConvTranspose"):
         pad, op = as_tuple(kw.get("padding", 0), nd), as_tuple(kw.get("output_padding", 0), nd)
-        out = [(n - 1) * ss - 2 * pp + dd * (kk - 1) + oo + 1
-               for n, kk, ss, pp, dd, oo in zip(xb_shape[2:], k, s, pad, d, op)]
-        if p.get("output_size") is not None:           # PyTorch: output_size replaces output_padding
+        out = [
+            (n - 1) * ss - 2 * pp + dd * (kk - 1) + oo + 1
+            for n, kk, ss, pp, dd, oo in zip(xb_shape[2:], k, s, pad, d, op)
+        ]
+        if p.get("output_size") is not None:  # PyTorch: output_size replaces output_padding
             out = list(p["output_size"])[-nd:]
 
         def wgrad(x, dy):
@@ -646,11 +682,12 @@ def _elektronn3_def(p, x_shape) -> _LayerDef:
         mode = kw.get("padding_mode", "zeros")
         out = [naive_out_size(n, kk, ss, pp, 1, dd) for n, kk, ss, pp, dd in zip(xb_shape[2:], k, s, pads, d)]
 
-        def wgrad(x, dy):                                # pad (any mode) first, then a VALID convolution
+        def wgrad(x, dy):  # pad (any mode) first, then a VALID convolution
             x_cl = np.moveaxis(naive_torch_pad(batch(x), pads, mode), 1, -1)
             w0 = np.zeros((*k, c_in // groups, c_out))
             dw = naive_conv_vjp(x_cl, w0, np.moveaxis(batch(dy), 1, -1), s, ((0, 0),) * nd, 1, d, groups)[1]
-            return np.moveaxis(dw, (-1, -2), (0, 1))    # (*k, I/g, O) -> PyTorch's (O, I/g, *k)
+            return np.moveaxis(dw, (-1, -2), (0, 1))  # (*k, I/g, O) -> PyTorch's (O, I/g, *k)
+
     y_shape = (xb_shape[0], c_out, *out)
     return _LayerDef(wgrad, y_shape if batched else y_shape[1:], 1 if batched else 0, ws)
 
@@ -694,26 +731,29 @@ def _check_layer(p, arrays, samples=3):
         _assert_on_grid(a)
     masked = (lambda a: a * mask) if mask is not None else (lambda a: a)
 
-    def effective(wv, gv):                               # mask * WS(weight, gain), in mpmath
+    def effective(wv, gv):  # mask * WS(weight, gain), in mpmath
         return masked(_ws_mp(wv, gv, *m.ws) if m.ws is not None else _mp(wv))
 
     def bias_at(b, i):
         return mpmath.mpf(float(b.ravel()[i[m.channel_axis]])) if b is not None else 0
+
     w_eff = effective(w, gain)
     for i in _sample(y.shape, samples, 4):
         assert _ulps(y[i], _mp_dot(w_eff, m.wgrad(x, _unit(y.shape, i))) + bias_at(bias, i)) <= 1.0, ("y", i)
     for i in _sample(x.shape, samples, 5):
         assert _ulps(dx[i], _mp_dot(w_eff, m.wgrad(_unit(x.shape, i), dy))) <= 1.0, ("dx", i)
-    if bias is not None:                                 # sums of grid values: exact
+    if bias is not None:  # sums of grid values: exact
         axes = tuple(a for a in range(y.ndim) if a != m.channel_axis % y.ndim)
         np.testing.assert_array_equal(arrays["dbias"].ravel(), dy.sum(axis=axes))
-    g = masked(m.wgrad(x, dy))                           # cotangent of WS(weight, gain), exact
-    h = mpmath.mpf("1e-25")                              # central differences: truncation ~1e-50
+    g = masked(m.wgrad(x, dy))  # cotangent of WS(weight, gain), exact
+    h = mpmath.mpf("1e-25")  # central differences: truncation ~1e-50
     if m.ws is None:
         np.testing.assert_array_equal(arrays["dweight"], g)
     else:
+
         def loss(wv, gv):
             return _mp_dot(_ws_mp(wv, gv, *m.ws), g)
+
         wo = _mp(w)
         for idx in _sample(w.shape, 2, 6):
             wp, wm = wo.copy(), wo.copy()
@@ -731,7 +771,7 @@ def _check_layer(p, arrays, samples=3):
     down = effective(_mp(w) - h * tw, None if gain is None else _mp(gain) - h * tg)
     for i in _sample(y.shape, samples, 8):
         e = _unit(y.shape, i)
-        j0, j1 = m.wgrad(x, e), m.wgrad(tx, e)             # y[i] is linear in x: J(x + h tx) = j0 + h j1
+        j0, j1 = m.wgrad(x, e), m.wgrad(tx, e)  # y[i] is linear in x: J(x + h tx) = j0 + h j1
         y_up = _mp_dot(up, j0) + h * _mp_dot(up, j1) + bias_at(bias, i) + h * bias_at(tb, i)
         y_dn = _mp_dot(down, j0) - h * _mp_dot(down, j1) + bias_at(bias, i) - h * bias_at(tb, i)
         assert _ulps(arrays["ty"][i], (y_up - y_dn) / (2 * h)) <= 1.0, ("ty", i)
@@ -753,18 +793,50 @@ def test_layer_case_within_one_ulp(name):
 # so the stored cases cannot tell where the builder puts the odd element. Built in memory and
 # checked in full: brainstate (lax) and PyTorch both put it at the end.
 _ODD_SAME_CASES = [
-    Case("brainstate/odd_same_Conv1d_k2", "brainstate", dict(
-        library="brainstate", cls="Conv1d", x_shape=[2, 7, 2], mask=False,
-        kwargs=dict(in_size=[7, 2], out_channels=3, kernel_size=2, b_init=True))),
-    Case("brainstate/odd_same_ScaledWSConv2d_stride", "brainstate", dict(
-        library="brainstate", cls="ScaledWSConv2d", x_shape=[1, 5, 6, 2], mask=False,
-        kwargs=dict(in_size=[5, 6, 2], out_channels=2, kernel_size=[2, 3], stride=[1, 2]))),
-    Case("elektronn3/odd_same_WSConv1d_k2", "elektronn3", dict(
-        library="elektronn3", cls="WSConv1d", x_shape=[2, 2, 7], mask=False,
-        kwargs=dict(in_channels=2, out_channels=3, kernel_size=2, padding="same"))),
-    Case("elektronn3/odd_same_WSConv2d_k4_k2", "elektronn3", dict(
-        library="elektronn3", cls="WSConv2d", x_shape=[1, 2, 6, 5], mask=False,
-        kwargs=dict(in_channels=2, out_channels=2, kernel_size=[4, 2], padding="same"))),
+    Case(
+        "brainstate/odd_same_Conv1d_k2",
+        "brainstate",
+        dict(
+            library="brainstate",
+            cls="Conv1d",
+            x_shape=[2, 7, 2],
+            mask=False,
+            kwargs=dict(in_size=[7, 2], out_channels=3, kernel_size=2, b_init=True),
+        ),
+    ),
+    Case(
+        "brainstate/odd_same_ScaledWSConv2d_stride",
+        "brainstate",
+        dict(
+            library="brainstate",
+            cls="ScaledWSConv2d",
+            x_shape=[1, 5, 6, 2],
+            mask=False,
+            kwargs=dict(in_size=[5, 6, 2], out_channels=2, kernel_size=[2, 3], stride=[1, 2]),
+        ),
+    ),
+    Case(
+        "elektronn3/odd_same_WSConv1d_k2",
+        "elektronn3",
+        dict(
+            library="elektronn3",
+            cls="WSConv1d",
+            x_shape=[2, 2, 7],
+            mask=False,
+            kwargs=dict(in_channels=2, out_channels=3, kernel_size=2, padding="same"),
+        ),
+    ),
+    Case(
+        "elektronn3/odd_same_WSConv2d_k4_k2",
+        "elektronn3",
+        dict(
+            library="elektronn3",
+            cls="WSConv2d",
+            x_shape=[1, 2, 6, 5],
+            mask=False,
+            kwargs=dict(in_channels=2, out_channels=2, kernel_size=[4, 2], padding="same"),
+        ),
+    ),
 ]
 
 

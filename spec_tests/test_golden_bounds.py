@@ -35,8 +35,8 @@ import pytest
 import refws.golden as golden
 
 from .naive import TORCH_TO_NUMPY_PAD_MODE, as_tuple, naive_explicit_pads, naive_torch_pads, to_channels_last
-from .test_golden import _PRESETS as PRESETS          # (ddof, denominator, fan, eps, gamma), from NOTES.md
-from .test_golden import _ws_mp as ws_mp              # WS in mpmath, from NOTES.md
+from .test_golden import _PRESETS as PRESETS  # (ddof, denominator, fan, eps, gamma), from NOTES.md
+from .test_golden import _ws_mp as ws_mp  # WS in mpmath, from NOTES.md
 
 ROOT = golden.default_root()
 HAVE_STORE = (ROOT / "manifest.json").exists()
@@ -46,10 +46,10 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "golden-format.md"
 
 U32 = 2.0**-24
 LAYER_SUITES = ("brainstate", "elektronn3")
-SLACK = 1.0 + 2.0**-40          # the runner's allowance for evaluating the bound in float64
+SLACK = 1.0 + 2.0**-40  # the runner's allowance for evaluating the bound in float64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(name):
     """A stored case, read and checksum-verified once per session."""
     return golden.load(name)
@@ -83,6 +83,7 @@ def ws_dependent(entry) -> set:
 
 
 # --- 1. completeness and domination, every case ------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_every_output_carries_its_bound_data(name):
@@ -133,6 +134,7 @@ def test_absbound_dominates_every_stored_value():
 # x: (N, P_in, C_in), y: (N, P_out, C_out), W: (T, cg, C_out). The triples come from each
 # operation's definition below (padding, dilation and out-of-range taps give no triple).
 
+
 def _flat(pos, shape) -> int:
     return int(np.ravel_multi_index(pos, shape)) if shape else 0
 
@@ -171,7 +173,7 @@ class Incidence:
         out = np.zeros((x.shape[0], self.p_out, self.m * self.groups), dtype=W.dtype)
         for t in range(self.taps):
             sel = self.t == t
-            o, i = self.o[sel], self.i[sel]                     # o is unique for one tap
+            o, i = self.o[sel], self.i[sel]  # o is unique for one tap
             for g in range(self.groups):
                 gi, go = slice(g * self.cg, (g + 1) * self.cg), slice(g * self.m, (g + 1) * self.m)
                 out[:, o, go] += x[:, i, gi] @ W[t, :, go]
@@ -186,7 +188,7 @@ class Incidence:
                 gi, go = slice(g * self.cg, (g + 1) * self.cg), slice(g * self.m, (g + 1) * self.m)
                 part = dy[:, o, go] @ W[t, :, go].T
                 view = out[:, :, gi]
-                np.add.at(view, (slice(None), i), part)        # i may repeat (reflect padding)
+                np.add.at(view, (slice(None), i), part)  # i may repeat (reflect padding)
         return out
 
     def dw(self, x, dy):
@@ -203,20 +205,38 @@ class Incidence:
     # exact sums of |products| at one element (Fraction or mpmath object arrays)
     def abs_y(self, x, W, n, o, co):
         g = co // self.m
-        return sum((abs(x[n, i, g * self.cg + c]) * abs(W[t, c, co])
-                    for t, i in zip(self.t[self.o == o], self.i[self.o == o]) for c in range(self.cg)), 0)
+        return sum(
+            (
+                abs(x[n, i, g * self.cg + c]) * abs(W[t, c, co])
+                for t, i in zip(self.t[self.o == o], self.i[self.o == o])
+                for c in range(self.cg)
+            ),
+            0,
+        )
 
     def abs_dx(self, dy, W, n, i, ch):
         g, c = divmod(ch, self.cg)
         sel = self.i == i
-        return sum((abs(dy[n, o, co]) * abs(W[t, c, co])
-                    for t, o in zip(self.t[sel], self.o[sel]) for co in range(g * self.m, (g + 1) * self.m)), 0)
+        return sum(
+            (
+                abs(dy[n, o, co]) * abs(W[t, c, co])
+                for t, o in zip(self.t[sel], self.o[sel])
+                for co in range(g * self.m, (g + 1) * self.m)
+            ),
+            0,
+        )
 
     def abs_dw(self, x, dy, t, c, co):
         g = co // self.m
         sel = self.t == t
-        return sum((abs(x[n, i, g * self.cg + c]) * abs(dy[n, o, co])
-                    for o, i in zip(self.o[sel], self.i[sel]) for n in range(x.shape[0])), 0)
+        return sum(
+            (
+                abs(x[n, i, g * self.cg + c]) * abs(dy[n, o, co])
+                for o, i in zip(self.o[sel], self.i[sel])
+                for n in range(x.shape[0])
+            ),
+            0,
+        )
 
 
 def conv_triples(in_sp, out_sp, taps, stride, pads, lhs, rhs):
@@ -242,8 +262,11 @@ def torch_conv_triples(in_sp, out_sp, taps, stride, dilation, pads, mode):
     maps = []
     for n, p in zip(in_sp, pads):
         idx = np.arange(n)
-        maps.append(np.pad(idx, p, constant_values=-1) if mode == "zeros"
-                    else np.pad(idx, p, mode=TORCH_TO_NUMPY_PAD_MODE[mode]))
+        maps.append(
+            np.pad(idx, p, constant_values=-1)
+            if mode == "zeros"
+            else np.pad(idx, p, mode=TORCH_TO_NUMPY_PAD_MODE[mode])
+        )
     out = []
     for o in np.ndindex(*out_sp):
         for t in np.ndindex(*taps):
@@ -280,8 +303,8 @@ def lax_transpose_pads(k, s, padding):
 def transposed_kernel_as_conv(w, groups):
     """``(*k, C_out/groups, C_in)`` -> the canonical ``W[t, c, g*cog + j] = w[t, j, g*cg + c]``."""
     k, (cog, c_in) = w.shape[:-2], w.shape[-2:]
-    v = w.reshape(*k, cog, groups, c_in // groups)                 # [t, j, g, c]
-    v = np.swapaxes(np.moveaxis(v, -1, len(k)), -1, -2)             # [t, c, g, j]
+    v = w.reshape(*k, cog, groups, c_in // groups)  # [t, j, g, c]
+    v = np.swapaxes(np.moveaxis(v, -1, len(k)), -1, -2)  # [t, c, g, j]
     return v.reshape(*k, c_in // groups, groups * cog)
 
 
@@ -290,13 +313,13 @@ class View:
     """A case's core in canonical form, and maps from its stored layouts to canonical arrays."""
 
     inc: Incidence
-    x: object            # input-like (stored) -> (N, P_in, C_in)
-    y: object            # output-like -> (N, P_out, C_out)
-    kern: object         # weight-like (stored layout) -> (T, cg, C_out)
+    x: object  # input-like (stored) -> (N, P_in, C_in)
+    y: object  # output-like -> (N, P_out, C_out)
+    kern: object  # weight-like (stored layout) -> (T, cg, C_out)
     c_in: int
-    bias: str | None     # name of the bias array, if any
-    weight: str          # name of the weight array
-    ws: tuple | None = None   # layers: (ddof, denominator, fan, eps, gamma), out_axis
+    bias: str | None  # name of the bias array, if any
+    weight: str  # name of the weight array
+    ws: tuple | None = None  # layers: (ddof, denominator, fan, eps, gamma), out_axis
     ws_axis: int = -1
 
     def decanon(self, kc, shape):
@@ -326,23 +349,31 @@ def view_of(entry) -> View:
             pads = naive_explicit_pads(p["padding"], xs[1:-1], taps, s, L, d)
             triples = conv_triples(xs[1:-1], ys[1:-1], taps, s, pads, L, d)
             cg, m = w_shape[-2], w_shape[-1] // groups
-            kern = lambda a: np.asarray(a).reshape(-1, cg, w_shape[-1])      # noqa: E731
+            kern = lambda a: np.asarray(a).reshape(-1, cg, w_shape[-1])  # noqa: E731
         else:
             s, pad, d = (as_tuple(p[k], nd) for k in ("stride", "padding", "dilation"))
             triples = transpose_triples(xs[1:-1], ys[1:-1], taps, s, pad, d)
             cg, m = w_shape[-1] // groups, w_shape[-2]
             kern = lambda a: transposed_kernel_as_conv(np.asarray(a), groups).reshape(-1, cg, m * groups)  # noqa: E731
-        inc = Incidence(triples, xs[0], cg, m, groups, int(np.prod(ys[1:-1])), int(np.prod(xs[1:-1])),
-                        int(np.prod(taps)))
-        return View(inc, lambda a: _flat_cl(a, cf, batched), lambda a: _flat_cl(a, cf, batched), kern, xs[-1],
-                    "b" if "b" in shapes else None, "w")
+        inc = Incidence(
+            triples, xs[0], cg, m, groups, int(np.prod(ys[1:-1])), int(np.prod(xs[1:-1])), int(np.prod(taps))
+        )
+        return View(
+            inc,
+            lambda a: _flat_cl(a, cf, batched),
+            lambda a: _flat_cl(a, cf, batched),
+            kern,
+            xs[-1],
+            "b" if "b" in shapes else None,
+            "w",
+        )
     kw, cls = p["kwargs"], p["cls"]
     bias = "bias" if "bias" in shapes else None
     if p["library"] == "brainstate":
         ws = ((0, "max_var_n", "fan_in", kw.get("eps", 1e-4), None), -1) if cls.startswith("ScaledWS") else (None, -1)
         if cls.endswith("Linear"):
             n_in, n_out = shapes["weight"]
-            flat = lambda a: np.asarray(a).reshape(-1, 1, np.shape(a)[-1])   # noqa: E731
+            flat = lambda a: np.asarray(a).reshape(-1, 1, np.shape(a)[-1])  # noqa: E731
             inc = Incidence([(0, 0, 0)], int(np.prod(shapes["x"][:-1])), n_in, n_out, 1, 1, 1, 1)
             return View(inc, flat, flat, lambda a: np.asarray(a).reshape(1, n_in, n_out), n_in, bias, "weight", *ws)
         nd = int(cls[-2])
@@ -357,25 +388,44 @@ def view_of(entry) -> View:
             # by jax.lax.conv_transpose's rule, explicit pads as given
             c_out, cg = shapes["weight"][-2:]
             padding = kw.get("padding", "SAME")
-            pads = (tuple(lax_transpose_pads((k - 1) * r + 1, st, padding) for k, st, r in zip(taps, s, d))
-                    if isinstance(padding, str) else naive_explicit_pads(padding, xs[1:-1], taps, 1, 1, d))
+            pads = (
+                tuple(lax_transpose_pads((k - 1) * r + 1, st, padding) for k, st, r in zip(taps, s, d))
+                if isinstance(padding, str)
+                else naive_explicit_pads(padding, xs[1:-1], taps, 1, 1, d)
+            )
             triples = conv_triples(xs[1:-1], ys[1:-1], taps, (1,) * nd, pads, s, d)
             kern = lambda a: np.flip(np.asarray(a), axis=tuple(range(nd))).swapaxes(-1, -2).reshape(-1, cg, c_out)  # noqa: E731,E501
         else:
             cg, c_out = shapes["weight"][-2:]
             pads = naive_explicit_pads(kw.get("padding", "SAME"), xs[1:-1], taps, s, L, d)
             triples = conv_triples(xs[1:-1], ys[1:-1], taps, s, pads, L, d)
-            kern = lambda a: np.asarray(a).reshape(-1, cg, c_out)                # noqa: E731
-        inc = Incidence(triples, xs[0], cg, c_out // groups, groups, int(np.prod(ys[1:-1])),
-                        int(np.prod(xs[1:-1])), int(np.prod(taps)))
-        return View(inc, lambda a: _flat_cl(a, cf, batched), lambda a: _flat_cl(a, cf, batched), kern, xs[-1],
-                    bias, "weight", *ws)
+            kern = lambda a: np.asarray(a).reshape(-1, cg, c_out)  # noqa: E731
+        inc = Incidence(
+            triples,
+            xs[0],
+            cg,
+            c_out // groups,
+            groups,
+            int(np.prod(ys[1:-1])),
+            int(np.prod(xs[1:-1])),
+            int(np.prod(taps)),
+        )
+        return View(
+            inc,
+            lambda a: _flat_cl(a, cf, batched),
+            lambda a: _flat_cl(a, cf, batched),
+            kern,
+            xs[-1],
+            bias,
+            "weight",
+            *ws,
+        )
     # elektronn3: NCHW, weights OIHW (conv) or (C_in, C_out/groups, *k) (transposed); WS over axis 0
     nd = int(cls[-2])
     xs, ys = shapes["x"], shapes["y"]
     groups = kw.get("groups", 1)
     taps = tuple(shapes["weight"][2:])
-    to_suite_layout = lambda a: np.transpose(np.asarray(a), list(range(2, 2 + nd)) + [1, 0])   # noqa: E731
+    to_suite_layout = lambda a: np.transpose(np.asarray(a), list(range(2, 2 + nd)) + [1, 0])  # noqa: E731
     s, d = as_tuple(kw.get("stride", 1), nd), as_tuple(kw.get("dilation", 1), nd)
     if cls.startswith("WSConvTranspose"):
         pad = as_tuple(kw.get("padding", 0), nd)
@@ -386,10 +436,19 @@ def view_of(entry) -> View:
         pads = naive_torch_pads(kw.get("padding", 0), taps, d)
         triples = torch_conv_triples(xs[2:], ys[2:], taps, s, d, pads, kw.get("padding_mode", "zeros"))
         cg, m = shapes["weight"][1], shapes["weight"][0] // groups
-        kern = lambda a: to_suite_layout(a).reshape(-1, cg, m * groups)    # noqa: E731
+        kern = lambda a: to_suite_layout(a).reshape(-1, cg, m * groups)  # noqa: E731
     inc = Incidence(triples, xs[0], cg, m, groups, int(np.prod(ys[2:])), int(np.prod(xs[2:])), int(np.prod(taps)))
-    return View(inc, lambda a: _flat_cl(a, True, True), lambda a: _flat_cl(a, True, True), kern, xs[1], bias,
-                "weight", (1, "max_var_n", "numel", 1e-4, None), 0)
+    return View(
+        inc,
+        lambda a: _flat_cl(a, True, True),
+        lambda a: _flat_cl(a, True, True),
+        kern,
+        xs[1],
+        bias,
+        "weight",
+        (1, "max_var_n", "numel", 1e-4, None),
+        0,
+    )
 
 
 # --- 2. terms from the definitions ----------------------------------------------------------------
@@ -429,21 +488,27 @@ def test_terms_match_the_definition(name):
     check_terms(name, MANIFEST[name])
 
 
-@pytest.mark.parametrize("params", [
-    dict(x_shape=[1, 5, 4], w_shape=[3, 1, 4], groups=1),             # the issue's example: 12 products, not 4
-    dict(x_shape=[2, 4, 3, 6], w_shape=[2, 2, 1, 6], groups=2),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(x_shape=[1, 5, 4], w_shape=[3, 1, 4], groups=1),  # the issue's example: 12 products, not 4
+        dict(x_shape=[2, 4, 3, 6], w_shape=[2, 2, 1, 6], groups=2),
+    ],
+)
 def test_terms_of_transposed_convolutions_with_more_inputs_than_outputs(params):
     """Off-catalog cases (built in memory) where ``C_in/groups > C_out/groups``, so a count of
     ``C_out/groups`` products per element is too small: the count must follow the definition."""
     from refws.golden.case import Case
     from refws.golden.evaluate import evaluate
-    p = dict(stride=1, padding=0, output_padding=0, dilation=1, output_size=None, bias=True, channel_first=False,
-             **params)
+
+    p = dict(
+        stride=1, padding=0, output_padding=0, dilation=1, output_size=None, bias=True, channel_first=False, **params
+    )
     case = Case("conv_transpose/offcatalog_more_inputs", "conv_transpose", p)
     arrays, terms = evaluate(case)
-    entry = dict(suite="conv_transpose", params=p, terms=terms,
-                 arrays={k: dict(shape=list(v.shape)) for k, v in arrays.items()})
+    entry = dict(
+        suite="conv_transpose", params=p, terms=terms, arrays={k: dict(shape=list(v.shape)) for k, v in arrays.items()}
+    )
     check_terms(case.name, entry)
 
 
@@ -539,7 +604,7 @@ def test_absbound_bounds_the_exact_sum_of_absolute_products(name):
         b = _exact(case[v.bias]).ravel() if v.bias else None
         tb = _exact(case["t" + v.bias]).ravel() if v.bias else None
         checks = []
-        if "y__absbound" in case.arrays:     # else K = 0: no element sums a product
+        if "y__absbound" in case.arrays:  # else K = 0: no element sums a product
             y_ab, ty_ab = v.y(case["y__absbound"]), v.y(case["ty__absbound"])
             for n, o, co in _sample(y_ab.shape, 3, 1):
                 extra = abs(b[co]) if v.bias else 0
@@ -553,10 +618,10 @@ def test_absbound_bounds_the_exact_sum_of_absolute_products(name):
         grad = "dweight" if layer else "dw"
         if grad + "__absbound" in case.arrays and not (layer and v.ws):
             dw_ab = v.kern(case[grad + "__absbound"])
-            mask = v.kern(case.arrays.get("w_mask", np.ones(case[v.weight].shape)))     # dweight = mask * g
+            mask = v.kern(case.arrays.get("w_mask", np.ones(case[v.weight].shape)))  # dweight = mask * g
             for t, c, co in _sample(dw_ab.shape, 3, 3):
                 checks.append((grad, dw_ab[t, c, co], inc.abs_dw(x, dy, t, c, co) * int(mask[t, c, co])))
-        if layer and v.ws:                   # g = mask * core_w(x, dy); |J^T| |g| <= A(mask * core_w(|x|, |dy|))
+        if layer and v.ws:  # g = mask * core_w(x, dy); |J^T| |g| <= A(mask * core_w(|x|, |dy|))
             mag = v.decanon(inc.dw(np.abs(v.x(case["x"])), np.abs(v.y(case["dy"]))), case["weight"].shape)
             for idx in _sample(case["weight"].shape, 2, 4):
                 checks.append(("dweight", case["dweight__absbound"][idx], eff.jt_magnitude(mag, idx)))
@@ -574,11 +639,12 @@ def test_absbound_bounds_the_exact_sum_of_absolute_products(name):
 
 # --- 4. the doc's facts ---------------------------------------------------------------------------
 
+
 def test_doc_gain_range():
     """Every stored gain lies in (0, 2] (integers 1..2048 times 2**-10), as the format doc says."""
     gains = [c["gain"] for c in golden.cases() if "gain" in c.arrays]
     assert gains and all(np.all(g > 0) and np.all(g <= 2) for g in gains)
-    assert max(float(g.max()) for g in gains) > 1.9            # the range is used, not just (0, 1]
+    assert max(float(g.max()) for g in gains) > 1.9  # the range is used, not just (0, 1]
     text = " ".join(DOC.read_text().split())
     assert "gains are in `(0, 2]`" in text and "(0, 4]" not in text
 
@@ -607,12 +673,13 @@ def test_doc_transposed_kernel_layout():
 
 F32 = np.float32
 
+
 def _pairwise(a):
-    return np.sum(a, axis=0)                             # NumPy's pairwise summation, in a's dtype
+    return np.sum(a, axis=0)  # NumPy's pairwise summation, in a's dtype
 
 
 def _sequential(a):
-    return np.cumsum(a, axis=0)[-1]                      # one element after another
+    return np.cumsum(a, axis=0)[-1]  # one element after another
 
 
 class WS32:
@@ -625,7 +692,7 @@ class WS32:
 
     def __init__(self, variant, numel, dtype=np.float32):
         self.ddof, self.den, self.fan, self.eps, self.gamma = variant
-        self.numel, self.f = numel, dtype                # every constant and operand in self.f
+        self.numel, self.f = numel, dtype  # every constant and operand in self.f
 
     def setup(self, W, gain):
         n = W.shape[0]
@@ -656,7 +723,7 @@ class WS32:
     def forward(self):
         return (self.W - self.mean) * self.scale
 
-    def _c(self):                                       # (S / sigma) sigma' (2 / m)
+    def _c(self):  # (S / sigma) sigma' (2 / m)
         return self.scale / self.sigma * self.dsigma * (self.f(2) / self.m)
 
     def vjp(self, g):
@@ -698,7 +765,7 @@ class WS32OnePass(WS32):
     def forward(self):
         return self.W * self.scale - self.mean * self.scale
 
-    def vjp(self, g):                                    # reverse mode through the expression graph
+    def vjp(self, g):  # reverse mode through the expression graph
         W, r = self.W, self.f(1) / self.sigma
         sg = self.sum(g)
         d_scale = self.sum(g * W) - self.mean * sg
@@ -709,7 +776,7 @@ class WS32OnePass(WS32):
         d_mean = d_mean + d_var * c * (self.f(-2) * self.mean)
         return g * self.scale + (d_var * c / self.n) * (self.f(2) * W) + d_mean / self.n, dgain
 
-    def jvp(self, t, tg):                                # forward mode through the same graph
+    def jvp(self, t, tg):  # forward mode through the same graph
         W, r = self.W, self.f(1) / self.sigma
         t_mean = self.sum(t) / self.n
         t_var = (self.sum(self.f(2) * W * t) / self.n - self.f(2) * self.mean * t_mean) * (self.n / self.m)
@@ -743,11 +810,11 @@ def _uncols(a, shape, axis):
 def ws32(cls, variant, w, gain, g, t, tg, axis, dtype=F32):
     """``(w_hat, dw, dgain, t_hat)`` of one transcription, float32 (or ``dtype``), in w's layout."""
     ws = cls(variant, np.size(w), dtype)
-    f = lambda a: _cols(np.asarray(a, dtype=dtype), axis)          # noqa: E731
+    f = lambda a: _cols(np.asarray(a, dtype=dtype), axis)  # noqa: E731
     ws.setup(f(w), None if gain is None else np.ravel(gain).astype(dtype))
     dw, dgain = ws.vjp(f(g))
     tg = np.zeros(np.shape(w)[axis], dtype) if tg is None else np.ravel(tg).astype(dtype)
-    back = lambda a: _uncols(a, np.shape(w), axis)                  # noqa: E731
+    back = lambda a: _uncols(a, np.shape(w), axis)  # noqa: E731
     return back(ws.forward()), back(dw), dgain, back(ws.jvp(f(t), tg))
 
 
@@ -813,10 +880,22 @@ def _mutation_moves(name, mutated) -> float:
     """How far a mutation moves the exact result: max over outputs of max|mutated - stored| / max|stored|,
     with the mutated variant evaluated in float64."""
     case, p = load(name), MANIFEST[name]["params"]
-    got = ws32(WS32, mutated, case["w"], case.arrays.get("gain"), case["dw_hat"], case["tw"],
-               case.arrays.get("tgain"), p["out_axis"], np.float64)
-    return max(float(np.max(np.abs(np.reshape(v, case[o].shape) - case[o]))) / float(np.max(np.abs(case[o])))
-               for o, v in zip(("w_hat", "dw", "dgain", "tw_hat"), got) if o in case.arrays and np.any(case[o]))
+    got = ws32(
+        WS32,
+        mutated,
+        case["w"],
+        case.arrays.get("gain"),
+        case["dw_hat"],
+        case["tw"],
+        case.arrays.get("tgain"),
+        p["out_axis"],
+        np.float64,
+    )
+    return max(
+        float(np.max(np.abs(np.reshape(v, case[o].shape) - case[o]))) / float(np.max(np.abs(case[o])))
+        for o, v in zip(("w_hat", "dw", "dgain", "tw_hat"), got)
+        if o in case.arrays and np.any(case[o])
+    )
 
 
 def test_ws_mutations_leave_the_bound():
@@ -828,7 +907,7 @@ def test_ws_mutations_leave_the_bound():
         for what, mutated in _mutations(_ws_variant(MANIFEST[name]["params"])).items():
             moved = _mutation_moves(name, mutated)
             if moved <= 1e-9:
-                continue                                        # the mutation changes nothing here
+                continue  # the mutation changes nothing here
             changed.setdefault(what, []).append(name)
             exceeded = max(ws_case_errors(name, WS32, mutated).values()) > 1.0
             if exceeded:
@@ -855,8 +934,10 @@ def test_ws_wsbound_covers_rounded_inputs(bits):
     for name in names("ws"):
         case, p = load(name), MANIFEST[name]["params"]
         variant = _ws_variant(p)
-        r = {k: (None if k not in case.arrays else round_to_bits(case[k], bits))
-             for k in ("w", "gain", "dw_hat", "tw", "tgain")}
+        r = {
+            k: (None if k not in case.arrays else round_to_bits(case[k], bits))
+            for k in ("w", "gain", "dw_hat", "tw", "tgain")
+        }
         got = ws32(WS32, variant, r["w"], r["gain"], r["dw_hat"], r["tw"], r["tgain"], p["out_axis"])
         for o, v in zip(("w_hat", "dw", "dgain", "tw_hat"), got):
             if o in case.arrays:
@@ -866,7 +947,6 @@ def test_ws_wsbound_covers_rounded_inputs(bits):
                 assert ratio <= 1.0, f"{name} {o}: {ratio:.3g} of the bound with {bits}-bit inputs"
                 worst = max(worst, ratio)
     print(f"\n{bits}-bit inputs: max share of the bound used {worst:.3g}")
-
 
 
 def ws_layer_names():
@@ -880,15 +960,15 @@ def layer_errors(name, cls, variant=None):
     case, entry = load(name), MANIFEST[name]
     v = view_of(entry)
     variant = v.ws if variant is None else variant
-    f = lambda a: np.asarray(a, dtype=F32)                        # noqa: E731
+    f = lambda a: np.asarray(a, dtype=F32)  # noqa: E731
     mask = f(case.arrays.get("w_mask", np.ones(case["weight"].shape)))
     x, dy, tx = f(v.x(case["x"])), f(v.y(case["dy"])), f(v.x(case["tx"]))
     g = v.decanon(v.inc.dw(x, dy), case["weight"].shape) * mask
-    what, dw, dgain, that = ws32(cls, variant, case["weight"], case.arrays.get("gain"), g, case["tweight"],
-                                 case.arrays.get("tgain"), v.ws_axis)
+    what, dw, dgain, that = ws32(
+        cls, variant, case["weight"], case.arrays.get("gain"), g, case["tweight"], case.arrays.get("tgain"), v.ws_axis
+    )
     W, tW = f(v.kern(what * mask)), f(v.kern(that * mask))
-    got = dict(y=v.inc.y(x, W), dx=v.inc.dx(dy, W, v.c_in), ty=v.inc.y(tx, W) + v.inc.y(x, tW),
-               dweight=dw, dgain=dgain)
+    got = dict(y=v.inc.y(x, W), dx=v.inc.dx(dy, W, v.c_in), ty=v.inc.y(tx, W) + v.inc.y(x, tW), dweight=dw, dgain=dgain)
     if v.bias:
         got["y"] = got["y"] + f(case[v.bias]).ravel()
         got["ty"] = got["ty"] + f(case["t" + v.bias]).ravel()
@@ -913,8 +993,10 @@ def test_float32_ws_layers_stay_within_the_bound(cls):
         for o, r in layer_errors(name, cls).items():
             assert r <= 1.0, f"{cls.name}: {name} {o} uses {r:.3g} of its bound"
             worst[o] = max(worst.get(o, 0.0), r)
-    print(f"\n{cls.name} (layers): max share of the bound used: " +
-          ", ".join(f"{o} {r:.3g}" for o, r in sorted(worst.items())))
+    print(
+        f"\n{cls.name} (layers): max share of the bound used: "
+        + ", ".join(f"{o} {r:.3g}" for o, r in sorted(worst.items()))
+    )
 
 
 def test_ws_layer_ddof_mutation_leaves_the_bound():

@@ -109,8 +109,13 @@ GRID_NAMES = {f"conv/grids/b{b}" for b in (4, 8, 11, 12, 24)}
 
 
 def _refws(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "refws", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [sys.executable, "-m", "refws", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def _tree(root: Path) -> dict:
@@ -136,6 +141,7 @@ def store(catalog_file, tmp_path_factory):
 
 # --- building: names, jobs, shards, merge, verify -------------------------------------------
 
+
 def test_sweep_names_and_skips(store):
     names = set(json.loads((store / "manifest.json").read_text())["cases"])
     assert SWEEP_NAMES | GRID_NAMES <= names
@@ -157,7 +163,7 @@ def test_jobs_and_shardings_give_the_same_bytes(store, catalog_file, tmp_path):
             assert json.loads((shard / "manifest.json").read_text())["shard"] == dict(index=i, count=count)
         sizes = [len(json.loads((s / "manifest.json").read_text())["cases"]) for s in shards]
         assert sum(sizes) == len(reference) - 1 and min(sizes) > 0
-        assert _refws("golden", "verify", shards[0]).returncode == 0          # a shard store verifies alone
+        assert _refws("golden", "verify", shards[0]).returncode == 0  # a shard store verifies alone
         merged = tmp_path / f"merged{count}"
         done = _refws("golden", "merge", merged, *reversed(shards))
         assert done.returncode == 0, done.stderr
@@ -172,9 +178,10 @@ def test_jobs_and_shardings_give_the_same_bytes(store, catalog_file, tmp_path):
 def test_verify_user_store(store, catalog_file, tmp_path):
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["schema_version"] == 2
-    assert manifest["catalog"] == dict(name="spec-small", sha256=golden.load_catalog(catalog_file).sha256,
-                                       encoding="float64")
-    assert _refws("golden", "verify", store).returncode == 0                # from the manifest's own cases
+    assert manifest["catalog"] == dict(
+        name="spec-small", sha256=golden.load_catalog(catalog_file).sha256, encoding="float64"
+    )
+    assert _refws("golden", "verify", store).returncode == 0  # from the manifest's own cases
     ok = _refws("golden", "verify", store, "--catalog", catalog_file, "--jobs", 2)
     assert ok.returncode == 0 and "spec-small" in ok.stdout
     other = tmp_path / "other.toml"
@@ -185,6 +192,7 @@ def test_verify_user_store(store, catalog_file, tmp_path):
 
 def test_catalog_hash_ignores_format_comments_and_order(catalog_file, tmp_path):
     import tomllib
+
     doc = tomllib.loads(CATALOG)
     doc["case"] = list(reversed(doc["case"]))
     as_json = tmp_path / "small.json"
@@ -201,8 +209,9 @@ def test_builtin_catalog_is_one_such_file(tmp_path):
     path.write_text(done.stdout.replace('name = "builtin"', 'name = "builtin-copy"', 1))
     copy = golden.load_catalog(path, strict=True)
     builtin = golden.catalog()
-    assert [(c.name, c.suite, c.params, c.bits, c.derivatives) for c in copy.cases] == \
-           [(c.name, c.suite, c.params, c.bits, c.derivatives) for c in builtin]
+    assert [(c.name, c.suite, c.params, c.bits, c.derivatives) for c in copy.cases] == [
+        (c.name, c.suite, c.params, c.bits, c.derivatives) for c in builtin
+    ]
     assert {c.suite for c in copy.cases} == {"conv", "conv_transpose", "ws", "brainstate", "elektronn3"}
 
 
@@ -229,9 +238,10 @@ def test_compact_encoding_reads_back_the_same_numbers(catalog_file, store, tmp_p
     assert x["dtype"] == "<i2" and x["exponent"] == 11
     assert manifest["conv/grids/b24"]["arrays"]["x"]["dtype"] == "<i4"
     assert manifest["conv/grids/b24"]["arrays"]["y"]["dtype"] == "<f8"
-    with np.load(out / "conv" / "grids" / "b12.npz") as z:              # any npy reader sees the integers
-        assert z["x"].dtype == np.int16 and np.array_equal(np.ldexp(z["x"].astype(float), -11),
-                                                           golden.load("conv/grids/b12", store)["x"])
+    with np.load(out / "conv" / "grids" / "b12.npz") as z:  # any npy reader sees the integers
+        assert z["x"].dtype == np.int16 and np.array_equal(
+            np.ldexp(z["x"].astype(float), -11), golden.load("conv/grids/b12", store)["x"]
+        )
     size = sum(p.stat().st_size for p in out.rglob("*.npz"))
     assert size < sum(p.stat().st_size for p in store.rglob("*.npz"))
 
@@ -259,8 +269,9 @@ def test_list_and_show_work_on_a_user_store(store):
 def test_refws_check_judges_a_user_store(store):
     """The example float32 adapter (forward convolution only) passes every conv case it can express,
     24-bit ones included; a kernel-flipping slip fails them."""
-    done = _refws("check", "examples.adapters.numpy_float32:NumpyFloat32", "--golden", store, "--suite", "conv",
-                  "--no-diagnose")
+    done = _refws(
+        "check", "examples.adapters.numpy_float32:NumpyFloat32", "--golden", store, "--suite", "conv", "--no-diagnose"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     sys.path.insert(0, str(REPO))
     try:
@@ -271,6 +282,7 @@ def test_refws_check_judges_a_user_store(store):
     class Flipped(NumpyFloat32):
         def conv(self, x, w, *args, **kwargs):
             return super().conv(x, w[::-1, ::-1], *args, **kwargs)
+
     report = run_backend(Flipped(), store, suite="conv", diagnose=None)
     judged = [r for r in report.records if r.array == "y"]
     assert report.exit_code == 1 and judged and all(r.status == "fail" for r in judged)
@@ -279,6 +291,7 @@ def test_refws_check_judges_a_user_store(store):
 
 
 # --- exactness on every grid: Fraction sums of the definitions --------------------------------
+
 
 def _F(v) -> Fraction:
     return Fraction(float(v))
@@ -306,7 +319,7 @@ def _sample(shape, count, seed):
 
 
 def _rounded(exact: Fraction) -> float:
-    return float(exact)                                   # Fraction -> float is correctly rounded
+    return float(exact)  # Fraction -> float is correctly rounded
 
 
 def _check(stored: np.ndarray, bound: np.ndarray, idx, terms: list, roundings: list):
@@ -328,7 +341,7 @@ def test_every_grid_is_exact_on_sampled_elements(store, bits):
     x, w, dy, tx, tw = (a[k] for k in ("x", "w", "dy", "tx", "tw"))
     top = {4: 8, 8: 128, 11: 1024, 12: 2048, 24: 2**24 - 1}[bits]
     unit = {4: 3, 8: 7, 11: 10, 12: 11, 24: 24}[bits]
-    for k in ("x", "w", "dy", "tx", "tw"):             # the grid of the format doc
+    for k in ("x", "w", "dy", "tx", "tw"):  # the grid of the format doc
         ints = np.ldexp(a[k], unit)
         assert np.array_equal(ints, np.round(ints)) and np.max(np.abs(ints)) <= top
     out, triples = _conv_triples(p, x.shape, w.shape)
@@ -342,20 +355,29 @@ def test_every_grid_is_exact_on_sampled_elements(store, bits):
 
         def products(a_, b_, n=n, g=g, co=co, taps=taps):
             return [(_F(a_[(n, *i, g * cg + c)]), _F(b_[(*t, c, co)])) for t, i in taps for c in range(cg)]
+
         _check(a["y"], a["y__absbound"], (n, *o, co), products(x, w), roundings)
         _check(a["ty"], a["ty__absbound"], (n, *o, co), products(tx, w) + products(x, tw), roundings)
     for n, *i, ci in _sample(x.shape, 12, bits + 1):
         g = ci // cg
-        terms = [(_F(dy[(n, *oo, co)]), _F(w[(*t, ci - g * cg, co)])) for oo, t, ii in triples if ii == tuple(i)
-                 for co in range(g * m, (g + 1) * m)]
+        terms = [
+            (_F(dy[(n, *oo, co)]), _F(w[(*t, ci - g * cg, co)]))
+            for oo, t, ii in triples
+            if ii == tuple(i)
+            for co in range(g * m, (g + 1) * m)
+        ]
         if terms:
             _check(a["dx"], a["dx__absbound"], (n, *i, ci), terms, roundings)
     for *t, c, co in _sample(w.shape, 12, bits + 2):
         g = co // m
-        terms = [(_F(x[(n, *ii, g * cg + c)]), _F(dy[(n, *oo, co)])) for oo, tt, ii in triples if tt == tuple(t)
-                 for n in range(x.shape[0])]
+        terms = [
+            (_F(x[(n, *ii, g * cg + c)]), _F(dy[(n, *oo, co)]))
+            for oo, tt, ii in triples
+            if tt == tuple(t)
+            for n in range(x.shape[0])
+        ]
         _check(a["dw"], a["dw__absbound"], (*t, c, co), terms, roundings)
-    if bits <= 12:                                      # the grid argument: every value is the exact sum
+    if bits <= 12:  # the grid argument: every value is the exact sum
         assert not any(v or m for v, m in roundings)
 
 
@@ -373,8 +395,8 @@ def test_24_bit_sums_that_need_a_rounding_are_correctly_rounded(store):
             terms = [(xf[(n, *i, 0)], dyf[(n, *o, co)]) for o, i in pairs for n in range(x.shape[0])]
             assert len(terms) <= 16384
             _check(a["dw"], a["dw__absbound"], (*t, 0, co), terms, roundings)
-    values, bounds = zip(*roundings)                    # the Ozaki scheme's roundings at work:
-    assert sum(values) >= 3 and all(bounds)             # to nearest for values, upward for bounds
+    values, bounds = zip(*roundings)  # the Ozaki scheme's roundings at work:
+    assert sum(values) >= 3 and all(bounds)  # to nearest for values, upward for bounds
 
 
 def test_transposed_convolution_on_the_24_bit_grid(store):
@@ -387,8 +409,10 @@ def test_transposed_convolution_on_the_24_bit_grid(store):
     nd = x.ndim - 2
     s, pad, d = (as_tuple(p[k], nd) for k in ("stride", "padding", "dilation"))
     op = as_tuple(p["output_padding"], nd)
-    out = tuple((n - 1) * si - 2 * pi + di * (k - 1) + oi + 1
-                for n, k, si, pi, di, oi in zip(x.shape[1:-1], w.shape[:-2], s, pad, d, op))
+    out = tuple(
+        (n - 1) * si - 2 * pi + di * (k - 1) + oi + 1
+        for n, k, si, pi, di, oi in zip(x.shape[1:-1], w.shape[:-2], s, pad, d, op)
+    )
     assert a["y"].shape == (x.shape[0], *out, cog * groups)
     roundings = []
     for n, *o, co in _sample(a["y"].shape, 20, 5):
@@ -397,8 +421,7 @@ def test_transposed_convolution_on_the_24_bit_grid(store):
         for i in np.ndindex(*x.shape[1:-1]):
             for k in np.ndindex(*w.shape[:-2]):
                 if all(ii * si - pi + ki * di == oo for ii, si, pi, ki, di, oo in zip(i, s, pad, k, d, o)):
-                    terms += [(_F(x[(n, *i, c)]), _F(w[(*k, co - g * cog, c)]))
-                              for c in range(g * cig, (g + 1) * cig)]
+                    terms += [(_F(x[(n, *i, c)]), _F(w[(*k, co - g * cog, c)])) for c in range(g * cig, (g + 1) * cig)]
         _check(a["y"], a["y__absbound"], (n, *o, co), terms, roundings)
     assert any(roundings)
 
@@ -458,13 +481,27 @@ def test_ws_layer_on_the_24_bit_grid(store):
     for n, o, co in _sample(a["y"].shape, 10, 7):
         want = mpmath.mpf(float(bias.ravel()[co])) + sum(
             mpmath.mpf(float(x[n, i[0], c])) * w_hat[t[0], c, co] * int(mask[t[0], c, co])
-            for oo, t, i in triples if oo == (o,) for c in range(c_in))
+            for oo, t, i in triples
+            if oo == (o,)
+            for c in range(c_in)
+        )
         assert _ulps(a["y"][n, o, co], want) <= 0.5 + 1e-9
     for co in range(c_out):
         u, scale = stats[co]
-        g = [int(mask[t, c, co]) * sum((_F(x[n, i[0], c]) * _F(dy[n, oo[0], co]) for oo, tt, i in triples
-                                        if tt == (t,) for n in range(x.shape[0])), Fraction(0))
-             for t in range(k) for c in range(c_in)]
+        g = [
+            int(mask[t, c, co])
+            * sum(
+                (
+                    _F(x[n, i[0], c]) * _F(dy[n, oo[0], co])
+                    for oo, tt, i in triples
+                    if tt == (t,)
+                    for n in range(x.shape[0])
+                ),
+                Fraction(0),
+            )
+            for t in range(k)
+            for c in range(c_in)
+        ]
         g = [mpmath.mpf(e.numerator) / e.denominator for e in g]
         gbar, gu, uu = sum(g) / fan, sum(p * q for p, q in zip(g, u)), sum(e * e for e in u)
         for j in range(fan):
@@ -473,6 +510,7 @@ def test_ws_layer_on_the_24_bit_grid(store):
 
 
 # --- the input generator's test vectors (docs/golden-format.md) -------------------------------
+
 
 def _splitmix64(seed: int, i: int) -> int:
     mask = 2**64 - 1
@@ -484,8 +522,9 @@ def _splitmix64(seed: int, i: int) -> int:
 
 def test_generator_test_vectors_in_the_format_doc():
     text = (REPO / "docs" / "golden-format.md").read_text()
-    rows = re.findall(r"^\| (\d+) \| `(conv/example/\w+)` \| \[(-?\d+), (-?\d+)\] \| ([-\d, ]+) \| (\d+) \|$",
-                      text, re.M)
+    rows = re.findall(
+        r"^\| (\d+) \| `(conv/example/\w+)` \| \[(-?\d+), (-?\d+)\] \| ([-\d, ]+) \| (\d+) \|$", text, re.M
+    )
     assert {int(r[0]) for r in rows} == {4, 8, 11, 12, 24} and len(rows) == 10
     for bits, name, lo, hi, ints, _ in rows:
         seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
@@ -494,6 +533,7 @@ def test_generator_test_vectors_in_the_format_doc():
         assert [int(v) for v in ints.split(",")] == want, (bits, name)
     # and refws's generator gives these numbers for a case of that name and grid
     from refws.golden.rng import GRIDS
+
     for bits, name, _, _, ints, exponent in rows:
         grid = GRIDS[int(bits)]
         make = grid.gains if name.endswith("gain") else grid.values
@@ -508,8 +548,7 @@ BAD = {
     "unknown key": (GOOD_CONV + "strides = 2\n", ["case #1 'c'", "field 'strides'", "unknown key"]),
     "wrong type": (GOOD_CONV + 'stride = "two"\n', ["case #1 'c'", "field 'stride'", "expected an int"]),
     "wrong type in a sweep": (GOOD_CONV + "[case.sweep]\nstride = [1, 2.5]\n", ["field 'sweep.stride'"]),
-    "impossible geometry": (GOOD_CONV.replace("[3, 3, 2]", "[3, 4, 2]"), ["case #1 'c'", "impossible case",
-                                                                          "C_in"]),
+    "impossible geometry": (GOOD_CONV.replace("[3, 3, 2]", "[3, 4, 2]"), ["case #1 'c'", "impossible case", "C_in"]),
     "duplicate name": (GOOD_CONV + GOOD_CONV, ["case #2 'c'", "field 'name'", "duplicate case name 'conv/c'"]),
     "sweep of nothing": (GOOD_CONV + "[case.sweep]\nstride = []\n", ["field 'sweep.stride'", "non-empty list"]),
     "sweep all invalid": (GOOD_CONV + "[case.sweep]\ngroups = [2, 3]\n", ["field 'sweep'", "expands to nothing"]),
@@ -518,8 +557,11 @@ BAD = {
     "bad name": ('[[case]]\nsuite = "conv"\nname = "a b"\n', ["field 'name'"]),
     "unknown top-level key": ("bitz = 8\n" + GOOD_CONV, ["field 'bitz'", "unknown top-level key"]),
     "unknown grid": (GOOD_CONV + "bits = 16\n", ["field 'bits'", "expected one of [4, 8, 11, 12, 24]"]),
-    "layer argument": ('[[case]]\nsuite = "brainstate"\nname = "l"\ncls = "Conv1d"\nx_shape = [2, 5, 3]\n'
-                       'in_size = [5, 3]\nout_channels = 2\nkernel_size = 3\nkernal = 2\n', ["field 'kernal'"]),
+    "layer argument": (
+        '[[case]]\nsuite = "brainstate"\nname = "l"\ncls = "Conv1d"\nx_shape = [2, 5, 3]\n'
+        "in_size = [5, 3]\nout_channels = 2\nkernel_size = 3\nkernal = 2\n",
+        ["field 'kernal'"],
+    ),
     "not TOML": ("[[case]\n", ["not valid TOML"]),
 }
 
@@ -548,6 +590,7 @@ def test_strict_refuses_a_sweep_with_an_invalid_combination(tmp_path, capsys):
 def test_a_case_that_breaks_the_no_rounding_bound_is_refused_by_name(tmp_path, monkeypatch, capsys):
     """With the exactness limit lowered, the builder's proof fails: the case is named, nothing written."""
     import refws.golden.ozaki as ozaki
+
     path = tmp_path / "c.toml"
     path.write_text(GOOD_CONV)
     monkeypatch.setattr(ozaki, "_UNIT_LIMIT", 2.0**20)

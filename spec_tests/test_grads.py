@@ -43,8 +43,9 @@ def gamma(k: int) -> float:
 def out_shape(p) -> tuple:
     """Shape of ``conv(p.x, p.w, **p.kwargs)`` in the problem's own layout (test side)."""
     n_batch = p.x_cl.shape[0]
-    return from_channels_last(np.empty((n_batch, *p.geometry.out_spatial, p.w.shape[-1])),
-                              p.channel_first, p.batched).shape
+    return from_channels_last(
+        np.empty((n_batch, *p.geometry.out_spatial, p.w.shape[-1])), p.channel_first, p.batched
+    ).shape
 
 
 def random_like(shape, exact: bool, seed: int) -> np.ndarray:
@@ -71,11 +72,13 @@ def assert_bound(got, expected, absolute, k, factor=2.0, err_msg=""):
 def vjp_problem(p, seed_offset=1):
     dy = random_like(out_shape(p), p.exact, p.seed + seed_offset)
     g = p.geometry
-    return dy, dict(stride=g.stride, pads=g.pads, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation,
-                    groups=p.groups)
+    return dy, dict(
+        stride=g.stride, pads=g.pads, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation, groups=p.groups
+    )
 
 
 # --- both derivations against the definition and against each other ---------------------------
+
 
 @pytest.mark.parametrize("method", ["col2im", "conv"])
 @given(p=conv_problems())
@@ -113,6 +116,7 @@ def test_col2im_and_conv_methods_agree(p):
 
 # --- adjoint identities ---------------------------------------------------------------------
 
+
 @given(p=conv_problems())
 def test_adjoint_identities(p):
     """<conv(x, w), dy> == <x, dx> == <w, dw> (exactly for integer data)."""
@@ -132,7 +136,7 @@ def test_adjoint_identities(p):
 @given(p=conv_problems(exact=True))
 def test_col2im_is_the_adjoint_of_im2col(p):
     if 0 in p.geometry.out_spatial:
-        return          # zero-size columns: see test_im2col_col2im_zero_size_output below
+        return  # zero-size columns: see test_im2col_col2im_zero_size_output below
     kw = {k: p.kwargs[k] for k in ("stride", "padding", "lhs_dilation", "rhs_dilation")}
     kernel = p.w.shape[:-2]
     cols = refws.im2col(p.x_cl, kernel, **kw)
@@ -142,8 +146,7 @@ def test_col2im_is_the_adjoint_of_im2col(p):
     assert np.vdot(cols, z) == np.vdot(p.x_cl, back)
     # and the columns themselves are the definition's (so the identity is about the right map)
     g = p.geometry
-    np.testing.assert_array_equal(cols, naive_im2col(p.x_cl, kernel, g.stride, g.pads, g.lhs_dilation,
-                                                     g.rhs_dilation))
+    np.testing.assert_array_equal(cols, naive_im2col(p.x_cl, kernel, g.stride, g.pads, g.lhs_dilation, g.rhs_dilation))
 
 
 def test_im2col_col2im_zero_size_output():
@@ -180,8 +183,7 @@ def test_vjp_central_differences(p):
     k = n_terms(p)
     for (tx, tw), derivative in (((vx, 0 * vw), np.vdot(dx, vx)), ((0 * vx, vw), np.vdot(dw, vw))):
         cd = (loss(p.x + H * tx, p.w + H * tw) - loss(p.x - H * tx, p.w - H * tw)) / (2 * H)
-        bound = np.vdot(refws.conv(np.abs(p.x) + H * np.abs(tx), np.abs(p.w) + H * np.abs(tw), **p.kwargs),
-                        np.abs(dy))
+        bound = np.vdot(refws.conv(np.abs(p.x) + H * np.abs(tx), np.abs(p.w) + H * np.abs(tw), **p.kwargs), np.abs(dy))
         assert abs(cd - derivative) <= 4 * gamma(k) * bound / H + 1e-300
 
 
@@ -190,9 +192,10 @@ def test_jvp_central_differences(p):
     rng = np.random.default_rng(p.seed + 4)
     tx, tw = rng.standard_normal(p.x.shape), rng.standard_normal(p.w.shape)
     y, ty = refws.conv_jvp(p.x, p.w, tx, tw, **p.kwargs)
-    p.assert_close(y, err_msg="y")                  # the primal output, against the definition loop
-    cd = (refws.conv(p.x + H * tx, p.w + H * tw, **p.kwargs)
-          - refws.conv(p.x - H * tx, p.w - H * tw, **p.kwargs)) / (2 * H)
+    p.assert_close(y, err_msg="y")  # the primal output, against the definition loop
+    cd = (refws.conv(p.x + H * tx, p.w + H * tw, **p.kwargs) - refws.conv(p.x - H * tx, p.w - H * tw, **p.kwargs)) / (
+        2 * H
+    )
     bound = refws.conv(np.abs(p.x) + H * np.abs(tx), np.abs(p.w) + H * np.abs(tw), **p.kwargs)
     assert_bound(ty, cd, bound / H, n_terms(p), factor=4.0, err_msg="ty")
 
@@ -209,15 +212,19 @@ def test_jvp_and_vjp_are_transposes(p):
 
 # --- the specific geometry cases named by the issue --------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["col2im", "conv"])
-@pytest.mark.parametrize("x_shape, w_shape, kw", [
-    ((1, 3, 2), (5, 2, 3), dict(padding="VALID")),                          # kernel longer than input
-    ((2, 4, 4, 2), (2, 2, 2, 2), dict(padding=[(-2, -2), (0, 0)])),          # everything cropped away
-    ((3, 2), (2, 2, 4), dict(padding=(0, -2), stride=2)),                    # unbatched, empty output
-    ((2, 3, 4), (5, 3, 4), dict(padding="VALID", channel_first=True)),      # channel-first, empty output
-    ((1, 0, 3), (1, 3, 2), dict(padding=1)),                                 # empty input, output reads only pads
-    ((0, 4, 3), (2, 3, 2), dict(padding="SAME")),                            # empty batch
-])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kw",
+    [
+        ((1, 3, 2), (5, 2, 3), dict(padding="VALID")),  # kernel longer than input
+        ((2, 4, 4, 2), (2, 2, 2, 2), dict(padding=[(-2, -2), (0, 0)])),  # everything cropped away
+        ((3, 2), (2, 2, 4), dict(padding=(0, -2), stride=2)),  # unbatched, empty output
+        ((2, 3, 4), (5, 3, 4), dict(padding="VALID", channel_first=True)),  # channel-first, empty output
+        ((1, 0, 3), (1, 3, 2), dict(padding=1)),  # empty input, output reads only pads
+        ((0, 4, 3), (2, 3, 2), dict(padding="SAME")),  # empty batch
+    ],
+)
 def test_zero_size_problems_give_zero_gradients(x_shape, w_shape, kw, method):
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
@@ -241,12 +248,12 @@ def test_derived_padding_of_the_conv_method():
     """The derived pads of docs/backward.md, hand-computed for two geometries."""
     # n = 6, k = 2, s = 3, pads (1, 0): n_p = 7, out = 2, remainder r = 7 - 2 - 3 = 2
     g = refws.conv_geometry((6,), (2,), stride=3, padding=[(1, 0)])
-    assert refws.grads.input_grad_pads(g) == ((0, 3),)       # lo' = k_d-1-lo, hi' = k_d-1-hi+r
-    assert refws.grads.weight_grad_pads(g) == ((1, -2),)     # (lo, hi - r)
+    assert refws.grads.input_grad_pads(g) == ((0, 3),)  # lo' = k_d-1-lo, hi' = k_d-1-hi+r
+    assert refws.grads.weight_grad_pads(g) == ((1, -2),)  # (lo, hi - r)
     # n = 5, k = 3, d = 2 (k_d = 5), L = 2 (n_L = 9), pads (-1, 2), s = 2: n_p = 10, out = 3, r = 1
     g = refws.conv_geometry((5,), (3,), stride=2, padding=[(-1, 2)], lhs_dilation=2, rhs_dilation=2)
     assert g.out_spatial == (3,)
-    assert refws.grads.input_grad_pads(g) == ((5, 3),)       # 4 - (-1) = 5; 4 - 2 + 1 = 3
+    assert refws.grads.input_grad_pads(g) == ((5, 3),)  # 4 - (-1) = 5; 4 - 2 + 1 = 3
     assert refws.grads.weight_grad_pads(g) == ((-1, 1),)
 
 
@@ -275,6 +282,7 @@ def test_conv_method_is_one_conv_call_each(monkeypatch):
 
 # --- the worked example of docs/backward.md ---------------------------------------------------
 
+
 def test_worked_example_of_the_docs():
     """n = 6, k = 2, stride 3, padding (1, 0): x = 1..6, w = (2, -1), dy = (1, 10).
 
@@ -284,11 +292,11 @@ def test_worked_example_of_the_docs():
     x0, x1, x2, x3, x4, x5 = 1.0, 2.0, 3.0, 4.0, 5.0, 6.0
     w0, w1 = 2.0, -1.0
     dy0, dy1 = 1.0, 10.0
-    y = [0 * w0 + x0 * w1, x2 * w0 + x3 * w1]                  # (-1, 2)
-    dx = [dy0 * w1, 0.0, dy1 * w0, dy1 * w1, 0.0, 0.0]           # (-1, 0, 20, -10, 0, 0)
-    dw = [0 * dy0 + x2 * dy1, x0 * dy0 + x3 * dy1]               # (30, 41)
+    y = [0 * w0 + x0 * w1, x2 * w0 + x3 * w1]  # (-1, 2)
+    dx = [dy0 * w1, 0.0, dy1 * w0, dy1 * w1, 0.0, 0.0]  # (-1, 0, 20, -10, 0, 0)
+    dw = [0 * dy0 + x2 * dy1, x0 * dy0 + x3 * dy1]  # (30, 41)
     assert y == [-1.0, 2.0] and dx == [-1.0, 0.0, 20.0, -10.0, 0.0, 0.0] and dw == [30.0, 41.0]
-    assert sum(a * b for a, b in zip(y, (dy0, dy1))) == 19.0     # <y, dy> = <x, dx> = <w, dw> = 19
+    assert sum(a * b for a, b in zip(y, (dy0, dy1))) == 19.0  # <y, dy> = <x, dx> = <w, dw> = 19
     assert sum(a * b for a, b in zip((x0, x1, x2, x3, x4, x5), dx)) == 19.0
     assert w0 * dw[0] + w1 * dw[1] == 19.0
 
@@ -299,15 +307,18 @@ def test_worked_example_of_the_docs():
     p = [0, x0, x1, x2, x3]
     assert [p[t] * dy0 + p[t + 3] * dy1 for t in range(2)] == dw
     # conv_transpose(dy, w, stride=3, padding=1, output_padding=1) is dx without its last two rows
-    ct = [0.0] * ((2 - 1) * 3 - 2 * 1 + 1 * (2 - 1) + 1 + 1)     # size 4
+    ct = [0.0] * ((2 - 1) * 3 - 2 * 1 + 1 * (2 - 1) + 1 + 1)  # size 4
     for i, d in enumerate((dy0, dy1)):
         for t, wt in enumerate((w0, w1)):
             if 0 <= i * 3 - 1 + t < len(ct):
                 ct[i * 3 - 1 + t] += d * wt
     assert ct == dx[:4]
 
-    xa, wa, dya = np.array([x0, x1, x2, x3, x4, x5]).reshape(1, 6, 1), np.array([w0, w1]).reshape(2, 1, 1), \
-        np.array([dy0, dy1]).reshape(1, 2, 1)
+    xa, wa, dya = (
+        np.array([x0, x1, x2, x3, x4, x5]).reshape(1, 6, 1),
+        np.array([w0, w1]).reshape(2, 1, 1),
+        np.array([dy0, dy1]).reshape(1, 2, 1),
+    )
     np.testing.assert_array_equal(refws.conv(xa, wa, stride=3, padding=[(1, 0)]).ravel(), y)
     for method in ("col2im", "conv"):
         got_dx, got_dw = refws.conv_vjp(xa, wa, dya, stride=3, padding=[(1, 0)], method=method)
@@ -317,6 +328,7 @@ def test_worked_example_of_the_docs():
 
 
 # --- bias ---------------------------------------------------------------------------------------
+
 
 def test_bias_vjp_sums_all_but_the_channel_axis():
     dy = np.arange(2 * 3 * 4 * 5, dtype=float).reshape(2, 3, 4, 5)
@@ -341,6 +353,7 @@ def test_bias_vjp_is_the_adjoint_of_adding_a_bias(p):
 
 # --- errors -----------------------------------------------------------------------------------
 
+
 def test_errors():
     x, w = np.zeros((1, 5, 5, 2)), np.zeros((3, 3, 2, 4))
     with pytest.raises(ValueError, match=r"dy.shape=\(1, 5, 5, 3\): expected \(1, 5, 5, 4\)"):
@@ -353,7 +366,7 @@ def test_errors():
         refws.conv_vjp(x, w, np.zeros((1, 5, 5, 4)), method="im2col")
     with pytest.raises(TypeError, match="dy has dtype complex128"):
         refws.conv_vjp(x, w, np.zeros((1, 5, 5, 4), dtype=complex))
-    with pytest.raises(ValueError, match=r"C_in = w.shape\[-2\] \* groups"):      # the conv's own checks
+    with pytest.raises(ValueError, match=r"C_in = w.shape\[-2\] \* groups"):  # the conv's own checks
         refws.conv_vjp(x, w, np.zeros((1, 5, 5, 4)), groups=2)
     with pytest.raises(ValueError, match=r"tx.shape=\(1, 5, 5\): expected \(1, 5, 5, 2\)"):
         refws.conv_jvp(x, w, np.zeros((1, 5, 5)), w)
@@ -379,9 +392,19 @@ def test_vjp_against_jax(p):
         return
     dy, _ = vjp_problem(p)
     with jax.enable_x64(True):
+
         def f(x, w):
-            return lax.conv_general_dilated(x, w, g.stride, list(g.pads), g.lhs_dilation, g.rhs_dilation,
-                                            dimension_numbers=_DIMS[p.ndim], feature_group_count=p.groups)
+            return lax.conv_general_dilated(
+                x,
+                w,
+                g.stride,
+                list(g.pads),
+                g.lhs_dilation,
+                g.rhs_dilation,
+                dimension_numbers=_DIMS[p.ndim],
+                feature_group_count=p.groups,
+            )
+
         _, pullback = jax.vjp(f, p.x, p.w)
         jdx, jdw = (np.asarray(a) for a in pullback(dy))
     dx, dw = refws.conv_vjp(p.x, p.w, dy, **p.kwargs)

@@ -20,8 +20,6 @@ def _im2col(p):
     return refws.im2col(p.x_cl, geo.kernel_spatial, **geo.kwargs)
 
 
-
-
 @given(conv_problems(exact=True))
 def test_columns_match_direct_loop(p):
     """cols[n, o..., t..., c] = xpad[n, o * stride + t * rhs_dilation ..., c] for every padding form,
@@ -31,8 +29,9 @@ def test_columns_match_direct_loop(p):
     cols = _im2col(p)
     assert cols.shape == (x.shape[0], *geo.out_spatial, *geo.kernel_spatial, x.shape[-1])
     assert cols.dtype == np.float64
-    np.testing.assert_array_equal(cols, naive_im2col(x, geo.kernel_spatial, geo.stride, geo.pads,
-                                                     geo.lhs_dilation, geo.rhs_dilation))
+    np.testing.assert_array_equal(
+        cols, naive_im2col(x, geo.kernel_spatial, geo.stride, geo.pads, geo.lhs_dilation, geo.rhs_dilation)
+    )
 
 
 @given(conv_problems(groups=1, exact=True))
@@ -66,13 +65,16 @@ def test_column_order_2d_by_hand():
     np.testing.assert_array_equal(cols.reshape(6, 4)[0], [0, 1, 4, 5])
 
 
-@pytest.mark.parametrize("x_shape, kernel, kwargs, out_spatial", [
-    ((1, 2, 1), (3,), dict(padding="VALID"), (0,)),                  # kernel larger than input
-    ((1, 2, 1), (1,), dict(padding=-1), (0,)),                       # cropped to nothing
-    ((2, 0, 3), (1,), dict(padding="VALID"), (0,)),                  # empty input axis
-    ((1, 0, 3, 2), (1, 1), dict(padding="VALID"), (0, 3)),
-    ((1, 4, 4, 2), (2, 5), dict(padding="VALID", stride=2), (2, 0)),
-])
+@pytest.mark.parametrize(
+    "x_shape, kernel, kwargs, out_spatial",
+    [
+        ((1, 2, 1), (3,), dict(padding="VALID"), (0,)),  # kernel larger than input
+        ((1, 2, 1), (1,), dict(padding=-1), (0,)),  # cropped to nothing
+        ((2, 0, 3), (1,), dict(padding="VALID"), (0,)),  # empty input axis
+        ((1, 0, 3, 2), (1, 1), dict(padding="VALID"), (0, 3)),
+        ((1, 4, 4, 2), (2, 5), dict(padding="VALID", stride=2), (2, 0)),
+    ],
+)
 def test_zero_size_output_columns(x_shape, kernel, kwargs, out_spatial):
     """Zero-size outputs are legal: an empty column array of the documented shape
     (regression: im2col once reshaped with -1 on the empty array and raised)."""
@@ -88,15 +90,18 @@ def test_fast_gather_equals_the_tap_loop(data):
 
     nd = data.draw(st.integers(1, 3))
     groups = data.draw(st.integers(1, 3))
-    cg = data.draw(st.sampled_from([1, 3, 8, 9]))          # one to many channels per group
+    cg = data.draw(st.sampled_from([1, 3, 8, 9]))  # one to many channels per group
     k = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
     s = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
     d = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
     out = tuple(data.draw(st.integers(0, 4)) for _ in range(nd))
-    padded_spatial = tuple((o - 1) * si + (ki - 1) * di + 1 + data.draw(st.integers(0, 2)) if o else ki
-                           for o, si, ki, di in zip(out, s, k, d))
+    padded_spatial = tuple(
+        (o - 1) * si + (ki - 1) * di + 1 + data.draw(st.integers(0, 2)) if o else ki
+        for o, si, ki, di in zip(out, s, k, d)
+    )
     padded = np.arange(2 * int(np.prod(padded_spatial)) * groups * cg, dtype=np.float64).reshape(
-        2, *padded_spatial, groups * cg)
+        2, *padded_spatial, groups * cg
+    )
     fast = gather_windows(padded, k, out, s, d, groups)
     slow = gather_windows_by_taps(padded, k, out, s, d, groups)
     assert fast.shape == slow.shape == (groups, 2, *out, *k, cg)

@@ -51,10 +51,19 @@ def test_torch_fans(shape):
 # (torch.nn.init.calculate_gain): 1 for linear, the convolutions and sigmoid; 5/3 tanh; sqrt(2) relu;
 # sqrt(2 / (1 + a**2)) leaky_relu, a = 0.01 when not given; 3/4 selu.
 GAINS = [
-    ("linear", None, 1.0), ("conv1d", None, 1.0), ("conv2d", None, 1.0), ("conv3d", None, 1.0),
-    ("conv_transpose1d", None, 1.0), ("conv_transpose2d", None, 1.0), ("conv_transpose3d", None, 1.0),
-    ("sigmoid", None, 1.0), ("tanh", None, 5 / 3), ("relu", None, math.sqrt(2)), ("selu", None, 3 / 4),
-    ("leaky_relu", None, math.sqrt(2 / (1 + 0.01**2))), ("leaky_relu", 0.2, math.sqrt(2 / 1.04)),
+    ("linear", None, 1.0),
+    ("conv1d", None, 1.0),
+    ("conv2d", None, 1.0),
+    ("conv3d", None, 1.0),
+    ("conv_transpose1d", None, 1.0),
+    ("conv_transpose2d", None, 1.0),
+    ("conv_transpose3d", None, 1.0),
+    ("sigmoid", None, 1.0),
+    ("tanh", None, 5 / 3),
+    ("relu", None, math.sqrt(2)),
+    ("selu", None, 3 / 4),
+    ("leaky_relu", None, math.sqrt(2 / (1 + 0.01**2))),
+    ("leaky_relu", 0.2, math.sqrt(2 / 1.04)),
     ("leaky_relu", 0, math.sqrt(2)),
 ]
 
@@ -78,11 +87,14 @@ def test_calculate_gain_refuses_what_torch_refuses():
         torch.nn.init.calculate_gain("gelu")
 
 
-@pytest.mark.parametrize("make, scale, mode", [
-    (lambda: init.XavierNormal(rng=1), 1.0, "fan_avg"),
-    (lambda: init.KaimingNormal(rng=2), 2.0, "fan_in"),
-    (lambda: init.VarianceScaling(0.5, "fan_out", rng=3), 0.5, "fan_out"),
-])
+@pytest.mark.parametrize(
+    "make, scale, mode",
+    [
+        (lambda: init.XavierNormal(rng=1), 1.0, "fan_avg"),
+        (lambda: init.KaimingNormal(rng=2), 2.0, "fan_in"),
+        (lambda: init.VarianceScaling(0.5, "fan_out", rng=3), 0.5, "fan_out"),
+    ],
+)
 def test_brainstate_truncated_normal_statistics(make, scale, mode):
     shape = (5, 5, 40, 80)  # HWIO, 80 000 samples
     rf = 25
@@ -107,11 +119,14 @@ def test_brainstate_other_distributions():
     _moment_bounds(u, target, 9 / 5)  # uniform kurtosis 1.8
 
 
-@pytest.mark.parametrize("shape, a, mode, nonlinearity, gain", [
-    ((64, 32, 3, 3), 0, "fan_in", "leaky_relu", math.sqrt(2)),  # elektronn3: kaiming_normal_(weight)
-    ((32, 64, 3, 3), 0.2, "fan_out", "leaky_relu", math.sqrt(2 / 1.04)),
-    ((100, 500), 0, "fan_in", "tanh", 5 / 3),
-])
+@pytest.mark.parametrize(
+    "shape, a, mode, nonlinearity, gain",
+    [
+        ((64, 32, 3, 3), 0, "fan_in", "leaky_relu", math.sqrt(2)),  # elektronn3: kaiming_normal_(weight)
+        ((32, 64, 3, 3), 0.2, "fan_out", "leaky_relu", math.sqrt(2 / 1.04)),
+        ((100, 500), 0, "fan_in", "tanh", 5 / 3),
+    ],
+)
 def test_kaiming_normal_statistics(shape, a, mode, nonlinearity, gain):
     rf = int(np.prod(shape[2:]))
     fan = shape[1] * rf if mode == "fan_in" else shape[0] * rf
@@ -127,10 +142,11 @@ def test_constant_zero_and_seeding():
     assert init.Constant(2)((2, 2)).dtype == np.float64
     k1, k2 = init.KaimingNormal(rng=7), init.KaimingNormal(rng=7)
     first = k1((3, 4))
-    np.testing.assert_array_equal(first, k2((3, 4)))        # same seed, same draw
-    assert not np.array_equal(first, k1((3, 4)))             # the generator advances
-    np.testing.assert_array_equal(k1((3, 4), rng=np.random.default_rng(8)),
-                                  k2((3, 4), rng=np.random.default_rng(8)))  # a call's rng wins
+    np.testing.assert_array_equal(first, k2((3, 4)))  # same seed, same draw
+    assert not np.array_equal(first, k1((3, 4)))  # the generator advances
+    np.testing.assert_array_equal(
+        k1((3, 4), rng=np.random.default_rng(8)), k2((3, 4), rng=np.random.default_rng(8))
+    )  # a call's rng wins
     np.testing.assert_array_equal(init.kaiming_normal_((3, 4)), init.kaiming_normal_((3, 4), 0))
     assert init.XavierNormal()((0, 4)).shape == (0, 4)
     assert init.kaiming_normal_((0, 4, 3)).shape == (0, 4, 3)

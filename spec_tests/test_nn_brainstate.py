@@ -28,6 +28,7 @@ FD_STEP, FD_TOL = 1e-5, 1e-7
 
 # --- helpers shared with test_nn_elektronn3.py -----------------------------------------------
 
+
 def _central_difference(f, a: np.ndarray) -> np.ndarray:
     """d f / d a by central differences, perturbing ``a`` in place (restored afterwards)."""
     g = np.zeros_like(a)
@@ -45,7 +46,7 @@ def _central_difference(f, a: np.ndarray) -> np.ndarray:
 def numeric_vjp(call, layer, x, dy):
     """``(dx, grads)`` of ``<dy, call(x)>`` by central differences; ``call`` evaluates the layer."""
     x = np.array(x, dtype=np.float64)
-    loss = lambda: float(np.sum(dy * call(x)))                                   # noqa: E731
+    loss = lambda: float(np.sum(dy * call(x)))  # noqa: E731
     dx = _central_difference(loss, x)
     grads = {}
     for name in list(layer.params):
@@ -54,6 +55,7 @@ def numeric_vjp(call, layer, x, dy):
         def loss_p(p=p, name=name):
             layer.params[name] = p
             return loss()
+
         grads[name] = _central_difference(loss_p, p)
         layer.params[name] = p
     return dx, grads
@@ -93,7 +95,7 @@ def assert_mirror_reproduces_golden(name: str):
     case = golden.load(name)
     p, kw, extra = case.params, dict(case.params["kwargs"]), {}
     if p["library"] == "brainstate":
-        if "b_init" in kw:                               # the catalog records whether a bias exists
+        if "b_init" in kw:  # the catalog records whether a bias exists
             kw["b_init"] = init.ZeroInit() if kw["b_init"] else None
         if p["mask"]:
             kw["w_mask"] = case["w_mask"]
@@ -118,6 +120,7 @@ def randomize(layer, seed=1):
 
 # --- literal transcription of brainstate (NOTES.md) ------------------------------------------
 
+
 def nfnets_ws(w, gain, eps):
     """brainstate ``weight_standardization``: per output channel (last axis), ddof 0,
     ``scale = rsqrt(max(var * fan_in, eps)) * gain``, ``w * scale - mean * scale``."""
@@ -133,8 +136,10 @@ def nfnets_ws(w, gain, eps):
 
 def brainstate_conv(layer_kwargs, params, mask, x, ws):
     """The layer's output written from NOTES.md with naive_conv, independent of refws."""
-    kw = dict(stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, channel_first=False,
-              eps=1e-4) | layer_kwargs
+    kw = (
+        dict(stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, channel_first=False, eps=1e-4)
+        | layer_kwargs
+    )
     nd = len(kw["in_size"]) - 1
     cf = kw["channel_first"]
     batched = x.ndim == nd + 2
@@ -144,10 +149,11 @@ def brainstate_conv(layer_kwargs, params, mask, x, ws):
     if mask is not None:
         w = w * mask
     x_cl = to_channels_last(x, cf, batched)
-    pads = naive_explicit_pads(kw["padding"], x_cl.shape[1:-1], w.shape[:-2], kw["stride"],
-                               kw["lhs_dilation"], kw["rhs_dilation"])
+    pads = naive_explicit_pads(
+        kw["padding"], x_cl.shape[1:-1], w.shape[:-2], kw["stride"], kw["lhs_dilation"], kw["rhs_dilation"]
+    )
     y = naive_conv(x_cl, w, kw["stride"], pads, kw["lhs_dilation"], kw["rhs_dilation"], kw["groups"])
-    y = from_channels_last(y, cf, True)                     # bias is added before the batch squeeze
+    y = from_channels_last(y, cf, True)  # bias is added before the batch squeeze
     if "bias" in params:
         y = y + params["bias"]
     return y if batched else y[0]
@@ -188,15 +194,20 @@ def _input(layer, in_size, batched, seed=3):
     return np.random.default_rng(seed).normal(size=shape)
 
 
-WS_VARIANTS = [("Conv", {}, False), ("ScaledWSConv", {}, True), ("ScaledWSConv", dict(ws_gain=False), True),
-               ("ScaledWSConv", dict(eps=0.5), True)]
+WS_VARIANTS = [
+    ("Conv", {}, False),
+    ("ScaledWSConv", {}, True),
+    ("ScaledWSConv", dict(ws_gain=False), True),
+    ("ScaledWSConv", dict(eps=0.5), True),
+]
 
 
 @pytest.mark.parametrize("nd, in_size, kwargs, batched, mask", CONV_CASES)
 @pytest.mark.parametrize("cls_name, ws_kwargs, ws", WS_VARIANTS)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_conv_forward_matches_literal_composition(nd, in_size, kwargs, batched, mask, cls_name, ws_kwargs, ws,
-                                                  with_bias):
+def test_conv_forward_matches_literal_composition(
+    nd, in_size, kwargs, batched, mask, cls_name, ws_kwargs, ws, with_bias
+):
     layer, w_mask = _build(cls_name, nd, in_size, kwargs, mask, with_bias, ws_kwargs)
     x = _input(layer, in_size, batched)
     want = brainstate_conv(dict(kwargs, in_size=in_size, **ws_kwargs), dict(layer.params), w_mask, x, ws)
@@ -236,6 +247,7 @@ def test_mask_multiplies_the_standardized_kernel():
 
 # --- parameter shapes, out_size, replay --------------------------------------------------------
 
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("channel_first", [False, True])
 def test_parameter_shapes_follow_notes(nd, channel_first):
@@ -247,11 +259,11 @@ def test_parameter_shapes_follow_notes(nd, channel_first):
     no_gain = getattr(nn, f"ScaledWSConv{nd}d")(in_size, c_out, k, ws_gain=False, **kw)
     kernel = (k,) * nd + (c_in // 2, c_out)
     bias = (1, c_out) + (1,) * nd if channel_first else (1,) * nd + (c_out,)
-    assert plain.params.shapes == {"weight": kernel}                      # no bias without b_init
+    assert plain.params.shapes == {"weight": kernel}  # no bias without b_init
     assert biased.params.shapes == {"weight": kernel, "bias": bias, "gain": (1,) * (nd + 1) + (c_out,)}
     assert no_gain.params.shapes == {"weight": kernel}
     assert np.all(biased.params["gain"] == 1.0) and np.all(biased.params["bias"] == 0.0)
-    assert plain.out_size == ((c_out, *spatial) if channel_first else (*spatial, c_out))   # SAME, stride 1
+    assert plain.out_size == ((c_out, *spatial) if channel_first else (*spatial, c_out))  # SAME, stride 1
 
 
 def test_linear_parameter_shapes():
@@ -273,7 +285,7 @@ def test_initial_values_come_from_rng_and_arrays_replay_exactly():
     np.testing.assert_array_equal(d.params["bias"], np.full((1, 1, 3), 0.25))
     d.params = {"weight": -w}
     np.testing.assert_array_equal(d.params["weight"], -w)
-    d.params["weight"][...] = 0                             # the stored array is the layer's own
+    d.params["weight"][...] = 0  # the stored array is the layer's own
     x = np.ones((4, 4, 2))
     np.testing.assert_array_equal(d(x), np.full((4, 4, 3), 0.25))
 
@@ -306,12 +318,13 @@ def test_linear_without_bias_vjp():
 
 # --- the seed documentation examples -----------------------------------------------------------
 
+
 def _same(n, s):
-    return -(-n // s)                                   # brainstate docs: SAME -> ceil(n / s)
+    return -(-n // s)  # brainstate docs: SAME -> ceil(n / s)
 
 
 def _valid(n, k, s):
-    return -(-(n - k + 1) // s)                         # brainstate docs: VALID -> ceil((n - k + 1) / s)
+    return -(-(n - k + 1) // s)  # brainstate docs: VALID -> ceil((n - k + 1) / s)
 
 
 def test_seed_examples_conv2d():
@@ -327,8 +340,15 @@ def test_seed_examples_conv2d():
 def test_seed_examples_scaled_ws_conv2d():
     conv = nn.ScaledWSConv2d(in_size=(64, 64, 3), out_channels=32, kernel_size=3)
     assert conv(np.ones((8, 64, 64, 3))).shape == (8, 64, 64, 32)
-    conv = nn.ScaledWSConv2d(in_size=(224, 224, 3), out_channels=64, kernel_size=7, stride=2, padding="SAME",
-                             ws_gain=True, b_init=init.ZeroInit())
+    conv = nn.ScaledWSConv2d(
+        in_size=(224, 224, 3),
+        out_channels=64,
+        kernel_size=7,
+        stride=2,
+        padding="SAME",
+        ws_gain=True,
+        b_init=init.ZeroInit(),
+    )
     assert conv.out_size == (_same(224, 2), _same(224, 2), 64)
     conv = nn.ScaledWSConv2d(in_size=(32, 32, 128), out_channels=128, kernel_size=3, groups=128, ws_gain=False)
     assert conv.out_size == (32, 32, 128) and "gain" not in conv.params
@@ -338,8 +358,15 @@ def test_seed_examples_scaled_ws_conv3d():
     conv = nn.ScaledWSConv3d(in_size=(16, 64, 64, 3), out_channels=32, kernel_size=3)
     # the seed applies it to a batch of 4; one sample has the same per-sample shape and is 4x faster
     assert conv(np.ones((1, 16, 64, 64, 3))).shape == (1, 16, 64, 64, 32)
-    conv = nn.ScaledWSConv3d(in_size=(32, 32, 32, 1), out_channels=64, kernel_size=(3, 3, 3), stride=2,
-                             ws_gain=True, eps=1e-5, b_init=init.Constant(0.01))
+    conv = nn.ScaledWSConv3d(
+        in_size=(32, 32, 32, 1),
+        out_channels=64,
+        kernel_size=(3, 3, 3),
+        stride=2,
+        ws_gain=True,
+        eps=1e-5,
+        b_init=init.Constant(0.01),
+    )
     assert conv.out_size == (16, 16, 16, 64) and np.all(conv.params["bias"] == 0.01)
     conv = nn.ScaledWSConv3d(in_size=(8, 16, 16, 64), out_channels=64, kernel_size=3, groups=8, ws_gain=False)
     assert conv.out_size == (8, 16, 16, 64) and conv.params["weight"].shape == (3, 3, 3, 8, 64)
@@ -352,6 +379,7 @@ def test_seed_examples_scaled_ws_linear():
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
 
 def test_wrong_input_shape_messages_are_brainstates():
     conv = nn.Conv2d((5, 5, 3), 4, 3, rng=0)
@@ -374,8 +402,11 @@ def test_bad_constructor_arguments():
         nn.Conv2d((5, 5, 3), 4, 3, groups=2)
     with pytest.raises(ValueError, match=r'"out_channels" should be divisible by groups: out_channels=3'):
         nn.Conv2d((5, 5, 4), 3, 3, groups=2)
-    with pytest.raises(ValueError, match=r"w_mask has shape \(3, 3, 2, 4\): expected a shape that broadcasts "
-                                         r"to the weight shape \(3, 3, 3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"w_mask has shape \(3, 3, 2, 4\): expected a shape that broadcasts "
+        r"to the weight shape \(3, 3, 3, 4\)",
+    ):
         nn.ScaledWSConv2d((5, 5, 3), 4, 3, w_mask=np.ones((3, 3, 2, 4)))
     with pytest.raises(ValueError, match=r"w_init gives shape \(3, 3\): expected \(3, 3, 3, 4\)"):
         nn.Conv2d((5, 5, 3), 4, 3, w_init=np.ones((3, 3)))
@@ -392,7 +423,7 @@ def test_params_of_wrong_shape_or_name_are_refused():
         conv.params["gain"] = np.ones(3)
     with pytest.raises(ValueError, match=r"params\['weight'\] has shape \(3, 3, 2\): expected \(3, 2, 3\)"):
         conv.params = {"gain": np.ones((1, 1, 3)), "weight": np.ones((3, 3, 2))}
-    np.testing.assert_array_equal(conv.params["weight"], before)          # nothing set on failure
+    np.testing.assert_array_equal(conv.params["weight"], before)  # nothing set on failure
     with pytest.raises(KeyError, match=r"no parameter 'bias'"):
         conv.params["bias"] = np.zeros((1, 3))
     with pytest.raises(TypeError, match=r"params\['weight'\] has dtype complex128"):

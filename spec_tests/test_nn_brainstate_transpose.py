@@ -22,11 +22,16 @@ from refws import init, nn
 from spec_tests.naive import from_channels_last, naive_conv, naive_explicit_pads, to_channels_last
 from spec_tests.test_conv_transpose_lax import definition as lax_transpose_definition
 from spec_tests.test_conv_transpose_lax import lax_transpose_pads_by_jax_rule
-from spec_tests.test_nn_brainstate import (assert_mirror_reproduces_golden, assert_vjp_matches_fd,
-                                           golden_layer_names, randomize)
+from spec_tests.test_nn_brainstate import (
+    assert_mirror_reproduces_golden,
+    assert_vjp_matches_fd,
+    golden_layer_names,
+    randomize,
+)
 
 
 # --- literal transcription of brainstate 0.6.0 (_conv.py, _ConvTranspose) --------------------
+
 
 def _as_tuple(v, n):
     return tuple(v) * (n if len(v) == 1 else 1) if isinstance(v, (tuple, list)) else (v,) * n
@@ -35,8 +40,9 @@ def _as_tuple(v, n):
 def transcribed_pads(padding, in_spatial, kernel, stride, dilation):
     """``_resolve_padding``: strings by ``_conv_transpose_padding`` on the dilated kernel; explicit as given."""
     if isinstance(padding, str):
-        return tuple(lax_transpose_pads_by_jax_rule((k - 1) * d + 1, s, padding)
-                     for k, s, d in zip(kernel, stride, dilation))
+        return tuple(
+            lax_transpose_pads_by_jax_rule((k - 1) * d + 1, s, padding) for k, s, d in zip(kernel, stride, dilation)
+        )
     return naive_explicit_pads(padding, in_spatial, kernel)
 
 
@@ -48,8 +54,8 @@ def brainstate_conv_transpose(kw, params, mask, x):
     stride, dilation = _as_tuple(kw.get("stride", 1), nd), _as_tuple(kw.get("rhs_dilation", 1), nd)
     batched = x.ndim == nd + 2
     w = params["weight"] if mask is None else params["weight"] * mask
-    w = np.flip(w, axis=tuple(range(nd)))                 # jnp.flip over the spatial axes
-    w_hwio = np.swapaxes(w, -1, -2)                        # rhs_spec (out=-2, in=-1) read as HWIO
+    w = np.flip(w, axis=tuple(range(nd)))  # jnp.flip over the spatial axes
+    w_hwio = np.swapaxes(w, -1, -2)  # rhs_spec (out=-2, in=-1) read as HWIO
     x_cl = to_channels_last(x, cf, batched)
     pads = transcribed_pads(kw.get("padding", "SAME"), x_cl.shape[1:-1], kernel, stride, dilation)
     y = naive_conv(x_cl, w_hwio, 1, pads, lhs_dilation=stride, rhs_dilation=dilation, groups=groups)
@@ -69,14 +75,26 @@ CASES = [
     ((3, 3, 2), dict(out_channels=3, kernel_size=(3, 2), stride=(2, 1)), True, True),
     ((3, 2, 4), dict(out_channels=2, kernel_size=2, stride=3, padding="VALID", groups=2), True, False),
     ((3, 3, 2), dict(out_channels=2, kernel_size=3, stride=2, padding=[(1, 2), (-1, 1)]), False, False),
-    ((2, 3, 3), dict(out_channels=2, kernel_size=3, stride=2, padding=1, rhs_dilation=(2, 1),
-                     channel_first=True), False, True),
+    (
+        (2, 3, 3),
+        dict(out_channels=2, kernel_size=3, stride=2, padding=1, rhs_dilation=(2, 1), channel_first=True),
+        False,
+        True,
+    ),
     ((2, 3, 2), dict(out_channels=4, kernel_size=2, stride=(1, 2), padding=(1, 0), groups=2), True, False),
     ((2, 2, 2, 2), dict(out_channels=2, kernel_size=2, stride=2), True, True),
-    ((2, 2, 3, 2), dict(out_channels=2, kernel_size=(2, 1, 2), stride=(1, 2, 3), padding="VALID",
-                        rhs_dilation=(1, 1, 2)), False, False),
-    ((2, 2, 2, 2), dict(out_channels=2, kernel_size=2, stride=2, padding=[(0, 1)], channel_first=True,
-                        groups=2), True, True),
+    (
+        (2, 2, 3, 2),
+        dict(out_channels=2, kernel_size=(2, 1, 2), stride=(1, 2, 3), padding="VALID", rhs_dilation=(1, 1, 2)),
+        False,
+        False,
+    ),
+    (
+        (2, 2, 2, 2),
+        dict(out_channels=2, kernel_size=2, stride=2, padding=[(0, 1)], channel_first=True, groups=2),
+        True,
+        True,
+    ),
 ]
 
 
@@ -134,16 +152,18 @@ def test_vjp_matches_finite_differences(in_size, kw, batched, mask):
 
 # --- shapes, documentation, errors ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("channel_first", [False, True])
 def test_parameter_shapes(nd, channel_first):
     spatial, c_in, c_out, k = (4, 3, 2)[:nd], 4, 6, 3
     in_size = (c_in, *spatial) if channel_first else (*spatial, c_in)
-    layer = getattr(nn, f"ConvTranspose{nd}d")(in_size, c_out, k, groups=2, b_init=init.ZeroInit(),
-                                               channel_first=channel_first, rng=0)
+    layer = getattr(nn, f"ConvTranspose{nd}d")(
+        in_size, c_out, k, groups=2, b_init=init.ZeroInit(), channel_first=channel_first, rng=0
+    )
     bias = (1, c_out) + (1,) * nd if channel_first else (1,) * nd + (c_out,)
-    assert layer.params.shapes == {"weight": (k,) * nd + (c_out, c_in // 2), "bias": bias}   # C_out before C_in
-    assert not hasattr(layer, "lhs_dilation") and "gain" not in layer.params      # no WS variant in 0.6.0
+    assert layer.params.shapes == {"weight": (k,) * nd + (c_out, c_in // 2), "bias": bias}  # C_out before C_in
+    assert not hasattr(layer, "lhs_dilation") and "gain" not in layer.params  # no WS variant in 0.6.0
 
 
 @pytest.mark.parametrize("n, k, s, d", [(4, 3, 2, 1), (3, 4, 2, 1), (5, 2, 3, 1), (3, 3, 1, 2), (2, 2, 4, 3)])
@@ -168,14 +188,15 @@ def test_docstring_examples():
     up1_cf = nn.ConvTranspose1d(in_size=(16, 28), out_channels=8, kernel_size=4, stride=2, channel_first=True, rng=0)
     assert up1_cf(np.ones((2, 16, 28))).shape == (2, 8, 56)
     up2 = nn.ConvTranspose2d(in_size=(32, 32, 64), out_channels=32, kernel_size=4, stride=2, rng=0)
-    assert up2.out_size == (64, 64, 32)                      # "approximately (8, 64, 64, 32)" for batch 8
+    assert up2.out_size == (64, 64, 32)  # "approximately (8, 64, 64, 32)" for batch 8
     assert up2(np.ones((32, 32, 64))).shape == (64, 64, 32)
-    up2_cf = nn.ConvTranspose2d(in_size=(64, 32, 32), out_channels=32, kernel_size=4, stride=2,
-                                channel_first=True, rng=0)
+    up2_cf = nn.ConvTranspose2d(
+        in_size=(64, 32, 32), out_channels=32, kernel_size=4, stride=2, channel_first=True, rng=0
+    )
     assert up2_cf.out_size == (32, 64, 64)
     up3 = nn.ConvTranspose3d(in_size=(8, 16, 16, 64), out_channels=32, kernel_size=4, stride=2, rng=0)
-    assert up3.out_size == (16, 32, 32, 32)                  # "approximately (4, 16, 32, 32, 32)" for batch 4
-    assert up3(np.zeros((0, 8, 16, 16, 64))).shape == (0, 16, 32, 32, 32)      # an empty batch: cheap
+    assert up3.out_size == (16, 32, 32, 32)  # "approximately (4, 16, 32, 32, 32)" for batch 4
+    assert up3(np.zeros((0, 8, 16, 16, 64))).shape == (0, 16, 32, 32, 32)  # an empty batch: cheap
 
 
 def test_errors():
@@ -196,12 +217,14 @@ def test_errors():
 
 # --- brainstate 0.6.0 itself (Python >= 3.12) --------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def brainstate_x64():
     bs = pytest.importorskip("brainstate", reason="brainstate 0.6.0 needs Python >= 3.12")
     if bs.__version__ != "0.6.0":
         pytest.skip(f"brainstate {bs.__version__} installed; these tests pin 0.6.0")
     import jax
+
     with jax.enable_x64(True):
         yield bs, jax.numpy
 
@@ -216,8 +239,12 @@ def test_against_brainstate(brainstate_x64, in_size, kw, batched, mask):
     layer, w_mask = _build(in_size, kw, mask, True)
     # float64 initial values (brainstate's initializers give float32, which lax refuses to mix)
     ref = getattr(bs.nn, f"ConvTranspose{len(in_size) - 1}d")(
-        in_size, **_bs_kwargs(kw), w_init=jnp.asarray(layer.params["weight"]),
-        b_init=jnp.asarray(layer.params["bias"]), w_mask=None if w_mask is None else jnp.asarray(w_mask))
+        in_size,
+        **_bs_kwargs(kw),
+        w_init=jnp.asarray(layer.params["weight"]),
+        b_init=jnp.asarray(layer.params["bias"]),
+        w_mask=None if w_mask is None else jnp.asarray(w_mask),
+    )
     assert tuple(ref.out_size) == layer.out_size
     x = _input(in_size, batched)
     y_ref, pullback = bs.transform.vjp(ref, jnp.asarray(x), grad_states=ref.weight)
@@ -234,6 +261,7 @@ def test_against_brainstate(brainstate_x64, in_size, kw, batched, mask):
 
 
 # --- golden cases ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", [n for n in golden_layer_names("brainstate") if "/ConvTranspose" in n])
 def test_mirror_reproduces_golden_case(name):

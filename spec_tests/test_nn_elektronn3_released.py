@@ -23,10 +23,9 @@ import pytest
 
 from refws import nn
 from spec_tests.test_nn_brainstate import assert_vjp_matches_fd, randomize
-from spec_tests.test_nn_elektronn3 import (CONV_CASES, TRANSPOSE_CASES, _x, e3_ws, literal_wsconv,
-                                           naive_conv_transpose)
+from spec_tests.test_nn_elektronn3 import CONV_CASES, TRANSPOSE_CASES, _x, e3_ws, literal_wsconv, naive_conv_transpose
 
-EPS32 = float(np.float32(1e-4))          # torch.tensor(1e-4).item(): 9.99999974738e-05
+EPS32 = float(np.float32(1e-4))  # torch.tensor(1e-4).item(): 9.99999974738e-05
 
 
 def _released(cls, *args, seed=1, **kwargs):
@@ -41,13 +40,14 @@ def _conv_kwargs(kw):
 
 # --- WSConv*d: padding_mode ignored, float32 eps -----------------------------------------------
 
+
 @pytest.mark.parametrize("nd, kwargs, x_shape", CONV_CASES)
 def test_wsconv_released_zero_pads_whatever_the_padding_mode(nd, kwargs, x_shape):
     layer = _released(getattr(nn, f"WSConv{nd}d"), **kwargs)
     x = _x(x_shape)
-    want = literal_wsconv(x, dict(layer.params), nd, eps=EPS32, **_conv_kwargs(kwargs))     # zeros, always
+    want = literal_wsconv(x, dict(layer.params), nd, eps=EPS32, **_conv_kwargs(kwargs))  # zeros, always
     np.testing.assert_allclose(layer(x), want, rtol=1e-12, atol=1e-12)
-    assert layer.padding_mode == kwargs.get("padding_mode", "zeros")                       # kept, unused
+    assert layer.padding_mode == kwargs.get("padding_mode", "zeros")  # kept, unused
 
 
 @pytest.mark.parametrize("nd, kwargs, x_shape", CONV_CASES)
@@ -65,18 +65,23 @@ def test_eps_is_rounded_to_float32_on_the_clamp():
         layer.params = {"weight": w, "bias": np.zeros(2), "gain": np.ones(2)}
     x = _x((1, 2, 5))
     for eps in (1e-4, 0.3):
-        np.testing.assert_allclose(released(x, eps=eps), literal_wsconv(x, dict(released.params), 1, padding=1,
-                                                                        eps=float(np.float32(eps))),
-                                   rtol=1e-13, atol=0)
-        np.testing.assert_allclose(released.standardize_weight(eps), e3_ws(w, np.ones(2), float(np.float32(eps))),
-                                   rtol=1e-13, atol=0)
-    ratio = released(x) / default(x)                        # sqrt(1e-4 / float32(1e-4)) - 1 = 1.26e-9
+        np.testing.assert_allclose(
+            released(x, eps=eps),
+            literal_wsconv(x, dict(released.params), 1, padding=1, eps=float(np.float32(eps))),
+            rtol=1e-13,
+            atol=0,
+        )
+        np.testing.assert_allclose(
+            released.standardize_weight(eps), e3_ws(w, np.ones(2), float(np.float32(eps))), rtol=1e-13, atol=0
+        )
+    ratio = released(x) / default(x)  # sqrt(1e-4 / float32(1e-4)) - 1 = 1.26e-9
     np.testing.assert_allclose(ratio, np.sqrt(1e-4 / EPS32), rtol=1e-12)
     assert abs(np.sqrt(1e-4 / EPS32) - 1) > 1e-9
-    assert_vjp_matches_fd(released, x)                       # only the centring carries gradient here
+    assert_vjp_matches_fd(released, x)  # only the centring carries gradient here
 
 
 # --- WSConvTranspose2d: the raw weight; WSConvTranspose3d: fails ---------------------------------
+
 
 @pytest.mark.parametrize("nd, kwargs, x_shape, output_size", [c for c in TRANSPOSE_CASES if c[0] == 2])
 def test_wsconv_transpose2d_released_uses_the_raw_weight_and_ignores_output_size(nd, kwargs, x_shape, output_size):
@@ -85,7 +90,7 @@ def test_wsconv_transpose2d_released_uses_the_raw_weight_and_ignores_output_size
     unbatched = len(x_shape) == 3
     xb = x[None] if unbatched else x
     s, p, op, d = (layer.stride, layer.padding, layer.output_padding, layer.dilation)
-    want = naive_conv_transpose(xb, layer.params["weight"], s, p, op, d, layer.groups)    # no WS, no output_size
+    want = naive_conv_transpose(xb, layer.params["weight"], s, p, op, d, layer.groups)  # no WS, no output_size
     if "bias" in layer.params:
         want = want + layer.params["bias"].reshape(-1, 1, 1)
     want = want[0] if unbatched else want
@@ -94,17 +99,24 @@ def test_wsconv_transpose2d_released_uses_the_raw_weight_and_ignores_output_size
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     _, grads = layer.vjp(x, np.ones(got.shape), output_size=output_size)
     np.testing.assert_array_equal(grads["gain"], np.zeros_like(layer.params["gain"]))
-    assert_vjp_matches_fd(layer, x, call=lambda v: layer(v, output_size),
-                          vjp=lambda v, dy: layer.vjp(v, dy, output_size))
+    assert_vjp_matches_fd(
+        layer, x, call=lambda v: layer(v, output_size), vjp=lambda v, dy: layer.vjp(v, dy, output_size)
+    )
 
 
 def test_wsconv_transpose3d_released_raises_what_torch_raises():
     layer = nn.WSConvTranspose3d(2, 2, 2, rng=0, behaviour="0.1.1")
-    with pytest.raises(RuntimeError, match=r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv_transpose2d, "
-                                           r"but got input of size: \[1, 2, 3, 3, 3\]"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv_transpose2d, "
+        r"but got input of size: \[1, 2, 3, 3, 3\]",
+    ):
         layer(np.ones((1, 2, 3, 3, 3)))
-    with pytest.raises(RuntimeError, match=r"Expected 5-dimensional input for 5-dimensional weight \[2, 2, 2, 2, 2\], "
-                                           r"but got 4-dimensional input of size \[2, 3, 3, 3\] instead"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"Expected 5-dimensional input for 5-dimensional weight \[2, 2, 2, 2, 2\], "
+        r"but got 4-dimensional input of size \[2, 3, 3, 3\] instead",
+    ):
         layer(np.ones((2, 3, 3, 3)))
     with pytest.raises(RuntimeError, match=r"calls F.conv_transpose2d"):
         layer.vjp(np.ones((1, 2, 3, 3, 3)), np.ones((1, 2, 4, 4, 4)))
@@ -113,8 +125,10 @@ def test_wsconv_transpose3d_released_raises_what_torch_raises():
 
 # --- one weight element per output channel ------------------------------------------------------
 
-@pytest.mark.parametrize("cls, args, x_shape", [("WSConv2d", (1, 3, 1), (2, 1, 3, 3)),
-                                                ("WSConv1d", (2, 4, 1, 1, 0, 1, 2), (2, 2, 3))])
+
+@pytest.mark.parametrize(
+    "cls, args, x_shape", [("WSConv2d", (1, 3, 1), (2, 1, 3, 3)), ("WSConv1d", (2, 4, 1, 1, 0, 1, 2), (2, 2, 3))]
+)
 def test_single_element_weight_nan_as_released_valueerror_by_default(cls, args, x_shape):
     x = _x(x_shape)
     with pytest.raises(ValueError, match=r"leaves n=1 element\(s\) per output channel, but ddof=1"):
@@ -131,20 +145,24 @@ def test_single_element_weight_nan_as_released_valueerror_by_default(cls, args, 
 
 def test_single_element_transpose2d_as_released_is_finite():
     """0.1.1's WSConvTranspose2d never uses its (NaN) standardized weight."""
-    layer = _released(nn.WSConvTranspose2d, 2, 1, 1)           # weight (2, 1, 1, 1): one element per channel
+    layer = _released(nn.WSConvTranspose2d, 2, 1, 1)  # weight (2, 1, 1, 1): one element per channel
     x = _x((1, 2, 2, 3))
-    np.testing.assert_allclose(layer(x), naive_conv_transpose(x, layer.params["weight"], (1, 1), (0, 0), (0, 0),
-                                                              (1, 1), 1) + layer.params["bias"].reshape(-1, 1, 1))
+    np.testing.assert_allclose(
+        layer(x),
+        naive_conv_transpose(x, layer.params["weight"], (1, 1), (0, 0), (0, 0), (1, 1), 1)
+        + layer.params["bias"].reshape(-1, 1, 1),
+    )
     assert np.isnan(layer.standardize_weight()).all()
 
 
 # --- FWS -----------------------------------------------------------------------------------------
 
+
 def test_fws_released():
     inner = _released(nn.WSConv1d, 2, 3, 3, padding=1)
     fws = nn.FWS(inner)
     assert fws.behaviour == "0.1.1" and nn.FWS(inner, behaviour="intent").behaviour == "intent"
-    w = np.random.default_rng(2).normal(size=(3, 2, 3)) * 1e-5          # on the clamp: eps matters
+    w = np.random.default_rng(2).normal(size=(3, 2, 3)) * 1e-5  # on the clamp: eps matters
     inner.params["weight"] = w
     fws(_x((1, 2, 4)))
     np.testing.assert_allclose(inner.params["weight"], e3_ws(w, np.ones(3), EPS32), rtol=1e-13, atol=0)
@@ -168,14 +186,16 @@ def test_behaviour_argument_errors():
 
 # --- elektronn3 0.1.1 itself (the elektronn3 extra) ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def e3():
     try:
         import torch
         from elektronn3.modules import wsconv
-    except Exception as exc:                     # absent, or a broken install (torch raises OSError)
+    except Exception as exc:  # absent, or a broken install (torch raises OSError)
         pytest.skip(f"torch and elektronn3 0.1.1 not importable: {exc}")
     from importlib.metadata import version
+
     if version("elektronn3") != "0.1.1":
         pytest.skip(f"elektronn3 {version('elektronn3')} installed; these tests pin 0.1.1")
     return torch, wsconv
@@ -195,14 +215,22 @@ def _autograd(torch, module, x, dy, **call):
     xt = torch.tensor(x, requires_grad=True)
     y = module(xt, **call)
     (y * torch.from_numpy(dy)).sum().backward()
-    grads = {name: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape)))
-             for name, p in module.named_parameters()}
+    grads = {
+        name: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape)))
+        for name, p in module.named_parameters()
+    }
     return y.detach().numpy(), xt.grad.numpy(), grads
 
 
 def _assert_same(got, want, what):
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * max(1.0, float(np.nanmax(np.abs(want), initial=0))),
-                               err_msg=what, equal_nan=True)
+    np.testing.assert_allclose(
+        got,
+        want,
+        rtol=0,
+        atol=1e-12 * max(1.0, float(np.nanmax(np.abs(want), initial=0))),
+        err_msg=what,
+        equal_nan=True,
+    )
 
 
 def _compare(torch, module, layer, x, seed=5, **call):
@@ -219,12 +247,15 @@ def _compare(torch, module, layer, x, seed=5, **call):
 
 E3_CONV_CASES = CONV_CASES + [
     (2, dict(in_channels=2, out_channels=2, kernel_size=3, padding=1, padding_mode="reflect", stride=2), (1, 2, 5, 4)),
-    (1, dict(in_channels=3, out_channels=3, kernel_size=2, padding="same", padding_mode="replicate", groups=3),
-     (3, 5)),
-    (3, dict(in_channels=2, out_channels=4, kernel_size=2, padding=(1, 0, 1), padding_mode="zeros", dilation=2,
-             groups=2), (1, 2, 4, 3, 4)),
-    (2, dict(in_channels=2, out_channels=2, kernel_size=2, padding=1, padding_mode="circular", bias=False),
-     (2, 3, 3)),
+    (1, dict(in_channels=3, out_channels=3, kernel_size=2, padding="same", padding_mode="replicate", groups=3), (3, 5)),
+    (
+        3,
+        dict(
+            in_channels=2, out_channels=4, kernel_size=2, padding=(1, 0, 1), padding_mode="zeros", dilation=2, groups=2
+        ),
+        (1, 2, 4, 3, 4),
+    ),
+    (2, dict(in_channels=2, out_channels=2, kernel_size=2, padding=1, padding_mode="circular", bias=False), (2, 3, 3)),
 ]
 
 
@@ -257,13 +288,18 @@ def test_wsconv_transpose3d_released_fails_as_elektronn3(e3):
         assert str(got.value).startswith(str(want.value))
 
 
-@pytest.mark.parametrize("cls, args, x_shape", [("WSConv2d", (1, 3, 1), (2, 1, 3, 3)),
-                                                ("WSConv1d", (2, 2, 1, 2, 0, 1, 2), (1, 2, 5)),
-                                                ("WSConv3d", (1, 2, 1), (1, 1, 2, 2, 2))])
+@pytest.mark.parametrize(
+    "cls, args, x_shape",
+    [
+        ("WSConv2d", (1, 3, 1), (2, 1, 3, 3)),
+        ("WSConv1d", (2, 2, 1, 2, 0, 1, 2), (1, 2, 5)),
+        ("WSConv3d", (1, 2, 1), (1, 1, 2, 2, 2)),
+    ],
+)
 def test_single_element_weight_nan_equals_elektronn3(e3, cls, args, x_shape):
     torch, wsconv = e3
     layer = _released(getattr(nn, cls), *args)
-    with pytest.warns(UserWarning):                          # torch: "degrees of freedom is <= 0"
+    with pytest.warns(UserWarning):  # torch: "degrees of freedom is <= 0"
         module = _torch_twin(torch, getattr(wsconv, cls)(*args), layer)
         _compare(torch, module, layer, _x(x_shape))
 
@@ -289,11 +325,11 @@ def test_fws_released_equals_elektronn3(e3, inner):
     with torch.no_grad():
         module.gain.copy_(torch.tensor([0.5, 2.0]))
     x = _x((1, 2, 4, 4))
-    y = fws(x)                                               # one in-place step each
+    y = fws(x)  # one in-place step each
     np.testing.assert_allclose(y, module(torch.from_numpy(x)).detach().numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(layer.params["weight"], module.layer.weight.detach().numpy(), rtol=0, atol=1e-14)
     dy = _x(y.shape, seed=6)
-    dx, grads = fws.vjp(x, dy)                               # a second step, then the gradients
+    dx, grads = fws.vjp(x, dy)  # a second step, then the gradients
     _, dx_t, grads_t = _autograd(torch, module, x, dy)
     _assert_same(dx, dx_t, "dx")
     for name in grads:
@@ -301,6 +337,7 @@ def test_fws_released_equals_elektronn3(e3, inner):
 
 
 # --- the default mirrors are the documented intent -------------------------------------------------
+
 
 @pytest.mark.parametrize("nd, kwargs, x_shape", E3_CONV_CASES)
 def test_wsconv_default_is_the_intent(e3, nd, kwargs, x_shape):

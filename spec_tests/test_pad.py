@@ -27,8 +27,7 @@ def pad_case(draw, modes=MODES):
     def limit(n):
         return {"reflect": n - 1, "circular": n, "wrap": 2 * n + 1}.get(mode, 4)
 
-    pads = tuple((draw(st.integers(0, limit(shape[a]))), draw(st.integers(0, limit(shape[a]))))
-                 for a in padded)
+    pads = tuple((draw(st.integers(0, limit(shape[a]))), draw(st.integers(0, limit(shape[a])))) for a in padded)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     return rng.normal(size=shape), pads, mode, axes, padded, rng
 
@@ -56,14 +55,18 @@ def test_adjoint_identity(case):
 
 
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
-@pytest.mark.parametrize("shape, pads", [
-    ((2, 3, 5), ((2, 4),)),
-    ((1, 2, 3, 4), ((2, 1), (0, 3))),
-    ((1, 1, 3, 2, 4), ((1, 2), (1, 1), (3, 0))),
-])
+@pytest.mark.parametrize(
+    "shape, pads",
+    [
+        ((2, 3, 5), ((2, 4),)),
+        ((1, 2, 3, 4), ((2, 1), (0, 3))),
+        ((1, 1, 3, 2, 4), ((1, 2), (1, 1), (3, 0))),
+    ],
+)
 def test_matches_torch_padding_mode(mode, shape, pads):
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
+
     x = np.random.default_rng(0).normal(size=shape)
     flat = [v for lo_hi in reversed(pads) for v in lo_hi]  # torch: last axis first
     want = F.pad(torch.tensor(x), flat, mode="constant" if mode == "zeros" else mode).numpy()

@@ -55,28 +55,44 @@ KW = dict(stride=(1, 1), padding=PADS, lhs_dilation=1, rhs_dilation=(1, 2))
 
 
 def _naive_kwargs(kw):
-    return dict(stride=kw["stride"], pads=kw["padding"], lhs_dilation=kw["lhs_dilation"],
-                rhs_dilation=kw["rhs_dilation"], groups=kw.get("groups", 1))
+    return dict(
+        stride=kw["stride"],
+        pads=kw["padding"],
+        lhs_dilation=kw["lhs_dilation"],
+        rhs_dilation=kw["rhs_dilation"],
+        groups=kw.get("groups", 1),
+    )
 
 
 def _worst_fields(text: str) -> dict:
     """The numbers of the 'worst element' line."""
-    m = re.search(r"worst element \(([\d, ]+)\): actual (\S+), exact (\S+), error (\S+), bound (\S+) "
-                  r"\(error / bound (\S+)\)", text)
+    m = re.search(
+        r"worst element \(([\d, ]+)\): actual (\S+), exact (\S+), error (\S+), bound (\S+) "
+        r"\(error / bound (\S+)\)",
+        text,
+    )
     assert m, text
     index = tuple(int(v) for v in m.group(1).split(","))
-    return dict(index=index, **{k: float(m.group(i).rstrip(",")) for i, k in
-                                enumerate(("actual", "exact", "error", "bound", "ratio"), start=2)})
+    return dict(
+        index=index,
+        **{
+            k: float(m.group(i).rstrip(","))
+            for i, k in enumerate(("actual", "exact", "error", "bound", "ratio"), start=2)
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # conv
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("groups, kw", [
-    (1, KW),
-    (2, dict(stride=(2, 1), padding=[(2, 0), (1, 1)], lhs_dilation=(1, 2), rhs_dilation=1)),
-    (4, dict(stride=1, padding=[(0, 0), (0, 0)], lhs_dilation=1, rhs_dilation=1)),
-])
+@pytest.mark.parametrize(
+    "groups, kw",
+    [
+        (1, KW),
+        (2, dict(stride=(2, 1), padding=[(2, 0), (1, 1)], lhs_dilation=(1, 2), rhs_dilation=1)),
+        (4, dict(stride=1, padding=[(0, 0), (0, 0)], lhs_dilation=1, rhs_dilation=1)),
+    ],
+)
 def test_assert_conv_close_passes_correctly_rounded_results(groups, kw):
     x, w = _problem(groups=groups)
     kw = dict(kw, groups=groups)
@@ -84,12 +100,11 @@ def test_assert_conv_close_passes_correctly_rounded_results(groups, kw):
     r = assert_conv_close(y.astype(np.float32), x, w, precision="float32", **kw)
     assert isinstance(r, Result) and r.ok and r.status == "pass" and r.judgement.n == y.size
     assert "within the float32 bound" in r.text
-    assert assert_conv_close(y, x, w, **kw).status == "pass"                 # float64, another order
+    assert assert_conv_close(y, x, w, **kw).status == "pass"  # float64, another order
     # channel-first and unbatched layouts: the same values moved
     y_cf = from_channels_last(y, channel_first=True, batched=True)
     x_cf = from_channels_last(x, channel_first=True, batched=True)
-    assert assert_conv_close(y_cf.astype(np.float32), x_cf, w, precision="float32", channel_first=True,
-                             **kw).ok
+    assert assert_conv_close(y_cf.astype(np.float32), x_cf, w, precision="float32", channel_first=True, **kw).ok
     assert assert_conv_close(y[0].astype(np.float32), x[0], w, precision="float32", **kw).ok
 
 
@@ -101,17 +116,19 @@ def _planted(y32, where, delta=0.05):
 
 def test_conv_low_border_error_is_counted_located_and_described():
     x, w = _problem()
-    y32 = naive_conv(x, w, **_naive_kwargs(KW)).astype(np.float32)          # (2, 6, 4, 4)
-    bad = _planted(y32, (slice(None), 0))                                    # first row, everywhere else
+    y32 = naive_conv(x, w, **_naive_kwargs(KW)).astype(np.float32)  # (2, 6, 4, 4)
+    bad = _planted(y32, (slice(None), 0))  # first row, everywhere else
     total, hit = y32.size, y32[:, 0].size
     with pytest.raises(AssertionError) as info:
         assert_conv_close(bad, x, w, precision="float32", **KW)
     text = str(info.value)
     assert "conv y: not equal to refws within the rigorous float32 bound" in text
     assert f"mismatched elements: {hit} / {total} ({100 * hit / total:.3g}%)" in text
-    assert (f"where: {hit} of {total} elements; batch items: every batch item; spatial axis 0: position 0 "
-            f"(low border); spatial axis 1: every position (all {y32.shape[2]}); channels: every channel") in text
-    r = check_conv(bad, x, w, precision="float32", **KW)                    # the twin returns, never raises
+    assert (
+        f"where: {hit} of {total} elements; batch items: every batch item; spatial axis 0: position 0 "
+        f"(low border); spatial axis 1: every position (all {y32.shape[2]}); channels: every channel"
+    ) in text
+    r = check_conv(bad, x, w, precision="float32", **KW)  # the twin returns, never raises
     assert r.status == "fail" and not r.ok and r.text == text
     assert r.judgement.n_fail == hit and r.judgement.violations[:, 0].all() and not r.judgement.violations[:, 1:].any()
     kinds = {(a["role"], a["axis"]): a["kind"] for a in r.where["axes"]}
@@ -125,7 +142,7 @@ def test_conv_worst_element_line_reports_index_value_exact_error_and_bound():
     y32 = y.astype(np.float32)
     bad = _planted(y32, (slice(None), 0), delta=1e-3)
     idx = (1, 0, 2, 3)
-    bad[idx] = y32[idx] + np.float32(0.5)                                   # the worst by far
+    bad[idx] = y32[idx] + np.float32(0.5)  # the worst by far
     f = _worst_fields(check_conv(bad, x, w, precision="float32", **KW).text)
     assert f["index"] == idx
     assert f["actual"] == pytest.approx(float(bad[idx]), rel=1e-5)
@@ -145,7 +162,7 @@ def test_conv_group_error_names_the_group():
     x, w = _problem(groups=2, c_in=4, c_out=6)
     kw = dict(KW, groups=2)
     y32 = naive_conv(x, w, **_naive_kwargs(kw)).astype(np.float32)
-    bad = _planted(y32, (..., slice(3, 6)))                                 # output channels of group 1
+    bad = _planted(y32, (..., slice(3, 6)))  # output channels of group 1
     with pytest.raises(AssertionError) as info:
         assert_conv_close(bad, x, w, precision="float32", **kw)
     assert "channels: channels 3, 4, 5 (group 1 of 2)" in str(info.value)
@@ -157,7 +174,7 @@ def test_conv_group_error_names_the_group():
 def test_conv_batch_item_error_names_the_item():
     x, w = _problem(n=3)
     y32 = naive_conv(x, w, **_naive_kwargs(KW)).astype(np.float32)
-    bad = _planted(y32, (1, slice(2, 4)))                                   # item 1, two interior rows
+    bad = _planted(y32, (1, slice(2, 4)))  # item 1, two interior rows
     text = check_conv(bad, x, w, precision="float32", **KW).text
     assert "batch items: batch item 1;" in text
     assert "spatial axis 0: interior positions 2, 3 (2 of 6)" in text
@@ -198,8 +215,9 @@ def _vjp_problem(seed=3):
 
 def test_assert_conv_vjp_close_passes_and_reports_each_array():
     x, w, dy, dx, dw = _vjp_problem()
-    rx, rw = assert_conv_vjp_close(dx.astype(np.float32), dw.astype(np.float32), x, w, dy, precision="float32",
-                                   **VJP_KW)
+    rx, rw = assert_conv_vjp_close(
+        dx.astype(np.float32), dw.astype(np.float32), x, w, dy, precision="float32", **VJP_KW
+    )
     assert (rx.name, rx.status, rw.name, rw.status) == ("conv_vjp dx", "pass", "conv_vjp dw", "pass")
     only_dw = check_conv_vjp(None, dw, x, w, dy, **VJP_KW)
     assert len(only_dw) == 1 and only_dw[0].name == "conv_vjp dw" and only_dw[0].ok
@@ -209,8 +227,9 @@ def test_conv_vjp_dw_not_summed_over_the_batch_fails_and_dx_still_passes():
     x, w, dy, dx, dw = _vjp_problem()
     _, dw_first = naive_conv_vjp(x[:1], w, dy[:1], VJP_KW["stride"], VJP_KW["padding"], 1, VJP_KW["rhs_dilation"], 1)
     with pytest.raises(AssertionError) as info:
-        assert_conv_vjp_close(dx.astype(np.float32), dw_first.astype(np.float32), x, w, dy, precision="float32",
-                              **VJP_KW)
+        assert_conv_vjp_close(
+            dx.astype(np.float32), dw_first.astype(np.float32), x, w, dy, precision="float32", **VJP_KW
+        )
     text = str(info.value)
     assert text.startswith("conv_vjp dw: not equal to refws") and "conv_vjp dx" not in text
     assert f"/ {dw.size} (" in text and "kernel axis 0" in text and "output channels" in text
@@ -221,8 +240,8 @@ def test_conv_vjp_dw_not_summed_over_the_batch_fails_and_dx_still_passes():
 def test_conv_vjp_dx_that_forgets_the_stride_fails():
     x, w, dy, dx, dw = _vjp_problem()
     # the stride-2 axis treated as stride 1: dy's rows land at o instead of 2*o
-    dy1 = np.zeros((dy.shape[0], 7 + 1 + 1 - 3 + 1, *dy.shape[2:]))      # stride-1 output rows: n + lo + hi - k + 1
-    dy1[:, :dy.shape[1]] = dy
+    dy1 = np.zeros((dy.shape[0], 7 + 1 + 1 - 3 + 1, *dy.shape[2:]))  # stride-1 output rows: n + lo + hi - k + 1
+    dy1[:, : dy.shape[1]] = dy
     dx_bad, _ = naive_conv_vjp(x, w, dy1, (1, 1), VJP_KW["padding"], 1, VJP_KW["rhs_dilation"], 1)
     r = check_conv_vjp(dx_bad.astype(np.float32), None, x, w, dy, precision="float32", **VJP_KW)
     assert len(r) == 1 and r[0].status == "fail" and r[0].name == "conv_vjp dx"
@@ -253,8 +272,9 @@ def naive_transpose(x, w, stride, padding, output_padding, dilation, groups=1, b
     s, p, op, d = (as_tuple(v, nd) for v in (stride, padding, output_padding, dilation))
     k, cog, c_in = w.shape[:nd], w.shape[-2], w.shape[-1]
     cg = c_in // groups
-    out = tuple((n - 1) * si - 2 * pi + di * (ki - 1) + opi + 1
-                for n, si, pi, di, ki, opi in zip(x.shape[1:-1], s, p, d, k, op))
+    out = tuple(
+        (n - 1) * si - 2 * pi + di * (ki - 1) + opi + 1 for n, si, pi, di, ki, opi in zip(x.shape[1:-1], s, p, d, k, op)
+    )
     y = np.zeros((x.shape[0], *out, cog * groups))
     for i in np.ndindex(*x.shape[1:-1]):
         for t in np.ndindex(*k):
@@ -263,18 +283,19 @@ def naive_transpose(x, w, stride, padding, output_padding, dilation, groups=1, b
                 continue
             for c in range(c_in):
                 g = c // cg
-                y[(slice(None), *o, slice(g * cog, (g + 1) * cog))] += np.outer(x[(slice(None), *i, c)],
-                                                                                w[(*t, slice(None), c)])
+                y[(slice(None), *o, slice(g * cog, (g + 1) * cog))] += np.outer(
+                    x[(slice(None), *i, c)], w[(*t, slice(None), c)]
+                )
     return y if bias is None else y + bias
 
 
-T_KW = dict(stride=(3, 2), padding=(1, 0), output_padding=(2, 0), dilation=1, groups=2)   # y: (2, 12, 6, 6)
+T_KW = dict(stride=(3, 2), padding=(1, 0), output_padding=(2, 0), dilation=1, groups=2)  # y: (2, 12, 6, 6)
 
 
 def _transpose_problem(seed=6):
     rng = _rng(seed)
     x = rng.normal(size=(2, 4, 3, 4))
-    w = rng.normal(size=(3, 2, 3, 4))                 # (*k, C_out // groups, C_in): C_out = 6
+    w = rng.normal(size=(3, 2, 3, 4))  # (*k, C_out // groups, C_in): C_out = 6
     b = rng.normal(size=(6,))
     return x, w, b
 
@@ -296,12 +317,12 @@ def test_conv_transpose_bias_twice_and_dropped_output_padding_fail_where_they_sh
     # output_padding dropped, the shape kept by zeros: wrong exactly on the last output_padding rows/columns
     short = naive_transpose(x, w, **dict(T_KW, output_padding=0), bias=b)
     padded = np.zeros_like(y)
-    padded[:, :short.shape[1], :short.shape[2]] = short
+    padded[:, : short.shape[1], : short.shape[2]] = short
     r = check_conv_transpose(padded.astype(np.float32), x, w, precision="float32", bias=b, **T_KW)
     assert r.status == "fail" and y.shape[1] == 12
     assert "spatial axis 0: positions 10, 11 (high border); spatial axis 1: every position (all 6)" in r.text
     v = r.judgement.violations
-    assert not v[:, :short.shape[1], :short.shape[2]].any()                   # only the added positions
+    assert not v[:, : short.shape[1], : short.shape[2]].any()  # only the added positions
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +330,7 @@ def test_conv_transpose_bias_twice_and_dropped_output_padding_fail_where_they_sh
 # --------------------------------------------------------------------------------------------
 def test_assert_golden_close_passes_rounded_values_and_describes_planted_errors():
     case = golden.load("conv/2d_groups2")
-    y = case["y"]                                                           # (2, 6, 5, 4), groups 2
+    y = case["y"]  # (2, 6, 5, 4), groups 2
     assert assert_golden_close(y.astype(np.float32), case, "y", precision="float32").status == "pass"
     assert assert_golden_close(y, case, "y").status == "pass"
     bad = _planted(y.astype(np.float32), (..., slice(2, 4)))
@@ -322,20 +343,25 @@ def test_assert_golden_close_passes_rounded_values_and_describes_planted_errors(
     one = _planted(y.astype(np.float32), (1, 0, 0, 0))
     text = check_golden(one, case, "y", precision="float32").text
     assert f"mismatched elements: 1 / {y.size}" in text and "worst element (1, 0, 0, 0)" in text
-    assert "batch items: batch item 1; spatial axis 0: position 0 (low border); spatial axis 1: position 0 " \
-           "(low border); channels: channel 0 (group 0 of 2)" in text
+    assert (
+        "batch items: batch item 1; spatial axis 0: position 0 (low border); spatial axis 1: position 0 "
+        "(low border); channels: channel 0 (group 0 of 2)" in text
+    )
 
 
 def test_golden_channel_first_roles_and_kernel_roles():
-    case = golden.load("conv/2d_channel_first")                             # y: (N, C, H, W)
+    case = golden.load("conv/2d_channel_first")  # y: (N, C, H, W)
     bad = _planted(case["y"].astype(np.float32), (slice(None), slice(None), -1))
     text = check_golden(bad, case, "y", precision="float32").text
     assert f"spatial axis 0: position {case['y'].shape[2] - 1} (high border)" in text
     assert "channels: every channel" in text and "batch items: every batch item" in text
-    dw = case["dw"].astype(np.float32)                                     # (kh, kw, in, out)
+    dw = case["dw"].astype(np.float32)  # (kh, kw, in, out)
     text = check_golden(_planted(dw, (0, 0, 1, 2)), case, "dw", precision="float32").text
-    assert "kernel axis 0: position 0" in text and "input channels: channel 1 of" in text \
+    assert (
+        "kernel axis 0: position 0" in text
+        and "input channels: channel 1 of" in text
         and "output channels: channel 2 of" in text
+    )
 
 
 def test_check_golden_refuses_an_input_array_naming_it():
@@ -361,20 +387,23 @@ def _mask(size, positions):
     return v
 
 
-@pytest.mark.parametrize("positions, kind, words", [
-    ([0], "low_border", "position 0 (low border)"),
-    ([0, 1], "low_border", "positions 0, 1 (low border)"),
-    ([9], "high_border", "position 9 (high border)"),
-    ([8, 9], "high_border", "positions 8, 9 (high border)"),
-    ([0, 9], "both_borders", "positions 0, 9 (both borders)"),
-    ([0, 1, 8, 9], "both_borders", "positions 0, 1, 8, 9 (both borders)"),
-    ([1, 4, 7], "periodic", "every 3rd position from 1 (3 of 10)"),
-    ([0, 2, 4, 6, 8], "periodic", "every 2nd position from 0 (5 of 10)"),
-    ([4, 5], "interior", "interior positions 4, 5 (2 of 10)"),
-    ([5], "interior", "interior position 5 (1 of 10)"),
-    ([0, 4, 5], "spread", "3 of 10 positions: 0, 4, 5"),
-    (range(10), "all", "every position (all 10)"),
-])
+@pytest.mark.parametrize(
+    "positions, kind, words",
+    [
+        ([0], "low_border", "position 0 (low border)"),
+        ([0, 1], "low_border", "positions 0, 1 (low border)"),
+        ([9], "high_border", "position 9 (high border)"),
+        ([8, 9], "high_border", "positions 8, 9 (high border)"),
+        ([0, 9], "both_borders", "positions 0, 9 (both borders)"),
+        ([0, 1, 8, 9], "both_borders", "positions 0, 1, 8, 9 (both borders)"),
+        ([1, 4, 7], "periodic", "every 3rd position from 1 (3 of 10)"),
+        ([0, 2, 4, 6, 8], "periodic", "every 2nd position from 0 (5 of 10)"),
+        ([4, 5], "interior", "interior positions 4, 5 (2 of 10)"),
+        ([5], "interior", "interior position 5 (1 of 10)"),
+        ([0, 4, 5], "spread", "3 of 10 positions: 0, 4, 5"),
+        (range(10), "all", "every position (all 10)"),
+    ],
+)
 def test_describe_where_kinds_on_a_spatial_axis(positions, kind, words):
     where, text = describe_where(_mask(10, positions), ("spatial",))
     n = len(list(positions))
@@ -393,13 +422,17 @@ def test_describe_where_batch_groups_and_kernel_axes():
     v = np.zeros((3, 6, 6), dtype=bool)
     v[2, 2:4, 4] = True
     _, text = describe_where(v, ("batch", "spatial", "channel"), groups=3)
-    assert text == "2 of 108 elements; batch items: batch item 2; spatial axis 0: interior positions 2, 3 (2 of 6); " \
-                   "channels: channel 4 (group 2 of 3)"
-    k = np.zeros((3, 3, 2, 4), dtype=bool)                                  # hwio
+    assert (
+        text == "2 of 108 elements; batch items: batch item 2; spatial axis 0: interior positions 2, 3 (2 of 6); "
+        "channels: channel 4 (group 2 of 3)"
+    )
+    k = np.zeros((3, 3, 2, 4), dtype=bool)  # hwio
     k[2, :, 0, 1:3] = True
     _, text = describe_where(k, ("tap", "tap", "in", "out"), groups=2)
-    assert text == "6 of 72 elements; kernel axis 0: position 2 (high border); kernel axis 1: every position " \
-                   "(all 3); input channels: channel 0 of 2; channels: channels 1, 2 (groups 0, 1 of 2)"
+    assert (
+        text == "6 of 72 elements; kernel axis 0: position 2 (high border); kernel axis 1: every position "
+        "(all 3); input channels: channel 0 of 2; channels: channels 1, 2 (groups 0, 1 of 2)"
+    )
     b = np.zeros((4, 2), dtype=bool)
     b[[0, 3]] = True
     assert "batch items: batch items 0, 3" in describe_where(b, ("batch", "channel"))[1]
@@ -412,6 +445,7 @@ def test_describe_where_centre_of_a_three_wide_axis_is_interior():
 
 
 # --- weight standardization -------------------------------------------------------------------
+
 
 def _ws_float32(w, gain, ddof, denominator, fan, eps, fixed_scale=None):
     """A float32 transcription of WS written here from the formulas (two-pass mean and variance)."""
@@ -436,6 +470,7 @@ def _ws_float32(w, gain, ddof, denominator, fan, eps, fixed_scale=None):
 def test_weight_standardize_float32_transcription_passes_and_a_slip_fails(preset):
     from refws import WS_PRESETS
     from refws.testing import assert_weight_standardize_close, check_weight_standardize
+
     spec = WS_PRESETS[preset]
     rng = np.random.default_rng(7)
     w = rng.normal(size=(3, 3, 4, 6))

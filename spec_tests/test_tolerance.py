@@ -67,12 +67,12 @@ def test_gamma_matches_fractions_for_unit_roundoffs(K, u):
         return
     # K*u and 1 - K*u are exact for a power-of-two u (Sterbenz above 1/2), so one or two roundings
     assert abs(Fraction(float(got)) - exact) <= exact * Fraction(1, 2**51)
-    assert Fraction(float(got)) * (1 + Fraction(1, 2**40)) >= exact       # what _SLACK relies on
+    assert Fraction(float(got)) * (1 + Fraction(1, 2**40)) >= exact  # what _SLACK relies on
 
 
 @given(K=st.integers(1, 10**6), frac=st.floats(1e-20, 1.0))
 def test_gamma_matches_fractions_for_any_unit(K, frac):
-    u = frac * 0.5 / K                                    # K u <= 1/2: no cancellation in 1 - K u
+    u = frac * 0.5 / K  # K u <= 1/2: no cancellation in 1 - K u
     exact = _gamma_exact(K, u)
     assert abs(Fraction(float(gamma(K, u))) - exact) <= exact * Fraction(1, 2**50)
 
@@ -114,11 +114,33 @@ def _cast_exact(v: float, dtype) -> bool:
 
 # m * 2**e with m of 1..26 bits: many values right at the edges of 8, 11 and 24 bits, and exponents
 # across the subnormal, normal and overflow ranges of float16 and float32
-_constructed = st.builds(lambda m, e, s: s * math.ldexp(m, e), st.integers(1, 2**26 - 1), st.integers(-175, 140),
-                         st.sampled_from((1.0, -1.0)))
-_values = st.one_of(_constructed, st.floats(allow_nan=False, allow_infinity=False), st.just(0.0),
-                    st.sampled_from([65504.0, 65520.0, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 2.0**-149, 2.0**-150,
-                                     float(np.finfo(np.float32).max), 2.0**128, 2.0**-136, 2.0**-133, 2.0**-140]))
+_constructed = st.builds(
+    lambda m, e, s: s * math.ldexp(m, e),
+    st.integers(1, 2**26 - 1),
+    st.integers(-175, 140),
+    st.sampled_from((1.0, -1.0)),
+)
+_values = st.one_of(
+    _constructed,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.just(0.0),
+    st.sampled_from(
+        [
+            65504.0,
+            65520.0,
+            2.0**-24,
+            2.0**-25,
+            3 * 2.0**-25,
+            2.0**-149,
+            2.0**-150,
+            float(np.finfo(np.float32).max),
+            2.0**128,
+            2.0**-136,
+            2.0**-133,
+            2.0**-140,
+        ]
+    ),
+)
 
 _DEFINITIONS = {
     "float32": lambda v: _cast_exact(v, np.float32),
@@ -157,7 +179,7 @@ def test_exactly_representable_edge_cases():
     # the store's grid inputs (12 significant bits, values in [-1, 1]) are exact in float32 and float16
     grid = np.arange(-2048, 2049) * 2.0**-11
     assert exactly_representable(grid, "float32") and exactly_representable(grid, "float16")
-    assert exactly_representable(grid, "tf32")                    # |k| <= 2048: at most 11 bits
+    assert exactly_representable(grid, "tf32")  # |k| <= 2048: at most 11 bits
     assert not exactly_representable(grid, "bfloat16") and exactly_representable(grid[::16], "bfloat16")
 
 
@@ -176,7 +198,7 @@ def _round_sig(a: np.ndarray, p: int) -> np.ndarray:
     """Round to nearest (ties to even) to ``p`` significant bits, directly from float64 (normal
     range only, which is all the data here uses)."""
     mant, exp = np.frexp(np.asarray(a, dtype=np.float64))
-    return np.ldexp(np.round(mant * 2.0**p), exp - p)          # np.round: ties to even, exact here
+    return np.ldexp(np.round(mant * 2.0**p), exp - p)  # np.round: ties to even, exact here
 
 
 # precision name -> (round an input, round the float32 result)
@@ -226,8 +248,12 @@ def _up(q: Fraction) -> float:
 
 
 def _bound(a, b, m: Fraction, exact: Fraction, precision, tier="rigorous") -> Fraction:
-    bnd = element_bound(Bound(np.array([_up(m)]), len(a), None, ((np.asarray(a), np.asarray(b)),)),
-                        np.array([float(exact)]), precision, tier)
+    bnd = element_bound(
+        Bound(np.array([_up(m)]), len(a), None, ((np.asarray(a), np.asarray(b)),)),
+        np.array([float(exact)]),
+        precision,
+        tier,
+    )
     return Fraction(float(bnd[0]))
 
 
@@ -247,7 +273,7 @@ def dot_problems(draw):
     k = draw(st.integers(1, 24))
     a = [draw(_value()) for _ in range(k)]
     b = [draw(_value()) for _ in range(k)]
-    if draw(st.booleans()):                                # cancellation: -a_i * (b_i + tiny)
+    if draw(st.booleans()):  # cancellation: -a_i * (b_i + tiny)
         tiny = [math.copysign(math.ldexp(1.0, math.frexp(y)[1] - draw(st.integers(8, 24))), y) for y in b]
         a, b = a + [-x for x in a], b + [y + t for y, t in zip(b, tiny)]
         order = draw(st.permutations(range(2 * k)))
@@ -261,13 +287,13 @@ def dot_problems(draw):
 def test_rigorous_bound_holds_for_emulated_dot_products_in_every_order(precision, problem):
     a, b = problem
     round_in, round_out = _EMULATORS[precision]
-    products = round_in(a) * round_in(b)                     # float32 products (rounded for float32 inputs)
+    products = round_in(a) * round_in(b)  # float32 products (rounded for float32 inputs)
     assert products.dtype == np.float32
     exact, m = _exact_dot(a, b)
     bound = _bound(a, b, m, exact, precision)
     for order, summation in _ORDERS.items():
         s = np.float32(summation(products))
-        if precision == "float16":                         # keep clear of float16 underflow (see the docstring)
+        if precision == "float16":  # keep clear of float16 underflow (see the docstring)
             assume(s == 0 or abs(float(s)) >= 2.0**-14)
         got = round_out(s)
         err = abs(Fraction(float(got)) - exact)
@@ -279,7 +305,7 @@ def test_rigorous_bound_holds_for_emulated_dot_products_in_every_order(precision
 def test_rigorous_bound_holds_for_float16_accumulation(problem):
     """``float16-acc16``: float16 inputs, every partial sum and product rounded to float16."""
     a, b = problem
-    p16 = np.float16(a) * np.float16(b)                  # each product rounded to float16
+    p16 = np.float16(a) * np.float16(b)  # each product rounded to float16
     assert p16.dtype == np.float16
     exact, m = _exact_dot(a, b)
     bound = _bound(a, b, m, exact, "float16-acc16")
@@ -308,13 +334,13 @@ def test_bound_is_not_loose_by_habit(K):
     s = p[:, 0].copy()
     for k in range(1, K):
         s = (s + p[:, k]).astype(np.float32)
-    exact64 = (a.astype(np.float64) * b).sum(axis=1)          # exact: 48-bit products, a few of them
+    exact64 = (a.astype(np.float64) * b).sum(axis=1)  # exact: 48-bit products, a few of them
     i = int(np.argmax(np.abs(s - exact64) / exact64))
     exact, m = _exact_dot(a[i], b[i])
     err = abs(Fraction(float(_sequential(a[i] * b[i]))) - exact)
     g = _gamma_exact(K, 2.0**-24)
     assert err / (g * m) > Fraction(1, 2)
-    assert err <= _bound(a[i], b[i], m, exact, "float32")        # and the bound still holds
+    assert err <= _bound(a[i], b[i], m, exact, "float32")  # and the bound still holds
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +350,7 @@ def _random_sign_products(seed: int, K: int):
     rng = np.random.default_rng(seed)
     a = rng.uniform(-1, 1, K).astype(np.float32)
     b = rng.uniform(-1, 1, K).astype(np.float32)
-    exact_products = a.astype(np.float64) * b                 # exact (48 bits)
+    exact_products = a.astype(np.float64) * b  # exact (48 bits)
     return a, b, exact_products
 
 
@@ -332,10 +358,11 @@ def _random_sign_products(seed: int, K: int):
 @given(seed=st.integers(0, 2**32 - 1), K=st.sampled_from([50, 300, 1000, 4096]))
 def test_random_sign_float32_sums_stay_under_the_probabilistic_bound(seed, K):
     a, b, q = _random_sign_products(seed, K)
-    exact, m = math.fsum(q), math.fsum(np.abs(q))         # correctly rounded: within 2**-53 m of the truth
+    exact, m = math.fsum(q), math.fsum(np.abs(q))  # correctly rounded: within 2**-53 m of the truth
     p = a * b
-    bound = element_bound(Bound(np.array([m * (1 + 2.0**-52)]), K, None, ((a, b),)), np.array([exact]),
-                          "float32", "probabilistic")[0]
+    bound = element_bound(
+        Bound(np.array([m * (1 + 2.0**-52)]), K, None, ((a, b),)), np.array([exact]), "float32", "probabilistic"
+    )[0]
     assert bound == pytest.approx(min(LAMBDA * math.sqrt(K), K / (1 - K * 2.0**-24)) * 2.0**-24 * m, rel=1e-9)
     for s in (np.cumsum(p, dtype=np.float32)[-1], np.sum(p, dtype=np.float32), _pairwise(p[::-1])):
         assert abs(float(s) - exact) <= bound + 2.0**-52 * m
@@ -343,9 +370,10 @@ def test_random_sign_float32_sums_stay_under_the_probabilistic_bound(seed, K):
 
 def test_probabilistic_tier_is_the_rigorous_one_for_small_K_and_smaller_beyond():
     m, y = np.array([3.0]), np.array([1.0])
-    for K in (1, 10, 35):                                 # 6 sqrt(K) >= K: gamma_K is the smaller
-        assert element_bound(Bound(m, K, None), y, "float32", "probabilistic") == \
-            element_bound(Bound(m, K, None), y, "float32")
+    for K in (1, 10, 35):  # 6 sqrt(K) >= K: gamma_K is the smaller
+        assert element_bound(Bound(m, K, None), y, "float32", "probabilistic") == element_bound(
+            Bound(m, K, None), y, "float32"
+        )
     for K in (36, 100, 10_000):
         prob = element_bound(Bound(m, K, None), y, "float32", "probabilistic")[0]
         rig = element_bound(Bound(m, K, None), y, "float32")[0]
@@ -367,13 +395,13 @@ def test_float16_accumulation_exceeds_the_float32_probabilistic_bound():
 # --------------------------------------------------------------------------------------------
 def test_operand_rounding_counts_only_inexact_operands():
     exact16 = np.array([0.5, -0.25, 1.0])
-    inexact16 = np.array([1 + 2.0**-12])                # 13 significant bits: not a float16
+    inexact16 = np.array([1 + 2.0**-12])  # 13 significant bits: not a float16
     u = 2.0**-11
     assert operand_rounding("float16", (exact16, exact16)) == 0.0
     assert operand_rounding("float16", (exact16, inexact16)) == u
     assert operand_rounding("float16", (inexact16, inexact16)) == (1 + u) ** 2 - 1
-    assert operand_rounding("float16", (exact16, None)) == u          # None: computed by the backend, rounded
-    assert operand_rounding("float16", (exact16, exact16), (inexact16,)) == u   # the worst group
+    assert operand_rounding("float16", (exact16, None)) == u  # None: computed by the backend, rounded
+    assert operand_rounding("float16", (exact16, exact16), (inexact16,)) == u  # the worst group
     assert operand_rounding("float32", (inexact16, inexact16)) == 0.0
     assert operand_rounding("float64", (None, None)) == (1 + 2.0**-53) ** 2 - 1
 
@@ -388,7 +416,7 @@ def test_input_rounding_is_needed_and_sufficient(precision, bits):
     exact = np.array([x[0]])
     bound = Bound(np.array([x[0]]), 1, None, ((x, w),))
     assert abs(y_backend - exact[0]) <= element_bound(bound, exact, precision)[0]
-    no_c_in = Bound(np.array([x[0]]), 1, None, ((w, w),))               # the same bound, exact operands
+    no_c_in = Bound(np.array([x[0]]), 1, None, ((w, w),))  # the same bound, exact operands
     assert abs(y_backend - exact[0]) > element_bound(no_c_in, exact, "float32")[0]
     assert abs(y_backend - exact[0]) > element_bound(no_c_in, exact, precision)[0] or precision == "float16"
 
@@ -401,7 +429,7 @@ def test_output_rounding_is_needed_and_sufficient():
     assert y16 == 1.0
     bound = Bound(np.array([1 + 2.0**-12]), 2, None, ((x, w),))
     assert abs(y16 - exact[0]) <= element_bound(bound, exact, "float16")[0]
-    assert abs(y16 - exact[0]) > element_bound(bound, exact, (0.0, 2.0**-24, 0.0))[0]   # no u_out
+    assert abs(y16 - exact[0]) > element_bound(bound, exact, (0.0, 2.0**-24, 0.0))[0]  # no u_out
     assert abs(y16 - exact[0]) <= element_bound(bound, exact, (0.0, 2.0**-24, 2.0**-11))[0]
 
 
@@ -415,12 +443,15 @@ def test_ws_term_scales_with_accumulation_and_input_rounding():
     assert element_bound(Bound(None, 0, None, extra=np.array([1e-3])), y, "float64")[0] == pytest.approx(1e-3)
 
 
-@pytest.mark.xfail(reason="refws.tolerance models input rounding as relative (u_in |a|); an input that "
-                          "rounds into float16's subnormal range has an absolute error up to 2**-25 that no "
-                          "term covers: a documented assumption of the model (refws/tolerance.py docstring; the golden "
-                          "grids never underflow). Kept strict so that covering it flips this test", strict=True)
+@pytest.mark.xfail(
+    reason="refws.tolerance models input rounding as relative (u_in |a|); an input that "
+    "rounds into float16's subnormal range has an absolute error up to 2**-25 that no "
+    "term covers: a documented assumption of the model (refws/tolerance.py docstring; the golden "
+    "grids never underflow). Kept strict so that covering it flips this test",
+    strict=True,
+)
 def test_float16_input_underflow_is_covered():
-    x, w = np.array([3e-8]), np.array([1.0])          # below float16's smallest subnormal 2**-24: rounds to it
+    x, w = np.array([3e-8]), np.array([1.0])  # below float16's smallest subnormal 2**-24: rounds to it
     y_backend = float(np.float16(x[0]))
     exact = np.array([x[0]])
     bound = Bound(np.array([x[0]]), 1, None, ((x, w),))
@@ -493,19 +524,22 @@ def test_fingerprint_is_the_tightest_precision_that_holds():
 # --------------------------------------------------------------------------------------------
 # Errors name the argument
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad, named", [
-    ("float8", "precision='float8'"),
-    ("Float32", "precision='Float32'"),
-    (3, "precision=3"),
-    (None, "precision=None"),
-    ((0.1, 0.2), "precision=(0.1, 0.2)"),
-    ((0.1, 0.2, 0.3, 0.4), "precision=(0.1, 0.2, 0.3, 0.4)"),
-    ((0.1, 1.5, 0.0), "precision[1]=1.5"),
-    ((True, 0.0, 0.0), "precision[0]=True"),
-    ((0.0, 0.0, float("nan")), "precision[2]=nan"),
-    ((-1e-3, 0.0, 0.0), "precision[0]=-0.001"),
-    ((0.0, "1e-3", 0.0), "precision[1]='1e-3'"),
-])
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ("float8", "precision='float8'"),
+        ("Float32", "precision='Float32'"),
+        (3, "precision=3"),
+        (None, "precision=None"),
+        ((0.1, 0.2), "precision=(0.1, 0.2)"),
+        ((0.1, 0.2, 0.3, 0.4), "precision=(0.1, 0.2, 0.3, 0.4)"),
+        ((0.1, 1.5, 0.0), "precision[1]=1.5"),
+        ((True, 0.0, 0.0), "precision[0]=True"),
+        ((0.0, 0.0, float("nan")), "precision[2]=nan"),
+        ((-1e-3, 0.0, 0.0), "precision[0]=-0.001"),
+        ((0.0, "1e-3", 0.0), "precision[1]='1e-3'"),
+    ],
+)
 def test_resolve_precision_errors_name_the_argument(bad, named):
     with pytest.raises(ValueError) as info:
         resolve_precision(bad)

@@ -36,8 +36,12 @@ def restore_budget():
 
 def test_default_budget_is_256_mib():
     """In a fresh interpreter, so no other test's setting leaks in."""
-    out = subprocess.run([sys.executable, "-c", "import refws; print(refws.get_workspace_bytes())"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import refws; print(refws.get_workspace_bytes())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert int(out.stdout.strip()) == 256 * MiB
 
 
@@ -99,7 +103,8 @@ def test_peak_memory_stays_under_budget_when_im2col_is_4x_budget(restore_budget,
     extra = peak - y.nbytes
     assert extra <= BUDGET + slack, (
         f"peak extra memory {extra / MiB:.2f} MiB > budget {BUDGET / MiB:.0f} MiB + slack "
-        f"{slack / MiB:.2f} MiB (full im2col would be {FULL_IM2COL / MiB:.0f} MiB)")
+        f"{slack / MiB:.2f} MiB (full im2col would be {FULL_IM2COL / MiB:.0f} MiB)"
+    )
 
 
 def test_small_budget_gives_the_same_result(restore_budget, big_problem):
@@ -118,11 +123,22 @@ def test_small_budget_gives_the_same_result(restore_budget, big_problem):
 
 
 @pytest.mark.parametrize("budget", [1, 4096, 64 * 1024])
-@pytest.mark.parametrize("case", [
-    dict(x=(2, 11, 9, 4), w=(3, 2, 2, 6), stride=(2, 1), pads=((1, 2), (-1, 3)), lhs=(1, 2), rhs=(2, 1), groups=2),
-    dict(x=(2, 13, 6), w=(3, 1, 12), stride=3, pads=((2, 2),), lhs=2, rhs=1, groups=6),   # depthwise, x2
-    dict(x=(1, 5, 4, 6, 3), w=(2, 2, 3, 3, 4), stride=1, pads=((0, 1), (1, 0), (2, -1)), lhs=1, rhs=(1, 2, 1), groups=1),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(x=(2, 11, 9, 4), w=(3, 2, 2, 6), stride=(2, 1), pads=((1, 2), (-1, 3)), lhs=(1, 2), rhs=(2, 1), groups=2),
+        dict(x=(2, 13, 6), w=(3, 1, 12), stride=3, pads=((2, 2),), lhs=2, rhs=1, groups=6),  # depthwise, x2
+        dict(
+            x=(1, 5, 4, 6, 3),
+            w=(2, 2, 3, 3, 4),
+            stride=1,
+            pads=((0, 1), (1, 0), (2, -1)),
+            lhs=1,
+            rhs=(1, 2, 1),
+            groups=1,
+        ),
+    ],
+)
 def test_results_do_not_depend_on_the_budget(restore_budget, budget, case):
     """Tiny budgets force many chunks (down to what the implementation allows as its minimum
     chunk); the result is still the definition's, exactly on integer data."""

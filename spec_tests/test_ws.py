@@ -60,7 +60,7 @@ def ws_case(draw, presets=PRESETS, min_n=2):
             shape, out_axis = shape + (min_n,), 0
         else:
             k = (out_axis + 1) % ndim
-            shape = shape[:k] + (min_n,) + shape[k + 1:]
+            shape = shape[:k] + (min_n,) + shape[k + 1 :]
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     name = draw(st.sampled_from(presets))
     w = rng.normal(size=shape) * draw(st.sampled_from([0.1, 1.0, 10.0])) + rng.normal()
@@ -117,7 +117,7 @@ def test_per_channel_mean_zero_and_scale(case):
         if spec.fan == "fan_in" and spec.ddof == 0:
             np.testing.assert_allclose((Y**2).sum(axis=1)[off], 1.0, rtol=1e-12)
     else:
-        fixed = 1.0 if spec.fixed_scale is None else spec.fixed_scale * n ** -0.5
+        fixed = 1.0 if spec.fixed_scale is None else spec.fixed_scale * n**-0.5
         var_hat = np.var(Y / fixed, axis=1, ddof=spec.ddof)
         sd = np.sqrt(var)
         # 1 - var/(var+eps) <= eps/var;  1 - sd^2/(sd+eps)^2 <= 2 eps/sd + (eps/sd)^2
@@ -189,9 +189,11 @@ def _place_near_clamp(w, out_axis, spec, rng):
 
 def _fd_directional(w, tw, gain, tgain, out_axis, name, h):
     """Central difference of weight_standardize along (tw, tgain)."""
+
     def f(s):
         g = None if gain is None else gain + s * tgain
         return weight_standardize(w + s * tw, g, out_axis=out_axis, spec=name)
+
     return (f(h) - f(-h)) / (2 * h)
 
 
@@ -224,8 +226,15 @@ def test_jvp_and_vjp_match_finite_differences(case, near_eps):
     jac_rounding, sigma, fmax = _jacobian_rounding(w, gain, out_axis, name)
     h = 1e-5 * sigma
     fd = _fd_directional(w, tw, gain, tgain if gain is not None else 0.0, out_axis, name, h)
-    rounding = 100 * U * fmax * (1 + np.abs(w).max() / sigma) / h * np.sqrt(w.size) \
+    rounding = (
+        100
+        * U
+        * fmax
+        * (1 + np.abs(w).max() / sigma)
+        / h
+        * np.sqrt(w.size)
         * (np.abs(tw).max() + (0.0 if gain is None else np.abs(tgain).max()))
+    )
     _, jvp = weight_standardize_jvp(w, tw, gain, tgain, out_axis=out_axis, spec=name)
     assert np.linalg.norm(jvp - fd) <= FD_RTOL * np.linalg.norm(fd) + rounding
     # reverse mode through the same directional derivative: <vjp(u), t> = <u, fd(t)>
@@ -233,8 +242,7 @@ def test_jvp_and_vjp_match_finite_differences(case, near_eps):
     dw, dgain = weight_standardize_vjp(w, u, gain, out_axis=out_axis, spec=name)
     lhs = np.vdot(dw, tw) + (0.0 if gain is None else np.vdot(dgain, tgain))
     vjp_rounding = 100 * jac_rounding * np.linalg.norm(u) * np.linalg.norm(tw) * w.size
-    assert abs(lhs - np.vdot(u, fd)) <= np.linalg.norm(u) * (FD_RTOL * np.linalg.norm(fd) + rounding) \
-        + vjp_rounding
+    assert abs(lhs - np.vdot(u, fd)) <= np.linalg.norm(u) * (FD_RTOL * np.linalg.norm(fd) + rounding) + vjp_rounding
     assert (dgain is None) == (gain is None) and (gain is None or dgain.shape == np.shape(gain))
 
 
@@ -330,8 +338,9 @@ def test_elektronn3_formula_under_torch_autograd():
         tw_, tg_ = torch.tensor(w, requires_grad=True), torch.tensor(gain, requires_grad=True)
         y = elektronn3_ws(tw_, tg_, eps)
         y.backward(torch.tensor(u))
-        np.testing.assert_allclose(weight_standardize(w, gain, eps, out_axis=0, spec="elektronn3"),
-                                   y.detach().numpy(), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(
+            weight_standardize(w, gain, eps, out_axis=0, spec="elektronn3"), y.detach().numpy(), rtol=1e-13, atol=1e-13
+        )
         dw, dg = weight_standardize_vjp(w, u, gain, eps, out_axis=0, spec="elektronn3")
         np.testing.assert_allclose(dw, tw_.grad.numpy(), rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(dg, tg_.grad.numpy(), rtol=1e-11, atol=1e-11)
@@ -359,15 +368,18 @@ def test_custom_spec_is_accepted():
     np.testing.assert_allclose(weight_standardize(w, spec=spec), want, rtol=1e-13)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(ddof=2, denominator="max_var_n", fan="fan_in"), "ddof=2"),
-    (dict(ddof=0, denominator="std", fan=None), "denominator='std'"),
-    (dict(ddof=0, denominator="max_var_n", fan="fanin"), "fan='fanin'"),
-    (dict(ddof=0, denominator="max_var_n", fan=None), "fan=None"),
-    (dict(ddof=0, denominator="std_plus_eps", fan="numel"), "fan='numel' is unused"),
-    (dict(ddof=0, denominator="std_plus_eps", fan="fan_in", fixed_scale=float("nan")), "fixed_scale"),
-    (dict(ddof=0, denominator="std_plus_eps", eps=-1.0), "eps=-1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(ddof=2, denominator="max_var_n", fan="fan_in"), "ddof=2"),
+        (dict(ddof=0, denominator="std", fan=None), "denominator='std'"),
+        (dict(ddof=0, denominator="max_var_n", fan="fanin"), "fan='fanin'"),
+        (dict(ddof=0, denominator="max_var_n", fan=None), "fan=None"),
+        (dict(ddof=0, denominator="std_plus_eps", fan="numel"), "fan='numel' is unused"),
+        (dict(ddof=0, denominator="std_plus_eps", fan="fan_in", fixed_scale=float("nan")), "fixed_scale"),
+        (dict(ddof=0, denominator="std_plus_eps", eps=-1.0), "eps=-1.0"),
+    ],
+)
 def test_bad_spec_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WSSpec(**kwargs)

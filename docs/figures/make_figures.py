@@ -42,17 +42,24 @@ DATA = HERE / "error_bound_data.json"
 INPUT, PAD, HOLE, CROP, TAP = "#cfe3f7", "#e6e6e6", "#ffffff", "#f4cccc", "#f5a623"
 TAP_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 
-plt.rcParams.update({"svg.hashsalt": "refws", "svg.fonttype": "none", "font.size": 10,
-                     "font.family": "DejaVu Sans"})
+plt.rcParams.update({"svg.hashsalt": "refws", "svg.fonttype": "none", "font.size": 10, "font.family": "DejaVu Sans"})
 
 
 # --- drawing helpers ---------------------------------------------------------------------------
 
+
 def cell(ax, x, y, text="", face=INPUT, edge="#555555", hatch=None, bold=False, w=1.0, h=1.0):
     ax.add_patch(Rectangle((x, y), w, h, facecolor=face, edgecolor=edge, hatch=hatch, linewidth=0.8))
     if text != "":
-        ax.text(x + w / 2, y + h / 2, str(text), ha="center", va="center", fontsize=8,
-                fontweight="bold" if bold else "normal")
+        ax.text(
+            x + w / 2,
+            y + h / 2,
+            str(text),
+            ha="center",
+            va="center",
+            fontsize=8,
+            fontweight="bold" if bold else "normal",
+        )
 
 
 def bare(ax, xlim, ylim):
@@ -86,11 +93,19 @@ def draw_axis(ax, g, y, axis=0, shift=0.0):
     face = {"input": INPUT, "pad": PAD, "hole": HOLE, "crop": CROP}
     for _, q, kind, src in positions(g, axis):
         text = {"input": f"x{src}", "pad": "0", "hole": "0", "crop": f"x{src}"}[kind]
-        cell(ax, shift + q, y, text, face[kind], hatch="///" if kind == "crop" else None,
-             edge="#bbbbbb" if kind == "hole" else "#555555")
+        cell(
+            ax,
+            shift + q,
+            y,
+            text,
+            face[kind],
+            hatch="///" if kind == "crop" else None,
+            edge="#bbbbbb" if kind == "hole" else "#555555",
+        )
 
 
 # --- 1. padding forms --------------------------------------------------------------------------
+
 
 def fig_padding_forms():
     n, k = 7, 4
@@ -109,17 +124,30 @@ def fig_padding_forms():
             ax.plot([first + 0.05, last + 0.95], [y - 0.25, y - 0.25], color=colour, lw=2.5)
         ax.text(-4.8, y + 0.5, repr(padding), ha="left", va="center", fontsize=9, family="monospace")
         ax.text(10.6, y + 0.5, f"pads {g.padding[0]}\nout = {g.out_spatial[0]}", ha="left", va="center", fontsize=9)
-    ax.text(1.0, 1.6, f"n = {n}, kernel k = {k}, stride 1: blue bar = window of output 0, red = last output's window",
-            fontsize=9)
-    legend = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="#555555", hatch=h)
-              for c, h in ((INPUT, None), (PAD, None), (CROP, "///"))]
-    ax.legend(legend, ["input element", "padding zero", "cropped by a negative pad"], loc="lower center",
-              ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    ax.text(
+        1.0,
+        1.6,
+        f"n = {n}, kernel k = {k}, stride 1: blue bar = window of output 0, red = last output's window",
+        fontsize=9,
+    )
+    legend = [
+        Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="#555555", hatch=h)
+        for c, h in ((INPUT, None), (PAD, None), (CROP, "///"))
+    ]
+    ax.legend(
+        legend,
+        ["input element", "padding zero", "cropped by a negative pad"],
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.04),
+    )
     bare(ax, (-5, 13.5), (-11.2, 2.2))
     return fig
 
 
 # --- 2. a window sliding with stride and dilation ----------------------------------------------
+
 
 def fig_stride_dilation():
     g = refws.conv_geometry((9,), (3,), stride=2, padding="SAME", rhs_dilation=2)
@@ -135,21 +163,33 @@ def fig_stride_dilation():
             label = f"x{t.source}" if t.kind == "input" else "0"
             cell(ax, q, y, label, TAP_COLOURS[t.tap], bold=True)
             ax.texts[-1].set_color("white")
-    ax.text(-lo, 1.6, f"n = 9, k = 3, stride 2, rhs_dilation 2, SAME -> pads {g.padding[0]}, "
-            f"out = {g.out_spatial[0]}; colour = kernel tap 0 / 1 / 2", fontsize=9)
+    ax.text(
+        -lo,
+        1.6,
+        f"n = 9, k = 3, stride 2, rhs_dilation 2, SAME -> pads {g.padding[0]}, "
+        f"out = {g.out_spatial[0]}; colour = kernel tap 0 / 1 / 2",
+        fontsize=9,
+    )
     bare(ax, (-lo - 2.5, 11.5), (-7.2, 2.3))
     return fig
 
 
 # --- 3. lhs vs rhs dilation --------------------------------------------------------------------
 
+
 def fig_lhs_rhs():
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, g, title in (
-        (left, refws.conv_geometry((4,), (3,), 1, [(2, 2)], lhs_dilation=2),
-         "lhs_dilation 2: zeros between the inputs\n(the transposed convolution of stride 2)"),
-        (right, refws.conv_geometry((7,), (3,), 1, "VALID", rhs_dilation=2),
-         "rhs_dilation 2: gaps between the kernel taps\n(atrous: a wider window, no more weights)"),
+        (
+            left,
+            refws.conv_geometry((4,), (3,), 1, [(2, 2)], lhs_dilation=2),
+            "lhs_dilation 2: zeros between the inputs\n(the transposed convolution of stride 2)",
+        ),
+        (
+            right,
+            refws.conv_geometry((7,), (3,), 1, "VALID", rhs_dilation=2),
+            "rhs_dilation 2: gaps between the kernel taps\n(atrous: a wider window, no more weights)",
+        ),
     ):
         lo = g.padding[0][0]
         draw_axis(ax, g, 0)
@@ -168,6 +208,7 @@ def fig_lhs_rhs():
 
 # --- 4. groups as channel blocks ---------------------------------------------------------------
 
+
 def connections(c_in, c_out, groups):
     """``M[co, ci] = 1`` when output channel co reads input channel ci, from refws.conv itself."""
     w = np.ones((1, c_in // groups, c_out))
@@ -180,9 +221,11 @@ def connections(c_in, c_out, groups):
 
 
 def fig_groups():
-    cases = [(4, 4, 1, "groups=1: every output\nreads every input"),
-             (4, 4, 2, "groups=2: two independent\nblocks"),
-             (4, 8, 4, "groups=C_in=4, C_out=8:\ndepthwise, multiplier 2")]
+    cases = [
+        (4, 4, 1, "groups=1: every output\nreads every input"),
+        (4, 4, 2, "groups=2: two independent\nblocks"),
+        (4, 8, 4, "groups=C_in=4, C_out=8:\ndepthwise, multiplier 2"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(10, 4.4))
     for ax, (c_in, c_out, groups, title) in zip(axes, cases):
         m = connections(c_in, c_out, groups)
@@ -200,12 +243,13 @@ def fig_groups():
 
 # --- 5. im2col ---------------------------------------------------------------------------------
 
+
 def fig_im2col():
     n, k, at = 4, 3, (1, 2)
-    x = np.arange(1.0, n * n + 1).reshape(1, n, n, 1)             # input element i*n + j + 1
-    cols = refws.im2col(x, (k, k), padding="SAME")               # (1, 4, 4, 3, 3, 1)
+    x = np.arange(1.0, n * n + 1).reshape(1, n, n, 1)  # input element i*n + j + 1
+    cols = refws.im2col(x, (k, k), padding="SAME")  # (1, 4, 4, 3, 3, 1)
     g = refws.conv_geometry((n, n), (k, k), padding="SAME")
-    mat = cols.reshape(-1, k * k)                                  # one row per output position
+    mat = cols.reshape(-1, k * k)  # one row per output position
     row = at[0] * g.out_spatial[1] + at[1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 6.6), gridspec_kw={"width_ratios": [1, 1.35]})
     (lo0, hi0), (lo1, hi1) = g.padding
@@ -222,20 +266,26 @@ def fig_im2col():
     rows, width = mat.shape
     for r in range(rows):
         for c in range(width):
-            cell(right, c, rows - 1 - r, int(mat[r, c]), TAP if r == row else (INPUT if mat[r, c] else PAD),
-                 w=1.0, h=1.0)
+            cell(
+                right, c, rows - 1 - r, int(mat[r, c]), TAP if r == row else (INPUT if mat[r, c] else PAD), w=1.0, h=1.0
+            )
         o = np.unravel_index(r, g.out_spatial)
         right.text(-0.3, rows - 1 - r + 0.5, f"o={tuple(int(v) for v in o)}", ha="right", va="center", fontsize=8)
     for c in range(width):
         tap = tuple(int(v) for v in np.unravel_index(c, (k, k)))
         right.text(c + 0.5, rows + 0.3, f"t={tap}".replace(" ", ""), ha="center", fontsize=7, rotation=45)
-    right.set_title(f"im2col: {rows} rows (outputs) x {width} columns (taps x channels);\n"
-                    "y = cols @ w.reshape(9, C_out), one matrix product", fontsize=9, pad=28)
+    right.set_title(
+        f"im2col: {rows} rows (outputs) x {width} columns (taps x channels);\n"
+        "y = cols @ w.reshape(9, C_out), one matrix product",
+        fontsize=9,
+        pad=28,
+    )
     bare(right, (-2.6, width + 0.3), (-0.3, rows + 1.4))
     return fig
 
 
 # --- 6. the transposed convolution is the input gradient ---------------------------------------
+
 
 def fig_transpose():
     n, k, stride, pads = 7, 3, 2, [(1, 1)]
@@ -243,16 +293,31 @@ def fig_transpose():
     g = refws.conv_geometry((n,), (k,), stride, pads)
     out = g.out_spatial[0]
     forward = np.stack([refws.conv(np.eye(n)[i].reshape(1, n, 1), w, stride, pads)[0, :, 0] for i in range(n)], 1)
-    grad = np.stack([refws.conv_vjp(np.zeros((1, n, 1)), w, np.eye(out)[o].reshape(1, out, 1), stride, pads)[0][0, :, 0]
-                     for o in range(out)], 1)
-    as_conv = np.stack([refws.conv(np.eye(out)[o].reshape(1, out, 1), w[::-1], 1, input_grad_pads(g),
-                                   lhs_dilation=stride)[0, :, 0] for o in range(out)], 1)
+    grad = np.stack(
+        [
+            refws.conv_vjp(np.zeros((1, n, 1)), w, np.eye(out)[o].reshape(1, out, 1), stride, pads)[0][0, :, 0]
+            for o in range(out)
+        ],
+        1,
+    )
+    as_conv = np.stack(
+        [
+            refws.conv(np.eye(out)[o].reshape(1, out, 1), w[::-1], 1, input_grad_pads(g), lhs_dilation=stride)[0, :, 0]
+            for o in range(out)
+        ],
+        1,
+    )
     assert np.array_equal(grad, forward.T) and np.array_equal(as_conv, forward.T)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, m, title, rlab, clab in (
         (axes[0], forward, f"forward: y = A x   (n={n}, k={k}, stride {stride}, pads {g.padding[0]})", "y", "x"),
-        (axes[1], grad, "input gradient: dx = A^T dy = conv(lhs_dilation 2,\n"
-         f"flipped kernel, pads {input_grad_pads(g)[0]}) of dy", "dx", "dy"),
+        (
+            axes[1],
+            grad,
+            f"input gradient: dx = A^T dy = conv(lhs_dilation 2,\nflipped kernel, pads {input_grad_pads(g)[0]}) of dy",
+            "dx",
+            "dy",
+        ),
     ):
         r_n, c_n = m.shape
         for r in range(r_n):
@@ -270,11 +335,12 @@ def fig_transpose():
 
 # --- 7. WS variants ----------------------------------------------------------------------------
 
+
 def ws_scale(spec, var, shape=(3, 3, 4, 1)):
     """The factor WS multiplies the centred weights by, for a channel of variance ``var``
     (ddof of the preset), measured on ``refws.weight_standardize`` itself."""
     size = int(np.prod(shape))
-    pattern = np.resize([1.0, -1.0], size)                        # mean 0, sum of squares = size
+    pattern = np.resize([1.0, -1.0], size)  # mean 0, sum of squares = size
     ddof = refws.WS_PRESETS[spec].ddof
     w = (pattern * np.sqrt(var * (size - ddof) / size)).reshape(shape)
     return refws.weight_standardize(w, spec=spec).ravel()[0] / w.ravel()[0]
@@ -284,15 +350,27 @@ def fig_ws():
     var = np.logspace(-14, 1, 301)
     fig, ax = plt.subplots(figsize=(8.5, 5))
     fan = 36
-    for name, style in (("brainstate", "-"), ("elektronn3", "--"), ("qiao", "-."), ("timm_std", ":"),
-                        ("timm_scaled", "-"), ("bit", "--")):
+    for name, style in (
+        ("brainstate", "-"),
+        ("elektronn3", "--"),
+        ("qiao", "-."),
+        ("timm_std", ":"),
+        ("timm_scaled", "-"),
+        ("bit", "--"),
+    ):
         spec = refws.WS_PRESETS[name]
-        scale = [ws_scale(name, v) for v in var]         # one output channel: numel = fan_in = 36
+        scale = [ws_scale(name, v) for v in var]  # one output channel: numel = fan_in = 36
         ax.loglog(var, scale, style, lw=1.6, label=f"{name}: {spec.denominator}, ddof {spec.ddof}, eps {spec.eps:g}")
     eps = refws.WS_PRESETS["brainstate"].eps
     ax.axvline(eps / fan, color="#999999", lw=0.8)
-    ax.text(eps / fan * 0.7, 3e-2, f"clamp of max(var * N, eps):\nvar * {fan} = eps = {eps:g}\n"
-            "(brainstate, NFNets, elektronn3)", fontsize=8, color="#555555", ha="right")
+    ax.text(
+        eps / fan * 0.7,
+        3e-2,
+        f"clamp of max(var * N, eps):\nvar * {fan} = eps = {eps:g}\n(brainstate, NFNets, elektronn3)",
+        fontsize=8,
+        color="#555555",
+        ha="right",
+    )
     ax.set_xlabel("per-channel variance of the weights (one channel of 3x3x4 = 36 elements)")
     ax.set_ylabel("scale factor applied to (w - mean)")
     ax.set_title("WS presets: the eps clamp (a kink) against sqrt(var + eps) and std + eps (smooth)", fontsize=10)
@@ -303,14 +381,18 @@ def fig_ws():
 
 # --- 8. error / bound per backend --------------------------------------------------------------
 
+
 def histogram_data(reports):
     """Per backend label, the worst ``error / bound`` of every judged array of ``refws check --json``."""
     data = {}
     for path in reports:
         report = json.loads(Path(path).read_text())
         label = f"{report['backend']} {report['version']} {report['precision']}"
-        data[label] = sorted(float(f"{r['max_ratio']:.3g}") for r in report["records"]
-                             if r["status"] in ("pass", "warn", "fail") and r.get("max_ratio") is not None)
+        data[label] = sorted(
+            float(f"{r['max_ratio']:.3g}")
+            for r in report["records"]
+            if r["status"] in ("pass", "warn", "fail") and r.get("max_ratio") is not None
+        )
     return data
 
 
@@ -320,8 +402,14 @@ def fig_error_bound(data):
     for (label, ratios), colour in zip(sorted(data.items()), ("#1f77b4", "#ff7f0e", "#2ca02c")):
         r = np.asarray(ratios)
         exact = int(np.sum(r == 0))
-        ax.hist(np.clip(r[r > 0], bins[0], None), bins=bins, histtype="step", lw=1.8, color=colour,
-                label=f"{label}: {len(r)} arrays, {exact} bit-exact (not drawn), worst {r.max():.3g}")
+        ax.hist(
+            np.clip(r[r > 0], bins[0], None),
+            bins=bins,
+            histtype="step",
+            lw=1.8,
+            color=colour,
+            label=f"{label}: {len(r)} arrays, {exact} bit-exact (not drawn), worst {r.max():.3g}",
+        )
     ax.set_xscale("log")
     ax.axvline(1.0, color="#d62728", lw=1)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
@@ -329,8 +417,9 @@ def fig_error_bound(data):
     ax.text(0.8, ax.get_ylim()[1] * 0.9, "fail above 1", ha="right", color="#d62728", fontsize=8)
     ax.set_xlabel("worst error / rigorous bound gamma_K(u) * conv(|x|, |w|) of each array (log)")
     ax.set_ylabel("arrays")
-    ax.set_title("refws check at float32 on the golden store: how far below the bound correct backends stay",
-                 fontsize=10)
+    ax.set_title(
+        "refws check at float32 on the golden store: how far below the bound correct backends stay", fontsize=10
+    )
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
@@ -349,8 +438,13 @@ FIGURES = {
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(HERE), help="folder for the SVG files (default: docs/figures)")
-    p.add_argument("--reports", nargs="*", default=None, metavar="JSON",
-                   help="refws check --json reports to refresh error_bound_data.json from")
+    p.add_argument(
+        "--reports",
+        nargs="*",
+        default=None,
+        metavar="JSON",
+        help="refws check --json reports to refresh error_bound_data.json from",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

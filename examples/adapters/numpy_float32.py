@@ -1,7 +1,8 @@
 """A complete refws adapter: a float32 NumPy convolution, forward only, tap by tap.
 
-    refws check examples.adapters.numpy_float32:NumpyFloat32     # from the repository root
+refws check examples.adapters.numpy_float32:NumpyFloat32     # from the repository root
 """
+
 import numpy as np
 
 import refws
@@ -28,9 +29,13 @@ class NumpyFloat32:
         cin, cout = w.shape[-2], w.shape[-1] // groups
         y = np.zeros((x.shape[0], *g.out_spatial, w.shape[-1]), np.float32)
         for tap in np.ndindex(*w.shape[:-2]):
-            window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s
-                           in zip(tap, g.rhs_dilation, g.out_spatial, g.stride))
+            window = tuple(
+                slice(t * d, t * d + (o - 1) * s + 1, s)
+                for t, d, o, s in zip(tap, g.rhs_dilation, g.out_spatial, g.stride)
+            )
             xs = xd[(slice(None), *window)]
             for k in range(groups):
-                y[..., k * cout:(k + 1) * cout] += xs[..., k * cin:(k + 1) * cin] @ w[tap][:, k * cout:(k + 1) * cout]
+                y[..., k * cout : (k + 1) * cout] += (
+                    xs[..., k * cin : (k + 1) * cin] @ w[tap][:, k * cout : (k + 1) * cout]
+                )
         return y

@@ -62,8 +62,10 @@ def _import_brainstate():
         import jax
         import jax.numpy
     except ImportError as exc:
-        raise ImportError("the brainstate backend needs brainstate 0.6.0 (Python >= 3.12): "
-                          f"pip install 'refws[brainstate]' (import failed: {exc})") from exc
+        raise ImportError(
+            "the brainstate backend needs brainstate 0.6.0 (Python >= 3.12): "
+            f"pip install 'refws[brainstate]' (import failed: {exc})"
+        ) from exc
     return brainstate, jax
 
 
@@ -74,8 +76,7 @@ def _as_tuple(v):
 def _padding(v):
     """brainstate's padding: a string, an int, N ints, one pair or N pairs (lists -> tuples)."""
     if isinstance(v, list):
-        return [tuple(p) if isinstance(p, list) else p for p in v] if any(isinstance(p, list) for p in v) \
-            else tuple(v)
+        return [tuple(p) if isinstance(p, list) else p for p in v] if any(isinstance(p, list) for p in v) else tuple(v)
     return v
 
 
@@ -137,33 +138,49 @@ class BrainstateBackend:
         """``f(w, gain=None)``: brainstate's function, the gain in the keepdims shape of its statistics."""
         if spec != "brainstate":
             name = spec if isinstance(spec, str) else getattr(spec, "name", spec)
-            raise NotExpressible(f"spec={name!r}: brainstate.nn.weight_standardization computes the "
-                                 "'brainstate' preset only")
+            raise NotExpressible(
+                f"spec={name!r}: brainstate.nn.weight_standardization computes the 'brainstate' preset only"
+            )
         ndim = len(w_shape)
         if not -ndim <= out_axis < ndim:
             raise ValueError(f"out_axis={out_axis}: expected an axis of w (ndim {ndim})")
         axis = out_axis % ndim
         stat_shape = tuple(s if i == axis else 1 for i, s in enumerate(w_shape))
-        eps = 1e-4 if eps is None else float(eps)          # brainstate's default (the preset's)
+        eps = 1e-4 if eps is None else float(eps)  # brainstate's default (the preset's)
         ws = self._bs.nn.weight_standardization
 
         def f(w, gain=None):
             return ws(w, eps, None if gain is None else gain.reshape(stat_shape), axis)
+
         return f
 
     def _primals(self, *arrays):
         return tuple(self._array(a) for a in arrays if a is not None)
 
-    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
-                           out_axis: int = -1, spec: str | WSSpec = "brainstate") -> np.ndarray:
+    def weight_standardize(
+        self,
+        w: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> np.ndarray:
         """``w_hat`` by ``brainstate.nn.weight_standardization``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         with self._environment():
             return np.asarray(f(*self._primals(w, gain)))
 
-    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
-                               eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
+    def weight_standardize_vjp(
+        self,
+        w: ArrayLike,
+        dw_hat: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``jax.vjp``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         with self._environment():
@@ -171,9 +188,17 @@ class BrainstateBackend:
             grads = [np.asarray(g) for g in pullback(self._array(dw_hat))]
         return grads[0], (grads[1] if gain is not None else None)
 
-    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
-                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
+    def weight_standardize_jvp(
+        self,
+        w: ArrayLike,
+        tw: ArrayLike,
+        gain: ArrayLike | None = None,
+        tgain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``jax.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None and tgain is not None:
@@ -192,13 +217,15 @@ class BrainstateBackend:
             raise NotExpressible(f"library={params.get('library')!r}: brainstate has only its own layers")
         cls = params.get("cls", "")
         if _CLS.fullmatch(cls) is None:
-            raise NotExpressible(f"cls={cls!r}: the brainstate suite has Conv1d/2d/3d, ScaledWSConv1d/2d/3d, "
-                                 "ConvTranspose1d/2d/3d, Linear and ScaledWSLinear")
+            raise NotExpressible(
+                f"cls={cls!r}: the brainstate suite has Conv1d/2d/3d, ScaledWSConv1d/2d/3d, "
+                "ConvTranspose1d/2d/3d, Linear and ScaledWSLinear"
+            )
         bs = self._bs
         with self._environment():
             layer = self._build(cls, params, arrays)
             values = dict(layer.weight.value)
-            names = sorted(values)                                # weight, [bias], [gain]
+            names = sorted(values)  # weight, [bias], [gain]
             x = self._array(arrays["x"])
             y, pullback = bs.transform.vjp(layer, x, grad_states=layer.weight)
             cts, dx = pullback(self._array(arrays["dy"]))
@@ -206,6 +233,7 @@ class BrainstateBackend:
             def f(x, p):
                 layer.weight.value = p
                 return layer(x)
+
             tangents = {n: self._array(arrays["t" + n]) for n in names}
             _, ty = bs.transform.jvp(f, (x, values), (self._array(arrays["tx"]), tangents))
             out = {"y": np.asarray(y), "dx": np.asarray(dx), "ty": np.asarray(ty)}
@@ -216,13 +244,15 @@ class BrainstateBackend:
         """``brainstate.nn.<cls>`` with the case's kwargs and the stored parameters as initial values."""
         kw = dict(params["kwargs"])
         linear = cls.endswith("Linear")
-        has_bias = bool(kw.pop("b_init", linear))                # Linear's default is a ZeroInit bias
-        kw = {k: (_padding(v) if k == "padding" else _as_tuple(v) if k in _TUPLE_KWARGS else v)
-              for k, v in kw.items()}
+        has_bias = bool(kw.pop("b_init", linear))  # Linear's default is a ZeroInit bias
+        kw = {k: (_padding(v) if k == "padding" else _as_tuple(v) if k in _TUPLE_KWARGS else v) for k, v in kw.items()}
         mask = self._array(arrays["w_mask"]) if params.get("mask") else None
-        layer = getattr(self._bs.nn, cls)(**kw, w_init=self._array(arrays["weight"]),
-                                          b_init=self._array(arrays["bias"]) if has_bias else None,
-                                          w_mask=mask)
+        layer = getattr(self._bs.nn, cls)(
+            **kw,
+            w_init=self._array(arrays["weight"]),
+            b_init=self._array(arrays["bias"]) if has_bias else None,
+            w_mask=mask,
+        )
         value = dict(layer.weight.value)
         if "gain" in value:
             value["gain"] = self._array(arrays["gain"])
@@ -234,5 +264,7 @@ class BrainstateBackend:
     def _check_shapes(layer_cls, value, arrays):
         for n, v in value.items():
             if n not in arrays or tuple(np.shape(arrays[n])) != tuple(v.shape):
-                raise ValueError(f"arrays[{n!r}]: expected shape {tuple(v.shape)} for brainstate {layer_cls}'s "
-                                 f"{n!r}, got {np.shape(arrays[n]) if n in arrays else 'none'}")
+                raise ValueError(
+                    f"arrays[{n!r}]: expected shape {tuple(v.shape)} for brainstate {layer_cls}'s "
+                    f"{n!r}, got {np.shape(arrays[n]) if n in arrays else 'none'}"
+                )

@@ -87,8 +87,10 @@ def _import_elektronn3():
         import torch  # noqa: F401
         from elektronn3.modules import wsconv
     except ImportError as exc:
-        raise ImportError("the elektronn3 backend needs elektronn3 0.1.1 and PyTorch: "
-                          f"pip install 'refws[elektronn3]' (import failed: {exc})") from exc
+        raise ImportError(
+            "the elektronn3 backend needs elektronn3 0.1.1 and PyTorch: "
+            f"pip install 'refws[elektronn3]' (import failed: {exc})"
+        ) from exc
     return wsconv, importlib.metadata.version("elektronn3")
 
 
@@ -123,7 +125,7 @@ class _Standardize:
         self.axis, self.c_out = out_axis % ndim, w_shape[out_axis]
         self.rest = int(np.prod(w_shape)) // self.c_out if self.c_out else 0
         self.moved = (self.c_out,) + tuple(s for i, s in enumerate(w_shape) if i != self.axis)
-        self.eps = 1e-4 if eps is None else float(eps)      # the method's default in forward()
+        self.eps = 1e-4 if eps is None else float(eps)  # the method's default in forward()
         with torch.random.fork_rng(devices=[]):
             layer = wsconv.WSConv1d(self.rest, self.c_out, 1, bias=False)
         self.wrapper = _standardize_weight_module(torch, layer.to(device=tb.device, dtype=tb.dtype))
@@ -131,14 +133,17 @@ class _Standardize:
         self.torch = torch
 
     def __call__(self, w, gain=None):
-        values = {"layer.weight": w.movedim(self.axis, 0).reshape(self.c_out, self.rest, 1),
-                  "layer.gain": self.ones if gain is None else gain.reshape(self.c_out)}
+        values = {
+            "layer.weight": w.movedim(self.axis, 0).reshape(self.c_out, self.rest, 1),
+            "layer.gain": self.ones if gain is None else gain.reshape(self.c_out),
+        }
         w_hat = self.torch.func.functional_call(self.wrapper, values, (self.eps,))
         return w_hat.reshape(self.moved).movedim(0, self.axis)
 
 
 def _standardize_weight_module(torch, layer):
     """A module whose forward is ``layer.standardize_weight(eps)`` (functional_call runs forward only)."""
+
     class StandardizeWeight(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -146,6 +151,7 @@ def _standardize_weight_module(torch, layer):
 
         def forward(self, eps):
             return self.layer.standardize_weight(eps)
+
     return StandardizeWeight()
 
 
@@ -188,6 +194,7 @@ class Elektronn3Backend:
     def __init__(self, precision: str = "float64", device: Any = "cpu", fws: bool = False) -> None:
         self._wsconv, version = _import_elektronn3()
         from .torch import TorchBackend  # tensors in/out, autograd and forward-mode calls
+
         self._tb = TorchBackend(precision, device)
         self._torch = self._tb._torch
         self._dir = os.path.dirname(os.path.abspath(self._wsconv.__file__))
@@ -209,28 +216,51 @@ class Elektronn3Backend:
     def _ws_fn(self, w_shape, eps, out_axis, spec):
         if spec != "elektronn3":
             name = spec if isinstance(spec, str) else getattr(spec, "name", spec)
-            raise NotExpressible(f"spec={name!r}: elektronn3's standardize_weight computes the "
-                                 "'elektronn3' preset only")
+            raise NotExpressible(
+                f"spec={name!r}: elektronn3's standardize_weight computes the 'elektronn3' preset only"
+            )
         return _Standardize(self._torch, self._wsconv, self._tb, tuple(w_shape), eps, out_axis)
 
-    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
-                           out_axis: int = -1, spec: str | WSSpec = "elektronn3") -> np.ndarray:
+    def weight_standardize(
+        self,
+        w: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "elektronn3",
+    ) -> np.ndarray:
         """``w_hat`` by elektronn3's ``standardize_weight``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         return self._tb._forward(f, w) if gain is None else self._tb._forward(f, w, gain)
 
-    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
-                               eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "elektronn3") -> tuple[np.ndarray, np.ndarray | None]:
+    def weight_standardize_vjp(
+        self,
+        w: ArrayLike,
+        dw_hat: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "elektronn3",
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
             return self._tb._vjp(f, (w,), dw_hat)[0], None
         return self._tb._vjp(f, (w, gain), dw_hat)
 
-    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
-                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "elektronn3") -> tuple[np.ndarray, np.ndarray]:
+    def weight_standardize_jvp(
+        self,
+        w: ArrayLike,
+        tw: ArrayLike,
+        gain: ArrayLike | None = None,
+        tgain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "elektronn3",
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
@@ -247,8 +277,9 @@ class Elektronn3Backend:
             raise NotExpressible(f"library={params.get('library')!r}: elektronn3 has only its own layers")
         match = _CLS.fullmatch(params.get("cls", ""))
         if match is None:
-            raise NotExpressible(f"cls={params.get('cls')!r}: elektronn3 0.1.1 has WSConv1d/2d/3d and "
-                                 "WSConvTranspose2d/3d")
+            raise NotExpressible(
+                f"cls={params.get('cls')!r}: elektronn3 0.1.1 has WSConv1d/2d/3d and WSConvTranspose2d/3d"
+            )
         transposed, nd = match.group(1) is not None, int(match.group(2))
         if transposed and nd == 1 and not self.fws:
             raise NotExpressible("elektronn3 0.1.1 has no WSConvTranspose1d")
@@ -256,21 +287,22 @@ class Elektronn3Backend:
         call_kw = {"output_size": list(params["output_size"])} if transposed and params.get("output_size") else {}
         if self.fws:
             return self._fws_layer(transposed, nd, kwargs, call_kw, arrays)
-        with self._torch.random.fork_rng(devices=[]):          # its kaiming_normal_ init: keep the user's RNG
+        with self._torch.random.fork_rng(devices=[]):  # its kaiming_normal_ init: keep the user's RNG
             module = getattr(self._wsconv, params["cls"])(**kwargs)
         module = module.to(device=self._tb.device, dtype=self._tb.dtype)
-        names = [n for n, _ in module.named_parameters()]          # weight, [bias], gain
+        names = [n for n, _ in module.named_parameters()]  # weight, [bias], gain
         self._check_shapes(module, arrays)
         torch = self._torch
 
         def f(x, *values):
             return torch.func.functional_call(module, dict(zip(names, values)), (x,), call_kw)
+
         inputs = [arrays["x"]] + [arrays[n] for n in names]
         with _library_refusals(self._dir, f"elektronn3 {params['cls']}.forward"):
             y, ty = self._tb._jvp(f, inputs, [arrays["tx"]] + [arrays["t" + n] for n in names])
         out = {"y": y, "ty": ty}
         if y.shape != np.shape(arrays["dy"]):
-            return out      # no VJP of elektronn3's map along a cotangent of another shape
+            return out  # no VJP of elektronn3's map along a cotangent of another shape
         grads = self._tb._vjp(f, inputs, arrays["dy"])
         out.update({"d" + n: g for n, g in zip(["x"] + names, grads)})
         return out
@@ -281,8 +313,10 @@ class Elektronn3Backend:
             if n not in arrays:
                 raise ValueError(f"arrays: no {n!r} for {type(module).__name__}'s parameter of shape {tuple(p.shape)}")
             if tuple(np.shape(arrays[n])) != tuple(p.shape):
-                raise ValueError(f"arrays[{n!r}].shape={np.shape(arrays[n])}: expected {tuple(p.shape)} "
-                                 f"(PyTorch layout of {type(module).__name__})")
+                raise ValueError(
+                    f"arrays[{n!r}].shape={np.shape(arrays[n])}: expected {tuple(p.shape)} "
+                    f"(PyTorch layout of {type(module).__name__})"
+                )
 
     def _fws_layer(self, transposed, nd, kwargs, call_kw, arrays) -> dict:
         """``FWS(nn.Conv{N}d / nn.ConvTranspose{N}d)``: y, dx, dbias (gradients at the standardized weight)."""
@@ -298,7 +332,7 @@ class Elektronn3Backend:
                 inner.bias.copy_(tb._t(arrays["bias"]))
         x = tb._t(arrays["x"]).requires_grad_()
         with _library_refusals(self._dir, "elektronn3 FWS.forward"):
-            y = fws(x, **call_kw)                  # standardizes inner.weight in place, once
+            y = fws(x, **call_kw)  # standardizes inner.weight in place, once
         out = {"y": tb._np(y)}
         if tuple(y.shape) != np.shape(arrays["dy"]):
             return out

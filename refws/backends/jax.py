@@ -161,6 +161,7 @@ def judged_precision(precision: str, lax_precision: str, platform: str) -> str:
 
 # --- static configurations (hashable: the jit cache keys) ---------------------------------------
 
+
 def _spatial_letters(n: int) -> str:
     """``n`` distinct dimension letters for lax's dimension-number strings (not N, C, I or O)."""
     letters = "HWDABEFGJKLMPQRSTUVXYZ"
@@ -179,36 +180,36 @@ def _dimension_numbers(n: int, channel_first: bool, kernel: str = "HWIO") -> tup
 
 class ConvCfg(NamedTuple):
     stride: tuple
-    padding: object          # a lax padding string or ((lo, hi), ...)
+    padding: object  # a lax padding string or ((lo, hi), ...)
     lhs_dilation: tuple
     rhs_dilation: tuple
     groups: int
-    dn: tuple                # dimension numbers
+    dn: tuple  # dimension numbers
     unbatched: bool
-    precision: object        # lax.Precision
+    precision: object  # lax.Precision
 
 
 class TransposeCfg(NamedTuple):
-    conv: ConvCfg            # the forward-direction convolution that computes it
-    kernel_perm: tuple       # (*k, C_out/G, C_in) -> (*k, C_in/G, C_out) after the group reshape
+    conv: ConvCfg  # the forward-direction convolution that computes it
+    kernel_perm: tuple  # (*k, C_out/G, C_in) -> (*k, C_in/G, C_out) after the group reshape
     groups: int
-    bias_shape: tuple        # (C_out,) viewed along the output's channel axis
+    bias_shape: tuple  # (C_out,) viewed along the output's channel axis
 
 
 class WSCfg(NamedTuple):
     """Static structure of a standardization; its numbers are runtime scalars (:class:`WSScalars`),
     so presets that differ only in ddof, N, eps or fixed scale share one compiled function."""
 
-    axes: tuple              # reduced axes
-    stat_shape: tuple        # w.shape with 1 on every reduced axis
+    axes: tuple  # reduced axes
+    stat_shape: tuple  # w.shape with 1 on every reduced axis
     denominator: str
-    fixed: bool              # whether there is a fixed scale
+    fixed: bool  # whether there is a fixed scale
 
 
 class WSScalars(NamedTuple):
-    divisor: float           # n - ddof
-    fan: float               # N
-    fixed: float             # gamma * N ** -0.5 (1.0 when absent, unused)
+    divisor: float  # n - ddof
+    fan: float  # N
+    fixed: float  # gamma * N ** -0.5 (1.0 when absent, unused)
     eps: float
 
 
@@ -221,50 +222,63 @@ def _check_crop(in_spatial, pads, lhs_dilation):
                 f"padding={pads}: lax.conv_general_dilated rejects pads that crop more than the "
                 f"(lhs-dilated) input size {dilated} ('Negative padding is larger than the size of the "
                 "corresponding dimension'), although its docs allow any (lo, hi) pairs and the result "
-                "is an empty output")
+                "is an empty output"
+            )
 
 
 def _layout(x_shape, w_shape, channel_first) -> tuple:
     """``(N, unbatched, spatial sizes)`` of an input ``x_shape`` for an N-d kernel ``w_shape``."""
     n = len(w_shape) - 2
     if len(x_shape) not in (n + 1, n + 2):
-        raise ValueError(f"x.shape={tuple(x_shape)}: expected {n + 2} axes (or {n + 1} unbatched) for "
-                         f"w.shape={tuple(w_shape)}")
+        raise ValueError(
+            f"x.shape={tuple(x_shape)}: expected {n + 2} axes (or {n + 1} unbatched) for w.shape={tuple(w_shape)}"
+        )
     unbatched = len(x_shape) == n + 1
     lead = 1 if unbatched else 2
-    spatial = x_shape[lead:] if channel_first else x_shape[lead - 1:-1]
+    spatial = x_shape[lead:] if channel_first else x_shape[lead - 1 : -1]
     return n, unbatched, tuple(spatial)
 
 
-def _conv_cfg(x_shape, w_shape, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first,
-              precision) -> ConvCfg:
+def _conv_cfg(
+    x_shape, w_shape, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first, precision
+) -> ConvCfg:
     n, unbatched, spatial = _layout(x_shape, w_shape, channel_first)
     groups = check_groups(groups)
     g = conv_geometry(spatial, w_shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
     lax_padding: object
     if isinstance(padding, str):
-        lax_padding = padding            # lax's own rule decides the pads
+        lax_padding = padding  # lax's own rule decides the pads
     else:
         lax_padding = g.padding
         _check_crop(g.in_spatial, g.padding, g.lhs_dilation)
-    return ConvCfg(g.stride, lax_padding, g.lhs_dilation, g.rhs_dilation, groups,
-                   _dimension_numbers(n, channel_first), unbatched, precision)
+    return ConvCfg(
+        g.stride,
+        lax_padding,
+        g.lhs_dilation,
+        g.rhs_dilation,
+        groups,
+        _dimension_numbers(n, channel_first),
+        unbatched,
+        precision,
+    )
 
 
-def _transpose_cfg(x_shape, w_shape, stride, padding, output_padding, dilation, groups, output_size,
-                   channel_first, precision) -> TransposeCfg:
+def _transpose_cfg(
+    x_shape, w_shape, stride, padding, output_padding, dilation, groups, output_size, channel_first, precision
+) -> TransposeCfg:
     n, unbatched, spatial = _layout(x_shape, w_shape, channel_first)
     groups = check_groups(groups)
     if w_shape[-1] % groups:
         raise ValueError(f"groups={groups}: expected a divisor of C_in = w.shape[-1] = {w_shape[-1]}")
     k = tuple(w_shape[:-2])
     # PyTorch's sizes: the forward conv refws describes has pads (p, p - op); read op back from it.
-    fwd = transpose_geometry(spatial, k, stride, padding, output_padding, dilation, output_size,
-                             1 if unbatched else 2)
-    pads = tuple((d * (kk - 1) - p, d * (kk - 1) - p + (p - hi))
-                 for kk, d, (p, hi) in zip(k, fwd.rhs_dilation, fwd.padding))
-    conv = ConvCfg((1,) * n, pads, fwd.stride, fwd.rhs_dilation, groups,
-                   _dimension_numbers(n, channel_first), unbatched, precision)
+    fwd = transpose_geometry(spatial, k, stride, padding, output_padding, dilation, output_size, 1 if unbatched else 2)
+    pads = tuple(
+        (d * (kk - 1) - p, d * (kk - 1) - p + (p - hi)) for kk, d, (p, hi) in zip(k, fwd.rhs_dilation, fwd.padding)
+    )
+    conv = ConvCfg(
+        (1,) * n, pads, fwd.stride, fwd.rhs_dilation, groups, _dimension_numbers(n, channel_first), unbatched, precision
+    )
     c_out = w_shape[-2] * groups
     bias_shape = (c_out,) + (1,) * n if channel_first else (c_out,)
     # (*k, C_out/G, G, C_in/G) -> (*k, C_in/G, G, C_out/G): in/out swapped inside each group
@@ -282,8 +296,10 @@ def _ws_cfg(w_shape, gain_shape, eps, out_axis, spec) -> tuple:
     axes = tuple(i for i in range(ndim) if i != axis)
     n = math.prod(w_shape[i] for i in axes)
     if n <= spec.ddof:
-        raise ValueError(f"w.shape={tuple(w_shape)}: {n} element(s) per output channel, but ddof={spec.ddof} "
-                         f"needs at least {spec.ddof + 1}")
+        raise ValueError(
+            f"w.shape={tuple(w_shape)}: {n} element(s) per output channel, but ddof={spec.ddof} "
+            f"needs at least {spec.ddof + 1}"
+        )
     stat_shape = tuple(1 if i in axes else s for i, s in enumerate(w_shape))
     if gain_shape is not None:
         flat = tuple(gain_shape) == (w_shape[axis],)
@@ -291,21 +307,32 @@ def _ws_cfg(w_shape, gain_shape, eps, out_axis, spec) -> tuple:
         if not (flat or fits):
             raise ValueError(f"gain.shape={tuple(gain_shape)}: expected ({w_shape[axis]},) or {stat_shape}")
     fan = n if spec.fan == "fan_in" else math.prod(w_shape)
-    fixed = 1.0 if spec.fixed_scale is None else spec.fixed_scale * fan ** -0.5
+    fixed = 1.0 if spec.fixed_scale is None else spec.fixed_scale * fan**-0.5
     eps = spec.eps if eps is None else eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps={eps!r}: expected a finite number >= 0")
-    return (WSCfg(axes, stat_shape, spec.denominator, spec.fixed_scale is not None),
-            WSScalars(float(n - spec.ddof), float(fan), float(fixed), float(eps)))
+    return (
+        WSCfg(axes, stat_shape, spec.denominator, spec.fixed_scale is not None),
+        WSScalars(float(n - spec.ddof), float(fan), float(fixed), float(eps)),
+    )
 
 
 # --- the computations (jax; cfg is static) ------------------------------------------------------
 
+
 def _conv(x, w, cfg: ConvCfg):
     xb = x[None] if cfg.unbatched else x
-    y = lax.conv_general_dilated(xb, w, cfg.stride, cfg.padding, cfg.lhs_dilation, cfg.rhs_dilation,
-                                 dimension_numbers=cfg.dn, feature_group_count=cfg.groups,
-                                 precision=cfg.precision)
+    y = lax.conv_general_dilated(
+        xb,
+        w,
+        cfg.stride,
+        cfg.padding,
+        cfg.lhs_dilation,
+        cfg.rhs_dilation,
+        dimension_numbers=cfg.dn,
+        feature_group_count=cfg.groups,
+        precision=cfg.precision,
+    )
     return y[0] if cfg.unbatched else y
 
 
@@ -353,6 +380,7 @@ def _transpose_jvp(x, w, b, tx, tw, tb, cfg):
 @functools.cache
 def _sqrt0():
     """``sqrt`` whose derivative at 0 is 0 instead of inf (see the module docstring)."""
+
     @jax.custom_jvp
     def sqrt0(v):
         return jnp.sqrt(v)
@@ -362,6 +390,7 @@ def _sqrt0():
         (v,), (tv,) = primals, tangents
         s = jnp.sqrt(v)
         return s, jnp.where(s > 0, tv / (2 * jnp.where(s > 0, s, 1)), 0)
+
     return sqrt0
 
 
@@ -376,7 +405,7 @@ def _ws(w, gain, sc: WSScalars, cfg: WSCfg):
     """
     mean = jnp.mean(w, axis=cfg.axes, keepdims=True)
     c = w - mean
-    var = jnp.sum(c * c, axis=cfg.axes, keepdims=True) / sc.divisor      # jnp.var's arithmetic
+    var = jnp.sum(c * c, axis=cfg.axes, keepdims=True) / sc.divisor  # jnp.var's arithmetic
     if cfg.denominator == "max_var_n":
         scale = lax.rsqrt(jnp.maximum(var * sc.fan, sc.eps))
     elif cfg.denominator == "std_plus_eps":
@@ -388,8 +417,8 @@ def _ws(w, gain, sc: WSScalars, cfg: WSCfg):
     if gain is not None:
         scale = scale * gain.reshape(cfg.stat_shape)
     if cfg.denominator == "max_var_n":
-        return w * scale - mean * scale          # NFNets, brainstate and elektronn3 literally
-    return c * scale                             # Qiao, timm, BiT: centre first
+        return w * scale - mean * scale  # NFNets, brainstate and elektronn3 literally
+    return c * scale  # Qiao, timm, BiT: centre first
 
 
 def _ws_y(w, gain, sc, cfg):
@@ -411,6 +440,7 @@ def _ws_jvp(w, gain, tw, tgain, sc, cfg):
 
 
 # --- layers -------------------------------------------------------------------------------------
+
 
 def _freeze(value):
     """JSON parameters as a hashable value (dicts -> sorted item tuples, lists -> tuples)."""
@@ -451,14 +481,17 @@ def _lax_transpose_pads(k, stride, rhs_dilation, padding):
     computed by jax's own helper with the rhs-dilated kernel extent, as lax.conv_transpose does."""
     try:
         from jax._src.lax.convolution import _conv_transpose_padding as rule
-    except ImportError:                # private helper gone: the same rule, from refws
+    except ImportError:  # private helper gone: the same rule, from refws
         from ..grads import lax_transpose_geometry
+
         return lax_transpose_geometry([1] * len(k), k, stride, padding, rhs_dilation).padding
     return tuple(rule((kk - 1) * d + 1, s, padding) for kk, s, d in zip(k, stride, rhs_dilation))
 
 
-_BRAINSTATE = tuple(f"{b}{n}d" for b in ("Conv", "ScaledWSConv", "ConvTranspose") for n in (1, 2, 3)) + \
-    ("Linear", "ScaledWSLinear")
+_BRAINSTATE = tuple(f"{b}{n}d" for b in ("Conv", "ScaledWSConv", "ConvTranspose") for n in (1, 2, 3)) + (
+    "Linear",
+    "ScaledWSLinear",
+)
 
 
 def _brainstate_core(p, precision):
@@ -485,8 +518,17 @@ def _brainstate_core(p, precision):
         cfg = ConvCfg((1,) * nd, pads, stride, rhs, groups, _dimension_numbers(nd, cf, "HWOI"), False, precision)
         return (lambda a: jnp.flip(_effective(a, None), axis=tuple(range(nd)))), cfg
     w_shape = (*k, c_in // groups, c_out)
-    cfg = _conv_cfg([1, *kw["in_size"]], w_shape, kw.get("stride", 1), padding, kw.get("lhs_dilation", 1),
-                    kw.get("rhs_dilation", 1), groups, cf, precision)
+    cfg = _conv_cfg(
+        [1, *kw["in_size"]],
+        w_shape,
+        kw.get("stride", 1),
+        padding,
+        kw.get("lhs_dilation", 1),
+        kw.get("rhs_dilation", 1),
+        groups,
+        cf,
+        precision,
+    )
     ws = _ws_cfg(w_shape, None, kw.get("eps", 1e-4), -1, "brainstate") if cls.startswith("ScaledWS") else None
     return (lambda a: _effective(a, ws)), cfg
 
@@ -497,22 +539,27 @@ def _brainstate_forward(p, precision):
     if cls not in _BRAINSTATE:
         raise NotExpressible(f"brainstate layer {cls!r}: the jax adapter translates {', '.join(_BRAINSTATE)}")
     if cls.endswith("Linear"):
-        ws = _ws_cfg((_last(kw["in_size"]), _last(kw["out_size"])), None, kw.get("eps", 1e-4), -1,
-                     "brainstate") if cls.startswith("ScaledWS") else None
+        ws = (
+            _ws_cfg((_last(kw["in_size"]), _last(kw["out_size"])), None, kw.get("eps", 1e-4), -1, "brainstate")
+            if cls.startswith("ScaledWS")
+            else None
+        )
 
         def linear(a):
             y = jnp.matmul(a["x"], _effective(a, ws), precision=precision)
             return y + a["bias"] if "bias" in a else y
+
         return linear
     kernel, cfg = _brainstate_core(p, precision)
     unbatched = len(p["x_shape"]) == int(cls[-2]) + 1
 
     def conv_layer(a):
-        x = a["x"][None] if unbatched else a["x"]        # brainstate expands, convolves, squeezes
+        x = a["x"][None] if unbatched else a["x"]  # brainstate expands, convolves, squeezes
         y = _conv(x, kernel(a), cfg)
         if "bias" in a:
             y = y + a["bias"]
         return y[0] if unbatched else y
+
     return conv_layer
 
 
@@ -520,8 +567,10 @@ def _pad_check(mode, pads, spatial):
     """PyTorch's limits on reflect/circular pads (jnp.pad would silently wrap or reflect again)."""
     for (lo, hi), n in zip(pads, spatial):
         if (mode == "reflect" and max(lo, hi) >= n) or (mode == "circular" and max(lo, hi) > n):
-            raise ValueError(f"padding {lo, hi} with padding_mode={mode!r} on a dimension of size {n}: "
-                             "PyTorch requires pad < size for reflect and pad <= size for circular")
+            raise ValueError(
+                f"padding {lo, hi} with padding_mode={mode!r} on a dimension of size {n}: "
+                "PyTorch requires pad < size for reflect and pad <= size for circular"
+            )
 
 
 _JNP_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -547,11 +596,20 @@ def _elektronn3_forward(p, precision):
     if transposed:
         if mode != "zeros":
             raise ValueError("WSConvTranspose: PyTorch supports only padding_mode='zeros'")
-        tcfg = _transpose_cfg((1, c_in, *spatial), (*k, c_out // groups, c_in), stride, kw.get("padding", 0),
-                              kw.get("output_padding", 0), dilation, groups, p.get("output_size"), True,
-                              precision)
+        tcfg = _transpose_cfg(
+            (1, c_in, *spatial),
+            (*k, c_out // groups, c_in),
+            stride,
+            kw.get("padding", 0),
+            kw.get("output_padding", 0),
+            dilation,
+            groups,
+            p.get("output_size"),
+            True,
+            precision,
+        )
 
-        def core(x, w_hat):                   # (C_in, C_out/G, *k) -> refws (*k, C_out/G, C_in)
+        def core(x, w_hat):  # (C_in, C_out/G, *k) -> refws (*k, C_out/G, C_in)
             return _transpose(x, w_hat.transpose(*range(2, nd + 2), 1, 0), None, tcfg)
     else:
         padding = kw.get("padding", 0)
@@ -561,8 +619,9 @@ def _elektronn3_forward(p, precision):
         else:
             _pad_check(mode, pads, spatial)
             lax_padding = "VALID"
-        ccfg = ConvCfg(stride, lax_padding, (1,) * nd, dilation, groups,
-                       _dimension_numbers(nd, True, "OIHW"), False, precision)
+        ccfg = ConvCfg(
+            stride, lax_padding, (1,) * nd, dilation, groups, _dimension_numbers(nd, True, "OIHW"), False, precision
+        )
 
         def core(x, w_hat):
             if mode != "zeros":
@@ -575,6 +634,7 @@ def _elektronn3_forward(p, precision):
         if "bias" in a:
             y = y + a["bias"].reshape((c_out,) + (1,) * nd)
         return y[0] if unbatched else y
+
     return layer
 
 
@@ -597,6 +657,7 @@ def _layer_all(arrays, cfg: LayerCfg):
 
     def f(*values):
         return forward(dict(const, **dict(zip(names, values))))
+
     primals = tuple(arrays[k] for k in names)
     y, pull = jax.vjp(f, *primals)
     grads = pull(arrays["dy"])
@@ -605,6 +666,7 @@ def _layer_all(arrays, cfg: LayerCfg):
 
 
 # --- the adapter --------------------------------------------------------------------------------
+
 
 class JaxBackend:
     """refws's adapter for JAX: every protocol method through ``jax.lax`` / ``jax.numpy``.
@@ -647,8 +709,9 @@ class JaxBackend:
 
     name = "jax"
 
-    def __init__(self, precision: str = "float64", lax_precision: str = "highest", *,
-                 fast_compile: bool = True) -> None:
+    def __init__(
+        self, precision: str = "float64", lax_precision: str = "highest", *, fast_compile: bool = True
+    ) -> None:
         self.dtype_name = _choice(precision, PRECISIONS, "precision")
         self.lax_precision = _choice(lax_precision, LAX_PRECISIONS, "lax_precision")
         if not isinstance(fast_compile, bool):
@@ -656,7 +719,7 @@ class JaxBackend:
         self.fast_compile = fast_compile
         _load()
         if precision == "float64":
-            jax.config.update("jax_enable_x64", True)      # process-wide
+            jax.config.update("jax_enable_x64", True)  # process-wide
         self.dtype = np.dtype(precision)
         self._lax_precision = lax.Precision.HIGHEST if lax_precision == "highest" else lax.Precision.DEFAULT
         self.version = jax.__version__
@@ -669,8 +732,10 @@ class JaxBackend:
 
     def _in(self, a, name):
         if self.dtype == np.float64 and not jax.config.jax_enable_x64:
-            raise RuntimeError("jax's x64 mode was turned off after JaxBackend('float64') was created "
-                               "(brainstate.environ.set(precision=32) does that); float64 results need it")
+            raise RuntimeError(
+                "jax's x64 mode was turned off after JaxBackend('float64') was created "
+                "(brainstate.environ.set(precision=32) does that); float64 results need it"
+            )
         arr = np.asarray(a)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{name} has dtype {arr.dtype}: expected a real array")
@@ -687,26 +752,65 @@ class JaxBackend:
     # -- convolution
 
     def _conv_cfg(self, x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first):
-        return _conv_cfg(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, groups,
-                         channel_first, self._lax_precision)
+        return _conv_cfg(
+            np.shape(x),
+            np.shape(w),
+            stride,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            groups,
+            channel_first,
+            self._lax_precision,
+        )
 
-    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-             channel_first: bool = False) -> np.ndarray:
+    def conv(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``y`` of :func:`refws.conv` by ``lax.conv_general_dilated``."""
         cfg = self._conv_cfg(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         return self._call(_conv_y, self._in(x, "x"), self._in(w, "w"), cfg=cfg)
 
-    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-                 lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-                 channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_vjp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        dy: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(dx, dw)`` of :func:`refws.conv_vjp` by ``jax.vjp``."""
         cfg = self._conv_cfg(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         return self._call(_conv_vjp, self._in(x, "x"), self._in(w, "w"), self._in(dy, "dy"), cfg=cfg)
 
-    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
-                 padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1,
-                 *, channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_jvp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        tx: ArrayLike,
+        tw: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` of :func:`refws.conv_jvp` by ``jax.jvp``."""
         cfg = self._conv_cfg(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         args = (self._in(v, k) for v, k in ((x, "x"), (w, "w"), (tx, "tx"), (tw, "tw")))
@@ -714,45 +818,86 @@ class JaxBackend:
 
     # -- transposed convolution (PyTorch convention)
 
-    def _transpose_cfg(self, x, w, stride, padding, output_padding, dilation, groups, output_size,
-                       channel_first):
-        return _transpose_cfg(np.shape(x), np.shape(w), stride, padding, output_padding, dilation, groups,
-                              output_size, channel_first, self._lax_precision)
+    def _transpose_cfg(self, x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first):
+        return _transpose_cfg(
+            np.shape(x),
+            np.shape(w),
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            output_size,
+            channel_first,
+            self._lax_precision,
+        )
 
     def _bias(self, bias, name):
         return None if bias is None else self._in(bias, name)
 
-    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
-                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
-                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                       channel_first: bool = False) -> np.ndarray:
+    def conv_transpose(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``y`` of :func:`refws.conv_transpose` as one ``lax.conv_general_dilated`` (module docstring)."""
-        cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size,
-                                  channel_first)
+        cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._call(_transpose_y, self._in(x, "x"), self._in(w, "w"), self._bias(bias, "bias"), cfg=cfg)
 
-    def conv_transpose_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1,
-                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                           channel_first: bool = False) -> tuple[np.ndarray, ...]:
+    def conv_transpose_vjp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        dy: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, ...]:
         """``(dx, dw)``, or ``(dx, dw, db)`` with a bias, by ``jax.vjp``."""
-        cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size,
-                                  channel_first)
-        return self._call(_transpose_vjp, self._in(x, "x"), self._in(w, "w"), self._bias(bias, "bias"),
-                          self._in(dy, "dy"), cfg=cfg)
+        cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
+        return self._call(
+            _transpose_vjp, self._in(x, "x"), self._in(w, "w"), self._bias(bias, "bias"), self._in(dy, "dy"), cfg=cfg
+        )
 
-    def conv_transpose_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
-                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                           tbias: ArrayLike | None = None,
-                           channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_transpose_jvp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        tx: ArrayLike,
+        tw: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        tbias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``jax.jvp``; ``tbias=None`` with a bias is a zero tangent."""
-        cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size,
-                                  channel_first)
+        cfg = self._transpose_cfg(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         b = self._bias(bias, "bias")
         tb = None if b is None else (jnp.zeros_like(b) if tbias is None else self._in(tbias, "tbias"))
-        return self._call(_transpose_jvp, self._in(x, "x"), self._in(w, "w"), b, self._in(tx, "tx"),
-                          self._in(tw, "tw"), tb, cfg=cfg)
+        return self._call(
+            _transpose_jvp, self._in(x, "x"), self._in(w, "w"), b, self._in(tx, "tx"), self._in(tw, "tw"), tb, cfg=cfg
+        )
 
     # -- weight standardization
 
@@ -762,23 +907,45 @@ class JaxBackend:
         scalars = WSScalars(*(jnp.asarray(v, dtype=self.dtype) for v in sc))
         return self._in(w, "w"), (None if gain is None else self._in(gain, "gain")), scalars, cfg
 
-    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
-                           out_axis: int = -1, spec: str | WSSpec = "brainstate") -> np.ndarray:
+    def weight_standardize(
+        self,
+        w: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> np.ndarray:
         """``w_hat`` of :func:`refws.weight_standardize` in ``jnp``."""
         w_, g_, sc, cfg = self._ws_args(w, gain, eps, out_axis, spec)
         return self._call(_ws_y, w_, g_, sc, cfg=cfg)
 
-    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
-                               eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
+    def weight_standardize_vjp(
+        self,
+        w: ArrayLike,
+        dw_hat: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``jax.vjp``."""
         w_, g_, sc, cfg = self._ws_args(w, gain, eps, out_axis, spec)
         dw, dg = self._call(_ws_vjp, w_, g_, self._in(dw_hat, "dw_hat"), sc, cfg=cfg)
         return dw, (None if dg is None or gain is None else dg.reshape(np.shape(gain)))
 
-    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
-                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
+    def weight_standardize_jvp(
+        self,
+        w: ArrayLike,
+        tw: ArrayLike,
+        gain: ArrayLike | None = None,
+        tgain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``jax.jvp``; ``tgain=None`` is a zero tangent."""
         w_, g_, sc, cfg = self._ws_args(w, gain, eps, out_axis, spec)
         if g_ is None and tgain is not None:
@@ -791,8 +958,11 @@ class JaxBackend:
     def layer(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """brainstate / elektronn3 layer case: ``{"y", "d<input>", "ty"}`` from one compiled function."""
         cfg = LayerCfg(dict(params), self._lax_precision)
-        _layer_forward(cfg.params, cfg.precision)       # argument errors and refusals before tracing
-        inputs = {k: self._in(v, k) for k, v in arrays.items()
-                  if k in _DIFFERENTIABLE + ("w_mask", "dy") or (k[:1] == "t" and k[1:] in _DIFFERENTIABLE)}
+        _layer_forward(cfg.params, cfg.precision)  # argument errors and refusals before tracing
+        inputs = {
+            k: self._in(v, k)
+            for k, v in arrays.items()
+            if k in _DIFFERENTIABLE + ("w_mask", "dy") or (k[:1] == "t" and k[1:] in _DIFFERENTIABLE)
+        }
         y, grads, ty = self._call(_layer_all, inputs, cfg=cfg)
         return dict(y=y, ty=ty, **grads)

@@ -48,7 +48,7 @@ from ..geometry import conv_geometry
 __all__ = ["LaxReferenceBackend"]
 
 _PRECISIONS = ("float64", "float32")
-_SPATIAL = "WHD"      # lax_reference sorts spatial axes by their order in the kernel spec
+_SPATIAL = "WHD"  # lax_reference sorts spatial axes by their order in the kernel spec
 
 
 def _import_lax_reference():
@@ -56,8 +56,9 @@ def _import_lax_reference():
         import jax
         from jax._src import lax_reference
     except ImportError as exc:
-        raise ImportError("the lax-reference backend needs jax: pip install 'refws[jax]' "
-                          f"(import failed: {exc})") from exc
+        raise ImportError(
+            f"the lax-reference backend needs jax: pip install 'refws[jax]' (import failed: {exc})"
+        ) from exc
     return jax, lax_reference
 
 
@@ -105,13 +106,23 @@ class LaxReferenceBackend:
     def __repr__(self) -> str:
         return f"LaxReferenceBackend(precision={self.precision!r})"
 
-    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-             channel_first: bool = False) -> np.ndarray:
+    def conv(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv`` by ``lax_reference.conv_general_dilated`` (string padding passed through)."""
         if int(groups) != 1:
-            raise NotExpressible(f"groups={groups}: lax_reference.conv_general_dilated has no "
-                                 "feature_group_count argument")
+            raise NotExpressible(
+                f"groups={groups}: lax_reference.conv_general_dilated has no feature_group_count argument"
+            )
         nd = np.ndim(w) - 2
         unbatched = np.ndim(x) == nd + 1
         x = np.asarray(x, dtype=self._dtype)
@@ -122,12 +133,20 @@ class LaxReferenceBackend:
         g = conv_geometry(spatial, np.shape(w)[:-2], stride, padding, lhs_dilation, rhs_dilation)
         pads = padding if isinstance(padding, str) else [tuple(p) for p in g.padding]
         try:
-            y = self._ref.conv_general_dilated(x, np.asarray(w, dtype=self._dtype), g.stride, pads,
-                                               g.lhs_dilation, g.rhs_dilation,
-                                               dimension_numbers(nd, bool(channel_first)))
+            y = self._ref.conv_general_dilated(
+                x,
+                np.asarray(w, dtype=self._dtype),
+                g.stride,
+                pads,
+                g.lhs_dilation,
+                g.rhs_dilation,
+                dimension_numbers(nd, bool(channel_first)),
+            )
         except ValueError as exc:
             if 0 in g.out_spatial:
-                raise Unimplemented(f"lax_reference cannot give the zero-size output {g.out_spatial} "
-                                    f"that lax semantics define for pads {g.padding}: {exc}") from exc
+                raise Unimplemented(
+                    f"lax_reference cannot give the zero-size output {g.out_spatial} "
+                    f"that lax semantics define for pads {g.padding}: {exc}"
+                ) from exc
             raise
         return y[0] if unbatched else y

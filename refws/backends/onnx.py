@@ -64,11 +64,10 @@ from ..conformance.protocol import IntOrInts, NotExpressible, Padding, Unimpleme
 from ..geometry import ConvGeometry, conv_geometry
 from ..grads import transpose_geometry
 
-__all__ = ["OnnxReferenceBackend", "OnnxRuntimeBackend", "conv_node_args", "conv_node_out_sizes",
-           "transpose_node_args"]
+__all__ = ["OnnxReferenceBackend", "OnnxRuntimeBackend", "conv_node_args", "conv_node_out_sizes", "transpose_node_args"]
 
 _PRECISIONS = ("float64", "float32")
-OPSET = 22          # Conv-22 / ConvTranspose-22: the semantics of -11, with bfloat16 added
+OPSET = 22  # Conv-22 / ConvTranspose-22: the semantics of -11, with bfloat16 added
 FALLBACK_OPSET = 11  # for runtimes that do not know opset 22 yet (the same definitions)
 _AUTO_PAD = {"SAME": "SAME_UPPER", "SAME_LOWER": "SAME_LOWER", "VALID": "VALID"}
 
@@ -79,8 +78,7 @@ def _import_onnx():
         import onnx.checker
         import onnx.helper
     except ImportError as exc:
-        raise ImportError("the ONNX backends need onnx: pip install 'refws[onnx]' "
-                          f"(import failed: {exc})") from exc
+        raise ImportError(f"the ONNX backends need onnx: pip install 'refws[onnx]' (import failed: {exc})") from exc
     return onnx
 
 
@@ -111,9 +109,16 @@ def _crop(x, pads) -> np.ndarray:
     return x[(slice(None), slice(None), *index)]
 
 
-def conv_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: IntOrInts = 1, padding: Padding = "SAME",
-                   lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, *, channel_first: bool = False
-                   ) -> tuple[ConvGeometry, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
+def conv_node_args(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: IntOrInts = 1,
+    padding: Padding = "SAME",
+    lhs_dilation: IntOrInts = 1,
+    rhs_dilation: IntOrInts = 1,
+    *,
+    channel_first: bool = False,
+) -> tuple[ConvGeometry, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
     """How a refws ``conv`` becomes one ONNX ``Conv``: ``(geometry, attributes, prepare)``.
 
     ``attributes`` are the node's (``kernel_shape``, ``strides``, ``dilations`` and either
@@ -122,10 +127,13 @@ def conv_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: IntOr
     unless the input is lhs-dilated (refws rejects that combination anyway, as lax does).
     """
     nd = len(w_shape) - 2
-    spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
+    spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1 : -1]
     g = conv_geometry(spatial, w_shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
-    attrs: dict[str, Any] = {"kernel_shape": list(g.kernel_spatial), "strides": list(g.stride),
-                             "dilations": list(g.rhs_dilation)}
+    attrs: dict[str, Any] = {
+        "kernel_shape": list(g.kernel_spatial),
+        "strides": list(g.stride),
+        "dilations": list(g.rhs_dilation),
+    }
     if isinstance(padding, str):
         attrs["auto_pad"] = _AUTO_PAD[padding.upper()]
         pads = ((0, 0),) * nd
@@ -135,13 +143,21 @@ def conv_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: IntOr
 
     def prepare(x_nc: np.ndarray) -> np.ndarray:
         return _crop(_lhs_dilate(x_nc, g.lhs_dilation), pads)
+
     return g, attrs, prepare
 
 
-def transpose_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: IntOrInts = 1, padding: IntOrInts = 0,
-                        output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                        output_size: Sequence[int] | None = None, *,
-                        channel_first: bool = False) -> tuple[ConvGeometry, dict[str, Any]]:
+def transpose_node_args(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: IntOrInts = 1,
+    padding: IntOrInts = 0,
+    output_padding: IntOrInts = 0,
+    dilation: IntOrInts = 1,
+    output_size: Sequence[int] | None = None,
+    *,
+    channel_first: bool = False,
+) -> tuple[ConvGeometry, dict[str, Any]]:
     """How a refws ``conv_transpose`` becomes one ONNX ``ConvTranspose``: ``(geometry, attributes)``.
 
     ``geometry`` is the forward convolution whose input gradient this is (its ``in_spatial`` is
@@ -149,12 +165,18 @@ def transpose_node_args(x_shape: Sequence[int], w_shape: Sequence[int], stride: 
     """
     nd = len(w_shape) - 2
     unbatched = len(x_shape) == nd + 1
-    spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
-    g = transpose_geometry(spatial, w_shape[:-2], stride, padding, output_padding, dilation, output_size,
-                           1 if unbatched else 2)
+    spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1 : -1]
+    g = transpose_geometry(
+        spatial, w_shape[:-2], stride, padding, output_padding, dilation, output_size, 1 if unbatched else 2
+    )
     p = [lo for lo, _ in g.padding]
-    attrs = {"kernel_shape": list(g.kernel_spatial), "strides": list(g.stride), "dilations": list(g.rhs_dilation),
-             "pads": p + p, "output_padding": [lo - hi for lo, hi in g.padding]}
+    attrs = {
+        "kernel_shape": list(g.kernel_spatial),
+        "strides": list(g.stride),
+        "dilations": list(g.rhs_dilation),
+        "pads": p + p,
+        "output_padding": [lo - hi for lo, hi in g.padding],
+    }
     return g, attrs
 
 
@@ -204,7 +226,7 @@ class _OnnxBackend:
         self._onnx.checker.check_model(model, full_check=True)
         return model
 
-    def _run(self, model, feeds) -> np.ndarray:          # pragma: no cover - overridden
+    def _run(self, model, feeds) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _execute(self, op, inputs, y_rank, attrs) -> np.ndarray:
@@ -213,41 +235,73 @@ class _OnnxBackend:
         model = self._model(op, inputs, y_rank, attrs)
         try:
             return np.asarray(self._run(model, inputs))
-        except Exception as exc:                          # every refusal of a checked node is classified
-            raise Unimplemented(f"{self.name} refuses a {op} node that the ONNX checker accepts "
-                                f"({_describe(attrs)}, {self.precision}): "
-                                f"{type(exc).__name__}: {str(exc).strip()}") from exc
+        except Exception as exc:  # every refusal of a checked node is classified
+            raise Unimplemented(
+                f"{self.name} refuses a {op} node that the ONNX checker accepts "
+                f"({_describe(attrs)}, {self.precision}): "
+                f"{type(exc).__name__}: {str(exc).strip()}"
+            ) from exc
 
     # --- the protocol --------------------------------------------------------------------------
 
-    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-             channel_first: bool = False) -> np.ndarray:
+    def conv(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv`` by one ``Conv`` node (see the module docstring for the padding)."""
         nd = np.ndim(w) - 2
         unbatched = np.ndim(x) == nd + 1
-        g, attrs, prepare = conv_node_args(np.shape(x), np.shape(w), stride, padding, lhs_dilation,
-                                           rhs_dilation, channel_first=channel_first)
+        g, attrs, prepare = conv_node_args(
+            np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first=channel_first
+        )
         attrs["group"] = int(groups)
         xb = np.asarray(x)[None] if unbatched else np.asarray(x)
         x_nc = prepare(_to_channels_first(xb, channel_first))
         sizes = conv_node_out_sizes(x_nc.shape[2:], attrs)
         if min(sizes) < 0:
-            raise NotExpressible(f"ONNX's Conv output size here is {sizes} (negative: the kernel overhangs "
-                                 f"the padded input by more than a stride); lax semantics give {g.out_spatial}")
+            raise NotExpressible(
+                f"ONNX's Conv output size here is {sizes} (negative: the kernel overhangs "
+                f"the padded input by more than a stride); lax semantics give {g.out_spatial}"
+            )
         y = self._execute("Conv", {"X": x_nc, "W": _kernel_to_onnx(w, nd)}, nd + 2, attrs)
         y = y if channel_first else np.moveaxis(y, 1, -1)
         return y[0] if unbatched else y
 
-    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
-                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
-                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                       channel_first: bool = False) -> np.ndarray:
+    def conv_transpose(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv_transpose`` by one ``ConvTranspose`` node (bias as its ``B`` input)."""
         nd = np.ndim(w) - 2
         unbatched = np.ndim(x) == nd + 1
-        _, attrs = transpose_node_args(np.shape(x), np.shape(w), stride, padding, output_padding, dilation,
-                                       output_size, channel_first=channel_first)
+        _, attrs = transpose_node_args(
+            np.shape(x),
+            np.shape(w),
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            output_size,
+            channel_first=channel_first,
+        )
         attrs["group"] = int(groups)
         xb = np.asarray(x)[None] if unbatched else np.asarray(x)
         inputs = {"X": _to_channels_first(xb, channel_first), "W": _kernel_to_onnx(w, nd)}
@@ -295,13 +349,14 @@ class OnnxRuntimeBackend(_OnnxBackend):
         try:
             import onnxruntime
         except ImportError as exc:
-            raise ImportError("the onnxruntime backend needs onnxruntime: pip install 'refws[onnx]' "
-                              f"(import failed: {exc})") from exc
+            raise ImportError(
+                f"the onnxruntime backend needs onnxruntime: pip install 'refws[onnx]' (import failed: {exc})"
+            ) from exc
         self._ort = onnxruntime
         self._options = onnxruntime.SessionOptions()
         self._options.intra_op_num_threads = int(threads)
         self._options.inter_op_num_threads = 1
-        self._options.log_severity_level = 3         # errors only: refusals come back as exceptions
+        self._options.log_severity_level = 3  # errors only: refusals come back as exceptions
         if self.opset != FALLBACK_OPSET and not self._loads_opset():
             self.opset = FALLBACK_OPSET
         self.version = f"{onnxruntime.__version__} (onnx {self._onnx.__version__}, opset {self.opset})"
@@ -312,13 +367,14 @@ class OnnxRuntimeBackend(_OnnxBackend):
         model = self._model("Conv", {"X": one, "W": one}, 3, {})
         try:
             self._ort.InferenceSession(model.SerializeToString(), self._options, providers=["CPUExecutionProvider"])
-        except Exception:                                 # noqa: BLE001 - any load failure means "no"
+        except Exception:  # noqa: BLE001 - any load failure means "no"
             return False
         return True
 
     def _run(self, model, feeds) -> np.ndarray:
-        session = self._ort.InferenceSession(model.SerializeToString(), self._options,
-                                             providers=["CPUExecutionProvider"])
+        session = self._ort.InferenceSession(
+            model.SerializeToString(), self._options, providers=["CPUExecutionProvider"]
+        )
         return session.run(None, feeds)[0]
 
 
@@ -350,6 +406,7 @@ class OnnxReferenceBackend(_OnnxBackend):
     def __init__(self, precision: str = "float32") -> None:
         super().__init__(precision)
         from onnx.reference import ReferenceEvaluator
+
         self._evaluator = ReferenceEvaluator
         self.version = f"{self._onnx.__version__} (opset {self.opset})"
 

@@ -74,7 +74,7 @@ _FIRST = ("NCW", "NCHW", "NCDHW")
 _REFUSAL = re.compile(r"support", re.IGNORECASE)
 _GROUP_REFUSAL = re.compile(r"must match|same depth", re.IGNORECASE)
 
-tf: Any = None          # the tensorflow module, imported by the first TensorflowBackend()
+tf: Any = None  # the tensorflow module, imported by the first TensorflowBackend()
 
 
 def _import_tf():
@@ -83,8 +83,9 @@ def _import_tf():
         try:
             import tensorflow
         except ImportError as exc:
-            raise ImportError("the tensorflow backend needs TensorFlow: pip install 'refws[tensorflow]' "
-                              f"(import failed: {exc})") from exc
+            raise ImportError(
+                f"the tensorflow backend needs TensorFlow: pip install 'refws[tensorflow]' (import failed: {exc})"
+            ) from exc
         tf = tensorflow
     return tf
 
@@ -102,18 +103,25 @@ class _Refusals:
         if isinstance(exc, ValueError) and "Negative dimension size" in str(exc):
             # Graph-mode shape inference (forward-mode autodiff builds graph functions) rejects an
             # input smaller than the kernel, whose empty output the eager ops compute.
-            raise Unimplemented(f"TensorFlow {self.version}'s shape inference refuses the empty output "
-                                f"that its eager op computes: {str(exc).splitlines()[0][:200]}") from exc
+            raise Unimplemented(
+                f"TensorFlow {self.version}'s shape inference refuses the empty output "
+                f"that its eager op computes: {str(exc).splitlines()[0][:200]}"
+            ) from exc
         if exc is None or not isinstance(exc, tf.errors.OpError):
             return False
         first = str(exc.message).strip().splitlines()[0]
         if "would be negative" in first:
-            raise NotExpressible(f"TensorFlow's output size is negative here (lax gives an empty output): "
-                                 f"{first}") from exc
-        if isinstance(exc, tf.errors.UnimplementedError) or _REFUSAL.search(first) or (
-                self.grouped and _GROUP_REFUSAL.search(first)):
-            raise Unimplemented(f"TensorFlow {self.version} refuses this case on the CPU "
-                                f"({type(exc).__name__}): {first}") from exc
+            raise NotExpressible(
+                f"TensorFlow's output size is negative here (lax gives an empty output): {first}"
+            ) from exc
+        if (
+            isinstance(exc, tf.errors.UnimplementedError)
+            or _REFUSAL.search(first)
+            or (self.grouped and _GROUP_REFUSAL.search(first))
+        ):
+            raise Unimplemented(
+                f"TensorFlow {self.version} refuses this case on the CPU ({type(exc).__name__}): {first}"
+            ) from exc
         return False
 
 
@@ -188,7 +196,7 @@ class TensorflowBackend:
         """``f(x, w)``: refws's conv in the caller's layouts by ``tf.nn.conv{1,2,3}d``."""
         nd = len(w_shape) - 2
         unbatched = len(x_shape) == nd + 1
-        spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
+        spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1 : -1]
         g = conv_geometry(spatial, w_shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
         axes = tuple(range(2, nd + 2)) if channel_first else tuple(range(1, nd + 1))
         fmt = (_FIRST if channel_first else _LAST)[nd - 1]
@@ -210,45 +218,85 @@ class TensorflowBackend:
             xb = _crop(xb, pads, axes)
             if pre_pad is not None:
                 xb = tf.pad(xb, pre_pad)
-            y = op(xb, w, _full_rank(g.stride, axes, 1), op_padding, data_format=fmt,
-                   dilations=_full_rank(g.rhs_dilation, axes, 1))
+            y = op(
+                xb,
+                w,
+                _full_rank(g.stride, axes, 1),
+                op_padding,
+                data_format=fmt,
+                dilations=_full_rank(g.rhs_dilation, axes, 1),
+            )
             return y[0] if unbatched else y
+
         return f
 
-    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-             channel_first: bool = False) -> np.ndarray:
+    def conv(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv`` by ``tf.nn.conv{1,2,3}d`` (``SAME``/``VALID`` passed through)."""
         f = self._conv_fn(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first)
         return self._forward(f, (x, w), groups > 1)
 
-    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-                 lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-                 channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_vjp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        dy: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(dx, dw)`` by ``tf.GradientTape``."""
         f = self._conv_fn(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first)
         return self._vjp(f, (x, w), dy, groups > 1)
 
-    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
-                 padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1,
-                 *, channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_jvp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        tx: ArrayLike,
+        tw: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``tf.autodiff.ForwardAccumulator``."""
         f = self._conv_fn(np.shape(x), np.shape(w), stride, padding, lhs_dilation, rhs_dilation, channel_first)
         return self._jvp(f, (x, w), (tx, tw), groups > 1)
 
     # --- transposed convolution ---------------------------------------------------------------
 
-    def _transpose_fn(self, x_shape, w_shape, stride, padding, output_padding, dilation, groups, output_size,
-                      channel_first):
+    def _transpose_fn(
+        self, x_shape, w_shape, stride, padding, output_padding, dilation, groups, output_size, channel_first
+    ):
         """``f(x, w[, b])``: refws's conv_transpose by ``tf.nn.conv{1,2,3}d_transpose``."""
         if int(groups) != 1:
-            raise NotExpressible(f"groups={groups}: TensorFlow's conv*_transpose (and Keras's "
-                                 "Conv*DTranspose) have no groups")
+            raise NotExpressible(
+                f"groups={groups}: TensorFlow's conv*_transpose (and Keras's Conv*DTranspose) have no groups"
+            )
         nd = len(w_shape) - 2
         unbatched = len(x_shape) == nd + 1
-        spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1]
-        g = transpose_geometry(spatial, w_shape[:-2], stride, padding, output_padding, dilation, output_size,
-                               1 if unbatched else 2)
+        spatial = x_shape[-nd:] if channel_first else x_shape[-nd - 1 : -1]
+        g = transpose_geometry(
+            spatial, w_shape[:-2], stride, padding, output_padding, dilation, output_size, 1 if unbatched else 2
+        )
         axes = tuple(range(2, nd + 2)) if channel_first else tuple(range(1, nd + 1))
         fmt = (_FIRST if channel_first else _LAST)[nd - 1]
         op = (tf.nn.conv1d_transpose, tf.nn.conv2d_transpose, tf.nn.conv3d_transpose)[nd - 1]
@@ -259,8 +307,9 @@ class TensorflowBackend:
             sizes, op_padding = g.in_spatial, _full_rank(g.padding, axes, [0, 0])
         else:
             # The full transposed output: every position some input reaches (pads 0).
-            sizes = tuple((n - 1) * s + (k - 1) * d + 1 for n, s, k, d
-                          in zip(spatial, g.stride, g.kernel_spatial, g.rhs_dilation))
+            sizes = tuple(
+                (n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(spatial, g.stride, g.kernel_spatial, g.rhs_dilation)
+            )
             op_padding = "VALID"
         out_shape = [n_batch, c_out, *sizes] if channel_first else [n_batch, *sizes, c_out]
         strides, dilations = _full_rank(g.stride, axes, 1), _full_rank(g.rhs_dilation, axes, 1)
@@ -273,45 +322,77 @@ class TensorflowBackend:
             if b is not None:
                 y = tf.nn.bias_add(y, b, data_format="NC..." if channel_first else "N...C")
             return y[0] if unbatched else y
+
         return f
 
-    def _transpose_setup(self, x, w, stride, padding, output_padding, dilation, groups, output_size,
-                         channel_first):
-        return self._transpose_fn(np.shape(x), np.shape(w), stride, padding, output_padding, dilation, groups,
-                                  output_size, channel_first)
+    def _transpose_setup(self, x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first):
+        return self._transpose_fn(
+            np.shape(x), np.shape(w), stride, padding, output_padding, dilation, groups, output_size, channel_first
+        )
 
-    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
-                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
-                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                       channel_first: bool = False) -> np.ndarray:
+    def conv_transpose(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv_transpose`` by ``tf.nn.conv{1,2,3}d_transpose``."""
-        f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size,
-                                  channel_first)
+        f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._forward(f, (x, w) if bias is None else (x, w, bias))
 
-    def conv_transpose_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1,
-                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                           channel_first: bool = False) -> tuple[np.ndarray, ...]:
+    def conv_transpose_vjp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        dy: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, ...]:
         """``(dx, dw)``, or ``(dx, dw, db)`` with a bias, by ``tf.GradientTape``."""
-        f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size,
-                                  channel_first)
+        f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._vjp(f, (x, w) if bias is None else (x, w, bias), dy)
 
-    def conv_transpose_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
-                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                           tbias: ArrayLike | None = None,
-                           channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_transpose_jvp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        tx: ArrayLike,
+        tw: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        tbias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``tf.autodiff.ForwardAccumulator`` (``tbias=None`` is a zero tangent)."""
-        f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size,
-                                  channel_first)
+        f = self._transpose_setup(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         if bias is None:
             return self._jvp(f, (x, w), (tx, tw))
         return self._jvp(f, (x, w, bias), (tx, tw, np.zeros(np.shape(bias)) if tbias is None else tbias))
 
 
 # --- TensorFlow pieces around the ops (all differentiable) --------------------------------------
+
 
 def _full_rank(values, axes, fill) -> list:
     """Per-spatial-axis ``values`` spread over a batched tensor's axes (``fill`` elsewhere)."""

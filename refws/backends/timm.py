@@ -69,7 +69,7 @@ from ..ws import WSSpec, resolve_spec
 __all__ = ["TimmBackend"]
 
 _SPECS = ("timm_std", "timm_scaled")
-_PRIVATE = "_refws_timm_layers"          # package name for timm/layers/ loaded without timm's __init__
+_PRIVATE = "_refws_timm_layers"  # package name for timm/layers/ loaded without timm's __init__
 
 
 def _mentions_torchvision(exc: BaseException) -> bool:
@@ -88,7 +88,7 @@ def _load_std_conv_leaf():
     executing ``timm/__init__.py`` or ``timm/layers/__init__.py`` (which import torchvision)."""
     if _PRIVATE + ".std_conv" in sys.modules:
         return sys.modules[_PRIVATE + ".std_conv"]
-    spec = importlib.util.find_spec("timm")            # locates the package; runs none of its code
+    spec = importlib.util.find_spec("timm")  # locates the package; runs none of its code
     layers = os.path.join(next(iter(spec.submodule_search_locations)), "layers")
     package = types.ModuleType(_PRIVATE, "timm/layers/ loaded by refws without torchvision")
     package.__path__ = [layers]
@@ -113,15 +113,18 @@ def _import_timm():
         raise ImportError(f"{hint} (timm is not installed)")
     try:
         from timm.layers import ScaledStdConv2d, StdConv2d
+
         return StdConv2d, ScaledStdConv2d, "timm.layers"
-    except Exception as exc:                            # torchvision fails in several ways
+    except Exception as exc:  # torchvision fails in several ways
         if not _mentions_torchvision(exc):
             raise ImportError(f"{hint} (import of timm.layers failed: {type(exc).__name__}: {exc})") from exc
         try:
             leaf = _load_std_conv_leaf()
         except Exception as exc2:
-            raise ImportError(f"{hint} (timm.layers needs torchvision, which failed: {exc}; loading "
-                              f"timm/layers/std_conv.py alone failed too: {exc2})") from exc2
+            raise ImportError(
+                f"{hint} (timm.layers needs torchvision, which failed: {exc}; loading "
+                f"timm/layers/std_conv.py alone failed too: {exc2})"
+            ) from exc2
         why = f"timm.layers needs torchvision, which cannot be imported here: {type(exc).__name__}: {exc}"
         return leaf.StdConv2d, leaf.ScaledStdConv2d, f"timm/layers/std_conv.py ({why})"
 
@@ -157,6 +160,7 @@ class TimmBackend:
     def __init__(self, precision: str = "float64") -> None:
         self._std, self._scaled, self.loaded_from = _import_timm()
         from .torch import TorchBackend  # tensors in/out, autograd and forward-mode calls
+
         self._tb = TorchBackend(precision)
         self._torch = self._tb._torch
         self.precision = precision
@@ -172,8 +176,9 @@ class TimmBackend:
         """``f(w[, gain])``: timm's standardized weight, read from the layer's forward (see above)."""
         if not isinstance(spec, str) or spec not in _SPECS:
             name = spec if isinstance(spec, str) else getattr(spec, "name", spec)
-            raise NotExpressible(f"spec={name!r}: timm's layers compute only the presets {_SPECS} "
-                                 "(StdConv2d, ScaledStdConv2d)")
+            raise NotExpressible(
+                f"spec={name!r}: timm's layers compute only the presets {_SPECS} (StdConv2d, ScaledStdConv2d)"
+            )
         preset = resolve_spec(spec)
         if spec == "timm_std" and has_gain:
             raise NotExpressible("timm's StdConv2d has no gain (spec='timm_std' with a gain)")
@@ -185,7 +190,7 @@ class TimmBackend:
         rest = math.prod(w_shape) // c_out if c_out else 0
         eps = preset.eps if eps is None else float(eps)
         torch, tb = self._torch, self._tb
-        with torch.random.fork_rng(devices=[]):          # the layers' init draws: keep the user's RNG
+        with torch.random.fork_rng(devices=[]):  # the layers' init draws: keep the user's RNG
             if spec == "timm_std":
                 module = self._std(rest, c_out, 1, bias=False, eps=eps)
             else:
@@ -200,33 +205,58 @@ class TimmBackend:
             if spec == "timm_scaled":
                 values["gain"] = ones if gain is None else gain.reshape(c_out, 1, 1, 1)
             try:
-                y = torch.func.functional_call(module, values, (eye,))     # y[r, o] = w_hat[o, r]
+                y = torch.func.functional_call(module, values, (eye,))  # y[r, o] = w_hat[o, r]
             except (ValueError, RuntimeError) as exc:
                 if "more than 1 value per channel" in str(exc):
-                    raise Unimplemented(f"timm's {type(module).__name__} (F.batch_norm in training mode) "
-                                        f"refuses one weight element per output channel: {exc}") from exc
+                    raise Unimplemented(
+                        f"timm's {type(module).__name__} (F.batch_norm in training mode) "
+                        f"refuses one weight element per output channel: {exc}"
+                    ) from exc
                 raise
             return y.reshape(rest, c_out).transpose(0, 1).reshape(moved).movedim(0, axis)
+
         return f
 
-    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
-                           out_axis: int = -1, spec: str | WSSpec = "timm_std") -> np.ndarray:
+    def weight_standardize(
+        self,
+        w: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "timm_std",
+    ) -> np.ndarray:
         """``w_hat`` by the layer's forward (identity input)."""
         f = self._ws_fn(np.shape(w), gain is not None, eps, out_axis, spec)
         return self._tb._forward(f, w) if gain is None else self._tb._forward(f, w, gain)
 
-    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
-                               eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "timm_std") -> tuple[np.ndarray, np.ndarray | None]:
+    def weight_standardize_vjp(
+        self,
+        w: ArrayLike,
+        dw_hat: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "timm_std",
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
         f = self._ws_fn(np.shape(w), gain is not None, eps, out_axis, spec)
         if gain is None:
             return self._tb._vjp(f, (w,), dw_hat)[0], None
         return self._tb._vjp(f, (w, gain), dw_hat)
 
-    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
-                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "timm_std") -> tuple[np.ndarray, np.ndarray]:
+    def weight_standardize_jvp(
+        self,
+        w: ArrayLike,
+        tw: ArrayLike,
+        gain: ArrayLike | None = None,
+        tgain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "timm_std",
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), gain is not None, eps, out_axis, spec)
         if gain is None:
@@ -237,9 +267,11 @@ class TimmBackend:
 
     # --- convolution: not timm's to say ---------------------------------------------------------
 
-    _NO_CONV = ("timm has no plain convolution of its own: StdConv2d / ScaledStdConv2d always convolve "
-                "with the standardized weight (conv(x, WS(w)), never conv(x, w)), and its other "
-                "convolutions are torch.nn.Conv2d (judge those with the torch backend)")
+    _NO_CONV = (
+        "timm has no plain convolution of its own: StdConv2d / ScaledStdConv2d always convolve "
+        "with the standardized weight (conv(x, WS(w)), never conv(x, w)), and its other "
+        "convolutions are torch.nn.Conv2d (judge those with the torch backend)"
+    )
 
     def conv(self, x: ArrayLike, w: ArrayLike, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotExpressible(self._NO_CONV)

@@ -73,8 +73,9 @@ def _import_torch():
         import torch
         import torch.func  # noqa: F401  (torch.func.jvp, functional_call)
     except ImportError as exc:
-        raise ImportError("the torch backend needs PyTorch: pip install 'refws[torch]' "
-                          f"(import failed: {exc})") from exc
+        raise ImportError(
+            f"the torch backend needs PyTorch: pip install 'refws[torch]' (import failed: {exc})"
+        ) from exc
     return torch
 
 
@@ -106,8 +107,10 @@ def _refusals(out_spatial=()):
         raise Unimplemented(f"torch has not implemented this case: {exc}") from exc
     except RuntimeError as exc:
         if 0 in tuple(out_spatial):
-            raise NotExpressible(f"torch refuses zero-size outputs (output spatial size "
-                                 f"{tuple(out_spatial)}, which lax semantics allow): {exc}") from exc
+            raise NotExpressible(
+                f"torch refuses zero-size outputs (output spatial size "
+                f"{tuple(out_spatial)}, which lax semantics allow): {exc}"
+            ) from exc
         raise
 
 
@@ -240,7 +243,7 @@ class TorchBackend:
         # PyTorch pads symmetrically; the rest of each (lo, hi) pair (any sign) goes to F.pad.
         native = tuple(max(0, min(lo, hi)) for lo, hi in g.padding)
         extra = _pad_arg((lo - p, hi - p) for (lo, hi), p in zip(g.padding, native))
-        w_perm = (nd + 1, nd, *range(nd))                  # (*k, I, O) -> (O, I, *k)
+        w_perm = (nd + 1, nd, *range(nd))  # (*k, I, O) -> (O, I, *k)
 
         def f(x, w):
             if not channel_first:
@@ -250,34 +253,66 @@ class TorchBackend:
                 x = F.pad(x, extra)
             y = conv(x, w.permute(w_perm), None, g.stride, native, g.rhs_dilation, groups)
             return y if channel_first else y.movedim(-nd - 1, -1)
+
         return f
 
-    def _conv_setup(self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
-                    channel_first=False):
+    def _conv_setup(
+        self, x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, channel_first=False
+    ):
         """The geometry (explicit pads from refws.conv_geometry) and ``f(x, w)``; ``x`` batched or not."""
         spatial = _spatial(np.shape(x), np.ndim(w) - 2, channel_first)
         g = conv_geometry(spatial, np.shape(w)[:-2], stride, padding, lhs_dilation, rhs_dilation)
         return g, self._conv_fn(g, int(groups), bool(channel_first))
 
-    def conv(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-             lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-             channel_first: bool = False) -> np.ndarray:
+    def conv(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv`` by ``F.convNd`` (string padding normalised by refws)."""
         g, f = self._conv_setup(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         with _refusals(g.out_spatial):
             return self._forward(f, x, w)
 
-    def conv_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1, padding: Padding = "SAME",
-                 lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1, *,
-                 channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_vjp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        dy: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(dx, dw)`` by ``torch.autograd.grad``."""
         g, f = self._conv_setup(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         with _refusals(g.out_spatial):
             return self._vjp(f, (x, w), dy)
 
-    def conv_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
-                 padding: Padding = "SAME", lhs_dilation: IntOrInts = 1, rhs_dilation: IntOrInts = 1, groups: int = 1,
-                 *, channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_jvp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        tx: ArrayLike,
+        tw: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: Padding = "SAME",
+        lhs_dilation: IntOrInts = 1,
+        rhs_dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``torch.func.jvp``."""
         g, f = self._conv_setup(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
         with _refusals(g.out_spatial):
@@ -290,54 +325,109 @@ class TorchBackend:
         if output_size is None:
             return _tuple(output_padding)
         nd = len(w_shape) - 2
-        module = (self._torch.nn.ConvTranspose1d, self._torch.nn.ConvTranspose2d,
-                  self._torch.nn.ConvTranspose3d)[nd - 1](
-            w_shape[-1], w_shape[-2] * groups, tuple(w_shape[:-2]), _tuple(stride), _tuple(padding),
-            _tuple(output_padding), groups, False, _tuple(dilation), device="meta")
-        return tuple(module._output_padding(x_t, list(output_size), list(module.stride), list(module.padding),
-                                            list(module.kernel_size), nd, list(module.dilation)))
+        module = (self._torch.nn.ConvTranspose1d, self._torch.nn.ConvTranspose2d, self._torch.nn.ConvTranspose3d)[
+            nd - 1
+        ](
+            w_shape[-1],
+            w_shape[-2] * groups,
+            tuple(w_shape[:-2]),
+            _tuple(stride),
+            _tuple(padding),
+            _tuple(output_padding),
+            groups,
+            False,
+            _tuple(dilation),
+            device="meta",
+        )
+        return tuple(
+            module._output_padding(
+                x_t,
+                list(output_size),
+                list(module.stride),
+                list(module.padding),
+                list(module.kernel_size),
+                nd,
+                list(module.dilation),
+            )
+        )
 
     def _transpose_fn(self, x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first):
         """``f(x, w[, b])``: refws's conv_transpose in the caller's layouts, by F.conv_transposeNd."""
         F, nd = self._F, np.ndim(w) - 2
         conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
-        w_perm = (nd + 1, nd, *range(nd))                  # (*k, O/G, I) -> (I, O/G, *k)
+        w_perm = (nd + 1, nd, *range(nd))  # (*k, O/G, I) -> (I, O/G, *k)
         groups = int(groups)
 
         def to_torch_layout(t):
             return t if channel_first else t.movedim(-1, -nd - 1)
 
         x_shape = self._torch.empty(np.shape(x), device="meta")
-        op = self._output_padding(to_torch_layout(x_shape), np.shape(w), stride, padding, output_padding,
-                                  dilation, groups, output_size)
+        op = self._output_padding(
+            to_torch_layout(x_shape), np.shape(w), stride, padding, output_padding, dilation, groups, output_size
+        )
 
         def f(x, w, b=None):
-            y = conv_t(to_torch_layout(x), w.permute(w_perm), b, _tuple(stride), _tuple(padding), op, groups,
-                       _tuple(dilation))
+            y = conv_t(
+                to_torch_layout(x), w.permute(w_perm), b, _tuple(stride), _tuple(padding), op, groups, _tuple(dilation)
+            )
             return y if channel_first else y.movedim(-nd - 1, -1)
+
         return f
 
-    def conv_transpose(self, x: ArrayLike, w: ArrayLike, stride: IntOrInts = 1, padding: IntOrInts = 0,
-                       output_padding: IntOrInts = 0, dilation: IntOrInts = 1, groups: int = 1, *,
-                       output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                       channel_first: bool = False) -> np.ndarray:
+    def conv_transpose(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> np.ndarray:
         """``refws.conv_transpose`` by ``F.conv_transposeNd``."""
         f = self._transpose_fn(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._forward(f, x, w) if bias is None else self._forward(f, x, w, bias)
 
-    def conv_transpose_vjp(self, x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: IntOrInts = 1,
-                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                           channel_first: bool = False) -> tuple[np.ndarray, ...]:
+    def conv_transpose_vjp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        dy: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, ...]:
         """``(dx, dw)``, or ``(dx, dw, db)`` with a bias, by ``torch.autograd.grad``."""
         f = self._transpose_fn(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         return self._vjp(f, (x, w) if bias is None else (x, w, bias), dy)
 
-    def conv_transpose_jvp(self, x: ArrayLike, w: ArrayLike, tx: ArrayLike, tw: ArrayLike, stride: IntOrInts = 1,
-                           padding: IntOrInts = 0, output_padding: IntOrInts = 0, dilation: IntOrInts = 1,
-                           groups: int = 1, *, output_size: Sequence[int] | None = None, bias: ArrayLike | None = None,
-                           tbias: ArrayLike | None = None,
-                           channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def conv_transpose_jvp(
+        self,
+        x: ArrayLike,
+        w: ArrayLike,
+        tx: ArrayLike,
+        tw: ArrayLike,
+        stride: IntOrInts = 1,
+        padding: IntOrInts = 0,
+        output_padding: IntOrInts = 0,
+        dilation: IntOrInts = 1,
+        groups: int = 1,
+        *,
+        output_size: Sequence[int] | None = None,
+        bias: ArrayLike | None = None,
+        tbias: ArrayLike | None = None,
+        channel_first: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(y, ty)`` by ``torch.func.jvp`` (``tbias=None`` is a zero tangent)."""
         f = self._transpose_fn(x, w, stride, padding, output_padding, dilation, groups, output_size, channel_first)
         if bias is None:
@@ -360,7 +450,7 @@ class TorchBackend:
         n = math.prod(w_shape[i] for i in axes)
         fan = n if spec.fan == "fan_in" else math.prod(w_shape)
         stat_shape = tuple(1 if i in axes else s for i, s in enumerate(w_shape))
-        fixed = None if spec.fixed_scale is None else spec.fixed_scale * fan ** -0.5
+        fixed = None if spec.fixed_scale is None else spec.fixed_scale * fan**-0.5
 
         def f(w, gain=None):
             if spec.denominator == "std_plus_eps":
@@ -377,26 +467,49 @@ class TorchBackend:
             if gain is not None:
                 scale = scale * gain.reshape(stat_shape)
             return (w - mean) * scale
+
         return f
 
-    def weight_standardize(self, w: ArrayLike, gain: ArrayLike | None = None, eps: float | None = None, *,
-                           out_axis: int = -1, spec: str | WSSpec = "brainstate") -> np.ndarray:
+    def weight_standardize(
+        self,
+        w: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> np.ndarray:
         """``w_hat`` (var/std by ``torch.var_mean`` / ``torch.std_mean`` with the spec's ddof)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         return self._forward(f, w) if gain is None else self._forward(f, w, gain)
 
-    def weight_standardize_vjp(self, w: ArrayLike, dw_hat: ArrayLike, gain: ArrayLike | None = None,
-                               eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray | None]:
+    def weight_standardize_vjp(
+        self,
+        w: ArrayLike,
+        dw_hat: ArrayLike,
+        gain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dw, dgain)`` (``dgain`` None without a gain) by ``torch.autograd.grad``."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
             return self._vjp(f, (w,), dw_hat)[0], None
         return self._vjp(f, (w, gain), dw_hat)
 
-    def weight_standardize_jvp(self, w: ArrayLike, tw: ArrayLike, gain: ArrayLike | None = None,
-                               tgain: ArrayLike | None = None, eps: float | None = None, *, out_axis: int = -1,
-                               spec: str | WSSpec = "brainstate") -> tuple[np.ndarray, np.ndarray]:
+    def weight_standardize_jvp(
+        self,
+        w: ArrayLike,
+        tw: ArrayLike,
+        gain: ArrayLike | None = None,
+        tgain: ArrayLike | None = None,
+        eps: float | None = None,
+        *,
+        out_axis: int = -1,
+        spec: str | WSSpec = "brainstate",
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(w_hat, tw_hat)`` by ``torch.func.jvp`` (``tgain=None`` is a zero tangent)."""
         f = self._ws_fn(np.shape(w), eps, out_axis, spec)
         if gain is None:
@@ -415,8 +528,9 @@ class TorchBackend:
         elif library == "brainstate":
             f, names = self._brainstate_fn(params, arrays)
         else:
-            raise NotExpressible(f"library={library!r}: the torch adapter knows the layer suites "
-                                 "'elektronn3' and 'brainstate'")
+            raise NotExpressible(
+                f"library={library!r}: the torch adapter knows the layer suites 'elektronn3' and 'brainstate'"
+            )
         inputs = [arrays[k] for k in names]
         out: dict[str, np.ndarray] = {}
         grads = self._vjp(f, inputs, arrays["dy"])
@@ -431,8 +545,9 @@ class TorchBackend:
         torch, cls = self._torch, params["cls"]
         match = re.fullmatch(r"WSConv(Transpose)?([123])d", cls)
         if match is None:
-            raise ValueError(f"cls={cls!r}: expected an elektronn3 layer of the golden suite "
-                             "(WSConv1d/2d/3d, WSConvTranspose2d/3d)")
+            raise ValueError(
+                f"cls={cls!r}: expected an elektronn3 layer of the golden suite (WSConv1d/2d/3d, WSConvTranspose2d/3d)"
+            )
         module_cls = getattr(torch.nn, f"Conv{match.group(1) or ''}{match.group(2)}d")
         # A module on the meta device only holds the arguments: functional_call supplies the weights.
         module = module_cls(**{k: _tuple(v) for k, v in params["kwargs"].items()}, device="meta")
@@ -444,6 +559,7 @@ class TorchBackend:
         def f(x, weight, gain, bias=None):
             values = {"weight": ws(weight, gain)} | ({"bias": bias} if has_bias else {})
             return torch.func.functional_call(module, values, (x,), extra)
+
         return f, ["x", "weight", "gain"] + ["bias"] * has_bias
 
     def _brainstate_fn(self, params, arrays):
@@ -453,11 +569,13 @@ class TorchBackend:
         cls, kw = params["cls"], params["kwargs"]
         match = re.fullmatch(r"(ScaledWS)?(Linear|Conv([123])d)|ConvTranspose([123])d", cls)
         if match is None:
-            raise ValueError(f"cls={cls!r}: expected a brainstate layer of the golden suite (Conv1d/2d/3d, "
-                             "ScaledWSConv1d/2d/3d, ConvTranspose1d/2d/3d, Linear, ScaledWSLinear)")
+            raise ValueError(
+                f"cls={cls!r}: expected a brainstate layer of the golden suite (Conv1d/2d/3d, "
+                "ScaledWSConv1d/2d/3d, ConvTranspose1d/2d/3d, Linear, ScaledWSLinear)"
+            )
         scaled, linear = match.group(1) is not None, match.group(2) == "Linear"
         has_gain = scaled and kw.get("ws_gain", True)
-        has_bias = bool(kw.get("b_init", True) if linear else kw.get("b_init"))   # brainstate's defaults
+        has_bias = bool(kw.get("b_init", True) if linear else kw.get("b_init"))  # brainstate's defaults
         ws = self._ws_fn(np.shape(arrays["weight"]), kw.get("eps", 1e-4), -1, "brainstate") if scaled else None
         mask = self._t(arrays["w_mask"]) if params.get("mask") else None
         if linear:
@@ -470,6 +588,7 @@ class TorchBackend:
             bias = rest[-1] if has_bias else None
             w_eff = ws(weight, gain) if scaled else weight
             return core(x, w_eff if mask is None else w_eff * mask, bias)
+
         return f, ["x", "weight"] + ["gain"] * has_gain + ["bias"] * has_bias
 
     def _brainstate_conv(self, params, w_shape, transposed):
@@ -505,12 +624,13 @@ class TorchBackend:
                 shape[channel_axis] = -1
                 y = y + b.reshape(shape)
             return y.squeeze(0) if unbatched else y
+
         return core
 
 
 def _spatial(x_shape, nd: int, channel_first: bool) -> tuple:
     """The spatial sizes of an input-like shape, batched or not."""
-    return tuple(x_shape[-nd:] if channel_first else x_shape[-nd - 1:-1])
+    return tuple(x_shape[-nd:] if channel_first else x_shape[-nd - 1 : -1])
 
 
 def _linear(x, w, b):

@@ -14,5 +14,17 @@ from .protocol import METHODS, NotExpressible, Unimplemented
 from .registry import BUILTIN, BackendLoadError, load_backend
 from .runner import CALLS, STATUSES, Record, Report, run, run_case
 
-__all__ = ["NotExpressible", "Unimplemented", "METHODS", "BUILTIN", "BackendLoadError", "load_backend",
-           "CALLS", "STATUSES", "Record", "Report", "run", "run_case"]
+__all__ = [
+    "NotExpressible",
+    "Unimplemented",
+    "METHODS",
+    "BUILTIN",
+    "BackendLoadError",
+    "load_backend",
+    "CALLS",
+    "STATUSES",
+    "Record",
+    "Report",
+    "run",
+    "run_case",
+]

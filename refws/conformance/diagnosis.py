@@ -66,44 +66,57 @@ from ..testing import golden_bound
 from ..tolerance import Bound, element_bound, gamma, resolve_precision
 from ..ws import WSSpec, resolve_spec, weight_standardize, weight_standardize_jvp, weight_standardize_vjp
 
-__all__ = ["Variant", "VARIANTS", "PAIRS", "ConvProblem", "WSProblem", "diagnose", "diagnosis_text",
-           "variant_value", "base_problem", "variant_geometry", "explain_records", "clear_caches"]
+__all__ = [
+    "Variant",
+    "VARIANTS",
+    "PAIRS",
+    "ConvProblem",
+    "WSProblem",
+    "diagnose",
+    "diagnosis_text",
+    "variant_value",
+    "base_problem",
+    "variant_geometry",
+    "explain_records",
+    "clear_caches",
+]
 
 _U64 = 2.0**-53
 
 
 # --- index maps: data, so that problems are hashable and their adjoints are computed, not written ---
 
+
 def _apply_map(m: tuple, a: np.ndarray) -> np.ndarray:
     """Apply one index map ``(kind, *args)``; every kind only moves, copies or zero-fills elements."""
     kind = m[0]
-    if kind == "flip":                                  # ("flip", axes)
+    if kind == "flip":  # ("flip", axes)
         return a[tuple(slice(None, None, -1) if i in m[1] else slice(None) for i in range(a.ndim))]
-    if kind == "swapaxes":                              # ("swapaxes", i, j)
+    if kind == "swapaxes":  # ("swapaxes", i, j)
         return np.swapaxes(a, m[1], m[2])
-    if kind == "chan_perm":                             # ("chan_perm", axis, groups): interleaved groups
+    if kind == "chan_perm":  # ("chan_perm", axis, groups): interleaved groups
         axis, groups = m[1], m[2]
         per = a.shape[axis] // groups
         return np.take(a, [c * groups + g for g in range(groups) for c in range(per)], axis=axis)
-    if kind == "relayout":                              # ("relayout", channel_first, batched): reshape
+    if kind == "relayout":  # ("relayout", channel_first, batched): reshape
         cf, batched = m[1], m[2]
         lead = 1 if batched else 0
         s = a.shape
-        new = s[:lead] + (s[lead + 1:] + s[lead:lead + 1] if cf else s[-1:] + s[lead:-1])
+        new = s[:lead] + (s[lead + 1 :] + s[lead : lead + 1] if cf else s[-1:] + s[lead:-1])
         return a.reshape(new)
-    if kind == "pad_high":                              # ("pad_high", axes, amounts)
+    if kind == "pad_high":  # ("pad_high", axes, amounts)
         widths = [(0, 0)] * a.ndim
         for axis, amount in zip(m[1], m[2]):
             widths[axis] = (0, amount)
         return np.pad(a, widths)
-    if kind == "swap_io":                               # ("swap_io", groups): in/out per group, no flip
+    if kind == "swap_io":  # ("swap_io", groups): in/out per group, no flip
         nd = a.ndim - 2
         return flip_swap_kernel(a, m[1])[(slice(None, None, -1),) * nd]
-    if kind == "reshape_io":                            # ("reshape_io", groups): PyTorch weight reshaped
+    if kind == "reshape_io":  # ("reshape_io", groups): PyTorch weight reshaped
         nd, groups = a.ndim - 2, m[1]
-        pt = np.moveaxis(a, (-1, -2), (0, 1))           # (C_in, C_out/G, *k)
+        pt = np.moveaxis(a, (-1, -2), (0, 1))  # (C_in, C_out/G, *k)
         fwd = pt.reshape(groups * a.shape[-2], a.shape[-1] // groups, *a.shape[:nd])
-        return np.moveaxis(fwd, (0, 1), (-1, -2))       # (*k, C_in/G, C_out)
+        return np.moveaxis(fwd, (0, 1), (-1, -2))  # (*k, C_in/G, C_out)
     raise ValueError(f"unknown index map {m!r}")
 
 
@@ -139,12 +152,13 @@ def _adjoint(maps: tuple, shape: tuple, g: np.ndarray) -> np.ndarray | None:
 
 
 def _mapped_shape(maps: tuple, shape: tuple) -> tuple:
-    if all(m[0] in ("flip", "chan_perm") for m in maps):     # these keep the shape
+    if all(m[0] in ("flip", "chan_perm") for m in maps):  # these keep the shape
         return tuple(shape)
     return _index(maps, shape).shape
 
 
 # --- layouts -------------------------------------------------------------------------------------
+
 
 def _spatial_axes(ndim: int, nd: int, channel_first: bool, batched: bool) -> tuple:
     start = (1 if batched else 0) + (1 if channel_first else 0)
@@ -157,10 +171,11 @@ def _channel_axis(ndim: int, channel_first: bool, batched: bool) -> int:
 
 def _spatial(shape: tuple, nd: int, channel_first: bool, batched: bool) -> tuple:
     start = (1 if batched else 0) + (1 if channel_first else 0)
-    return tuple(shape[start:start + nd])
+    return tuple(shape[start : start + nd])
 
 
 # --- problems ------------------------------------------------------------------------------------
+
 
 def _hashable(padding):
     if isinstance(padding, str):
@@ -181,7 +196,7 @@ class ConvProblem:
 
     nd: int
     stride: tuple
-    padding: object                 # "SAME" / "SAME_LOWER" / "VALID" or ((lo, hi), ...)
+    padding: object  # "SAME" / "SAME_LOWER" / "VALID" or ((lo, hi), ...)
     lhs_dilation: tuple
     rhs_dilation: tuple
     groups: int
@@ -189,7 +204,7 @@ class ConvProblem:
     batched: bool
     x_maps: tuple = ()
     w_maps: tuple = ()
-    y_maps: tuple = ()              # applied to the inner output, first to last
+    y_maps: tuple = ()  # applied to the inner output, first to last
     bias_scale: int = 0
     output_padding: tuple = ()
     dx_unstuffed: bool = False
@@ -230,8 +245,14 @@ def _evolve(P: ConvProblem, **changes) -> ConvProblem:
 
 def _inner_geometry(P: ConvProblem, xi: tuple, wi: tuple):
     """The geometry of the inner convolution for its operands' shapes ``xi``, ``wi``."""
-    return _geometry_of(_spatial(xi, P.nd, P.channel_first, P.batched), tuple(wi[:-2]), P.stride, P.padding,
-                        P.lhs_dilation, P.rhs_dilation)
+    return _geometry_of(
+        _spatial(xi, P.nd, P.channel_first, P.batched),
+        tuple(wi[:-2]),
+        P.stride,
+        P.padding,
+        P.lhs_dilation,
+        P.rhs_dilation,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -244,7 +265,7 @@ def _geometry_of(spatial: tuple, kernel: tuple, stride: tuple, pad, lhs: tuple, 
     :func:`refws.geometry.out_size` (what ``conv_geometry`` computes them with; its argument
     checks cost several times more and cannot fail on a problem). Any other padding goes
     through ``conv_geometry``."""
-    if not isinstance(pad, str):                    # explicit (lo, hi) pairs of ints, by construction
+    if not isinstance(pad, str):  # explicit (lo, hi) pairs of ints, by construction
         pads = pad
     elif pad == "VALID":
         pads = ((0, 0),) * len(spatial)
@@ -253,8 +274,9 @@ def _geometry_of(spatial: tuple, kernel: tuple, stride: tuple, pad, lhs: tuple, 
         pads = tuple(same_pads(n, k, s, d, lower=lower) for n, k, s, d in zip(spatial, kernel, stride, rhs))
     else:
         return conv_geometry(spatial, kernel, stride, pad, lhs, rhs)
-    out = tuple(out_size(n, k, s, lo, hi, L, d)
-                for n, k, s, (lo, hi), L, d in zip(spatial, kernel, stride, pads, lhs, rhs))
+    out = tuple(
+        out_size(n, k, s, lo, hi, L, d) for n, k, s, (lo, hi), L, d in zip(spatial, kernel, stride, pads, lhs, rhs)
+    )
     return ConvGeometry(spatial, kernel, stride, pads, lhs, rhs, out)
 
 
@@ -293,13 +315,30 @@ def _transpose_problem(case) -> ConvProblem:
     nd = len(p["w_shape"]) - 2
     batched = len(p["x_shape"]) == len(p["w_shape"])
     spatial = _spatial(tuple(p["x_shape"]), nd, p["channel_first"], batched)
-    fwd = transpose_geometry(spatial, tuple(p["w_shape"][:-2]), p["stride"], p["padding"], p["output_padding"],
-                             p["dilation"], p["output_size"], 2 if batched else 1)
+    fwd = transpose_geometry(
+        spatial,
+        tuple(p["w_shape"][:-2]),
+        p["stride"],
+        p["padding"],
+        p["output_padding"],
+        p["dilation"],
+        p["output_size"],
+        2 if batched else 1,
+    )
     groups = int(p["groups"])
-    return ConvProblem(nd, (1,) * nd, input_grad_pads(fwd), fwd.stride, fwd.rhs_dilation, groups,
-                       p["channel_first"], batched, w_maps=(("swap_io", groups), ("flip", tuple(range(nd)))),
-                       bias_scale=1 if p.get("bias") else 0,
-                       output_padding=tuple(lo - hi for lo, hi in fwd.padding))
+    return ConvProblem(
+        nd,
+        (1,) * nd,
+        input_grad_pads(fwd),
+        fwd.stride,
+        fwd.rhs_dilation,
+        groups,
+        p["channel_first"],
+        batched,
+        w_maps=(("swap_io", groups), ("flip", tuple(range(nd)))),
+        bias_scale=1 if p.get("bias") else 0,
+        output_padding=tuple(lo - hi for lo, hi in fwd.padding),
+    )
 
 
 def _ws_problem(case) -> WSProblem:
@@ -319,6 +358,7 @@ def base_problem(case):
 
 
 # --- evaluating a problem ------------------------------------------------------------------------
+
 
 def _bias_view(b: np.ndarray, ndim: int, channel_axis: int) -> np.ndarray:
     shape = [1] * ndim
@@ -342,13 +382,27 @@ def _inner_conv(P: ConvProblem, x, w):
 def _forward(P: ConvProblem, case, names: tuple, bias_name: str, absolute: bool) -> np.ndarray:
     """``Y(sum of conv(X a, W b) over the operand pairs)`` plus the scaled bias (``y`` and ``ty``)."""
     if absolute:
-        terms = [_inner_conv(P, _apply(P.x_maps, _operand(case, a_name, True)),
-                             _apply(P.w_maps, _operand(case, b_name, True))) for a_name, b_name in names]
-    else:                                           # the mapped operands the screens use, cached
+        terms = [
+            _inner_conv(
+                P, _apply(P.x_maps, _operand(case, a_name, True)), _apply(P.w_maps, _operand(case, b_name, True))
+            )
+            for a_name, b_name in names
+        ]
+    else:  # the mapped operands the screens use, cached
         g, canonical = _info(P, case)[0], (P.channel_first, P.batched)
-        terms = [from_canonical(conv_canonical(_mapped_operand(case, a_name, P.x_maps, canonical),
-                                               _mapped_operand(case, b_name, P.w_maps), g, P.groups),
-                                P.channel_first, not P.batched) for a_name, b_name in names]
+        terms = [
+            from_canonical(
+                conv_canonical(
+                    _mapped_operand(case, a_name, P.x_maps, canonical),
+                    _mapped_operand(case, b_name, P.w_maps),
+                    g,
+                    P.groups,
+                ),
+                P.channel_first,
+                not P.batched,
+            )
+            for a_name, b_name in names
+        ]
     out = _apply(P.y_maps, sum(terms[1:], terms[0]))
     if P.bias_scale and bias_name in case.arrays:
         layout_cf = case.params["channel_first"]
@@ -362,11 +416,20 @@ def _dx_unstuffed(P: ConvProblem, g, dyi: np.ndarray, wi: np.ndarray) -> np.ndar
     convolution, the high pad fitted so that the result has ``x``'s size."""
     unbatched = not P.batched
     dy_cl = to_canonical(dyi, P.channel_first, unbatched)
-    pads = tuple((lo, (n - 1) * L + kd - out - lo)
-                 for (lo, _), n, L, kd, out in zip(input_grad_pads(g), g.in_spatial, g.lhs_dilation,
-                                                   g.dilated_kernel, g.out_spatial))
-    dx = conv(dy_cl, flip_swap_kernel(wi, P.groups), stride=g.lhs_dilation, padding=pads,
-              rhs_dilation=g.rhs_dilation, groups=P.groups)
+    pads = tuple(
+        (lo, (n - 1) * L + kd - out - lo)
+        for (lo, _), n, L, kd, out in zip(
+            input_grad_pads(g), g.in_spatial, g.lhs_dilation, g.dilated_kernel, g.out_spatial
+        )
+    )
+    dx = conv(
+        dy_cl,
+        flip_swap_kernel(wi, P.groups),
+        stride=g.lhs_dilation,
+        padding=pads,
+        rhs_dilation=g.rhs_dilation,
+        groups=P.groups,
+    )
     return from_canonical(dx, P.channel_first, unbatched)
 
 
@@ -380,12 +443,22 @@ def _backward(P: ConvProblem, case, absolute: bool):
     if dyi is None:
         return None
     if P.dw_first_sample:
-        dw_i = conv_vjp(xi[:1], wi, dyi[:1], P.stride, P.padding, P.lhs_dilation, P.rhs_dilation, P.groups,
-                        channel_first=P.channel_first)[1]
+        dw_i = conv_vjp(
+            xi[:1],
+            wi,
+            dyi[:1],
+            P.stride,
+            P.padding,
+            P.lhs_dilation,
+            P.rhs_dilation,
+            P.groups,
+            channel_first=P.channel_first,
+        )[1]
         dx_i = None
     else:
-        dx_i, dw_i = conv_vjp(xi, wi, dyi, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation, P.groups,
-                              channel_first=P.channel_first)
+        dx_i, dw_i = conv_vjp(
+            xi, wi, dyi, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation, P.groups, channel_first=P.channel_first
+        )
     if P.dx_unstuffed:
         dx_i = _dx_unstuffed(P, g, dyi, wi)
     dx = None if dx_i is None else _adjoint(P.x_maps, x.shape, dx_i)
@@ -434,8 +507,7 @@ def _ws_value(P: WSProblem, case, array: str):
         return np.zeros_like(case["gain"]) if dgain is None else P.scale * dgain
     if array == "tw_hat":
         tgain = case["tgain"] if gain is not None and "tgain" in case.arrays else None
-        return P.scale * weight_standardize_jvp(w, case["tw"], gain, tgain, P.eps, out_axis=P.out_axis,
-                                                spec=P.spec)[1]
+        return P.scale * weight_standardize_jvp(w, case["tw"], gain, tgain, P.eps, out_axis=P.out_axis, spec=P.spec)[1]
     return None
 
 
@@ -460,7 +532,7 @@ def variant_value(P, case, array: str, absolute: bool = False):
     elif array == "ty":
         v = _forward(P, case, (("tx", "w"), ("x", "tw")), "tb", absolute)
     elif array in ("dx", "dw"):
-        unflipped = _evolve(P, dw_flip=False)       # the flip is applied to dw afterwards: shared
+        unflipped = _evolve(P, dw_flip=False)  # the flip is applied to dw afterwards: shared
         bkey = (unflipped, "backward", absolute)
         if bkey not in values:
             values[bkey] = _backward(unflipped, case, absolute)
@@ -485,6 +557,7 @@ def variant_value(P, case, array: str, absolute: bool = False):
 # gradient at one element are one short dot product each; the maps are followed through their
 # index arrays. Screening only rejects: a variant that passes it is evaluated in full.
 
+
 class _Reads:
     """Which input position every (output position, kernel tap) of a geometry reads: ``table``,
     ``(O, T)`` ints (row-major over ``g.out_spatial`` and ``g.kernel_spatial``), the flat input
@@ -493,8 +566,9 @@ class _Reads:
 
     def __init__(self, g):
         positions = np.arange(1, math.prod(g.in_spatial) + 1, dtype=np.float64).reshape((1, *g.in_spatial, 1))
-        windows = window_view(dilate_pad(positions, g.lhs_dilation, g.padding), g.kernel_spatial, g.out_spatial,
-                              g.stride, g.rhs_dilation)
+        windows = window_view(
+            dilate_pad(positions, g.lhs_dilation, g.padding), g.kernel_spatial, g.out_spatial, g.stride, g.rhs_dilation
+        )
         self.table = np.array(windows, dtype=np.intp).reshape(math.prod(g.out_spatial), math.prod(g.kernel_spatial))
         self._rows: dict = {}
         self._cols: dict = {}
@@ -581,7 +655,7 @@ def _y_at(xf: np.ndarray, wf: np.ndarray, reads: _Reads, groups: int, n: int, o:
     cg, cog = wf.shape[1], wf.shape[2] // groups
     taps, inputs = reads.row(o)
     lo = (j // cog) * cg
-    return _dot(xf[n, inputs, lo:lo + cg], wf[taps, :, j])
+    return _dot(xf[n, inputs, lo : lo + cg], wf[taps, :, j])
 
 
 def _dx_at(dyf: np.ndarray, wf: np.ndarray, reads: _Reads, groups: int, n: int, i: int, c: int) -> float:
@@ -593,8 +667,7 @@ def _dx_at(dyf: np.ndarray, wf: np.ndarray, reads: _Reads, groups: int, n: int, 
     return _dot(dyf[n, outs, block], wf[taps, c % cg, block])
 
 
-def _dw_at(xf: np.ndarray, dyf: np.ndarray, reads: _Reads, groups: int, t: int, c: int, j: int,
-           batch: int) -> float:
+def _dw_at(xf: np.ndarray, dyf: np.ndarray, reads: _Reads, groups: int, t: int, c: int, j: int, batch: int) -> float:
     """The weight gradient at flat tap ``t``, channels ``(c, j)``: every (sample, output) whose
     tap ``t`` reads an input."""
     cg, cog = xf.shape[2] // groups, dyf.shape[2] // groups
@@ -620,17 +693,25 @@ def _cached(case, key, compute):
 def _mapped_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
     """A stored input through index maps (and to canonical layout when ``canonical`` is
     ``(channel_first, batched)``), cached: many variants share their maps."""
-    return _cached(case, ("operand", name, maps, canonical), lambda: (
-        _apply(maps, case[name]) if canonical is None else
-        to_canonical(_mapped_operand(case, name, maps), canonical[0], not canonical[1])))
+    return _cached(
+        case,
+        ("operand", name, maps, canonical),
+        lambda: (
+            _apply(maps, case[name])
+            if canonical is None
+            else to_canonical(_mapped_operand(case, name, maps), canonical[0], not canonical[1])
+        ),
+    )
 
 
 def _flat_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
     """:func:`_mapped_operand` with its spatial axes flattened: an input ``(N, S, C)``, a kernel
     ``(T, C/G, C_out)``."""
+
     def compute():
         a = _mapped_operand(case, name, maps, canonical)
         return a.reshape(a.shape[0], -1, a.shape[-1]) if canonical is not None else a.reshape(-1, *a.shape[-2:])
+
     return _cached(case, ("flat", name, maps, canonical), compute)
 
 
@@ -676,12 +757,16 @@ def _point_evaluator(P: ConvProblem, case, array: str):
                 for xf, kf in ops:
                     value += _y_at(xf, kf, reads, P.groups, ic[0], o, ic[-1])
             return value + (P.bias_scale * float(bias[e[channel]]) if bias is not None else 0.0)
+
         return y_at
     dyi = _cached(case, ("dy", P.y_maps, inner_y), lambda: _adjoint(P.y_maps, inner_y, case["dy"]))
     if dyi is None:
         return None
-    dyf = _cached(case, ("dy", P.y_maps, inner_y, cf), lambda: (
-        lambda c: c.reshape(c.shape[0], -1, c.shape[-1]))(to_canonical(dyi, cf, not b)))
+    dyf = _cached(
+        case,
+        ("dy", P.y_maps, inner_y, cf),
+        lambda: (lambda c: c.reshape(c.shape[0], -1, c.shape[-1]))(to_canonical(dyi, cf, not b)),
+    )
     if array == "dx":
         reads = _reads(replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g)
         inv = _inverse_index(P.x_maps, x.shape) if P.x_maps else None
@@ -691,6 +776,7 @@ def _point_evaluator(P: ConvProblem, case, array: str):
             pos = f if inv is None else int(inv[f])
             ic = _to_canonical_index(_unflat(pos, xi_shape), cf, b)
             return _dx_at(dyf, wf, reads, P.groups, ic[0], _flat(ic[1:-1], g.in_spatial), ic[-1])
+
         return dx_at
     if array == "dw":
         xf = _flat_operand(case, "x", P.x_maps, (cf, b))
@@ -705,6 +791,7 @@ def _point_evaluator(P: ConvProblem, case, array: str):
             pos = f if inv is None else int(inv[f])
             t = _unflat(pos, wi_shape)
             return _dw_at(xf, dyf, reads, P.groups, _flat(t[:-2], g.kernel_spatial), t[-2], t[-1], batch)
+
         return dw_at
     return None
 
@@ -725,7 +812,7 @@ def _sample_points(actual: np.ndarray, exact: np.ndarray) -> list:
     if exact.shape == actual.shape:
         err = np.abs(a - exact.ravel())
         err[~np.isfinite(err)] = np.inf
-        flat.append(int(np.argmax(err)))            # the first of the largest errors, then the next
+        flat.append(int(np.argmax(err)))  # the first of the largest errors, then the next
         if a.size > 1:
             err[flat[0]] = -1.0
             flat.append(int(np.argmax(err)))
@@ -738,6 +825,7 @@ def _sample_points(actual: np.ndarray, exact: np.ndarray) -> list:
 
 
 # --- the variants ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -772,6 +860,7 @@ def _same_to(target: str):
         if P.padding != source or all(lo == hi for lo, hi in P.pads(case)):
             return None
         return _evolve(P, padding=target)
+
     return slip
 
 
@@ -779,8 +868,10 @@ def _same_ignores_rhs_dilation(P, case):
     if P.padding not in ("SAME", "SAME_LOWER") or all(d == 1 for d in P.rhs_dilation):
         return None
     g = P.geometry(case["x"].shape, case["w"].shape)[0]
-    pads = tuple(same_pads(n, k, s, 1, lower=P.padding == "SAME_LOWER")
-                 for n, k, s in zip(g.in_spatial, g.kernel_spatial, g.stride))
+    pads = tuple(
+        same_pads(n, k, s, 1, lower=P.padding == "SAME_LOWER")
+        for n, k, s in zip(g.in_spatial, g.kernel_spatial, g.stride)
+    )
     return _evolve(P, padding=pads)
 
 
@@ -807,12 +898,14 @@ def _padding_ignored(P, case):
 def _set_factor(field: str, new):
     """A changed stride or dilation; the padding stays as resolved with the case's arguments (a
     front end resolves SAME, the convolution itself slips)."""
+
     def slip(P, case):
         old = getattr(P, field)
         value = new(old)
         if value is None or value == old:
             return None
         return _evolve(P, padding=P.pads(case), **{field: value})
+
     return slip
 
 
@@ -823,8 +916,13 @@ def _swap01(t: tuple) -> tuple:
 def _spatial_args_swapped(P, case):
     if P.nd < 2:
         return None
-    Q = _evolve(P, stride=_swap01(P.stride), padding=_swap01(P.pads(case)), lhs_dilation=_swap01(P.lhs_dilation),
-                rhs_dilation=_swap01(P.rhs_dilation))
+    Q = _evolve(
+        P,
+        stride=_swap01(P.stride),
+        padding=_swap01(P.pads(case)),
+        lhs_dilation=_swap01(P.lhs_dilation),
+        rhs_dilation=_swap01(P.rhs_dilation),
+    )
     return None if Q == _evolve(P, padding=P.pads(case)) else Q
 
 
@@ -849,9 +947,12 @@ def _groups_interleaved(P, case):
 
 
 def _channels_first_misread(P, case):
-    return _evolve(P, channel_first=not P.channel_first,
-                   x_maps=P.x_maps + (("relayout", P.channel_first, P.batched),),
-                   y_maps=(("relayout", not P.channel_first, P.batched),) + P.y_maps)
+    return _evolve(
+        P,
+        channel_first=not P.channel_first,
+        x_maps=P.x_maps + (("relayout", P.channel_first, P.batched),),
+        y_maps=(("relayout", not P.channel_first, P.batched),) + P.y_maps,
+    )
 
 
 def _output_padding(low: bool):
@@ -863,8 +964,10 @@ def _output_padding(low: bool):
         if low:
             return _evolve(P, padding=tuple((lo + o, hi - o) for (lo, hi), o in zip(pads, op)))
         axes = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
-        return _evolve(P, padding=tuple((lo, hi - o) for (lo, hi), o in zip(pads, op)),
-                       y_maps=(("pad_high", axes, op),) + P.y_maps)
+        return _evolve(
+            P, padding=tuple((lo, hi - o) for (lo, hi), o in zip(pads, op)), y_maps=(("pad_high", axes, op),) + P.y_maps
+        )
+
     return slip
 
 
@@ -880,6 +983,7 @@ def _transpose_weight_io_swapped(P, case):
 def _bias(scale: int):
     def slip(P, case):
         return None if P.bias_scale != 1 else _evolve(P, bias_scale=scale)
+
     return slip
 
 
@@ -898,6 +1002,7 @@ def _dw_kernel_flipped(P, case):
 
 
 # weight standardization
+
 
 def _n_per_channel(P: WSProblem, case) -> int:
     w = case["w"]
@@ -927,6 +1032,7 @@ def _ws_denominator(form: str):
             return None
         fan = spec.fan or "fan_in" if form == "max_var_n" or spec.fixed_scale is not None else None
         return _ws_spec(P, case, denominator=form, fan=fan)
+
     return slip
 
 
@@ -935,6 +1041,7 @@ def _ws_fan(fan: str):
         if P.spec.fan is None or case["w"].size == _n_per_channel(P, case):
             return None
         return _ws_spec(P, case, fan=fan)
+
     return slip
 
 
@@ -965,87 +1072,209 @@ def _ws_mean_not_subtracted(P, case):
     return replace(P, centred=False) if P.centred else None
 
 
-VARIANTS: dict = {v.name: v for v in (
-    # convolution
-    Variant("kernel_flipped", "true convolution: the kernel flipped along every spatial axis (instead of "
-            "cross-correlation)", _CONV, _FWD, _kernel_flipped),
-    Variant("same_lower", "SAME's extra pad on the low side (SAME_LOWER instead of SAME)", _CONV, _FWD,
-            _same_to("SAME_LOWER")),
-    Variant("same_upper", "SAME_LOWER's extra pad on the high side (SAME instead of SAME_LOWER)", _CONV, _FWD,
-            _same_to("SAME")),
-    Variant("same_ignores_rhs_dilation", "SAME pads computed for the undilated kernel (the padding rule "
-            "ignores rhs_dilation; the convolution does not)", _CONV, _FWD, _same_ignores_rhs_dilation),
-    Variant("pads_swapped", "each (lo, hi) pad read as (hi, lo)", _CONV, _FWD, _pads_swapped),
-    Variant("padding_ignored", "no padding at all (pads (0, 0))", _CONV, _FWD, _padding_ignored),
-    Variant("high_crop_ignores_low_pad", "a negative high pad cropped at the unpadded input's end, so it also "
-            "removes the low pad's length: (lo, hi) read as (lo, hi - lo) where lo > 0 > hi", _CONV, _FWD,
-            _high_crop_ignores_low_pad),
-    Variant("rhs_dilation_ignored", "rhs (kernel) dilation ignored", _CONV, _FWD,
-            _set_factor("rhs_dilation", lambda d: tuple(1 for _ in d))),
-    Variant("rhs_dilation_plus_one", "rhs dilation d taken as the number of zeros between taps (taps d + 1 "
-            "apart)", _CONV, _FWD, _set_factor("rhs_dilation", lambda d: tuple(v + 1 for v in d))),
-    Variant("lhs_dilation_ignored", "lhs (input) dilation ignored", _CONV, _FWD,
-            _set_factor("lhs_dilation", lambda d: tuple(1 for _ in d))),
-    Variant("stride_ignored", "stride ignored (stride 1)", _CONV, _FWD,
-            _set_factor("stride", lambda s: tuple(1 for _ in s))),
-    Variant("spatial_args_swapped", "per-axis stride, padding and dilations applied to the first two spatial "
-            "axes exchanged", _CONV, _FWD, _spatial_args_swapped),
-    Variant("kernel_axes_swapped", "the kernel's first two spatial axes exchanged", _CONV, _FWD,
-            _kernel_axes_swapped),
-    Variant("spatial_axes_swapped", "the data's first two spatial axes exchanged (kernel and per-axis "
-            "arguments as given)", _CONV, _FWD, _spatial_axes_swapped),
-    Variant("groups_interleaved", "group g takes input channels g, g + G, g + 2G, ... instead of a "
-            "contiguous block", _BOTH, _FWD, _groups_interleaved),
-    Variant("channels_first_misread", "channels-first data reinterpreted as channels-last or the reverse "
-            "(a reshape where a transpose was needed)", _BOTH, _FWD, _channels_first_misread),
-    # transposed convolution
-    Variant("output_padding_ignored", "output_padding only enlarges the output: the rows it adds at the "
-            "high end hold zeros (plus the bias) instead of computed values", _TRANSPOSE, _FWD,
-            _output_padding(low=False)),
-    Variant("output_padding_low", "output_padding added at the start instead of the end", _TRANSPOSE, _FWD,
-            _output_padding(low=True)),
-    Variant("transpose_kernel_not_flipped", "transposed convolution with the kernel not flipped (in/out "
-            "channels swapped only)", _TRANSPOSE, _FWD, _transpose_kernel_not_flipped),
-    Variant("transpose_weight_io_swapped", "the weight (C_in, C_out/g, *k) read as (C_out, C_in/g, *k) "
-            "(reshaped where the in/out axes needed swapping)", _TRANSPOSE, _FWD, _transpose_weight_io_swapped),
-    Variant("bias_missing", "the bias not added", _TRANSPOSE, ("y", "ty", "db"), _bias(0)),
-    Variant("bias_twice", "the bias added twice", _TRANSPOSE, ("y", "ty", "db"), _bias(2)),
-    # derivatives
-    Variant("dx_stride_ignored", "dx computed without zero-stuffing dy by the stride (as for stride 1), "
-            "fitted to x's size", _CONV, ("dx",), _dx_stride_ignored),
-    Variant("dw_not_summed_over_batch", "dw from the first batch item only (not summed over the batch)",
-            _BOTH, ("dw",), _dw_not_summed),
-    Variant("dw_kernel_flipped", "dw flipped along every spatial axis", _BOTH, ("dw",), _dw_kernel_flipped),
-    # weight standardization
-    Variant("ws_ddof0", "variance with ddof 0 (biased) instead of 1", _WS, _WS_ARRAYS, _ws_ddof(0)),
-    Variant("ws_ddof1", "variance with ddof 1 (unbiased) instead of 0", _WS, _WS_ARRAYS, _ws_ddof(1)),
-    Variant("ws_eps_inside_sqrt", "denominator sqrt(var + eps)", _WS, _WS_ARRAYS,
-            _ws_denominator("sqrt_var_plus_eps")),
-    Variant("ws_eps_outside_sqrt", "denominator std + eps", _WS, _WS_ARRAYS, _ws_denominator("std_plus_eps")),
-    Variant("ws_eps_clamp", "denominator sqrt(max(var * N, eps))", _WS, _WS_ARRAYS, _ws_denominator("max_var_n")),
-    Variant("ws_fan_numel", "N = every element of the weight (numel), not the fan-in", _WS, _WS_ARRAYS,
-            _ws_fan("numel")),
-    Variant("ws_fan_in", "N = the fan-in (elements per output channel), not numel", _WS, _WS_ARRAYS,
-            _ws_fan("fan_in")),
-    Variant("ws_no_fan", "no N: sqrt(max(var, eps)) (or no N**-0.5 scale)", _WS, _WS_ARRAYS, _ws_no_fan),
-    Variant("ws_gain_ignored", "the gain not applied", _WS, _WS_ARRAYS, _ws_gain_ignored),
-    Variant("ws_mean_not_subtracted", "the mean not subtracted from the weight (the variance still centred)",
-            _WS, ("w_hat",), _ws_mean_not_subtracted),
-)}
+VARIANTS: dict = {
+    v.name: v
+    for v in (
+        # convolution
+        Variant(
+            "kernel_flipped",
+            "true convolution: the kernel flipped along every spatial axis (instead of cross-correlation)",
+            _CONV,
+            _FWD,
+            _kernel_flipped,
+        ),
+        Variant(
+            "same_lower",
+            "SAME's extra pad on the low side (SAME_LOWER instead of SAME)",
+            _CONV,
+            _FWD,
+            _same_to("SAME_LOWER"),
+        ),
+        Variant(
+            "same_upper",
+            "SAME_LOWER's extra pad on the high side (SAME instead of SAME_LOWER)",
+            _CONV,
+            _FWD,
+            _same_to("SAME"),
+        ),
+        Variant(
+            "same_ignores_rhs_dilation",
+            "SAME pads computed for the undilated kernel (the padding rule "
+            "ignores rhs_dilation; the convolution does not)",
+            _CONV,
+            _FWD,
+            _same_ignores_rhs_dilation,
+        ),
+        Variant("pads_swapped", "each (lo, hi) pad read as (hi, lo)", _CONV, _FWD, _pads_swapped),
+        Variant("padding_ignored", "no padding at all (pads (0, 0))", _CONV, _FWD, _padding_ignored),
+        Variant(
+            "high_crop_ignores_low_pad",
+            "a negative high pad cropped at the unpadded input's end, so it also "
+            "removes the low pad's length: (lo, hi) read as (lo, hi - lo) where lo > 0 > hi",
+            _CONV,
+            _FWD,
+            _high_crop_ignores_low_pad,
+        ),
+        Variant(
+            "rhs_dilation_ignored",
+            "rhs (kernel) dilation ignored",
+            _CONV,
+            _FWD,
+            _set_factor("rhs_dilation", lambda d: tuple(1 for _ in d)),
+        ),
+        Variant(
+            "rhs_dilation_plus_one",
+            "rhs dilation d taken as the number of zeros between taps (taps d + 1 apart)",
+            _CONV,
+            _FWD,
+            _set_factor("rhs_dilation", lambda d: tuple(v + 1 for v in d)),
+        ),
+        Variant(
+            "lhs_dilation_ignored",
+            "lhs (input) dilation ignored",
+            _CONV,
+            _FWD,
+            _set_factor("lhs_dilation", lambda d: tuple(1 for _ in d)),
+        ),
+        Variant(
+            "stride_ignored",
+            "stride ignored (stride 1)",
+            _CONV,
+            _FWD,
+            _set_factor("stride", lambda s: tuple(1 for _ in s)),
+        ),
+        Variant(
+            "spatial_args_swapped",
+            "per-axis stride, padding and dilations applied to the first two spatial axes exchanged",
+            _CONV,
+            _FWD,
+            _spatial_args_swapped,
+        ),
+        Variant(
+            "kernel_axes_swapped", "the kernel's first two spatial axes exchanged", _CONV, _FWD, _kernel_axes_swapped
+        ),
+        Variant(
+            "spatial_axes_swapped",
+            "the data's first two spatial axes exchanged (kernel and per-axis arguments as given)",
+            _CONV,
+            _FWD,
+            _spatial_axes_swapped,
+        ),
+        Variant(
+            "groups_interleaved",
+            "group g takes input channels g, g + G, g + 2G, ... instead of a contiguous block",
+            _BOTH,
+            _FWD,
+            _groups_interleaved,
+        ),
+        Variant(
+            "channels_first_misread",
+            "channels-first data reinterpreted as channels-last or the reverse "
+            "(a reshape where a transpose was needed)",
+            _BOTH,
+            _FWD,
+            _channels_first_misread,
+        ),
+        # transposed convolution
+        Variant(
+            "output_padding_ignored",
+            "output_padding only enlarges the output: the rows it adds at the "
+            "high end hold zeros (plus the bias) instead of computed values",
+            _TRANSPOSE,
+            _FWD,
+            _output_padding(low=False),
+        ),
+        Variant(
+            "output_padding_low",
+            "output_padding added at the start instead of the end",
+            _TRANSPOSE,
+            _FWD,
+            _output_padding(low=True),
+        ),
+        Variant(
+            "transpose_kernel_not_flipped",
+            "transposed convolution with the kernel not flipped (in/out channels swapped only)",
+            _TRANSPOSE,
+            _FWD,
+            _transpose_kernel_not_flipped,
+        ),
+        Variant(
+            "transpose_weight_io_swapped",
+            "the weight (C_in, C_out/g, *k) read as (C_out, C_in/g, *k) "
+            "(reshaped where the in/out axes needed swapping)",
+            _TRANSPOSE,
+            _FWD,
+            _transpose_weight_io_swapped,
+        ),
+        Variant("bias_missing", "the bias not added", _TRANSPOSE, ("y", "ty", "db"), _bias(0)),
+        Variant("bias_twice", "the bias added twice", _TRANSPOSE, ("y", "ty", "db"), _bias(2)),
+        # derivatives
+        Variant(
+            "dx_stride_ignored",
+            "dx computed without zero-stuffing dy by the stride (as for stride 1), fitted to x's size",
+            _CONV,
+            ("dx",),
+            _dx_stride_ignored,
+        ),
+        Variant(
+            "dw_not_summed_over_batch",
+            "dw from the first batch item only (not summed over the batch)",
+            _BOTH,
+            ("dw",),
+            _dw_not_summed,
+        ),
+        Variant("dw_kernel_flipped", "dw flipped along every spatial axis", _BOTH, ("dw",), _dw_kernel_flipped),
+        # weight standardization
+        Variant("ws_ddof0", "variance with ddof 0 (biased) instead of 1", _WS, _WS_ARRAYS, _ws_ddof(0)),
+        Variant("ws_ddof1", "variance with ddof 1 (unbiased) instead of 0", _WS, _WS_ARRAYS, _ws_ddof(1)),
+        Variant(
+            "ws_eps_inside_sqrt", "denominator sqrt(var + eps)", _WS, _WS_ARRAYS, _ws_denominator("sqrt_var_plus_eps")
+        ),
+        Variant("ws_eps_outside_sqrt", "denominator std + eps", _WS, _WS_ARRAYS, _ws_denominator("std_plus_eps")),
+        Variant("ws_eps_clamp", "denominator sqrt(max(var * N, eps))", _WS, _WS_ARRAYS, _ws_denominator("max_var_n")),
+        Variant(
+            "ws_fan_numel", "N = every element of the weight (numel), not the fan-in", _WS, _WS_ARRAYS, _ws_fan("numel")
+        ),
+        Variant(
+            "ws_fan_in", "N = the fan-in (elements per output channel), not numel", _WS, _WS_ARRAYS, _ws_fan("fan_in")
+        ),
+        Variant("ws_no_fan", "no N: sqrt(max(var, eps)) (or no N**-0.5 scale)", _WS, _WS_ARRAYS, _ws_no_fan),
+        Variant("ws_gain_ignored", "the gain not applied", _WS, _WS_ARRAYS, _ws_gain_ignored),
+        Variant(
+            "ws_mean_not_subtracted",
+            "the mean not subtracted from the weight (the variance still centred)",
+            _WS,
+            ("w_hat",),
+            _ws_mean_not_subtracted,
+        ),
+    )
+}
 
 # The double slips tried when no single variant matches (the first is applied first).
 PAIRS: tuple = (
-    ("kernel_flipped", "pads_swapped"), ("kernel_flipped", "same_lower"), ("kernel_flipped", "same_upper"),
-    ("kernel_flipped", "groups_interleaved"), ("kernel_flipped", "spatial_axes_swapped"),
-    ("kernel_flipped", "channels_first_misread"), ("pads_swapped", "spatial_args_swapped"),
-    ("same_lower", "same_ignores_rhs_dilation"), ("same_upper", "same_ignores_rhs_dilation"),
-    ("transpose_kernel_not_flipped", "output_padding_low"), ("transpose_kernel_not_flipped", "output_padding_ignored"),
-    ("transpose_kernel_not_flipped", "transpose_weight_io_swapped"), ("transpose_kernel_not_flipped", "bias_missing"),
-    ("output_padding_ignored", "bias_missing"), ("dw_kernel_flipped", "dw_not_summed_over_batch"),
-    ("ws_ddof0", "ws_fan_in"), ("ws_ddof1", "ws_fan_numel"),
-    ("ws_ddof0", "ws_eps_inside_sqrt"), ("ws_ddof0", "ws_eps_outside_sqrt"),
-    ("ws_ddof1", "ws_eps_inside_sqrt"), ("ws_ddof1", "ws_eps_outside_sqrt"),
-    ("ws_gain_ignored", "ws_ddof0"), ("ws_gain_ignored", "ws_ddof1"),
+    ("kernel_flipped", "pads_swapped"),
+    ("kernel_flipped", "same_lower"),
+    ("kernel_flipped", "same_upper"),
+    ("kernel_flipped", "groups_interleaved"),
+    ("kernel_flipped", "spatial_axes_swapped"),
+    ("kernel_flipped", "channels_first_misread"),
+    ("pads_swapped", "spatial_args_swapped"),
+    ("same_lower", "same_ignores_rhs_dilation"),
+    ("same_upper", "same_ignores_rhs_dilation"),
+    ("transpose_kernel_not_flipped", "output_padding_low"),
+    ("transpose_kernel_not_flipped", "output_padding_ignored"),
+    ("transpose_kernel_not_flipped", "transpose_weight_io_swapped"),
+    ("transpose_kernel_not_flipped", "bias_missing"),
+    ("output_padding_ignored", "bias_missing"),
+    ("dw_kernel_flipped", "dw_not_summed_over_batch"),
+    ("ws_ddof0", "ws_fan_in"),
+    ("ws_ddof1", "ws_fan_numel"),
+    ("ws_ddof0", "ws_eps_inside_sqrt"),
+    ("ws_ddof0", "ws_eps_outside_sqrt"),
+    ("ws_ddof1", "ws_eps_inside_sqrt"),
+    ("ws_ddof1", "ws_eps_outside_sqrt"),
+    ("ws_gain_ignored", "ws_ddof0"),
+    ("ws_gain_ignored", "ws_ddof1"),
 )
 
 
@@ -1060,6 +1289,7 @@ _check_tables()
 
 
 # --- matching ------------------------------------------------------------------------------------
+
 
 def _applies(variant: Variant, suite: str, array: str) -> bool:
     return suite in variant.suites and array in variant.arrays
@@ -1102,14 +1332,19 @@ def _out_shape(P, case, array: str):
 
 def _max_abs(case, name: str) -> float:
     """``max |a|`` of a stored array (0 for an absent one), once per case."""
-    return _cached(case, ("max_abs", name), lambda: (
-        float(np.abs(case.arrays[name]).max(initial=0.0)) if name in case.arrays else 0.0))
+    return _cached(
+        case,
+        ("max_abs", name),
+        lambda: float(np.abs(case.arrays[name]).max(initial=0.0)) if name in case.arrays else 0.0,
+    )
 
 
 def _upper_magnitude(P, case, array: str, K: int) -> float:
     """A scalar upper bound on the variant's magnitudes ``m`` (rejects most variants cheaply)."""
+
     def mx(name):
         return _max_abs(case, name)
+
     bias = abs(P.bias_scale)
     if array == "y":
         return K * mx("x") * mx("w") + bias * mx("b")
@@ -1147,9 +1382,11 @@ _BOUND_FIELDS = tuple(f.name for f in fields(Bound))
 
 def _stored_bound(case, array: str) -> _MemoBound:
     """The stored bound data of ``array`` (once per case: every variant and precision reuses it)."""
+
     def compute():
         stored = golden_bound(case, array)
         return _MemoBound(**{name: getattr(stored, name) for name in _BOUND_FIELDS})
+
     return _cached(case, ("bound", array), compute)
 
 
@@ -1163,9 +1400,11 @@ def _errors(actual: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _conv_bounds(P, case, array: str, bound: Bound) -> tuple:
     """``(K, gamma_K(2**-53), M)``: the variant's term count, refws's own float64 rounding factor
     and a scalar upper bound ``K max|a| max|b|`` on its magnitudes."""
+
     def compute():
         K = max(bound.K, _terms(P, case, array))
         return K, _gamma64(K), _upper_magnitude(P, case, array, K)
+
     # both depend on the problem only through its inner input channels (y, ty) and bias scale
     c_in = _info(P, case)[2][-2] if array in ("y", "ty") else 0
     return _cached(case, ("bounds", array, bound.K, c_in, P.bias_scale), compute)
@@ -1344,7 +1583,7 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
     base = _cached(case, "base", lambda: base_problem(case))
     try:
         actual = np.asarray(actual)
-    except Exception:                               # noqa: BLE001 - nothing array-like to compare
+    except Exception:  # noqa: BLE001 - nothing array-like to compare
         return {"matches": [], "tried": 0}
     if base is None or array not in case.arrays or actual.dtype.kind not in "fiu":
         return {"matches": [], "tried": 0}
@@ -1384,8 +1623,11 @@ def diagnosis_text(diagnosis: dict | None) -> str:
         return ""
     matches, tried = diagnosis.get("matches", []), diagnosis.get("tried", 0)
     if not matches:
-        return ("no near-miss variant applies to this case" if not tried else
-                f"matches refws under none of the {tried} near-miss variants tried")
+        return (
+            "no near-miss variant applies to this case"
+            if not tried
+            else f"matches refws under none of the {tried} near-miss variants tried"
+        )
     lines = []
     for name in matches:
         parts = name.split("+")
@@ -1401,8 +1643,10 @@ def variant_geometry(case, name: str) -> str:
     if P is None:
         return ""
     g = P.geometry(case["x"].shape, case["w"].shape)[0]
-    return (f"under {name}: explicit pads {g.padding}, stride {g.stride}, lhs_dilation {g.lhs_dilation}, "
-            f"rhs_dilation {g.rhs_dilation} -> output {g.out_spatial}")
+    return (
+        f"under {name}: explicit pads {g.padding}, stride {g.stride}, lhs_dilation {g.lhs_dilation}, "
+        f"rhs_dilation {g.rhs_dilation} -> output {g.out_spatial}"
+    )
 
 
 def explain_records(case, records) -> str:
@@ -1416,7 +1660,7 @@ def explain_records(case, records) -> str:
         if r.case != case.name or r.status != "fail":
             continue
         details = [s.strip() for s in r.message.splitlines()[1:]]
-        where = [s[len("where: "):] for s in details if s.startswith("where: ")]
+        where = [s[len("where: ") :] for s in details if s.startswith("where: ")]
         lines.append(f"\nFAIL {r.array}: " + (where[0] if where else (details or [r.message])[0]))
         text = diagnosis_text(r.diagnosis)
         if text:

@@ -59,9 +59,9 @@ __all__ = ["NotExpressible", "Unimplemented", "METHODS"]
 
 # The types of the protocol's arguments, for adapters' annotations (refws.conv's and
 # refws.conv_transpose's own forms):
-Adapter: TypeAlias = Any                          # any object with some of METHODS (each one optional)
-IntOrInts: TypeAlias = int | Sequence[int]        # stride, dilations, transposed padding: one or one per axis
-Padding: TypeAlias = str | int | Sequence[int] | Sequence[Sequence[int]]   # "SAME", p, (p_i), ((lo, hi), ...)
+Adapter: TypeAlias = Any  # any object with some of METHODS (each one optional)
+IntOrInts: TypeAlias = int | Sequence[int]  # stride, dilations, transposed padding: one or one per axis
+Padding: TypeAlias = str | int | Sequence[int] | Sequence[Sequence[int]]  # "SAME", p, (p_i), ((lo, hi), ...)
 
 
 class NotExpressible(Exception):
@@ -73,5 +73,15 @@ class Unimplemented(Exception):
 
 
 # Every method an adapter may implement (the runner reads this; docs/conformance.md lists it).
-METHODS = ("conv", "conv_vjp", "conv_jvp", "conv_transpose", "conv_transpose_vjp", "conv_transpose_jvp",
-           "weight_standardize", "weight_standardize_vjp", "weight_standardize_jvp", "layer")
+METHODS = (
+    "conv",
+    "conv_vjp",
+    "conv_jvp",
+    "conv_transpose",
+    "conv_transpose_vjp",
+    "conv_transpose_jvp",
+    "weight_standardize",
+    "weight_standardize_vjp",
+    "weight_standardize_jvp",
+    "layer",
+)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-if TYPE_CHECKING:                      # annotations only: the plugin imports refws's modules when it is used
+if TYPE_CHECKING:  # annotations only: the plugin imports refws's modules when it is used
     from _pytest._code.code import TerminalRepr, TracebackStyle
 
     from ..golden.store import GoldenCase
@@ -35,9 +35,13 @@ class RefwsWarning(UserWarning):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("refws", "refws golden conformance")
-    group.addoption("--refws-backend", default=None, metavar="MODULE:ATTR",
-                    help="run refws's golden cases against this adapter (a built-in name such as torch, "
-                         "or package.module:Attribute)")
+    group.addoption(
+        "--refws-backend",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="run refws's golden cases against this adapter (a built-in name such as torch, "
+        "or package.module:Attribute)",
+    )
     group.addoption("--refws-precision", default=None, help="passed to the adapter's factory (e.g. float32)")
     group.addoption("--refws-suite", default=None, help="only this golden suite")
     group.addoption("--refws-golden", default=None, metavar="DIR", help="golden store (default: refws's)")
@@ -48,6 +52,7 @@ class _Session:
 
     def __init__(self, config: pytest.Config) -> None:
         from .registry import load_backend
+
         opt = config.getoption
         self.backend = load_backend(opt("--refws-backend"), opt("--refws-precision"))
         self.root, self.suite = opt("--refws-golden"), opt("--refws-suite")
@@ -55,12 +60,14 @@ class _Session:
 
     def cases(self) -> Iterator[tuple[GoldenCase, list[str]]]:
         from .runner import calls_for, outputs_of, select_cases
+
         for case in select_cases(self.root, self.suite):
             yield case, [o for call in calls_for(case.suite) for o in outputs_of(case, call)]
 
     def record(self, case: GoldenCase, array: str) -> Record | None:
         if case.name not in self.records:
             from .runner import run_case
+
             self.records[case.name] = {r.array: r for r in run_case(self.backend, case)}
         return self.records[case.name].get(array)
 
@@ -81,8 +88,9 @@ class RefwsItem(pytest.Item):
         if r.status in ("fail", "error"):
             raise _RefwsFailure(f"{r.status}: {r.message}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: TracebackStyle | None = None) -> str | TerminalRepr:
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: TracebackStyle | None = None
+    ) -> str | TerminalRepr:
         if isinstance(excinfo.value, _RefwsFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
@@ -102,9 +110,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     try:
         state = _Session(config)
-    except Exception as exc:                    # noqa: BLE001 - a usage error, shown as such
+    except Exception as exc:  # noqa: BLE001 - a usage error, shown as such
         raise pytest.UsageError(f"--refws-backend: {exc}") from exc
     for case, outputs in state.cases():
         for array in outputs:
-            items.append(RefwsItem.from_parent(session, name=f"refws::{case.name}:{array}", state=state,
-                                               case=case, array=array))
+            items.append(
+                RefwsItem.from_parent(session, name=f"refws::{case.name}:{array}", state=state, case=case, array=array)
+            )

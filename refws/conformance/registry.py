@@ -81,11 +81,13 @@ def load_backend(spec: str, precision: PrecisionLike | None = None, **options: A
         except (TypeError, ValueError) as exc:
             raise BackendLoadError(f"backend {spec!r}: cannot construct it with {kwargs}: {exc}") from exc
     if kwargs:
-        raise BackendLoadError(f"backend {spec!r} is an adapter object, not a factory: it takes no "
-                               f"options ({sorted(kwargs)} given)")
+        raise BackendLoadError(
+            f"backend {spec!r} is an adapter object, not a factory: it takes no options ({sorted(kwargs)} given)"
+        )
     return obj
 
 
 def _looks_like_adapter(obj: object) -> bool:
     from .protocol import METHODS
+
     return any(callable(getattr(obj, m, None)) for m in METHODS)

@@ -40,18 +40,24 @@ def text_report(report: Report, max_failures: int = 20) -> str:
     rows = []
     summary = report.summary()
     for suite, s in summary.items():
-        rows.append([suite] + [str(s["counts"][c]) for c in _COLUMNS]
-                    + [_ratio(s["worst_ratio"]), s["fingerprint"] or "none"])
+        rows.append(
+            [suite] + [str(s["counts"][c]) for c in _COLUMNS] + [_ratio(s["worst_ratio"]), s["fingerprint"] or "none"]
+        )
     total = {c: sum(s["counts"][c] for s in summary.values()) for c in _COLUMNS}
     rows.append(["all"] + [str(total[c]) for c in _COLUMNS] + ["", ""])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [f"refws check: {report.backend} {report.version} at {report.precision} against {report.golden} "
-             f"({report.seconds:.1f} s)", fmt.format(*head)] + [fmt.format(*r) for r in rows]
+    lines = [
+        f"refws check: {report.backend} {report.version} at {report.precision} against {report.golden} "
+        f"({report.seconds:.1f} s)",
+        fmt.format(*head),
+    ] + [fmt.format(*r) for r in rows]
     nondet = [r for r in report.records if r.nondeterministic]
     if any(r.nondeterministic is not None for r in report.records):
-        lines.append(f"nondeterministic (bits differ between repeats): {len(nondet)} array(s)"
-                     + "".join(f"\n  {r.case}:{r.array}" for r in nondet[:max_failures]))
+        lines.append(
+            f"nondeterministic (bits differ between repeats): {len(nondet)} array(s)"
+            + "".join(f"\n  {r.case}:{r.array}" for r in nondet[:max_failures])
+        )
     bad = [r for r in report.records if r.status in ("fail", "error")]
     for r in bad[:max_failures]:
         lines.append(f"\n{r.status.upper()} {r.case}:{r.array}")
@@ -62,19 +68,32 @@ def text_report(report: Report, max_failures: int = 20) -> str:
         lines.append(f"\n... and {len(bad) - max_failures} more (see --json)")
     refused = [r for r in report.records if r.status == "unimplemented"]
     if refused:
-        lines.append("\nunimplemented: " + "; ".join(f"{r.case}:{r.array} ({r.message})" for r in refused[:10])
-                     + (" ..." if len(refused) > 10 else ""))
-    lines.append(f"\nexit {report.exit_code}: " + ("every expressible array passes"
-                                                   if report.exit_code == 0 else "failures or adapter errors"))
+        lines.append(
+            "\nunimplemented: "
+            + "; ".join(f"{r.case}:{r.array} ({r.message})" for r in refused[:10])
+            + (" ..." if len(refused) > 10 else "")
+        )
+    lines.append(
+        f"\nexit {report.exit_code}: "
+        + ("every expressible array passes" if report.exit_code == 0 else "failures or adapter errors")
+    )
     return "\n".join(lines)
 
 
 def json_report(report: Report) -> dict[str, Any]:
     """The JSON document (see the module docstring)."""
-    return {"schema": "refws-check/1", "backend": report.backend, "version": report.version,
-            "precision": report.precision, "golden": report.golden, "refws_version": __version__,
-            "seconds": round(report.seconds, 3), "exit_code": report.exit_code,
-            "summary": report.summary(), "records": [r.to_json() for r in report.records]}
+    return {
+        "schema": "refws-check/1",
+        "backend": report.backend,
+        "version": report.version,
+        "precision": report.precision,
+        "golden": report.golden,
+        "refws_version": __version__,
+        "seconds": round(report.seconds, 3),
+        "exit_code": report.exit_code,
+        "summary": report.summary(),
+        "records": [r.to_json() for r in report.records],
+    }
 
 
 def junit_report(report: Report) -> bytes:
@@ -82,13 +101,20 @@ def junit_report(report: Report) -> bytes:
     root = ET.Element("testsuites", name=f"refws check {report.backend}")
     for suite, recs in report.by_suite().items():
         counts = {s: sum(1 for r in recs if r.status == s) for s in STATUSES}
-        ts = ET.SubElement(root, "testsuite", name=f"refws.{suite}", tests=str(len(recs)),
-                           failures=str(counts["fail"]), errors=str(counts["error"]),
-                           skipped=str(counts["not_expressible"] + counts["unimplemented"] + counts["skipped"]),
-                           time=f"{sum(r.seconds for r in recs):.3f}")
+        ts = ET.SubElement(
+            root,
+            "testsuite",
+            name=f"refws.{suite}",
+            tests=str(len(recs)),
+            failures=str(counts["fail"]),
+            errors=str(counts["error"]),
+            skipped=str(counts["not_expressible"] + counts["unimplemented"] + counts["skipped"]),
+            time=f"{sum(r.seconds for r in recs):.3f}",
+        )
         for r in recs:
-            tc = ET.SubElement(ts, "testcase", classname=f"refws.{suite}", name=f"{r.case}:{r.array}",
-                               time=f"{r.seconds:.6f}")
+            tc = ET.SubElement(
+                ts, "testcase", classname=f"refws.{suite}", name=f"{r.case}:{r.array}", time=f"{r.seconds:.6f}"
+            )
             if r.status == "fail":
                 first = r.message.splitlines()[0] if r.message else "fail"
                 ET.SubElement(tc, "failure", message=first).text = r.message

@@ -60,8 +60,9 @@ def _conv_kwargs(case):
 
 def _transpose_kwargs(case, with_bias=True, with_tbias=False):
     p = case.params
-    kw = {k: p[k] for k in ("stride", "padding", "output_padding", "dilation", "groups", "output_size",
-                            "channel_first")}
+    kw = {
+        k: p[k] for k in ("stride", "padding", "output_padding", "dilation", "groups", "output_size", "channel_first")
+    }
     if with_bias:
         kw["bias"] = case["b"] if p.get("bias") else None
     if with_tbias:
@@ -87,8 +88,9 @@ CALLS: dict[str, tuple[Call, ...]] = {
     "conv_transpose": (
         Call("conv_transpose", ("x", "w"), ("y",), _transpose_kwargs),
         Call("conv_transpose_vjp", ("x", "w", "dy"), ("dx", "dw", "db"), _transpose_kwargs),
-        Call("conv_transpose_jvp", ("x", "w", "tx", "tw"), (None, "ty"),
-             lambda c: _transpose_kwargs(c, with_tbias=True)),
+        Call(
+            "conv_transpose_jvp", ("x", "w", "tx", "tw"), (None, "ty"), lambda c: _transpose_kwargs(c, with_tbias=True)
+        ),
     ),
     "ws": (
         Call("weight_standardize", ("w",), ("w_hat",), _ws_kwargs),
@@ -127,10 +129,20 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         def num(v):
             return None if v is None else (v if np.isfinite(v) else str(v))
-        d = dict(case=self.case, suite=self.suite, array=self.array, status=self.status,
-                 max_error=num(self.max_error), max_ratio=num(self.max_ratio),
-                 max_warn_ratio=num(self.max_warn_ratio), fingerprint=self.fingerprint,
-                 message=self.message, nondeterministic=self.nondeterministic, seconds=round(self.seconds, 6))
+
+        d = dict(
+            case=self.case,
+            suite=self.suite,
+            array=self.array,
+            status=self.status,
+            max_error=num(self.max_error),
+            max_ratio=num(self.max_ratio),
+            max_warn_ratio=num(self.max_warn_ratio),
+            fingerprint=self.fingerprint,
+            message=self.message,
+            nondeterministic=self.nondeterministic,
+            seconds=round(self.seconds, 6),
+        )
         if self.where is not None:
             d["where"] = self.where
         if self.diagnosis is not None:
@@ -152,12 +164,12 @@ def _invoke(backend: Adapter, case: GoldenCase, call: Call) -> dict[str, Any]:
         if not isinstance(out, dict):
             raise TypeError(f"layer() returned {type(out).__name__}: expected a dict of arrays")
         return out
-    assert call.kwargs is not None                 # every call but layer() builds its keyword arguments
+    assert call.kwargs is not None  # every call but layer() builds its keyword arguments
     args = [case[k] for k in call.inputs]
     out = fn(*args, **call.kwargs(case))
     if len(call.outputs) == 1:
         name = call.outputs[0]
-        assert name is not None                    # a one-output call returns the array it names
+        assert name is not None  # a one-output call returns the array it names
         return {name: out}
     if not isinstance(out, (tuple, list)):
         raise TypeError(f"{call.method}() returned {type(out).__name__}: expected a tuple {call.outputs}")
@@ -169,8 +181,13 @@ def _same_bits(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def run_case(backend: Adapter, case: GoldenCase, precision: PrecisionLike | None = None, repeat: int = 1,
-             diagnose: Callable[..., dict[str, Any]] | None = default_diagnose) -> list[Record]:
+def run_case(
+    backend: Adapter,
+    case: GoldenCase,
+    precision: PrecisionLike | None = None,
+    repeat: int = 1,
+    diagnose: Callable[..., dict[str, Any]] | None = default_diagnose,
+) -> list[Record]:
     """Every record of one loaded golden case (see :data:`STATUSES`)."""
     prec = resolve_precision(precision if precision is not None else getattr(backend, "precision", "float64"))
     records: list[Record] = []
@@ -181,6 +198,7 @@ def run_case(backend: Adapter, case: GoldenCase, precision: PrecisionLike | None
 
         def rec(name, status, message="", **kw):
             return Record(case.name, case.suite, name, status, message=message, **kw)
+
         if not callable(getattr(backend, call.method, None)):
             records += [rec(n, "skipped", f"the adapter has no {call.method}()") for n in names]
             continue
@@ -193,7 +211,7 @@ def run_case(backend: Adapter, case: GoldenCase, precision: PrecisionLike | None
         except Unimplemented as exc:
             records += [rec(n, "unimplemented", str(exc) or "unimplemented") for n in names]
             continue
-        except Exception as exc:                       # noqa: BLE001 - an adapter bug is a status, not a crash
+        except Exception as exc:  # noqa: BLE001 - an adapter bug is a status, not a crash
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             msg = f"{type(exc).__name__}: {exc} (at {Path(tb.filename).name}:{tb.lineno})"
             records += [rec(n, "error", msg) for n in names]
@@ -206,13 +224,21 @@ def run_case(backend: Adapter, case: GoldenCase, precision: PrecisionLike | None
                 continue
             try:
                 res = check_golden(first[name], case, name, precision=prec)
-            except ValueError as exc:              # the store lacks this array's bound data
+            except ValueError as exc:  # the store lacks this array's bound data
                 records.append(rec(name, "error", f"golden store: {exc}"))
                 continue
             j = res.judgement
-            r = rec(name, j.status, "" if j.status == "pass" else res.text,
-                    max_error=j.max_error, max_ratio=j.max_ratio, max_warn_ratio=j.max_warn_ratio,
-                    fingerprint=j.fingerprint, where=res.where or None, seconds=seconds)
+            r = rec(
+                name,
+                j.status,
+                "" if j.status == "pass" else res.text,
+                max_error=j.max_error,
+                max_ratio=j.max_ratio,
+                max_warn_ratio=j.max_warn_ratio,
+                fingerprint=j.fingerprint,
+                where=res.where or None,
+                seconds=seconds,
+            )
             if len(results) > 1:
                 r.nondeterministic = not all(_same_bits(first[name], other.get(name)) for other in results[1:])
             if j.status == "fail" and diagnose is not None:
@@ -252,8 +278,12 @@ class Report:
                 fp = None if prints else "-"
             else:
                 fp = max(prints, key=FINGERPRINT_ORDER.index) if prints else "-"
-            table[suite] = dict(counts=counts, worst_ratio=worst, fingerprint=fp,
-                                nondeterministic=sum(1 for r in recs if r.nondeterministic))
+            table[suite] = dict(
+                counts=counts,
+                worst_ratio=worst,
+                fingerprint=fp,
+                nondeterministic=sum(1 for r in recs if r.nondeterministic),
+            )
         return table
 
     @property
@@ -262,8 +292,9 @@ class Report:
         return 1 if any(r.status in ("fail", "error") for r in self.records) else 0
 
 
-def select_cases(root: str | os.PathLike[str] | None, suite: str | None = None,
-                 pattern: str | None = None) -> Iterator[GoldenCase]:
+def select_cases(
+    root: str | os.PathLike[str] | None, suite: str | None = None, pattern: str | None = None
+) -> Iterator[GoldenCase]:
     """The stored cases of a store, filtered by suite and name pattern before loading (each checksum-verified)."""
     root = root if root is not None else default_root()
     manifest = read_manifest(root)
@@ -273,10 +304,17 @@ def select_cases(root: str | os.PathLike[str] | None, suite: str | None = None,
             yield load_entry(Path(root), name, entry)
 
 
-def run(backend: Adapter, golden_dir: str | os.PathLike[str] | None = None, *, suite: str | None = None,
-        case: str | None = None, precision: PrecisionLike | None = None, repeat: int = 1,
-        progress: Callable[[int, int, str], object] | None = None,
-        diagnose: Callable[..., dict[str, Any]] | None = default_diagnose) -> Report:
+def run(
+    backend: Adapter,
+    golden_dir: str | os.PathLike[str] | None = None,
+    *,
+    suite: str | None = None,
+    case: str | None = None,
+    precision: PrecisionLike | None = None,
+    repeat: int = 1,
+    progress: Callable[[int, int, str], object] | None = None,
+    diagnose: Callable[..., dict[str, Any]] | None = default_diagnose,
+) -> Report:
     """Run ``backend`` over every case of the store (``golden_dir``, default the repository's).
 
     ``suite`` and ``case`` (a shell pattern on case names) select cases; ``precision`` overrides
@@ -293,8 +331,9 @@ def run(backend: Adapter, golden_dir: str | os.PathLike[str] | None = None, *, s
     chosen = list(select_cases(root, suite, case))
     if not chosen:
         raise ValueError(f"no stored case in {root} matches suite={suite!r} case={case!r}")
-    report = Report(getattr(backend, "name", type(backend).__name__), str(getattr(backend, "version", "")),
-                    prec.name, str(root))
+    report = Report(
+        getattr(backend, "name", type(backend).__name__), str(getattr(backend, "version", "")), prec.name, str(root)
+    )
     start = time.perf_counter()
     for i, c in enumerate(chosen, 1):
         report.records += run_case(backend, c, prec, repeat, diagnose)

@@ -14,16 +14,49 @@ elektronn3 0.1.1 (PyTorch NCHW / OIHW):
 
 from . import brainstate, elektronn3
 from .base import Layer, ParamDict
-from .brainstate import (Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
-                         ConvTranspose3d, Linear, ScaledWSConv, ScaledWSConv1d, ScaledWSConv2d, ScaledWSConv3d,
-                         ScaledWSLinear)
-from .elektronn3 import (FWS, WSConv, WSConv1d, WSConv2d, WSConv3d, WSConvTranspose, WSConvTranspose2d,
-                         WSConvTranspose3d)
+from .brainstate import (
+    Conv,
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    Linear,
+    ScaledWSConv,
+    ScaledWSConv1d,
+    ScaledWSConv2d,
+    ScaledWSConv3d,
+    ScaledWSLinear,
+)
+from .elektronn3 import FWS, WSConv, WSConv1d, WSConv2d, WSConv3d, WSConvTranspose, WSConvTranspose2d, WSConvTranspose3d
 
 __all__ = [
-    "brainstate", "elektronn3", "Layer", "ParamDict",
-    "Conv", "Conv1d", "Conv2d", "Conv3d", "ScaledWSConv", "ScaledWSConv1d", "ScaledWSConv2d", "ScaledWSConv3d",
-    "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear", "ScaledWSLinear",
-    "WSConv", "WSConv1d", "WSConv2d", "WSConv3d", "WSConvTranspose", "WSConvTranspose2d", "WSConvTranspose3d",
+    "brainstate",
+    "elektronn3",
+    "Layer",
+    "ParamDict",
+    "Conv",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ScaledWSConv",
+    "ScaledWSConv1d",
+    "ScaledWSConv2d",
+    "ScaledWSConv3d",
+    "ConvTranspose",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+    "ScaledWSLinear",
+    "WSConv",
+    "WSConv1d",
+    "WSConv2d",
+    "WSConv3d",
+    "WSConvTranspose",
+    "WSConvTranspose2d",
+    "WSConvTranspose3d",
     "FWS",
 ]

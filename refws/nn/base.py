@@ -23,8 +23,18 @@ import numpy as np
 from ..arrays import as_float64
 from ..ws import weight_standardize, weight_standardize_vjp
 
-__all__ = ["ParamDict", "Layer", "WeightPipeline", "make_rng", "initial_value", "resolve_mask",
-           "check_mask_shape", "check_positive_int", "spatial_dims", "fixed_rank"]
+__all__ = [
+    "ParamDict",
+    "Layer",
+    "WeightPipeline",
+    "make_rng",
+    "initial_value",
+    "resolve_mask",
+    "check_mask_shape",
+    "check_positive_int",
+    "spatial_dims",
+    "fixed_rank",
+]
 
 
 class ParamDict(MutableMapping):
@@ -73,8 +83,10 @@ class ParamDict(MutableMapping):
         arr = as_float64(value, f"params[{key!r}]")
         expected = self[key].shape
         if arr.shape != expected:
-            raise ValueError(f"params[{key!r}] has shape {arr.shape}: expected {expected} "
-                             "(the mirrored layer's shape for this parameter)")
+            raise ValueError(
+                f"params[{key!r}] has shape {arr.shape}: expected {expected} "
+                "(the mirrored layer's shape for this parameter)"
+            )
         return arr
 
     def __delitem__(self, key):
@@ -149,8 +161,10 @@ def spatial_dims(layer, given) -> int:
     fixed = type(layer).num_spatial_dims
     if given is None:
         if fixed is None:
-            raise ValueError(f"num_spatial_dims=None: the general {type(layer).__name__} needs "
-                             "num_spatial_dims (or use one of its 1d/2d/3d classes)")
+            raise ValueError(
+                f"num_spatial_dims=None: the general {type(layer).__name__} needs "
+                "num_spatial_dims (or use one of its 1d/2d/3d classes)"
+            )
         return fixed
     given = check_positive_int(given, "num_spatial_dims")
     if fixed is not None and given != fixed:
@@ -161,8 +175,11 @@ def spatial_dims(layer, given) -> int:
 def fixed_rank(base, n: int, module: str, doc: str):
     """A thin subclass of ``base`` with ``num_spatial_dims = n`` (the libraries' Conv2d etc.)."""
     name = f"{base.__name__}{n}d"
-    return type(name, (base,), {"num_spatial_dims": n, "__module__": module,
-                                "__doc__": f"``{name}``: {doc} See :class:`{base.__name__}`."})
+    return type(
+        name,
+        (base,),
+        {"num_spatial_dims": n, "__module__": module, "__doc__": f"``{name}``: {doc} See :class:`{base.__name__}`."},
+    )
 
 
 def make_rng(rng, keep_none: bool = False):
@@ -214,8 +231,10 @@ def check_mask_shape(mask_shape: tuple, weight_shape: tuple, name: str = "w_mask
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"{name} has shape {tuple(mask_shape)}: expected a shape that broadcasts to "
-                         f"the weight shape {tuple(weight_shape)}")
+        raise ValueError(
+            f"{name} has shape {tuple(mask_shape)}: expected a shape that broadcasts to "
+            f"the weight shape {tuple(weight_shape)}"
+        )
 
 
 def resolve_mask(w_mask, call_shape: tuple, weight_shape: tuple, rng):

@@ -45,12 +45,35 @@ from ..arrays import as_float64
 from ..conv import check_groups, conv
 from ..geometry import as_int_tuple, conv_geometry
 from ..grads import bias_vjp, conv_transpose_lax, conv_transpose_lax_vjp, conv_vjp, lax_transpose_geometry
-from .base import (Layer, ParamDict, WeightPipeline, check_positive_int, fixed_rank, initial_value, make_rng,
-                   resolve_mask, spatial_dims)
+from .base import (
+    Layer,
+    ParamDict,
+    WeightPipeline,
+    check_positive_int,
+    fixed_rank,
+    initial_value,
+    make_rng,
+    resolve_mask,
+    spatial_dims,
+)
 
-__all__ = ["Conv", "Conv1d", "Conv2d", "Conv3d", "ScaledWSConv", "ScaledWSConv1d", "ScaledWSConv2d",
-           "ScaledWSConv3d", "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-           "Linear", "ScaledWSLinear", "flip_swap_io"]
+__all__ = [
+    "Conv",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ScaledWSConv",
+    "ScaledWSConv1d",
+    "ScaledWSConv2d",
+    "ScaledWSConv3d",
+    "ConvTranspose",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+    "ScaledWSLinear",
+    "flip_swap_io",
+]
 
 _WS = dict(spec="brainstate", out_axis=-1)
 
@@ -64,7 +87,7 @@ class _Brainstate(Layer):
     """
 
     _weights: WeightPipeline
-    _batched: Callable[[Any], tuple[np.ndarray, bool]]           # supplied by each subclass
+    _batched: Callable[[Any], tuple[np.ndarray, bool]]  # supplied by each subclass
     _op: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
     def forward(self, x) -> np.ndarray:
@@ -84,8 +107,9 @@ class _Brainstate(Layer):
         dy = as_float64(dy, "dy")
         expected = self._out_shape(xb)[1:] if unbatched else self._out_shape(xb)
         if dy.shape != expected:
-            raise ValueError(f"dy.shape={dy.shape}: expected {expected}, the shape of the layer's output "
-                             f"for x.shape={np.shape(x)}")
+            raise ValueError(
+                f"dy.shape={dy.shape}: expected {expected}, the shape of the layer's output for x.shape={np.shape(x)}"
+            )
         dyb = dy[None] if unbatched else dy
         dx, dw_eff = self._op_vjp(xb, self._weights.effective(self._params), dyb)
         grads = self._weights.grads(self._params, dw_eff)
@@ -96,11 +120,14 @@ class _Brainstate(Layer):
 
 # --- convolutions -----------------------------------------------------------------------------
 
+
 def _check_padding(padding):
     """brainstate asserts ``padding in ['SAME', 'VALID']`` for strings (lax's other spellings fail)."""
     if isinstance(padding, str) and padding not in ("SAME", "VALID"):
-        raise ValueError(f"padding={padding!r}: brainstate accepts only the strings 'SAME' and 'VALID' "
-                         "(upper case), an int, ints per dimension or (lo, hi) pairs")
+        raise ValueError(
+            f"padding={padding!r}: brainstate accepts only the strings 'SAME' and 'VALID' "
+            "(upper case), an int, ints per dimension or (lo, hi) pairs"
+        )
     return padding
 
 
@@ -136,11 +163,37 @@ class Conv(_Brainstate):
 
     num_spatial_dims: int | None = None
 
-    def __init__(self, in_size, out_channels, kernel_size, stride=1, padding="SAME", lhs_dilation=1,
-                 rhs_dilation=1, groups=1, w_init=_init.XavierNormal(), b_init=None, w_mask=None,
-                 channel_first=False, name=None, *, rng=None, num_spatial_dims=None):
-        self._setup_geometry(in_size, out_channels, kernel_size, stride, padding, lhs_dilation,
-                             rhs_dilation, groups, channel_first, num_spatial_dims)
+    def __init__(
+        self,
+        in_size,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding="SAME",
+        lhs_dilation=1,
+        rhs_dilation=1,
+        groups=1,
+        w_init=_init.XavierNormal(),
+        b_init=None,
+        w_mask=None,
+        channel_first=False,
+        name=None,
+        *,
+        rng=None,
+        num_spatial_dims=None,
+    ):
+        self._setup_geometry(
+            in_size,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            groups,
+            channel_first,
+            num_spatial_dims,
+        )
         self.name = name
         rng = make_rng(rng, keep_none=True)
         self.w_mask = resolve_mask(w_mask, self.kernel_shape, self.kernel_shape, rng)
@@ -157,8 +210,19 @@ class Conv(_Brainstate):
     def _ws_options(self):
         return None
 
-    def _setup_geometry(self, in_size, out_channels, kernel_size, stride, padding, lhs_dilation,
-                        rhs_dilation, groups, channel_first, num_spatial_dims):
+    def _setup_geometry(
+        self,
+        in_size,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        groups,
+        channel_first,
+        num_spatial_dims,
+    ):
         self.num_spatial_dims = n = spatial_dims(self, num_spatial_dims)
         in_size = tuple(in_size) if isinstance(in_size, (tuple, list)) else in_size
         if not (isinstance(in_size, tuple) and len(in_size) == n + 1):
@@ -194,8 +258,9 @@ class Conv(_Brainstate):
         x = as_float64(x, "x")
         n = self.num_spatial_dims
         if x.ndim not in (n + 1, n + 2):
-            raise ValueError(f"expected {n + 2}D (with batch) or {n + 1}D (without batch) input "
-                             f"(got {x.ndim}D input, {x.shape})")
+            raise ValueError(
+                f"expected {n + 2}D (with batch) or {n + 1}D (without batch) input (got {x.ndim}D input, {x.shape})"
+            )
         unbatched = x.ndim == n + 1
         x_shape = x.shape if unbatched else x.shape[1:]
         if x_shape != self.in_size:
@@ -204,8 +269,14 @@ class Conv(_Brainstate):
 
     def _conv_kwargs(self) -> dict:
         g = self.geometry
-        return dict(stride=g.stride, padding=g.padding, lhs_dilation=g.lhs_dilation,
-                    rhs_dilation=g.rhs_dilation, groups=self.groups, channel_first=self.channel_first)
+        return dict(
+            stride=g.stride,
+            padding=g.padding,
+            lhs_dilation=g.lhs_dilation,
+            rhs_dilation=g.rhs_dilation,
+            groups=self.groups,
+            channel_first=self.channel_first,
+        )
 
     def _op(self, x, w):
         return conv(x, w, **self._conv_kwargs())
@@ -220,9 +291,11 @@ class Conv(_Brainstate):
         return bias_vjp(dy, channel_first=self.channel_first)
 
     def __repr__(self):
-        return (f"{type(self).__name__}(in_channels={self.in_channels}, out_channels={self.out_channels}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"groups={self.groups})")
+        return (
+            f"{type(self).__name__}(in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"groups={self.groups})"
+        )
 
 
 class ScaledWSConv(Conv):
@@ -234,17 +307,49 @@ class ScaledWSConv(Conv):
     brainstate's default ``w_init`` here is ``XavierNormal()`` as for :class:`Conv`.
     """
 
-    def __init__(self, in_size, out_channels, kernel_size, stride=1, padding="SAME", lhs_dilation=1,
-                 rhs_dilation=1, groups=1, ws_gain=True, eps=1e-4, w_init=_init.XavierNormal(), b_init=None,
-                 w_mask=None, channel_first=False, name=None, *, rng=None, num_spatial_dims=None):
+    def __init__(
+        self,
+        in_size,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding="SAME",
+        lhs_dilation=1,
+        rhs_dilation=1,
+        groups=1,
+        ws_gain=True,
+        eps=1e-4,
+        w_init=_init.XavierNormal(),
+        b_init=None,
+        w_mask=None,
+        channel_first=False,
+        name=None,
+        *,
+        rng=None,
+        num_spatial_dims=None,
+    ):
         self.ws_gain, self.eps = bool(ws_gain), eps
-        super().__init__(in_size, out_channels, kernel_size, stride, padding, lhs_dilation, rhs_dilation,
-                         groups, w_init, b_init, w_mask, channel_first, name, rng=rng,
-                         num_spatial_dims=num_spatial_dims)
+        super().__init__(
+            in_size,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            groups,
+            w_init,
+            b_init,
+            w_mask,
+            channel_first,
+            name,
+            rng=rng,
+            num_spatial_dims=num_spatial_dims,
+        )
 
     def _extra_params(self) -> dict:
         n = self.num_spatial_dims
-        assert n is not None                  # set by __init__ (None only as the general class's class attribute)
+        assert n is not None  # set by __init__ (None only as the general class's class attribute)
         return {"gain": np.ones((1,) * (n + 1) + (self.out_channels,))} if self.ws_gain else {}
 
     def _ws_options(self):
@@ -260,6 +365,7 @@ ScaledWSConv3d = fixed_rank(ScaledWSConv, 3, __name__, "weight-standardized 3-d 
 
 
 # --- transposed convolutions ------------------------------------------------------------------
+
 
 def flip_swap_io(w: np.ndarray) -> np.ndarray:
     """brainstate's ``(*k, C_out, C_in // G)`` kernel as the ``(*k, C_in // G, C_out)`` kernel its
@@ -292,11 +398,41 @@ class ConvTranspose(Conv):
     convolution, whose geometry is ``self.geometry``).
     """
 
-    def __init__(self, in_size, out_channels, kernel_size, stride=1, padding="SAME", rhs_dilation=1, groups=1,
-                 w_init=_init.XavierNormal(), b_init=None, w_mask=None, channel_first=False, name=None, *,
-                 rng=None, num_spatial_dims=None):
-        super().__init__(in_size, out_channels, kernel_size, stride, padding, 1, rhs_dilation, groups, w_init,
-                         b_init, w_mask, channel_first, name, rng=rng, num_spatial_dims=num_spatial_dims)
+    def __init__(
+        self,
+        in_size,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding="SAME",
+        rhs_dilation=1,
+        groups=1,
+        w_init=_init.XavierNormal(),
+        b_init=None,
+        w_mask=None,
+        channel_first=False,
+        name=None,
+        *,
+        rng=None,
+        num_spatial_dims=None,
+    ):
+        super().__init__(
+            in_size,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            1,
+            rhs_dilation,
+            groups,
+            w_init,
+            b_init,
+            w_mask,
+            channel_first,
+            name,
+            rng=rng,
+            num_spatial_dims=num_spatial_dims,
+        )
 
     def _set_geometry(self, spatial, stride, padding, lhs_dilation, rhs_dilation):
         stride = as_int_tuple(stride, self.num_spatial_dims, "stride")
@@ -308,8 +444,13 @@ class ConvTranspose(Conv):
 
     def _transpose_kwargs(self) -> dict:
         g = self.geometry
-        return dict(strides=g.lhs_dilation, padding=g.padding, rhs_dilation=g.rhs_dilation, groups=self.groups,
-                    channel_first=self.channel_first)
+        return dict(
+            strides=g.lhs_dilation,
+            padding=g.padding,
+            rhs_dilation=g.rhs_dilation,
+            groups=self.groups,
+            channel_first=self.channel_first,
+        )
 
     def _op(self, x, w):
         return conv_transpose_lax(x, flip_swap_io(w), **self._transpose_kwargs())
@@ -320,20 +461,26 @@ class ConvTranspose(Conv):
 
 
 ConvTranspose1d = fixed_rank(ConvTranspose, 1, __name__, "input ``(B, L, C)``, kernel ``(k, C_out, C_in // groups)``.")
-ConvTranspose2d = fixed_rank(ConvTranspose, 2, __name__,
-                             "input ``(B, H, W, C)``, kernel ``(kh, kw, C_out, C_in // groups)``.")
-ConvTranspose3d = fixed_rank(ConvTranspose, 3, __name__,
-                             "input ``(B, H, W, D, C)``, kernel ``(kh, kw, kd, C_out, C_in // groups)``.")
+ConvTranspose2d = fixed_rank(
+    ConvTranspose, 2, __name__, "input ``(B, H, W, C)``, kernel ``(kh, kw, C_out, C_in // groups)``."
+)
+ConvTranspose3d = fixed_rank(
+    ConvTranspose, 3, __name__, "input ``(B, H, W, D, C)``, kernel ``(kh, kw, kd, C_out, C_in // groups)``."
+)
 
 
 # --- linear layers ----------------------------------------------------------------------------
+
 
 def _as_size(value, name: str) -> tuple:
     """brainstate's ``to_size``: an int or a sequence of ints, as a tuple."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value,)
-    if not (isinstance(value, (tuple, list)) and value and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)):
+    if not (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
         raise ValueError(f"{name}={value!r}: expected a positive int or a non-empty sequence of positive ints")
     return tuple(int(v) for v in value)
 
@@ -346,8 +493,17 @@ class Linear(_Brainstate):
     is called with ``in_size + out_size``, as brainstate does. ``rng`` as for :class:`Conv`.
     """
 
-    def __init__(self, in_size, out_size, w_init=_init.KaimingNormal(), b_init=_init.ZeroInit(),
-                 w_mask=None, name=None, *, rng=None):
+    def __init__(
+        self,
+        in_size,
+        out_size,
+        w_init=_init.KaimingNormal(),
+        b_init=_init.ZeroInit(),
+        w_mask=None,
+        name=None,
+        *,
+        rng=None,
+    ):
         self._setup_sizes(in_size, out_size)
         self.name = name
         rng = make_rng(rng, keep_none=True)
@@ -363,8 +519,10 @@ class Linear(_Brainstate):
     def _setup_sizes(self, in_size, out_size):
         self.in_size, self.out_size = _as_size(in_size, "in_size"), _as_size(out_size, "out_size")
         if self.in_size[:-1] != self.out_size[:-1]:
-            raise ValueError(f'The first n-1 dimensions of "in_size" and "out_size" must be the same: '
-                             f"in_size={self.in_size}, out_size={self.out_size}")
+            raise ValueError(
+                f'The first n-1 dimensions of "in_size" and "out_size" must be the same: '
+                f"in_size={self.in_size}, out_size={self.out_size}"
+            )
 
     def _mask_call_shape(self) -> tuple:
         return self.in_size + self.out_size
@@ -378,8 +536,9 @@ class Linear(_Brainstate):
     def _batched(self, x):
         x = as_float64(x, "x")
         if x.ndim < 1 or x.shape[-1] != self.in_size[-1]:
-            raise ValueError(f"x.shape={x.shape}: expected the last axis to have in_size[-1]="
-                             f"{self.in_size[-1]} features")
+            raise ValueError(
+                f"x.shape={x.shape}: expected the last axis to have in_size[-1]={self.in_size[-1]} features"
+            )
         return (x[None] if x.ndim == 1 else x), x.ndim == 1
 
     def _op(self, x, w):
@@ -406,16 +565,29 @@ class ScaledWSLinear(Linear):
     weight as ``in_size + out_size``, a matrix only for 1-element sizes; longer sizes are refused.
     """
 
-    def __init__(self, in_size, out_size, w_init=_init.KaimingNormal(), b_init=_init.ZeroInit(),
-                 w_mask=None, ws_gain=True, eps=1e-4, name=None, *, rng=None):
+    def __init__(
+        self,
+        in_size,
+        out_size,
+        w_init=_init.KaimingNormal(),
+        b_init=_init.ZeroInit(),
+        w_mask=None,
+        ws_gain=True,
+        eps=1e-4,
+        name=None,
+        *,
+        rng=None,
+    ):
         self.ws_gain, self.eps = bool(ws_gain), eps
         super().__init__(in_size, out_size, w_init, b_init, w_mask, name, rng=rng)
 
     def _setup_sizes(self, in_size, out_size):
         super()._setup_sizes(in_size, out_size)
         if len(self.in_size) != 1:
-            raise ValueError(f"in_size={self.in_size}, out_size={self.out_size}: ScaledWSLinear supports "
-                             "one feature axis (brainstate's weight in_size + out_size is not a matrix otherwise)")
+            raise ValueError(
+                f"in_size={self.in_size}, out_size={self.out_size}: ScaledWSLinear supports "
+                "one feature axis (brainstate's weight in_size + out_size is not a matrix otherwise)"
+            )
 
     def _mask_call_shape(self) -> tuple:
         return (self.in_size[0], 1)

@@ -41,8 +41,17 @@ from ..grads import bias_vjp, conv_transpose, conv_transpose_vjp, conv_vjp, tran
 from ..pad import pad, pad_vjp
 from .base import Layer, ParamDict, WeightPipeline, check_positive_int, fixed_rank, make_rng, spatial_dims
 
-__all__ = ["WSConv", "WSConv1d", "WSConv2d", "WSConv3d", "WSConvTranspose", "WSConvTranspose2d",
-           "WSConvTranspose3d", "FWS", "BEHAVIOURS"]
+__all__ = [
+    "WSConv",
+    "WSConv1d",
+    "WSConv2d",
+    "WSConv3d",
+    "WSConvTranspose",
+    "WSConvTranspose2d",
+    "WSConvTranspose3d",
+    "FWS",
+    "BEHAVIOURS",
+]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _WS = dict(spec="elektronn3", out_axis=0)
@@ -64,7 +73,7 @@ class _ReleasedWS(WeightPipeline):
     @staticmethod
     def _degenerate(params) -> bool:
         w = params["weight"]
-        return w.size == w.shape[0]              # n = 1 element per channel (ddof 1)
+        return w.size == w.shape[0]  # n = 1 element per channel (ddof 1)
 
     @staticmethod
     def _eps32(eps):
@@ -133,14 +142,28 @@ class _WSConvBase(_TorchModule):
     num_spatial_dims: int | None = None
     transposed = False
 
-    def _setup(self, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode,
-               rng, num_spatial_dims, behaviour):
+    def _setup(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        dilation,
+        groups,
+        bias,
+        padding_mode,
+        rng,
+        num_spatial_dims,
+        behaviour,
+    ):
         self.num_spatial_dims = n = spatial_dims(self, num_spatial_dims)
         self.behaviour = _check_behaviour(behaviour)
         released_dims = (2, 3) if self.transposed else (1, 2, 3)
         if self.released and n not in released_dims:
-            raise ValueError(f"behaviour='0.1.1' with num_spatial_dims={n}: elektronn3 0.1.1 has no "
-                             f"{type(self).__name__.rstrip('d')}{n}d (only {released_dims})")
+            raise ValueError(
+                f"behaviour='0.1.1' with num_spatial_dims={n}: elektronn3 0.1.1 has no "
+                f"{type(self).__name__.rstrip('d')}{n}d (only {released_dims})"
+            )
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.groups = check_groups(groups)
@@ -148,8 +171,9 @@ class _WSConvBase(_TorchModule):
             if size % self.groups:
                 raise ValueError(f"{what} must be divisible by groups: {what}={size}, groups={self.groups}")
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {list(PADDING_MODES)}, but got "
-                             f"padding_mode={padding_mode!r}")
+            raise ValueError(
+                f"padding_mode must be one of {list(PADDING_MODES)}, but got padding_mode={padding_mode!r}"
+            )
         self.padding_mode = padding_mode
         self.kernel_size = as_int_tuple(kernel_size, n, "kernel_size")
         self.stride = as_int_tuple(stride, n, "stride")
@@ -159,12 +183,12 @@ class _WSConvBase(_TorchModule):
         rng = make_rng(rng)
         params = {"weight": _init.kaiming_normal_(self.weight_shape, rng=rng)}
         if bias:
-            bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))   # torch's fan_in of the weight
+            bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))  # torch's fan_in of the weight
             params["bias"] = rng.uniform(-bound, bound, size=self.out_channels)
         params["gain"] = np.ones(self.weight_shape[0])
         self._params = ParamDict(params)
         self._ws = _ws_pipeline(behaviour)
-        self._weights = self._ws                 # the kernel the convolution uses (see WSConvTranspose)
+        self._weights = self._ws  # the kernel the convolution uses (see WSConvTranspose)
 
     @property
     def released(self) -> bool:
@@ -181,14 +205,18 @@ class _WSConvBase(_TorchModule):
         x = as_float64(x, "input")
         n, c_in = self.num_spatial_dims, self.in_channels
         if x.ndim not in (n + 1, n + 2):
-            raise ValueError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to "
-                             f"{type(self).__name__}, but got input of size: {list(x.shape)}")
+            raise ValueError(
+                f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to "
+                f"{type(self).__name__}, but got input of size: {list(x.shape)}"
+            )
         unbatched = x.ndim == n + 1
         if x.shape[0 if unbatched else 1] != c_in:
             what = "transposed=1, " if self.transposed else f"groups={self.groups}, "
-            raise ValueError(f"Given {what}weight of size {list(self.weight_shape)}, expected input"
-                             f"{list(x.shape)} to have {c_in} channels, but got "
-                             f"{x.shape[0 if unbatched else 1]} channels instead")
+            raise ValueError(
+                f"Given {what}weight of size {list(self.weight_shape)}, expected input"
+                f"{list(x.shape)} to have {c_in} channels, but got "
+                f"{x.shape[0 if unbatched else 1]} channels instead"
+            )
         return to_canonical(x, True, unbatched), unbatched
 
     def _forward(self, x, eps, **kw):
@@ -205,8 +233,10 @@ class _WSConvBase(_TorchModule):
         expected = (self.out_channels, *out_spatial)
         expected = expected if unbatched else (x_cl.shape[0], *expected)
         if dy.shape != expected:
-            raise ValueError(f"dy.shape={dy.shape}: expected {expected}, the shape of the output for "
-                             f"input of size {list(np.shape(x))}")
+            raise ValueError(
+                f"dy.shape={dy.shape}: expected {expected}, the shape of the output for "
+                f"input of size {list(np.shape(x))}"
+            )
         dy_cl = to_canonical(dy, True, unbatched)
         dx, dw = self._core_vjp(x_cl, to_hwio(self._weights.effective(self._params, eps)), dy_cl, **kw)
         grads = self._weights.grads(self._params, from_hwio(dw), eps)
@@ -216,6 +246,7 @@ class _WSConvBase(_TorchModule):
 
 
 # --- convolutions -----------------------------------------------------------------------------
+
 
 def torch_pads(padding, kernel_size, stride, dilation) -> tuple:
     """PyTorch's ``padding`` argument as explicit ``(lo, hi)`` pairs.
@@ -258,10 +289,35 @@ class WSConv(_WSConvBase):
         where the default raises ValueError.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", *, rng=None, num_spatial_dims=None, behaviour="intent"):
-        self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode, rng,
-                    num_spatial_dims, behaviour)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        *,
+        rng=None,
+        num_spatial_dims=None,
+        behaviour="intent",
+    ):
+        self._setup(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            rng,
+            num_spatial_dims,
+            behaviour,
+        )
         self.padding = padding
         self.pads = torch_pads(padding, self.kernel_size, self.stride, self.dilation)
 
@@ -275,7 +331,7 @@ class WSConv(_WSConvBase):
 
     @property
     def _zero_padded(self) -> bool:
-        return self.padding_mode == "zeros" or self.released        # 0.1.1 ignores padding_mode
+        return self.padding_mode == "zeros" or self.released  # 0.1.1 ignores padding_mode
 
     def _padded(self, x_cl):
         """The input as the convolution sees it and the pads left for the convolution itself."""
@@ -286,8 +342,8 @@ class WSConv(_WSConvBase):
     @property
     def _spatial_axes(self) -> tuple:
         n = self.num_spatial_dims
-        assert n is not None                  # set by __init__ (None only as the general class's class attribute)
-        return tuple(range(1, n + 1))      # of the channels-last (N, *spatial, C)
+        assert n is not None  # set by __init__ (None only as the general class's class attribute)
+        return tuple(range(1, n + 1))  # of the channels-last (N, *spatial, C)
 
     def _conv_kwargs(self, pads) -> dict:
         return dict(stride=self.stride, padding=pads, rhs_dilation=self.dilation, groups=self.groups)
@@ -326,19 +382,47 @@ class WSConvTranspose(_WSConvBase):
 
     transposed = True
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups=1, bias=True, dilation=1, padding_mode="zeros", *, rng=None, num_spatial_dims=None,
-                 behaviour="intent"):
-        self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding_mode, rng,
-                    num_spatial_dims, behaviour)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        padding_mode="zeros",
+        *,
+        rng=None,
+        num_spatial_dims=None,
+        behaviour="intent",
+    ):
+        self._setup(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            rng,
+            num_spatial_dims,
+            behaviour,
+        )
         if self.released:
             self._weights = _RawWeight()
         if padding_mode != "zeros":
-            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__} '
-                             f"(got padding_mode={padding_mode!r})")
+            raise ValueError(
+                f'Only "zeros" padding mode is supported for {type(self).__name__} (got padding_mode={padding_mode!r})'
+            )
         if isinstance(padding, str):
-            raise ValueError(f"padding={padding!r}: {type(self).__name__} takes an int or "
-                             f"{self.num_spatial_dims} ints (PyTorch's ConvTranspose has no string padding)")
+            raise ValueError(
+                f"padding={padding!r}: {type(self).__name__} takes an int or "
+                f"{self.num_spatial_dims} ints (PyTorch's ConvTranspose has no string padding)"
+            )
         n = self.num_spatial_dims
         self.padding = as_int_tuple(padding, n, "padding", minimum=0)
         self.output_padding = as_int_tuple(output_padding, n, "output_padding", minimum=0)
@@ -359,15 +443,20 @@ class WSConvTranspose(_WSConvBase):
         if not (self.released and self.num_spatial_dims == 3):
             return
         shape = list(np.shape(x))
-        if len(shape) in (3, 4):                 # conv_transpose2d batches a 3-d input first
+        if len(shape) in (3, 4):  # conv_transpose2d batches a 3-d input first
             got = [1] + shape if len(shape) == 3 else shape
-            detail = (f"Expected 5-dimensional input for 5-dimensional weight {list(self.weight_shape)}, but got "
-                      f"4-dimensional input of size {got} instead")
+            detail = (
+                f"Expected 5-dimensional input for 5-dimensional weight {list(self.weight_shape)}, but got "
+                f"4-dimensional input of size {got} instead"
+            )
         else:
-            detail = ("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input of "
-                      f"size: {shape}")
-        raise RuntimeError(f"{detail} (elektronn3 0.1.1's WSConvTranspose3d.forward calls F.conv_transpose2d; "
-                           "behaviour='intent' computes the 3-d transposed convolution)")
+            detail = (
+                f"Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input of size: {shape}"
+            )
+        raise RuntimeError(
+            f"{detail} (elektronn3 0.1.1's WSConvTranspose3d.forward calls F.conv_transpose2d; "
+            "behaviour='intent' computes the 3-d transposed convolution)"
+        )
 
     def _spatial_size(self, x, output_size):
         """Drop the leading non-spatial sizes (2 batched, 1 unbatched: PyTorch's rule) here, where
@@ -379,8 +468,14 @@ class WSConvTranspose(_WSConvBase):
         return sizes[n_non_spatial:] if len(sizes) == self.num_spatial_dims + n_non_spatial else sizes
 
     def _transpose_kwargs(self, output_size) -> dict:
-        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding,
-                    dilation=self.dilation, groups=self.groups, output_size=output_size)
+        return dict(
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            output_size=output_size,
+        )
 
     def _core(self, x_cl, w, output_size):
         return conv_transpose(x_cl, w, **self._transpose_kwargs(output_size))
@@ -389,8 +484,9 @@ class WSConvTranspose(_WSConvBase):
         return conv_transpose_vjp(x_cl, w, dy_cl, **self._transpose_kwargs(output_size))
 
     def _out_spatial(self, in_spatial, output_size):
-        return transpose_geometry(in_spatial, self.kernel_size, self.stride, self.padding, self.output_padding,
-                                  self.dilation, output_size).in_spatial
+        return transpose_geometry(
+            in_spatial, self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation, output_size
+        ).in_spatial
 
 
 _DOC = "elektronn3's {}-d layer, PyTorch layouts."
@@ -398,6 +494,7 @@ WSConv1d, WSConv2d, WSConv3d = (fixed_rank(WSConv, n, __name__, _DOC.format(n)) 
 WSConvTranspose2d, WSConvTranspose3d = (fixed_rank(WSConvTranspose, n, __name__, _DOC.format(n)) for n in (2, 3))
 
 # --- FWS --------------------------------------------------------------------------------------
+
 
 class FWS(_TorchModule):
     """elektronn3 ``FWS(layer, learnable_gain=True, const_eval=False, eps=1e-4)``: standardize the
@@ -422,8 +519,10 @@ class FWS(_TorchModule):
 
     def __init__(self, layer, learnable_gain=True, const_eval=False, eps=1e-4, *, behaviour=None):
         if not isinstance(layer, _WSConvBase):
-            raise TypeError(f"layer={layer!r}: expected one of the elektronn3 conv mirrors (WSConv*d, "
-                            "WSConvTranspose*d), whose weight has the output axis first as FWS assumes")
+            raise TypeError(
+                f"layer={layer!r}: expected one of the elektronn3 conv mirrors (WSConv*d, "
+                "WSConvTranspose*d), whose weight has the output axis first as FWS assumes"
+            )
         self.behaviour = _check_behaviour(layer.behaviour if behaviour is None else behaviour)
         self._ws = _ws_pipeline(self.behaviour)
         self.layer, self.const_eval, self.eps = layer, bool(const_eval), eps
