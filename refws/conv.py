@@ -515,7 +515,9 @@ class TapsChunk(_Chunk):
         self.w = w_taps
 
     def _weights(self, chunk_out) -> np.ndarray:
-        return self.w[:, :, : chunk_out[-1]] if self.w.shape[2] > 1 else self.w
+        w = self.w
+        assert w is not None, "a tap plan built without weights has no weights to slice"
+        return w[:, :, : chunk_out[-1]] if w.shape[2] > 1 else w
 
     def _expanded(self, a: np.ndarray, channel: int) -> np.ndarray:
         shape = (*a.shape[:-1], self.groups * self.repeat)

@@ -1446,7 +1446,8 @@ class _Probe:
         self.actual = [float(actual[e]) for e in self.points]
         self.comparable = exact.shape == actual.shape
         self.exact = [float(exact[e]) for e in self.points] if self.comparable else None
-        self._exact_array, self._spread = exact, None
+        self._exact_array = exact
+        self._spread: list | None = None
 
     @property
     def spread(self) -> list:
