@@ -564,7 +564,7 @@ class _Reads:
     position plus one, 0 where the tap reads padding or a hole of the lhs dilation. The rows,
     columns and readers the screens ask for are kept."""
 
-    def __init__(self, g):
+    def __init__(self, g) -> None:
         positions = np.arange(1, math.prod(g.in_spatial) + 1, dtype=np.float64).reshape((1, *g.in_spatial, 1))
         windows = window_view(
             dilate_pad(positions, g.lhs_dilation, g.padding), g.kernel_spatial, g.out_spatial, g.stride, g.rhs_dilation
