@@ -13,10 +13,12 @@ No kernel flip: this is the cross-correlation every framework calls convolution
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,10 +28,12 @@ from .im2col import (
     _tap_slices,
     chunk_plan,
     dilate_pad,
+    dilate_pad_by,
     dilate_pad_shape,
     gather_windows,
     gather_windows_shape,
     get_workspace_bytes,
+    padded_plan,
     window_view,
 )
 
@@ -46,6 +50,8 @@ __all__ = [
 
 def check_groups(groups) -> int:
     """``groups`` must be a positive int."""
+    if type(groups) is int and groups >= 1:  # the common case, without the abstract-class check
+        return groups
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
         raise TypeError(f"groups={groups!r}: expected a positive int")
     if groups < 1:
@@ -92,7 +98,7 @@ def check_conv_operands(x, w, groups, channel_first: bool):
     """
     groups = check_groups(groups)
     x_cl, w, unbatched = canonical_operands(x, w, channel_first, "(*kernel_spatial, C_in // groups, C_out)")
-    if any(k < 1 for k in w.shape[:-2]):
+    if min(w.shape[:-2]) < 1:  # a spatial axis exists (canonical_operands checked)
         raise ValueError(f"w.shape={w.shape}: kernel spatial sizes must be >= 1")
     c_in, c_out = x_cl.shape[-1], w.shape[-1]
     if c_in != w.shape[-2] * groups:
@@ -152,13 +158,14 @@ def _row_window_pads(g: ConvGeometry, r0: int, rows: int):
     return ((lo_w, size - n_dilated - lo_w),) + tuple(g.padding[1:])
 
 
-def chunks(n_batch: int, rows_all: int, batch_step: int, row_step: int) -> list:
+@functools.lru_cache(maxsize=1024)
+def chunks(n_batch: int, rows_all: int, batch_step: int, row_step: int) -> tuple:
     """``(b0, nb, r0, rows)``: samples ``b0 : b0 + nb`` and output rows ``r0 : r0 + rows`` of each chunk."""
-    return [
+    return tuple(
         (b0, min(batch_step, n_batch - b0), r0, min(row_step, rows_all - r0))
         for b0 in range(0, n_batch, batch_step)
         for r0 in range(0, rows_all, row_step)
-    ]
+    )
 
 
 def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, part=None):
@@ -174,7 +181,7 @@ def row_windows(x: np.ndarray, g: ConvGeometry, batch_step: int, row_step: int, 
     if batch_step >= x.shape[0] and row_step >= g.out_spatial[0]:  # one chunk: no workspace to plan
         yield 0, x.shape[0], 0, g.out_spatial[0], whole_window(x, g)
         return
-    plain = _unpadded(g)
+    plain = g.unpadded
     if not plain:
         shape = dilate_pad_shape((batch_step, *x.shape[1:]), g.lhs_dilation, _row_window_pads(g, 0, row_step))
         buffer = workspace("window", (math.prod(shape),))
@@ -222,18 +229,13 @@ def workspace(key: str, shape) -> np.ndarray:
     return _carve(buf, shape)
 
 
-def _unpadded(g: ConvGeometry) -> bool:
-    return all(p == (0, 0) for p in g.padding) and all(L == 1 for L in g.lhs_dilation)
-
-
 def whole_window(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """The window of a convolution done in one chunk: ``dilate_pad(x)``, or ``x`` itself without
     padding and lhs dilation."""
-    if _unpadded(g):
+    if g.unpadded:
         return x
-    return dilate_pad(
-        x, g.lhs_dilation, g.padding, out=workspace("window", dilate_pad_shape(x.shape, g.lhs_dilation, g.padding))
-    )
+    plan = padded_plan(g)
+    return dilate_pad_by(x, plan, g.lhs_dilation, out=workspace("window", (x.shape[0], *plan[0], x.shape[-1])))
 
 
 # --- threads for the tap formulation ------------------------------------------------------------
@@ -264,13 +266,19 @@ def taps_workers(n_parts: int, ops: int) -> int:
 def plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int, formulation: str):
     """:func:`refws.im2col.chunk_plan` for a formulation: the taps' threads each hold a workspace,
     so each gets an equal share of the budget."""
-    if formulation == "gemm" and GemmChunk.reads_window_as_columns(g, groups) and _unpadded(g):
-        return n_batch, g.out_spatial[0]  # no workspace at all: one product over x itself
     threads = taps_threads() if formulation == "taps" else 1
-    return chunk_plan(g, n_batch, c_in, c_out, groups, formulation, get_workspace_bytes() // threads)
+    return _plan_of(g, n_batch, c_in, c_out, groups, formulation, get_workspace_bytes(), threads)
 
 
-def run_parts(work, items: list, workers: int) -> list:
+@functools.lru_cache(maxsize=1024)
+def _plan_of(g: ConvGeometry, n_batch, c_in, c_out, groups, formulation, budget, threads) -> tuple:
+    # Cached: a function of its arguments only (the budget and threads are among them).
+    if formulation == "gemm" and GemmChunk.reads_window_as_columns(g, groups) and g.unpadded:
+        return n_batch, g.out_spatial[0]  # no workspace at all: one product over x itself
+    return chunk_plan(g, n_batch, c_in, c_out, groups, formulation, budget // threads)
+
+
+def run_parts(work, items: Sequence, workers: int) -> list:
     """``[work(part) for part in parts]``: ``items`` cut into ``workers`` contiguous parts, each on a
     new thread of its own; an exception in any part is raised here.
 

@@ -182,6 +182,11 @@ class ConvGeometry:
         """rhs-dilated kernel extent ``(k - 1) * d + 1`` per dimension."""
         return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_spatial, self.rhs_dilation))
 
+    @functools.cached_property
+    def unpadded(self) -> bool:
+        """No padding, no cropping and no lhs dilation: the windows are read from the input itself."""
+        return all(p == (0, 0) for p in self.padding) and all(L == 1 for L in self.lhs_dilation)
+
 
 def _as_shape(value, name: str, minimum: int) -> tuple[int, ...]:
     if type(value) is tuple and value and all(type(v) is int and v >= minimum for v in value):
@@ -189,6 +194,26 @@ def _as_shape(value, name: str, minimum: int) -> tuple[int, ...]:
     if not (_is_sequence(value) and len(value) >= 1 and all(_is_int(v) and v >= minimum for v in value)):
         raise ValueError(f"{name}={value!r}: expected a non-empty sequence of ints >= {minimum}")
     return tuple(int(v) for v in value)
+
+
+# Geometries already computed, by their arguments: a call of refws.conv on a small problem spent
+# about a quarter of its time normalising the same arguments again. Only arguments built of exact
+# ints and strings are keys (_plain_key), so a key determines the checks' outcome exactly: True,
+# 1.0 or np.int64(1) equal 1 as keys but are checked (and refused or converted) every time.
+_GEOMETRIES: dict = {}
+_GEOMETRIES_MAX = 4096
+
+
+def _plain_key(value):
+    """``value`` as a hashable key when it is built of exact ints and strings (lists read as tuples,
+    which every argument treats alike), else None."""
+    kind = type(value)
+    if kind is int or kind is str:
+        return value
+    if kind is tuple or kind is list:
+        key = tuple([v if type(v) is int else _plain_key(v) for v in value])
+        return None if None in key else key
+    return None
 
 
 def conv_geometry(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1) -> ConvGeometry:
@@ -209,7 +234,21 @@ def conv_geometry(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dila
     -------
     ConvGeometry
         Immutable; ``out_spatial`` may contain zeros (an empty output is legal, as in lax).
+        Equal arguments of exact ints and strings return the same instance (computed once).
     """
+    key = _plain_key((in_spatial, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation))
+    g = _GEOMETRIES.get(key) if key is not None else None
+    if g is None:
+        g = _compute_geometry(in_spatial, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation)
+        if key is not None:
+            if len(_GEOMETRIES) >= _GEOMETRIES_MAX:
+                _GEOMETRIES.clear()
+            _GEOMETRIES[key] = g
+    return g
+
+
+def _compute_geometry(in_spatial, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation) -> ConvGeometry:
+    """:func:`conv_geometry` without the memo: every check and the arithmetic."""
     in_spatial = _as_shape(in_spatial, "in_spatial", 0)
     kernel_spatial = _as_shape(kernel_spatial, "kernel_spatial", 1)
     if len(kernel_spatial) != len(in_spatial):

@@ -26,6 +26,7 @@ seen as a function of ``dy``; :func:`conv_transpose` says which forward convolut
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -38,12 +39,14 @@ from .conv import (
     check_groups,
     chunks,
     conv,
+    conv_canonical,
     evaluator,
     forward_formulation,
     parallel_workers,
     plan,
     row_windows,
     run_parts,
+    whole_window,
     workspace,
 )
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
@@ -143,14 +146,19 @@ def _dx_conv(dy_cl: np.ndarray, w: np.ndarray, g: ConvGeometry, groups: int) -> 
     The roles of stride and lhs dilation exchange: ``lhs_dilation = s``, ``stride = L``;
     ``rhs_dilation`` stays ``d``; pads from :func:`input_grad_pads`; same ``groups``.
     """
-    return conv(
-        dy_cl,
-        flip_swap_kernel(w, groups),
+    return conv_canonical(dy_cl, flip_swap_kernel(w, groups), dx_conv_geometry(g), groups)
+
+
+@functools.lru_cache(maxsize=1024)
+def dx_conv_geometry(g: ConvGeometry) -> ConvGeometry:
+    """The geometry of :func:`_dx_conv`'s convolution (cached: a function of ``g`` alone)."""
+    return conv_geometry(
+        g.out_spatial,
+        g.kernel_spatial,
         stride=g.lhs_dilation,
         padding=input_grad_pads(g),
         lhs_dilation=g.stride,
         rhs_dilation=g.rhs_dilation,
-        groups=groups,
     )
 
 
@@ -201,6 +209,10 @@ def _dw_col2im(
     items = chunks(x_cl.shape[0], g.out_spatial[0], batch_step, row_step)
 
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step)
+    if len(items) == 1:  # the small problems: no more bookkeeping
+        dw = np.zeros(w_shape)
+        shared.weight_grad(whole_window(x_cl, g), dy_cl, dw)
+        return dw
     workers = parallel_workers(formulation, len(items), dy_cl.size, taps * (c_in // groups))
 
     def work(part):
@@ -291,7 +303,7 @@ def weight_grad_method(g: ConvGeometry, groups: int, cg: int, cog: int) -> str:
 
 
 def _input_grad(dy_cl, w, g, groups, x_shape, method, formulation=None) -> np.ndarray:
-    if dy_cl.size == 0 or int(np.prod(x_shape)) == 0:
+    if dy_cl.size == 0 or math.prod(x_shape) == 0:
         return np.zeros(x_shape)
     if method == "auto":
         method = input_grad_method(g, groups, w.shape[-2], w.shape[-1] // groups)

@@ -95,6 +95,8 @@ def _placement(n: int, dilation: int, lo: int, n_out: int):
 
 
 def _dilate_pad_plan(spatial, lhs_dilation, pads):
+    """``(sizes, src, dst)``: the padded spatial sizes, and the index tuples (batch, spatial and
+    channel axes) of the input elements that land inside and of where they land."""
     sizes, src, dst = [], [slice(None)], [slice(None)]
     for n, L, (lo, hi) in zip(spatial, lhs_dilation, pads):
         n_dilated = (n - 1) * L + 1 if n > 0 else 0
@@ -103,7 +105,13 @@ def _dilate_pad_plan(spatial, lhs_dilation, pads):
         sizes.append(size)
         src.append(s)
         dst.append(d)
-    return tuple(sizes), tuple(src), tuple(dst)
+    return tuple(sizes), (*src, slice(None)), (*dst, slice(None))
+
+
+@functools.lru_cache(maxsize=1024)
+def padded_plan(g: ConvGeometry) -> tuple:
+    """:func:`_dilate_pad_plan` of a geometry's whole input (cached: every call asks again)."""
+    return _dilate_pad_plan(g.in_spatial, g.lhs_dilation, g.padding)
 
 
 def _output(out: np.ndarray | None, shape: tuple) -> np.ndarray:
@@ -141,25 +149,37 @@ def dilate_pad(x: np.ndarray, lhs_dilation, pads, out: np.ndarray | None = None)
     ndarray, shape ``(N, p_1, ..., p_S, C)`` with ``p_i = max((n_i - 1) L_i + 1 + lo_i + hi_i, 0)``
         ``out[:, i * L + lo] = x[:, i]`` for every ``i`` landing inside, zeros elsewhere.
     """
-    sizes, src, dst = _dilate_pad_plan(x.shape[1:-1], lhs_dilation, pads)
+    return dilate_pad_by(x, _dilate_pad_plan(x.shape[1:-1], lhs_dilation, pads), lhs_dilation, out)
+
+
+def dilate_pad_by(x: np.ndarray, plan: tuple, lhs_dilation, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`dilate_pad` with its plan (:func:`_dilate_pad_plan` of ``x``'s spatial shape, the
+    dilation and the pads, e.g. :func:`padded_plan`) computed by the caller."""
+    sizes, src, dst = plan
     if out is None:
         out = np.zeros((x.shape[0], *sizes, x.shape[-1]))  # fresh zero pages: nothing to clear
     else:
         _zero_outside(_output(out, (x.shape[0], *sizes, x.shape[-1])), dst, lhs_dilation)
-    out[dst + (slice(None),)] = x[src + (slice(None),)]
+    out[dst] = x[src]
     return out
+
+
+#: At most this many elements, a padded array is zeroed whole: one fill costs less than the
+#: 2 per spatial axis of its borders (about a microsecond each).
+ZERO_WHOLE_MAX = 8192
 
 
 def _zero_outside(out: np.ndarray, dst, lhs_dilation) -> None:
     """Zero every element of ``out`` that the copy into ``out[dst]`` will not overwrite.
 
     Without lhs dilation these are the pad borders of each spatial axis (cheaper than zeroing
-    all of ``out``); with it, the holes between input elements too, so all of ``out`` is zeroed.
+    all of ``out``, unless ``out`` is small); with it, the holes between input elements too, so
+    all of ``out`` is zeroed.
     """
-    if any(L != 1 for L in lhs_dilation):
+    if out.size <= ZERO_WHOLE_MAX or any(L != 1 for L in lhs_dilation):
         out[...] = 0.0
         return
-    for axis, d in enumerate(dst[1:], start=1):
+    for axis, d in enumerate(dst[1:-1], start=1):
         lead = (slice(None),) * axis
         out[lead + (slice(0, d.start),)] = 0.0
         out[lead + (slice(d.stop, None),)] = 0.0
@@ -173,7 +193,7 @@ def dilate_pad_adjoint(dp: np.ndarray, spatial, lhs_dilation, pads) -> np.ndarra
     """
     _, src, dst = _dilate_pad_plan(spatial, lhs_dilation, pads)
     out = np.zeros((dp.shape[0], *spatial, dp.shape[-1]), dtype=np.float64)
-    out[src + (slice(None),)] = dp[dst + (slice(None),)]
+    out[src] = dp[dst]
     return out
 
 
@@ -214,8 +234,7 @@ def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dil
     a step in ``o_i`` moves ``stride_i`` padded rows and a step in ``t_i`` moves ``rhs_dilation_i``.
     Shape ``(N, *out_spatial, *kernel_spatial, C)``.
     """
-    sn, *sp, sc = padded.strides
-    strides = (sn, *(st * s for st, s in zip(sp, stride)), *(st * d for st, d in zip(sp, rhs_dilation)), sc)
+    strides = _window_strides(padded.strides, tuple(stride), tuple(rhs_dilation))
     shape = (padded.shape[0], *out_spatial, *kernel_spatial, padded.shape[-1])
     if not padded.flags.c_contiguous:
         return np.lib.stride_tricks.as_strided(padded, shape, strides, writeable=False)
@@ -223,6 +242,13 @@ def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dil
     view = np.ndarray(shape, padded.dtype, buffer=padded, strides=strides)
     view.flags.writeable = False
     return view
+
+
+@functools.lru_cache(maxsize=1024)
+def _window_strides(strides: tuple, stride: tuple, rhs_dilation: tuple) -> tuple:
+    # Cached: computing these few products in Python took as long as building the view.
+    sn, *sp, sc = strides
+    return (sn, *(st * s for st, s in zip(sp, stride)), *(st * d for st, d in zip(sp, rhs_dilation)), sc)
 
 
 def gather_windows_shape(padded_shape, kernel_spatial, out_spatial, groups: int = 1) -> tuple:

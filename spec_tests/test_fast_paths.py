@@ -20,6 +20,7 @@ the benchmarks' business, never asserted.
 from __future__ import annotations
 
 import importlib
+import math
 import tracemalloc
 from contextlib import ExitStack, contextmanager
 from unittest import mock
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 import refws
 import refws.grads
 from .naive import from_channels_last, naive_conv, naive_conv_transpose_weight_grad, naive_conv_vjp, to_channels_last
-from .strategies import conv_problems
+from .strategies import conv_problems, geometry_args
 from .test_conv_transpose import transpose_problems
 from .test_grads import assert_bound, n_terms, vjp_problem
 
@@ -371,3 +372,80 @@ def test_results_never_share_memory_with_the_kept_workspaces(restore_budget, for
             refws.conv_vjp(rng.standard_normal(x_shape), rng.standard_normal(w_shape), y2, **kw, method="col2im")
         for a, b in zip((y, dx, dw), kept):
             np.testing.assert_array_equal(a, b)
+
+
+# --- per-call overhead: memos that must not change a result or skip a check ---------------------
+
+geometry_module = importlib.import_module("refws.geometry")
+
+
+@given(a=geometry_args())
+def test_geometry_memo_returns_what_the_checks_compute(a):
+    """A memo hit (the same arguments again, or in the other sequence form) is the geometry that
+    the unmemoised checks and arithmetic compute, and the test-side definition's."""
+    args = (a.in_spatial, a.kernel_spatial, *a.kwargs.values())
+    first, again = refws.conv_geometry(*args), refws.conv_geometry(*args)
+    assert again is first or geometry_module._plain_key(args) is None
+    assert first == geometry_module._compute_geometry(*args)
+    assert (first.padding, first.out_spatial) == (a.pads, a.out_spatial)
+    relisted = [list(v) if isinstance(v, tuple) else v for v in args]
+    assert refws.conv_geometry(*relisted) == first
+
+
+@pytest.mark.parametrize(
+    "name, value, error",
+    [
+        ("stride", True, TypeError),
+        ("stride", 1.0, TypeError),
+        ("stride", np.float64(1.0), TypeError),
+        ("stride", (1, True), TypeError),
+        ("rhs_dilation", [1.0, 1], TypeError),
+        ("lhs_dilation", (1, 1.0), TypeError),
+        ("padding", ((1, 1), (1, 1.0)), ValueError),
+        ("padding", ((True, 1), (1, 1)), ValueError),
+        ("padding", 1.0, TypeError),
+    ],
+)
+def test_geometry_memo_skips_no_check(name, value, error):
+    """Values equal (and hash-equal) to a memoised argument but of another type are checked every
+    time: refused here after the valid call with plain ints was memoised, by conv_geometry and by
+    conv."""
+    kw = dict(stride=1, padding=((1, 1), (1, 1)), lhs_dilation=1, rhs_dilation=1)
+    x, w = np.ones((1, 5, 5, 1)), np.ones((3, 3, 1, 1))
+    refws.conv_geometry((5, 5), (3, 3), **kw)
+    refws.conv(x, w, **kw)
+    kw[name] = value
+    with pytest.raises(error):
+        refws.conv_geometry((5, 5), (3, 3), **kw)
+    with pytest.raises(error):
+        refws.conv(x, w, **kw)
+
+
+def test_geometry_memo_converts_integer_types_as_before():
+    """numpy integers are accepted as ints (not memoised by value, computed each time), with the
+    same result as plain ints."""
+    plain = refws.conv_geometry((7, 6), (3, 2), 2, [(1, np.int64(0)), (0, 1)], 1, np.int32(2))
+    assert plain == refws.conv_geometry((7, 6), (3, 2), 2, ((1, 0), (0, 1)), 1, 2)
+    assert all(type(v) is int for field in (plain.padding[0], plain.rhs_dilation) for v in field)
+
+
+def test_geometry_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(geometry_module, "_GEOMETRIES_MAX", 8)
+    geometry_module._GEOMETRIES.clear()
+    for n in range(1, 30):
+        assert refws.conv_geometry((n,), (1,), 1, "VALID").out_spatial == (n,)
+        assert len(geometry_module._GEOMETRIES) <= 8
+
+
+@pytest.mark.parametrize("spatial", [(4, 5), (40, 50)])  # below and above ZERO_WHOLE_MAX elements
+@pytest.mark.parametrize("lhs", [1, 2])
+def test_dilate_pad_into_a_used_workspace(spatial, lhs):
+    """dilate_pad into a workspace full of garbage (zeroed whole when small, by its borders when
+    large) equals the fresh zero-padded result, crops included."""
+    x = np.arange(2 * math.prod(spatial) * 3, dtype=float).reshape(2, *spatial, 3) + 1
+    pads = ((2, -1), (0, 3))
+    lhs_dilation = (lhs, 1)
+    fresh = im2col_module.dilate_pad(x, lhs_dilation, pads)
+    out = np.full(fresh.shape, np.nan)
+    assert (out.size <= im2col_module.ZERO_WHOLE_MAX) == (spatial == (4, 5))
+    np.testing.assert_array_equal(im2col_module.dilate_pad(x, lhs_dilation, pads, out=out), fresh)
