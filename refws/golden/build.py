@@ -26,12 +26,39 @@ from .case import Case
 from .catalog import builtin_catalog
 from .catalog_file import BUILTIN_NAME, Catalog, catalog_hash, load_catalog
 from .evaluate import evaluate
-from .store import (GoldenError, NpzParts, StoreWriter, StrPath, case_path, default_root, encode_arrays, entry_bits,
-                    entry_derivatives, manifest_bytes, manifest_entry, npz_parts, read_manifest, read_npz, sha256,
-                    write_case_parts)
+from .store import (
+    GoldenError,
+    NpzParts,
+    StoreWriter,
+    StrPath,
+    case_path,
+    default_root,
+    encode_arrays,
+    entry_bits,
+    entry_derivatives,
+    manifest_bytes,
+    manifest_entry,
+    npz_parts,
+    read_manifest,
+    read_npz,
+    sha256,
+    write_case_parts,
+)
 
-__all__ = ["select", "build_case", "build", "verify", "merge", "VerifyReport", "ulp_distance", "BuildError",
-           "shard_of", "parse_shard", "case_cost", "catalog_record"]
+__all__ = [
+    "select",
+    "build_case",
+    "build",
+    "verify",
+    "merge",
+    "VerifyReport",
+    "ulp_distance",
+    "BuildError",
+    "shard_of",
+    "parse_shard",
+    "case_cost",
+    "catalog_record",
+]
 
 
 # ``None`` (the built-in catalog), a :class:`Catalog` or a catalog file's path.
@@ -59,8 +86,11 @@ def catalog_record(catalog: Catalog) -> dict:
 
 def select(suite: str | None = None, pattern: str | None = None, catalog: CatalogLike = None) -> list[Case]:
     """Catalog cases of one suite and/or whose name matches a shell pattern (``fnmatch``)."""
-    return [c for c in _catalog_of(catalog).cases if (suite is None or c.suite == suite)
-            and (pattern is None or fnmatch.fnmatchcase(c.name, pattern))]
+    return [
+        c
+        for c in _catalog_of(catalog).cases
+        if (suite is None or c.suite == suite) and (pattern is None or fnmatch.fnmatchcase(c.name, pattern))
+    ]
 
 
 def build_case(case: Case, encoding: str = "float64") -> tuple[NpzParts, dict]:
@@ -74,16 +104,17 @@ def build_case(case: Case, encoding: str = "float64") -> tuple[NpzParts, dict]:
 
 # --- sharding -------------------------------------------------------------------------------
 
+
 def case_cost(case: Case) -> float:
     """A rough relative cost of building a case (multiply-adds, weighted), for balancing work."""
     p = case.params
-    pieces = 4 if case.bits > 12 else 1                       # 24-bit operands: 2 x 2 partial products
+    pieces = 4 if case.bits > 12 else 1  # 24-bit operands: 2 x 2 partial products
     calls = 1 + 2 * ("vjp" in case.derivatives) + 2 * ("jvp" in case.derivatives)
     if case.suite in ("conv", "conv_transpose"):
         x, w = p["x_shape"], p["w_shape"]
         work = math.prod(x) * math.prod(w[:-2]) * max(w[-1], w[-2])
     elif case.suite == "ws":
-        work = 200.0 * math.prod(p["w_shape"])                # exact rational arithmetic per weight
+        work = 200.0 * math.prod(p["w_shape"])  # exact rational arithmetic per weight
     else:
         work = 50.0 * math.prod(p["x_shape"]) * 64
     return float(work) * pieces * calls + 1e4
@@ -117,6 +148,7 @@ def parse_shard(text: str) -> tuple:
 
 # --- running cases (in this process or in a pool) -------------------------------------------
 
+
 def _build_into(case, encoding: str, folder: str):
     """Build a case and write its file into ``folder``; returns its manifest entry (a pool task).
 
@@ -126,8 +158,14 @@ def _build_into(case, encoding: str, folder: str):
     return entry
 
 
-_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads64_", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
+_BLAS_SETTERS = (
+    "openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "MKL_Set_Num_Threads",
+    "bli_thread_set_num_threads",
+)
 
 
 def _one_thread_per_worker() -> None:
@@ -136,16 +174,19 @@ def _one_thread_per_worker() -> None:
     the worker (NumPy's BLAS is already loaded there: it is limited through its own setter, found
     among the libraries mapped into the process, as threadpoolctl does); the parent is untouched."""
     import importlib
+
     # the module: ``from .. import conv`` is the function that refws re-exports under its name
     conv_module: Any = importlib.import_module("..conv", __package__)
     conv_module.TAPS_THREADS = 1
     try:
         import threadpoolctl
+
         threadpoolctl.threadpool_limits(1)
         return
     except ImportError:
         pass
     import ctypes
+
     try:
         with open("/proc/self/maps") as fh:
             libs = {line.split()[-1] for line in fh if "blas" in line.lower() or "mkl" in line.lower()}
@@ -166,8 +207,9 @@ def _one_thread_per_worker() -> None:
 @contextlib.contextmanager
 def _pool(jobs: int):
     """A process pool whose workers use one BLAS thread each (jobs processes share the cores)."""
-    executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_one_thread_per_worker)
+    executor = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread_per_worker
+    )
     try:
         yield executor
     finally:
@@ -183,8 +225,10 @@ def _check_jobs(jobs) -> int:
 def _run(task, cases, args: tuple, jobs: int, progress=None):
     """Yield ``(case, task(case, *args))`` for every case, in this process (``jobs == 1``) or in a
     pool of ``jobs`` processes (largest cases first); a failing case raises :class:`BuildError`."""
+
     def failed(case, exc):
         return BuildError(f"case {case.name}: {type(exc).__name__}: {exc}")
+
     n = len(cases)
     if jobs == 1:
         for i, case in enumerate(cases, 1):
@@ -221,13 +265,24 @@ def _upgraded(entry: dict) -> dict:
 
 def _same_definition(entry: dict, case: Case) -> bool:
     """Whether a stored entry was built from this very case (a partial build keeps only those)."""
-    return (entry["suite"], entry["params"], entry["bits"], tuple(entry["derivatives"])) == \
-        (case.suite, case.params, case.bits, tuple(case.derivatives))
+    return (entry["suite"], entry["params"], entry["bits"], tuple(entry["derivatives"])) == (
+        case.suite,
+        case.params,
+        case.bits,
+        tuple(case.derivatives),
+    )
 
 
-def build(out: StrPath | None = None, suite: str | None = None, pattern: str | None = None,
-          progress: Progress | None = None, *, catalog: CatalogLike = None, jobs: int = 1,
-          shard: tuple[int, int] | None = None) -> dict:
+def build(
+    out: StrPath | None = None,
+    suite: str | None = None,
+    pattern: str | None = None,
+    progress: Progress | None = None,
+    *,
+    catalog: CatalogLike = None,
+    jobs: int = 1,
+    shard: tuple[int, int] | None = None,
+) -> dict:
     """Evaluate the selected cases and write them (atomically) into the store at ``out``.
 
     ``catalog``: ``None`` for the built-in catalog, a :class:`Catalog` or a catalog file's path.
@@ -243,12 +298,15 @@ def build(out: StrPath | None = None, suite: str | None = None, pattern: str | N
     chosen = select(suite, pattern, cat)
     if shard is not None:
         if suite is not None or pattern is not None:
-            raise ValueError("a shard is a fixed part of the whole catalog: --shard cannot be combined with "
-                             "--suite or --case")
+            raise ValueError(
+                "a shard is a fixed part of the whole catalog: --shard cannot be combined with --suite or --case"
+            )
         chosen = shard_of(chosen, *shard)
         if not chosen:
-            raise ValueError(f"shard {shard[0]}/{shard[1]} of {cat.source} holds no case "
-                             f"({len(cat.cases)} cases for {shard[1]} shards)")
+            raise ValueError(
+                f"shard {shard[0]}/{shard[1]} of {cat.source} holds no case "
+                f"({len(cat.cases)} cases for {shard[1]} shards)"
+            )
     if not chosen:
         raise ValueError(f"no golden case matches suite={suite!r} pattern={pattern!r}")
     entries, keep = {}, {}
@@ -256,8 +314,11 @@ def build(out: StrPath | None = None, suite: str | None = None, pattern: str | N
         old = read_manifest(root)
         if old.get("catalog", {}).get("encoding", "float64") == cat.encoding:
             by_name = cat.by_name()
-            keep = {n: _upgraded(e) for n, e in old["cases"].items()
-                    if n in by_name and _same_definition(_upgraded(e), by_name[n])}
+            keep = {
+                n: _upgraded(e)
+                for n, e in old["cases"].items()
+                if n in by_name and _same_definition(_upgraded(e), by_name[n])
+            }
     shard_record = None if shard is None else dict(index=shard[0], count=shard[1])
     with StoreWriter(root) as writer:
         for name in keep:
@@ -268,11 +329,20 @@ def build(out: StrPath | None = None, suite: str | None = None, pattern: str | N
             entries[case.name] = entry
         writer.commit(manifest_bytes(entries, __version__, catalog_record(cat), shard_record))
     size = sum(case_path(root, n).stat().st_size for n in entries) + (root / "manifest.json").stat().st_size
-    return dict(built=len(chosen), cases=len(entries), bytes=size, seconds=time.perf_counter() - start,
-                root=str(root), catalog=cat.name, sha256=cat.sha256, notes=list(cat.notes))
+    return dict(
+        built=len(chosen),
+        cases=len(entries),
+        bytes=size,
+        seconds=time.perf_counter() - start,
+        root=str(root),
+        catalog=cat.name,
+        sha256=cat.sha256,
+        notes=list(cat.notes),
+    )
 
 
 # --- merge ----------------------------------------------------------------------------------
+
 
 def merge(out: StrPath, shard_dirs: Iterable[StrPath], progress: Progress | None = None) -> dict:
     """Combine shard stores (``refws golden build --shard I/N``) into one store with one manifest.
@@ -292,8 +362,10 @@ def merge(out: StrPath, shard_dirs: Iterable[StrPath], progress: Progress | None
             raise ValueError(f"{d / 'manifest.json'}: not a shard store (built with --shard I/N)")
         for key in ("catalog", "refws_version", "schema_version"):
             if m.get(key) != first.get(key):
-                raise ValueError(f"{d / 'manifest.json'}: {key} {m.get(key)!r} differs from {dirs[0]}'s "
-                                 f"{first.get(key)!r}: shards of different builds")
+                raise ValueError(
+                    f"{d / 'manifest.json'}: {key} {m.get(key)!r} differs from {dirs[0]}'s "
+                    f"{first.get(key)!r}: shards of different builds"
+                )
     count = first["shard"]["count"]
     seen: dict[int, Path] = {}
     for d, m in zip(dirs, manifests):
@@ -326,6 +398,7 @@ def merge(out: StrPath, shard_dirs: Iterable[StrPath], progress: Progress | None
 
 # --- verify ---------------------------------------------------------------------------------
 
+
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Largest distance in units in the last place between two float64 arrays of one shape."""
     if a.shape != b.shape:
@@ -335,7 +408,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     def ordered(v):
         i = np.ascontiguousarray(v, dtype=np.float64).view(np.int64)
-        return np.where(i < 0, np.int64(-2**63) - i, i).astype(object)   # monotone in the float value
+        return np.where(i < 0, np.int64(-(2**63)) - i, i).astype(object)  # monotone in the float value
 
     both_nan = np.isnan(a) & np.isnan(b)
     d = np.abs(ordered(a) - ordered(b))
@@ -370,8 +443,10 @@ def _compare(name: str, stored: bytes, rebuilt: bytes, where: str) -> list:
         elif a[k].dtype != b[k].dtype:
             problems.append(f"array {k!r}: dtype {a[k].dtype.str} != rebuilt {b[k].dtype.str}")
         elif a[k].tobytes() != b[k].tobytes():
-            problems.append(f"array {k!r}: differs by up to "
-                            f"{ulp_distance(a[k].astype(np.float64), b[k].astype(np.float64)):.0f} ulp")
+            problems.append(
+                f"array {k!r}: differs by up to "
+                f"{ulp_distance(a[k].astype(np.float64), b[k].astype(np.float64)):.0f} ulp"
+            )
     return problems or ["file bytes differ (array contents equal)"]
 
 
@@ -399,15 +474,28 @@ def _stored_catalog(manifest: dict, root: Path):
     """The catalog a store describes itself: its manifest's cases (a user store verified without
     ``--catalog``), and whether they hash to the recorded catalog."""
     record = manifest["catalog"]
-    cases = tuple(Case(n, e["suite"], e["params"], entry_bits(e), entry_derivatives(e))
-                  for n, e in sorted(manifest["cases"].items()))
-    cat = Catalog(cases, f"{root / 'manifest.json'} (catalog {record.get('name')!r})", record.get("name", ""),
-                  "", record.get("encoding", "float64"))
+    cases = tuple(
+        Case(n, e["suite"], e["params"], entry_bits(e), entry_derivatives(e))
+        for n, e in sorted(manifest["cases"].items())
+    )
+    cat = Catalog(
+        cases,
+        f"{root / 'manifest.json'} (catalog {record.get('name')!r})",
+        record.get("name", ""),
+        "",
+        record.get("encoding", "float64"),
+    )
     return cat
 
 
-def verify(root: StrPath | None = None, progress: Progress | None = None, complete: bool = True, *,
-           catalog: CatalogLike = None, jobs: int = 1) -> VerifyReport:
+def verify(
+    root: StrPath | None = None,
+    progress: Progress | None = None,
+    complete: bool = True,
+    *,
+    catalog: CatalogLike = None,
+    jobs: int = 1,
+) -> VerifyReport:
     """Check every checksum, rebuild every case in memory and compare byte for byte.
 
     Against which catalog: ``catalog`` (a path or :class:`Catalog`) if given, whose hash must be
@@ -425,16 +513,20 @@ def verify(root: StrPath | None = None, progress: Progress | None = None, comple
     record, shard = manifest.get("catalog"), manifest.get("shard")
     self_described = catalog is None and record is not None and record.get("name") != BUILTIN_NAME
     if self_described:
-        assert record is not None                  # self_described implies it
+        assert record is not None  # self_described implies it
         cat = _stored_catalog(manifest, root)
         if shard is None and catalog_hash(cat.cases, cat.encoding) != record.get("sha256"):
-            report.mismatches["(catalog)"] = [f"the manifest's cases do not hash to the catalog sha256 it records "
-                                              f"({record.get('sha256')}): cases added, removed or edited by hand"]
+            report.mismatches["(catalog)"] = [
+                f"the manifest's cases do not hash to the catalog sha256 it records "
+                f"({record.get('sha256')}): cases added, removed or edited by hand"
+            ]
     else:
         cat = _catalog_of(catalog)
         if record is not None and record.get("sha256") != cat.sha256:
-            report.mismatches["(catalog)"] = [f"store built from catalog {record.get('name')!r} with sha256 "
-                                              f"{record.get('sha256')}, not {cat.source} (sha256 {cat.sha256})"]
+            report.mismatches["(catalog)"] = [
+                f"store built from catalog {record.get('name')!r} with sha256 "
+                f"{record.get('sha256')}, not {cat.source} (sha256 {cat.sha256})"
+            ]
     report.catalog = f"{cat.name} ({cat.source}, sha256 {cat.sha256[:12]})"
     by_name = cat.by_name()
     expected = shard_of(cat.cases, shard["index"], shard["count"]) if shard and not self_described else cat.cases
@@ -472,7 +564,9 @@ def _verify_task(case, encoding, root, entry):
 
 def _run_verify(cases, args, manifest, jobs):
     with _pool(jobs) as executor:
-        futures = [(case, executor.submit(_verify_task, case, *args, manifest["cases"][case.name]))
-                   for case in sorted(cases, key=lambda c: (-case_cost(c), c.name))]
+        futures = [
+            (case, executor.submit(_verify_task, case, *args, manifest["cases"][case.name]))
+            for case in sorted(cases, key=lambda c: (-case_cost(c), c.name))
+        ]
         for case, fut in futures:
             yield case, fut.result()

@@ -38,6 +38,7 @@ __all__ = ["evaluate", "variant_of", "output_shape"]
 
 # --- shapes and product counts from the geometry (no convolution of full-size operands) -------
 
+
 def _layout(shape_cl, channel_first: bool, unbatched: bool) -> tuple:
     """A batched channels-last shape ``(N, *spatial, C)`` in the case's own layout."""
     n, *spatial, c = shape_cl
@@ -46,21 +47,29 @@ def _layout(shape_cl, channel_first: bool, unbatched: bool) -> tuple:
 
 
 def _zeros(shape):
-    return np.broadcast_to(0.0, tuple(shape))         # a view: validates shapes without allocating
+    return np.broadcast_to(0.0, tuple(shape))  # a view: validates shapes without allocating
 
 
 def _conv_setup(p):
-    x_cl, w, unbatched = check_conv_operands(_zeros(p["x_shape"]), _zeros(p["w_shape"]), p["groups"],
-                                             p["channel_first"])
-    g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], p["stride"], p["padding"], p["lhs_dilation"],
-                      p["rhs_dilation"])
+    x_cl, w, unbatched = check_conv_operands(
+        _zeros(p["x_shape"]), _zeros(p["w_shape"]), p["groups"], p["channel_first"]
+    )
+    g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], p["stride"], p["padding"], p["lhs_dilation"], p["rhs_dilation"])
     return x_cl.shape, w.shape, unbatched, (x_cl.shape[0], *g.out_spatial, w.shape[-1])
 
 
 def _transpose_setup_of(p):
     x_cl, w, unbatched, _, _, y_cl = _transpose_setup(
-        _zeros(p["x_shape"]), _zeros(p["w_shape"]), p["stride"], p["padding"], p["output_padding"],
-        p["dilation"], p["groups"], p["output_size"], p["channel_first"])
+        _zeros(p["x_shape"]),
+        _zeros(p["w_shape"]),
+        p["stride"],
+        p["padding"],
+        p["output_padding"],
+        p["dilation"],
+        p["groups"],
+        p["output_size"],
+        p["channel_first"],
+    )
     return x_cl.shape, w.shape, unbatched, y_cl
 
 
@@ -92,24 +101,38 @@ def _counts(p, transposed: bool) -> dict:
     ones_x = np.ones((1, *x_cl[1:-1], 1))
     ones_w = np.ones((*w_shape[:-2], 1, 1))
     if transposed:
-        kw = dict(stride=p["stride"], padding=p["padding"], output_padding=p["output_padding"],
-                  dilation=p["dilation"], groups=1, channel_first=False,
-                  output_size=None if p["output_size"] is None else list(p["output_size"])[-(len(x_cl) - 2):])
+        kw = dict(
+            stride=p["stride"],
+            padding=p["padding"],
+            output_padding=p["output_padding"],
+            dilation=p["dilation"],
+            groups=1,
+            channel_first=False,
+            output_size=None if p["output_size"] is None else list(p["output_size"])[-(len(x_cl) - 2) :],
+        )
         y1 = conv_transpose(ones_x, ones_w, **kw)
         dx1, dw1 = conv_transpose_vjp(ones_x, ones_w, np.ones_like(y1), **kw)[:2]
         per_y, per_dx = w_shape[-1] // p["groups"], w_shape[-2]
     else:
-        kw = dict(stride=p["stride"], padding=p["padding"], lhs_dilation=p["lhs_dilation"],
-                  rhs_dilation=p["rhs_dilation"], groups=1, channel_first=False)
+        kw = dict(
+            stride=p["stride"],
+            padding=p["padding"],
+            lhs_dilation=p["lhs_dilation"],
+            rhs_dilation=p["rhs_dilation"],
+            groups=1,
+            channel_first=False,
+        )
         y1 = conv_fn(ones_x, ones_w, **kw)
         dx1, dw1 = conv_vjp(ones_x, ones_w, np.ones_like(y1), **kw)
         per_y, per_dx = w_shape[-2], w_shape[-1] // p["groups"]
     y_size, x_size, w_size = (int(np.prod(s)) for s in (y_cl, x_cl, w_shape))
-    return dict(y=_most(y1, y_size, per_y), dx=_most(dx1, x_size * y_size, per_dx),
-                dw=_most(dw1, w_size * y_size, x_cl[0]))
+    return dict(
+        y=_most(y1, y_size, per_y), dx=_most(dx1, x_size * y_size, per_dx), dw=_most(dw1, w_size * y_size, x_cl[0])
+    )
 
 
 # --- bilinear outputs -------------------------------------------------------------------------
+
 
 def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias=None, splits=None) -> None:
     """Store ``out[name] = sum of op(a, b) over pieces (+ bias)``, exactly, with its bound data.
@@ -139,10 +162,9 @@ def _exact_axis_sum(a: np.ndarray, axes) -> tuple:
     e = grid_exponent(a)
     ints = np.ldexp(a, e)
     total, mags = ints.sum(axis=axes), np.abs(ints).sum(axis=axes)
-    if np.max(mags, initial=0.0) < 2.0**53:          # every partial sum an integer below 2**53: exact
+    if np.max(mags, initial=0.0) < 2.0**53:  # every partial sum an integer below 2**53: exact
         return np.ldexp(total, -e), np.ldexp(mags, -e)
-    return (QArray.from_float(a).sum(axis=axes).to_float(),
-            QArray.from_float(np.abs(a)).sum(axis=axes).to_float_up())
+    return (QArray.from_float(a).sum(axis=axes).to_float(), QArray.from_float(np.abs(a)).sum(axis=axes).to_float_up())
 
 
 def _channel_sum(out: dict, terms: dict, name: str, dy: np.ndarray, axis: int) -> None:
@@ -175,30 +197,49 @@ def _conv_vjp_halves(p):
         return from_canonical(dx, cf, unbatched)
 
     def dw_of(x, dy):
-        return _weight_grad(to_canonical(x, cf, unbatched), to_canonical(dy, cf, unbatched), g, groups, w_shape,
-                            "auto")
+        return _weight_grad(to_canonical(x, cf, unbatched), to_canonical(dy, cf, unbatched), g, groups, w_shape, "auto")
+
     return dx_of, dw_of
 
 
 def _transpose_vjp_halves(p):
     """The two halves of :func:`refws.conv_transpose_vjp`, as :func:`_conv_vjp_halves`."""
     kw = _transpose_kwargs(p)
-    x_cl, w, unbatched, groups, g, _ = _transpose_setup(_zeros(p["x_shape"]), _zeros(p["w_shape"]), kw["stride"],
-                                                        kw["padding"], kw["output_padding"], kw["dilation"],
-                                                        kw["groups"], kw["output_size"], kw["channel_first"])
+    x_cl, w, unbatched, groups, g, _ = _transpose_setup(
+        _zeros(p["x_shape"]),
+        _zeros(p["w_shape"]),
+        kw["stride"],
+        kw["padding"],
+        kw["output_padding"],
+        kw["dilation"],
+        kw["groups"],
+        kw["output_size"],
+        kw["channel_first"],
+    )
     cf = p["channel_first"]
 
     def dx_of(dy, w):
-        return from_canonical(conv_fn(to_canonical(dy, cf, unbatched), w, stride=g.stride, padding=g.padding,
-                                      rhs_dilation=g.rhs_dilation, groups=groups), cf, unbatched)
+        return from_canonical(
+            conv_fn(
+                to_canonical(dy, cf, unbatched),
+                w,
+                stride=g.stride,
+                padding=g.padding,
+                rhs_dilation=g.rhs_dilation,
+                groups=groups,
+            ),
+            cf,
+            unbatched,
+        )
 
     def dw_of(x, dy):
-        return _weight_grad(to_canonical(dy, cf, unbatched), to_canonical(x, cf, unbatched), g, groups, w.shape,
-                            "auto")
+        return _weight_grad(to_canonical(dy, cf, unbatched), to_canonical(x, cf, unbatched), g, groups, w.shape, "auto")
+
     return dx_of, dw_of
 
 
 # --- conv -----------------------------------------------------------------------------------
+
 
 def _conv_kwargs(p):
     return {k: p[k] for k in ("stride", "padding", "lhs_dilation", "rhs_dilation", "groups", "channel_first")}
@@ -213,6 +254,7 @@ def _eval_conv(case):
 
     def op(a, b):
         return conv_fn(a, b, **kw)
+
     _bilinear_output(out, terms, "y", [(op, x, w)], k["y"], splits=splits)
     if case.stores("vjp"):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
@@ -224,6 +266,7 @@ def _eval_conv(case):
 
 
 # --- conv_transpose -------------------------------------------------------------------------
+
 
 def _transpose_kwargs(p):
     keys = ("stride", "padding", "output_padding", "dilation", "groups", "output_size", "channel_first")
@@ -237,8 +280,9 @@ def _eval_transpose(case):
     kw = _transpose_kwargs(p)
     x, w = grid.values(n, "x", p["x_shape"]), grid.values(n, "w", p["w_shape"])
 
-    def op(a, c):                                     # bilinear in (x, w)
+    def op(a, c):  # bilinear in (x, w)
         return conv_transpose(a, c, **kw)
+
     y_shape, k = output_shape(case), _counts(p, transposed=True)
     out, terms, splits = dict(x=x, w=w), {}, {}
     c_out = p["w_shape"][-2] * p["groups"]
@@ -248,7 +292,7 @@ def _eval_transpose(case):
     if p["bias"]:
         b = per_channel(grid.values(n, "b", (c_out,)), len(y_shape), axis)
         out["b"] = b.ravel()
-    nonempty = 1 if int(np.prod(y_shape)) else 0           # a bias is one more product, where there are elements
+    nonempty = 1 if int(np.prod(y_shape)) else 0  # a bias is one more product, where there are elements
     _bilinear_output(out, terms, "y", [(op, x, w)], (k["y"] + has_bias) * nonempty, b, splits)
     if case.stores("vjp"):
         dy = out["dy"] = grid.values(n, "dy", y_shape)
@@ -260,25 +304,26 @@ def _eval_transpose(case):
         if p["bias"]:
             tb = per_channel(grid.values(n, "tb", (c_out,)), len(y_shape), axis)
             out["tb"] = tb.ravel()
-        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], (2 * k["y"] + has_bias) * nonempty, tb,
-                         splits)
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], (2 * k["y"] + has_bias) * nonempty, tb, splits)
     return out, terms
 
 
 # --- weight standardization -----------------------------------------------------------------
 
+
 def variant_of(spec, eps=None) -> Variant:
     """The exact-arithmetic description of a :class:`refws.WSSpec` (or preset name)."""
     spec = WS_PRESETS[spec] if isinstance(spec, str) else spec
     gamma = getattr(spec, "fixed_scale", None)
-    return Variant(ddof=spec.ddof, denominator=spec.denominator, fan=spec.fan,
-                   eps=spec.eps if eps is None else eps, gamma=gamma)
+    return Variant(
+        ddof=spec.ddof, denominator=spec.denominator, fan=spec.fan, eps=spec.eps if eps is None else eps, gamma=gamma
+    )
 
 
 def _ws_weights(name, shape, regime, grid):
     if regime == "constant":
         return np.full(tuple(shape), 0.375)
-    if regime == "tiny":                     # var * N far below every preset's eps: the clamp is active
+    if regime == "tiny":  # var * N far below every preset's eps: the clamp is active
         return data_array(name, "w", shape, -4, 4, 20)
     return grid.values(name, "w", shape)
 

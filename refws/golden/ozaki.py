@@ -36,12 +36,13 @@ import numpy as np
 __all__ = ["PIECE_BITS", "split", "ExactSum", "bilinear_sums", "exact_parts", "round_up_sum"]
 
 PIECE_BITS = 12
-_UNIT_LIMIT = 2.0**52          # a partial's magnitude bound, in units, must stay below this
-_INT_LIMIT = 2**62             # int64 headroom for sums of limbs at one shift
+_UNIT_LIMIT = 2.0**52  # a partial's magnitude bound, in units, must stay below this
+_INT_LIMIT = 2**62  # int64 headroom for sums of limbs at one shift
 
 
 def _grid_exponent(a: np.ndarray) -> int:
     from .rational import grid_exponent
+
     return grid_exponent(a)
 
 
@@ -54,17 +55,18 @@ def split(a: np.ndarray, piece_bits: int = PIECE_BITS):
     ``bits <= 12``) is one piece, unchanged.
     """
     from .rational import grid_scaled
+
     ints, e = grid_scaled(a)
     top = max(float(np.max(ints, initial=0.0)), -float(np.min(ints, initial=0.0)))
-    if top <= 2.0**piece_bits:          # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
+    if top <= 2.0**piece_bits:  # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
         return [(ints, 0)], e
     mag = np.abs(ints)
     sign = np.sign(ints)
     pieces, shift, base = [], 0, 2.0**piece_bits
     while np.any(mag):
-        digit = np.mod(mag, base)                      # exact: integers below 2**53
+        digit = np.mod(mag, base)  # exact: integers below 2**53
         pieces.append((sign * digit, shift))
-        mag = (mag - digit) / base                     # exact division by a power of two
+        mag = (mag - digit) / base  # exact division by a power of two
         shift += piece_bits
     return pieces, e
 
@@ -79,8 +81,8 @@ class ExactSum:
 
     def __init__(self, shape=None):
         self.shape = shape
-        self.limbs = {}            # exponent t -> integer array (float64 while exact, else int64): sum of ints * 2**t
-        self.bounds = {}           # exponent t -> a bound of the limb's largest magnitude
+        self.limbs = {}  # exponent t -> integer array (float64 while exact, else int64): sum of ints * 2**t
+        self.bounds = {}  # exponent t -> a bound of the limb's largest magnitude
 
     def add(self, ints, shift: int, e: int, top=None) -> ExactSum:
         """``top``: a known bound of ``max |ints|`` (saves a pass over them), e.g. the largest
@@ -101,7 +103,7 @@ class ExactSum:
         if t in self.limbs:
             self.limbs[t] = self.limbs[t].astype(kind, copy=False) + ints.astype(kind, copy=False)
         else:
-            self.limbs[t] = np.ascontiguousarray(ints, dtype=kind)     # never modified in place
+            self.limbs[t] = np.ascontiguousarray(ints, dtype=kind)  # never modified in place
         self.bounds[t] = bound
         return self
 
@@ -123,7 +125,7 @@ class ExactSum:
             d = t - prev
             if low_bits + d > 52:
                 raise ArithmeticError("ExactSum: shifts span more than 52 bits")
-            low = low + ((acc & np.int64(2**d - 1)) << np.int64(low_bits))   # floor semantics: 0 <= part < 2**d
+            low = low + ((acc & np.int64(2**d - 1)) << np.int64(low_bits))  # floor semantics: 0 <= part < 2**d
             acc = (acc >> np.int64(d)) + limbs[t]
             low_bits += d
         return acc, low, ts[0], low_bits
@@ -131,16 +133,16 @@ class ExactSum:
     def _single(self):
         """The exact sum as one float64 array when it is one limb below ``2**53`` (else None)."""
         if len(self.limbs) == 1:
-            (t, limb), = self.limbs.items()
+            ((t, limb),) = self.limbs.items()
             if self.bounds[t] < 2**53:
                 out = np.ldexp(limb.astype(np.float64, copy=False), t, out=np.empty(np.shape(limb)))
-                return np.add(out, 0.0, out=out)                               # + 0.0: no -0.0
+                return np.add(out, 0.0, out=out)  # + 0.0: no -0.0
         return None
 
     def _pair(self):
         """Two exact float64 arrays ``hi``, ``lo`` with ``hi + lo`` the exact sum."""
         acc, low, t, low_bits = self._two_limbs()
-        k = 53 - low_bits                              # L' = R * 2**low_bits + L < 2**53
+        k = 53 - low_bits  # L' = R * 2**low_bits + L < 2**53
         rem, high = acc & np.int64(2**k - 1), acc >> np.int64(k)
         lo = (rem << np.int64(low_bits)) + low
         if np.max(np.abs(high), initial=0) >= 2**53:
@@ -150,7 +152,7 @@ class ExactSum:
     def nearest(self) -> np.ndarray:
         """The exact sum rounded to nearest (ties to even): one IEEE addition of two exact doubles."""
         single = self._single()
-        if single is not None:                          # exact already: nothing to round
+        if single is not None:  # exact already: nothing to round
             return np.asarray(single, dtype=np.float64)
         hi, lo = self._pair()
         return np.asarray(hi + lo, dtype=np.float64)
@@ -162,13 +164,14 @@ class ExactSum:
             return np.asarray(single, dtype=np.float64)
         hi, lo = self._pair()
         s = hi + lo
-        bb = s - hi                                     # TwoSum (Knuth): err = (hi + lo) - s exactly
+        bb = s - hi  # TwoSum (Knuth): err = (hi + lo) - s exactly
         err = (hi - (s - bb)) + (lo - bb)
         return np.asarray(np.where(err > 0, np.nextafter(s, np.inf), s), dtype=np.float64)
 
     def to_qarray(self):
         """The exact sum as a :class:`refws.golden.rational.QArray` (Python ints)."""
         from .rational import QArray
+
         acc, low, t, low_bits = self._two_limbs()
         num = acc.astype(object)
         if low_bits:
@@ -184,12 +187,13 @@ def _split_cached(a, cache: dict | None):
         return split(a)
     key = id(a)
     if key not in cache:
-        cache[key] = (a, split(a))           # holding ``a`` keeps its id from being reused
+        cache[key] = (a, split(a))  # holding ``a`` keeps its id from being reused
     return cache[key][1]
 
 
-def bilinear_sums(op, a, b, value: ExactSum | None = None, magnitude: ExactSum | None = None,
-                  splits: dict | None = None):
+def bilinear_sums(
+    op, a, b, value: ExactSum | None = None, magnitude: ExactSum | None = None, splits: dict | None = None
+):
     """Add ``op(a, b)`` to ``value`` and ``op(|a|, |b|)`` to ``magnitude``, exactly.
 
     Both operands are split (:func:`split`; ``splits``, a dict, remembers the splits of operands
@@ -203,14 +207,16 @@ def bilinear_sums(op, a, b, value: ExactSum | None = None, magnitude: ExactSum |
     for ia, sa in pa:
         for ib, sb in pb:
             mag = op(np.abs(ia), np.abs(ib))
-            top = float(np.max(mag, initial=0.0))            # mag >= 0, and |op(ia, ib)| <= mag
+            top = float(np.max(mag, initial=0.0))  # mag >= 0, and |op(ia, ib)| <= mag
             if top >= _UNIT_LIMIT:
-                raise ArithmeticError(f"golden operands too wide for an exact float64 evaluation: "
-                                      f"|op| bound {top:.3g} units >= 2**52 for one pair of "
-                                      f"{PIECE_BITS}-bit pieces")
+                raise ArithmeticError(
+                    f"golden operands too wide for an exact float64 evaluation: "
+                    f"|op| bound {top:.3g} units >= 2**52 for one pair of "
+                    f"{PIECE_BITS}-bit pieces"
+                )
             if magnitude is not None:
                 magnitude.add(mag, sa + sb, ea + eb, top)
-            del mag                                          # one output-sized temporary at a time
+            del mag  # one output-sized temporary at a time
             if value is not None:
                 value.add(op(ia, ib), sa + sb, ea + eb, top)
     return value, magnitude

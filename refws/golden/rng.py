@@ -27,8 +27,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["seed_of", "splitmix64", "grid_ints", "grid_array", "data_array", "BITS", "Grid", "GRIDS",
-           "DEFAULT_BITS", "grid_of", "generator_vectors"]
+__all__ = [
+    "seed_of",
+    "splitmix64",
+    "grid_ints",
+    "grid_array",
+    "data_array",
+    "BITS",
+    "Grid",
+    "GRIDS",
+    "DEFAULT_BITS",
+    "grid_of",
+    "generator_vectors",
+]
 
 # Operands: 12-bit integers over 2**11, i.e. values in [-1, 1] with 2**-11 steps (float32-exact).
 BITS = 11
@@ -66,8 +77,9 @@ def grid_array(seed: int, shape: Sequence[int], lo: int, hi: int, exponent: int)
     return np.ldexp(grid_ints(seed, shape, lo, hi).astype(np.float64), -exponent)
 
 
-def data_array(case_name: str, array: str, shape: Sequence[int], lo: int = -(2**BITS), hi: int = 2**BITS,
-               exponent: int = BITS) -> np.ndarray:
+def data_array(
+    case_name: str, array: str, shape: Sequence[int], lo: int = -(2**BITS), hi: int = 2**BITS, exponent: int = BITS
+) -> np.ndarray:
     """The stored input ``array`` of ``case_name``: grid integers from the case's own stream."""
     return grid_array(seed_of(case_name, array), tuple(shape), lo, hi, exponent)
 

@@ -33,10 +33,34 @@ if TYPE_CHECKING:
 # A folder or file name as the functions below take it.
 StrPath = str | os.PathLike[str]
 
-__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMAS", "GoldenError", "GoldenCase", "npy_bytes", "npz_bytes",
-           "read_npz", "default_root", "case_path", "read_manifest", "load", "load_entry", "cases", "write_store",
-           "sha256", "StoreWriter", "write_case_file", "decode_arrays", "encode_arrays", "manifest_entry",
-           "manifest_bytes", "entry_bits", "entry_derivatives", "npz_parts", "NpzParts", "write_case_parts"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "READABLE_SCHEMAS",
+    "GoldenError",
+    "GoldenCase",
+    "npy_bytes",
+    "npz_bytes",
+    "read_npz",
+    "default_root",
+    "case_path",
+    "read_manifest",
+    "load",
+    "load_entry",
+    "cases",
+    "write_store",
+    "sha256",
+    "StoreWriter",
+    "write_case_file",
+    "decode_arrays",
+    "encode_arrays",
+    "manifest_entry",
+    "manifest_bytes",
+    "entry_bits",
+    "entry_derivatives",
+    "npz_parts",
+    "NpzParts",
+    "write_case_parts",
+]
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -73,8 +97,8 @@ def _npy_parts(a: np.ndarray) -> tuple:
     C-order view of the array (no copy when it is already C-contiguous in that dtype)."""
     a = np.asarray(a)
     descr = {np.dtype(np.int16): "<i2", np.dtype(np.int32): "<i4"}.get(a.dtype, "<f8")
-    a = np.asarray(a, dtype=descr, order="C")             # C order: the bytes below (0-d stays 0-d)
-    shape = repr(tuple(int(d) for d in a.shape))          # "()", "(3,)", "(2, 3)"
+    a = np.asarray(a, dtype=descr, order="C")  # C order: the bytes below (0-d stays 0-d)
+    shape = repr(tuple(int(d) for d in a.shape))  # "()", "(3,)", "(2, 3)"
     header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
     total = 10 + len(header) + 1
     header += " " * (-total % 64) + "\n"
@@ -124,7 +148,7 @@ class _Pieces:
     def flush(self) -> None:
         pass
 
-    def close(self) -> None:            # zipfile never closes a file it was given; here for its protocol
+    def close(self) -> None:  # zipfile never closes a file it was given; here for its protocol
         pass
 
 
@@ -153,7 +177,7 @@ def npz_parts(arrays: dict) -> NpzParts:
             info.external_attr = 0o644 << 16
             info.create_system = 3
             head, data = _npy_parts(arrays[name])
-            info.file_size = len(head) + data.nbytes          # as ZipFile.writestr sets it
+            info.file_size = len(head) + data.nbytes  # as ZipFile.writestr sets it
             with zf.open(info, mode="w") as dest:
                 dest.write(head)
                 dest.write(data)
@@ -196,8 +220,9 @@ def read_manifest(root: StrPath | None = None) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GoldenError(f"{path}: not valid JSON ({exc})") from exc
     if manifest.get("schema_version") not in READABLE_SCHEMAS or not isinstance(manifest.get("cases"), dict):
-        raise GoldenError(f"{path}: unsupported schema (expected schema_version 1 or {SCHEMA_VERSION} and a "
-                          "'cases' map)")
+        raise GoldenError(
+            f"{path}: unsupported schema (expected schema_version 1 or {SCHEMA_VERSION} and a 'cases' map)"
+        )
     return manifest
 
 
@@ -208,8 +233,10 @@ def _read_verified(root: Path, name: str, entry: dict) -> bytes:
     except FileNotFoundError:
         raise GoldenError(f"{path}: missing (listed in the manifest)") from None
     if sha256(data) != entry["sha256"]:
-        raise GoldenError(f"{path}: checksum mismatch (file truncated or altered): sha256 {sha256(data)}, "
-                          f"manifest says {entry['sha256']}")
+        raise GoldenError(
+            f"{path}: checksum mismatch (file truncated or altered): sha256 {sha256(data)}, "
+            f"manifest says {entry['sha256']}"
+        )
     return data
 
 
@@ -237,8 +264,9 @@ def load_entry(root: Path, name: str, entry: dict) -> GoldenCase:
     expected = set(entry["arrays"])
     if set(arrays) != expected:
         raise GoldenError(f"{where}: arrays {sorted(arrays)} differ from the manifest's {sorted(expected)}")
-    return GoldenCase(name, entry["suite"], entry["params"], decode_arrays(arrays, entry, str(where)),
-                      dict(entry.get("terms", {})))
+    return GoldenCase(
+        name, entry["suite"], entry["params"], decode_arrays(arrays, entry, str(where)), dict(entry.get("terms", {}))
+    )
 
 
 def decode_arrays(arrays: dict, entry: dict, where: str) -> dict:
@@ -261,6 +289,7 @@ def encode_arrays(arrays: dict, outputs: Container[str], encoding: str) -> tuple
     ``integer * 2**-exponent``); everything else is float64, as in the ``float64`` encoding.
     """
     from .rational import grid_exponent
+
     written: dict[str, np.ndarray] = {}
     meta: dict[str, dict[str, Any]] = {}
     for k, a in sorted(arrays.items()):
@@ -306,11 +335,19 @@ def manifest_entry(case: Case, meta: dict, terms: dict, data: bytes | NpzParts) 
     """A case's manifest entry: ``meta`` per array as :func:`encode_arrays` returns it (or, for
     the float64 encoding, the arrays themselves); ``data``: the case file's bytes or
     :class:`NpzParts`."""
-    arrays = {k: (v if isinstance(v, dict) else dict(shape=list(np.shape(v)), dtype="<f8"))
-              for k, v in sorted(meta.items())}
+    arrays = {
+        k: (v if isinstance(v, dict) else dict(shape=list(np.shape(v)), dtype="<f8")) for k, v in sorted(meta.items())
+    }
     digest = data.sha256 if isinstance(data, NpzParts) else sha256(data)
-    return dict(suite=case.suite, params=case.params, terms=terms, sha256=digest, arrays=arrays,
-                bits=case.bits, derivatives=list(case.derivatives))
+    return dict(
+        suite=case.suite,
+        params=case.params,
+        terms=terms,
+        sha256=digest,
+        arrays=arrays,
+        bits=case.bits,
+        derivatives=list(case.derivatives),
+    )
 
 
 def manifest_bytes(entries: dict, version: str, catalog: dict | None = None, shard: dict | None = None) -> bytes:
@@ -346,7 +383,7 @@ class StoreWriter:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         _recover_interrupted_swap(self.root)
         self.tmp = Path(tempfile.mkdtemp(prefix=self.root.name + ".tmp-", dir=self.root.parent))
-        self.tmp.chmod(0o755)                       # mkdtemp makes it private; the store is not
+        self.tmp.chmod(0o755)  # mkdtemp makes it private; the store is not
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -398,10 +435,10 @@ def write_case_parts(root: StrPath, name: str, parts: NpzParts | bytes | bytearr
     dest = case_path(root, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb", buffering=0) as fh:
-        for part in ([parts] if isinstance(parts, (bytes, bytearray)) else parts):
+        for part in [parts] if isinstance(parts, (bytes, bytearray)) else parts:
             view = memoryview(part).cast("B")
             while view.nbytes:
-                view = view[fh.write(view):]
+                view = view[fh.write(view) :]
         os.fsync(fh.fileno())
 
 
