@@ -29,7 +29,7 @@ from ..grads import _input_grad, _transpose_setup, _weight_grad
 from ..ws import WS_PRESETS
 from .exact_ws import Variant, WSBounds, channel_stats, combine_terms, ws_jvp_terms, ws_terms, ws_vjp_terms
 from .layer_cases import channel_axis, evaluate_layer, per_channel
-from .ozaki import ExactSum, bilinear_sums
+from .ozaki import ExactSum, bilinear_sums, on_grid
 from .rational import QArray, grid_exponent
 from .rng import data_array
 
@@ -238,6 +238,13 @@ def _transpose_vjp_halves(p):
     return dx_of, dw_of
 
 
+def _operand(case, splits: dict, array: str, shape) -> np.ndarray:
+    """The case's grid operand ``array``, recorded in ``splits`` as on its grid: generated as
+    integers times ``2**-exponent``, so its split needs no pass over it (:func:`on_grid`)."""
+    grid = case.grid
+    return on_grid(splits, grid.values(case.name, array, shape), grid.exponent, grid.top)
+
+
 # --- conv -----------------------------------------------------------------------------------
 
 
@@ -246,21 +253,22 @@ def _conv_kwargs(p):
 
 
 def _eval_conv(case):
-    p, n, grid = case.params, case.name, case.grid
+    p = case.params
     kw = _conv_kwargs(p)
-    x, w = grid.values(n, "x", p["x_shape"]), grid.values(n, "w", p["w_shape"])
+    splits: dict = {}
+    x, w = _operand(case, splits, "x", p["x_shape"]), _operand(case, splits, "w", p["w_shape"])
     y_shape, k = output_shape(case), _counts(p, transposed=False)
-    out, terms, splits = dict(x=x, w=w), {}, {}
+    out, terms = dict(x=x, w=w), {}
 
     def op(a, b):
         return conv_fn(a, b, **kw)
 
     _bilinear_output(out, terms, "y", [(op, x, w)], k["y"], splits=splits)
     if case.stores("vjp"):
-        dy = out["dy"] = grid.values(n, "dy", y_shape)
+        dy = out["dy"] = _operand(case, splits, "dy", y_shape)
         _vjp_outputs(out, terms, _conv_vjp_halves(p), x, w, dy, k, splits)
     if case.stores("jvp"):
-        tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
+        tx, tw = out["tx"], out["tw"] = _operand(case, splits, "tx", x.shape), _operand(case, splits, "tw", w.shape)
         _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"], splits=splits)
     return out, terms
 
@@ -278,13 +286,14 @@ def _eval_transpose(case):
     products at most (plus the bias)."""
     p, n, grid = case.params, case.name, case.grid
     kw = _transpose_kwargs(p)
-    x, w = grid.values(n, "x", p["x_shape"]), grid.values(n, "w", p["w_shape"])
+    splits: dict = {}
+    x, w = _operand(case, splits, "x", p["x_shape"]), _operand(case, splits, "w", p["w_shape"])
 
     def op(a, c):  # bilinear in (x, w)
         return conv_transpose(a, c, **kw)
 
     y_shape, k = output_shape(case), _counts(p, transposed=True)
-    out, terms, splits = dict(x=x, w=w), {}, {}
+    out, terms = dict(x=x, w=w), {}
     c_out = p["w_shape"][-2] * p["groups"]
     b = tb = None
     has_bias = 1 if p["bias"] else 0
@@ -295,12 +304,12 @@ def _eval_transpose(case):
     nonempty = 1 if int(np.prod(y_shape)) else 0  # a bias is one more product, where there are elements
     _bilinear_output(out, terms, "y", [(op, x, w)], (k["y"] + has_bias) * nonempty, b, splits)
     if case.stores("vjp"):
-        dy = out["dy"] = grid.values(n, "dy", y_shape)
+        dy = out["dy"] = _operand(case, splits, "dy", y_shape)
         if p["bias"]:
             _channel_sum(out, terms, "db", dy, axis)
         _vjp_outputs(out, terms, _transpose_vjp_halves(p), x, w, dy, k, splits)
     if case.stores("jvp"):
-        tx, tw = out["tx"], out["tw"] = grid.values(n, "tx", x.shape), grid.values(n, "tw", w.shape)
+        tx, tw = out["tx"], out["tw"] = _operand(case, splits, "tx", x.shape), _operand(case, splits, "tw", w.shape)
         if p["bias"]:
             tb = per_channel(grid.values(n, "tb", (c_out,)), len(y_shape), axis)
             out["tb"] = tb.ravel()

@@ -17,9 +17,16 @@ digits in base ``2**12``, so ``|a| = sum |a_i|`` too)::
 
 Each partial ``op(a_i, b_j)`` has 12-bit operands and is computed by refws's float64 code
 **exactly** (its bound ``op(|a_i|, |b_j|)`` is checked for every call, as before). The partials
-are then summed per element without any rounding, in int64 limbs (:class:`ExactSum`), and the
-exact sum is rounded once: to nearest (the stored value) or toward ``+inf`` (``__absbound``,
-from the partials of ``op(|a_i|, |b_j|)``, which are exactly ``op(|a|, |b|)`` in total).
+are then summed per element without any rounding (:class:`ExactSum`: float64 while that is exact,
+else int64 limbs), and the exact sum is rounded once: to nearest (the stored value) or toward
+``+inf`` (``__absbound``, from the partials of ``op(|a_i|, |b_j|)``, which are exactly
+``op(|a|, |b|)`` in total).
+
+An operand whose integers already fit (every grid with ``bits <= 12``) is one piece: the float64
+array itself, not a copy of its integers. Scaling by a power of two rounds nothing in the normal
+range, so ``op(a, b)`` on the floats performs the same exact arithmetic as on the integers, and
+its result is already the exact value: no integer copies, no scaling passes. A :class:`Piece`
+records which scale its array is at (``values * 2**scale``, multiples of ``2**unit``).
 
 The final rounding: the exact sum ``S`` (in units ``2**-E``) is brought to ``S = H * 2**k + L``
 with ``|H| < 2**53`` and ``0 <= L < 2**53``, both exact float64 values after scaling by a power
@@ -31,87 +38,184 @@ elements of every grid against :class:`fractions.Fraction` sums written in the t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["PIECE_BITS", "split", "ExactSum", "bilinear_sums", "exact_parts", "round_up_sum"]
+__all__ = ["PIECE_BITS", "Piece", "split", "on_grid", "ExactSum", "bilinear_sums", "exact_parts", "round_up_sum"]
 
 PIECE_BITS = 12
 _UNIT_LIMIT = 2.0**52  # a partial's magnitude bound, in units, must stay below this
 _INT_LIMIT = 2**62  # int64 headroom for sums of limbs at one shift
+# Units 2**t of a float64 array that holds values (not integers) stay within these exponents, so
+# that every multiple of the unit below 2**53 units is a normal float64 (no underflow, no overflow).
+_LOWEST_UNIT, _HIGHEST_UNIT = -960, 960
 
 
-def _grid_exponent(a: np.ndarray) -> int:
-    from .rational import grid_exponent
+class Piece:
+    """One piece of a split operand: its value is ``values * 2**scale``; the elements of
+    ``values`` are integer multiples of ``2**unit``, at most ``2**PIECE_BITS`` of them.
 
-    return grid_exponent(a)
-
-
-def split(a: np.ndarray, piece_bits: int = PIECE_BITS):
-    """``a`` as ``(pieces, e)``: ``a = sum_i ints_i * 2**(shift_i - e)`` exactly.
-
-    ``ints_i`` are float64 arrays of integers with ``|ints_i| < 2**piece_bits`` and the sign of
-    ``a`` (sign-magnitude digits, so ``|a| = sum_i |ints_i| 2**(shift_i - e)`` as well);
-    ``shift_i = piece_bits * i``. An operand whose integers already fit (every grid with
-    ``bits <= 12``) is one piece, unchanged.
+    Value form (``scale = 0``, ``unit = -e``): the operand's own float64 array. Integer form
+    (``unit = 0``): its integers (or digits of them). ``magnitude()`` is ``|values|``, computed once.
     """
-    from .rational import grid_scaled
 
-    ints, e = grid_scaled(a)
-    top = max(float(np.max(ints, initial=0.0)), -float(np.min(ints, initial=0.0)))
-    if top <= 2.0**piece_bits:  # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
-        return [(ints, 0)], e
+    __slots__ = ("values", "scale", "unit", "_magnitude")
+
+    def __init__(self, values: np.ndarray, scale: int, unit: int) -> None:
+        self.values, self.scale, self.unit = values, int(scale), int(unit)
+        self._magnitude: np.ndarray | None = None
+
+    def magnitude(self) -> np.ndarray:
+        """``|values|`` (kept: the same operand's magnitude serves several outputs of a case)."""
+        magnitude = self._magnitude
+        if magnitude is None:
+            magnitude = self._magnitude = np.abs(self.values)
+        return magnitude
+
+    def integer_form(self) -> Piece:
+        """The same piece with its integers as values (``unit = 0``): safe at any exponent."""
+        if self.unit == 0:
+            return self
+        return Piece(np.ldexp(self.values, -self.unit), self.scale + self.unit, 0)
+
+
+def _split_integers(ints: np.ndarray, e: int, piece_bits: int) -> list:
+    """Integer-form pieces of ``ints * 2**-e``: sign-magnitude digits in base ``2**piece_bits``."""
     mag = np.abs(ints)
     sign = np.sign(ints)
     pieces, shift, base = [], 0, 2.0**piece_bits
     while np.any(mag):
         digit = np.mod(mag, base)  # exact: integers below 2**53
-        pieces.append((sign * digit, shift))
+        pieces.append(Piece(sign * digit, shift - e, 0))
         mag = (mag - digit) / base  # exact division by a power of two
         shift += piece_bits
-    return pieces, e
+    return pieces
+
+
+def _value_form_fits(e: int, top: float) -> bool:
+    """Whether an operand of integers up to ``top`` times ``2**-e`` can be used as it is: units
+    and magnitudes in the normal range (every golden grid)."""
+    return _LOWEST_UNIT <= -e and top * 2.0**-e < 2.0**_HIGHEST_UNIT
+
+
+def _pieces(a: np.ndarray, ints: np.ndarray | None, e: int, top: float, piece_bits: int) -> list:
+    """The pieces of ``a`` (integers up to ``top`` times ``2**-e``; ``ints`` = those integers if
+    already at hand): ``a`` itself when they fit in one piece, else its digits."""
+    if top <= 2.0**piece_bits:  # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
+        if _value_form_fits(e, top):
+            return [Piece(a, 0, -e)]
+        return [Piece(np.ldexp(a, e) if ints is None else ints, -e, 0)]
+    return _split_integers(np.ldexp(a, e) if ints is None else ints, e, piece_bits)
+
+
+def split(a: np.ndarray, piece_bits: int = PIECE_BITS) -> tuple:
+    """``a`` as ``(pieces, e)``: ``a = sum_i pieces_i.values * 2**pieces_i.scale`` exactly.
+
+    ``2**-e`` is ``a``'s grid unit (:func:`refws.golden.rational.grid_exponent`); each piece's
+    integers are below ``2**piece_bits`` in magnitude and have the sign of ``a`` (sign-magnitude
+    digits, so ``|a| = sum_i |pieces_i|`` as well). An operand whose integers already fit (every
+    grid with ``bits <= 12``) is one piece: ``a`` itself.
+    """
+    from .rational import grid_scaled
+
+    ints, e = grid_scaled(a)
+    top = max(float(np.max(ints, initial=0.0)), -float(np.min(ints, initial=0.0)))
+    return _pieces(np.asarray(a, dtype=np.float64), ints, e, top, piece_bits), e
+
+
+def on_grid(cache: dict, a: np.ndarray, exponent: int, top: int) -> np.ndarray:
+    """Record in a :func:`bilinear_sums` ``splits`` cache that ``a`` holds integers in
+    ``[-top, top]`` times ``2**-exponent`` (it was generated so): its split then needs no pass
+    over it. Returns ``a``.
+
+    ``2**-exponent`` need not be the finest unit of ``a``: a coarser true unit only makes the
+    no-rounding check stricter, and the exact sums, hence the stored values, are the same.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    cache[id(a)] = (a, (_pieces(a, None, exponent, float(top), PIECE_BITS), exponent))
+    return a
 
 
 class ExactSum:
-    """An exact sum of integer arrays times powers of two, kept as int64 limbs per shift.
+    """An exact sum of arrays of multiples of powers of two, kept per unit ``2**t`` (a limb).
 
-    ``add(ints, shift, e)`` adds ``ints * 2**(shift - e)`` (``ints``: integer-valued float64 or
-    int64, ``|ints| < 2**53``). The value is exact whatever is added; :meth:`nearest` and
+    ``add(values, scale, t, top)`` adds ``values * 2**scale`` whose elements are integer
+    multiples of ``2**t`` (so ``values`` are multiples of ``2**(t - scale)``). A limb is a float64
+    array while its bound stays below ``2**53`` units (every sum of such multiples is then exact),
+    else int64 integers of units. The value is exact whatever is added; :meth:`nearest` and
     :meth:`upper` round it once. :meth:`to_qarray` gives it as an exact :class:`QArray`.
     """
 
     def __init__(self, shape=None):
         self.shape = shape
-        self.limbs = {}  # exponent t -> integer array (float64 while exact, else int64): sum of ints * 2**t
-        self.bounds = {}  # exponent t -> a bound of the limb's largest magnitude
+        self.limbs = {}  # t -> (array, scale): the limb is array * 2**scale, multiples of 2**t
+        self.bounds = {}  # t -> a bound of the limb's largest magnitude, in units 2**t
+        self.owned = set()  # t of limbs whose array this object may change in place
 
-    def add(self, ints, shift: int, e: int, top=None) -> ExactSum:
-        """``top``: a known bound of ``max |ints|`` (saves a pass over them), e.g. the largest
-        element of the magnitude ``op(|a|, |b|)`` for ``ints = op(a, b)``."""
-        ints = np.asarray(ints)
+    def add(self, values, scale: int, t: int, top=None, owned: bool = False) -> ExactSum:
+        """``top``: a known bound of ``max |values * 2**(scale - t)|`` (saves a pass over them), e.g.
+        the largest element of the magnitude ``op(|a|, |b|)`` for ``values = op(a, b)``.
+        ``owned``: ``values`` is a fresh array nobody else reads (it may be changed in place)."""
+        values = np.asarray(values)
         if self.shape is None:
-            self.shape = ints.shape
-        ints = np.broadcast_to(ints, self.shape)
-        top = int(np.max(np.abs(ints), initial=0) if top is None else top)
+            self.shape = values.shape
+        if values.shape != self.shape:
+            values = np.broadcast_to(values, self.shape)
+        if top is None:
+            top = math.ldexp(float(np.max(np.abs(values), initial=0)), scale - t)
+        top = int(top)
         if top >= 2**53:
             raise ArithmeticError(f"ExactSum.add: integers up to {top} exceed 2**53")
-        t = shift - e
         bound = self.bounds.get(t, 0) + top
         if bound >= _INT_LIMIT:
             raise ArithmeticError("ExactSum: too many terms at one shift for int64 limbs")
-        # a limb stays float64 while its bound is below 2**53 (integer float sums are then exact)
-        kind = np.float64 if bound < 2**53 else np.int64
-        if t in self.limbs:
-            self.limbs[t] = self.limbs[t].astype(kind, copy=False) + ints.astype(kind, copy=False)
-        else:
-            self.limbs[t] = np.ascontiguousarray(ints, dtype=kind)  # never modified in place
         self.bounds[t] = bound
+        if t not in self.limbs:
+            self._start(t, values, scale, owned)
+        elif bound < 2**53:
+            self._add_float(t, values, scale)
+        else:  # beyond 2**53 units: int64 integers
+            self._add_int(t, values, scale)
         return self
 
+    def _start(self, t: int, values: np.ndarray, scale: int, owned: bool) -> None:
+        """A new limb: ``values`` themselves when they are float64 and contiguous (no copy)."""
+        if self.bounds[t] >= 2**53 or values.dtype != np.float64:
+            kind = np.float64 if self.bounds[t] < 2**53 else np.int64
+            limb, scale, owned = _units(values, scale, t).astype(kind), t, True
+        else:
+            limb = np.ascontiguousarray(values)
+            owned = (owned or limb is not values) and limb.flags.writeable
+        self.limbs[t] = (limb, scale)
+        if owned:
+            self.owned.add(t)
+
+    def _add_float(self, t: int, values, scale: int) -> None:
+        limb, limb_scale = self.limbs[t]
+        if scale != limb_scale:
+            values = np.ldexp(values, scale - limb_scale)  # exact: both are normal multiples
+        if t in self.owned:
+            limb += values
+        else:
+            self.limbs[t] = (limb + values, limb_scale)
+            self.owned.add(t)
+
+    def _add_int(self, t: int, values, scale: int) -> None:
+        limb, limb_scale = self.limbs[t]
+        self.limbs[t] = (_units(limb, limb_scale, t).astype(np.int64) + _units(values, scale, t).astype(np.int64), t)
+        self.owned.add(t)
+
     def add_float(self, a) -> ExactSum:
-        """Add a float64 array exactly (every finite float64 is dyadic)."""
-        a = np.asarray(a, dtype=np.float64)
-        e = _grid_exponent(a)
-        return self.add(np.ldexp(a, e), 0, e)
+        """Add a float64 array exactly (every finite float64 is dyadic): its integers at its unit."""
+        from .rational import grid_scaled
+
+        ints, e = grid_scaled(a)
+        return self.add(ints, -e, -e, owned=True)
+
+    def _int_limbs(self) -> dict:
+        """Every limb as int64 integers of its unit."""
+        return {t: _units(a, s, t).astype(np.int64) for t, (a, s) in self.limbs.items()}
 
     def _two_limbs(self):
         """``(H, L, t_lo, low_bits)`` with the sum ``= (H * 2**low_bits + L) * 2**t_lo``, ``0 <= L < 2**low_bits``."""
@@ -119,7 +223,7 @@ class ExactSum:
             z = np.zeros(self.shape if self.shape is not None else (), dtype=np.int64)
             return z, z, 0, 0
         ts = sorted(self.limbs)
-        limbs = {t: a.astype(np.int64) for t, a in self.limbs.items()}
+        limbs = self._int_limbs()
         acc, low, low_bits = limbs[ts[0]], np.zeros(self.shape, dtype=np.int64), 0
         for prev, t in zip(ts, ts[1:]):
             d = t - prev
@@ -131,13 +235,20 @@ class ExactSum:
         return acc, low, ts[0], low_bits
 
     def _single(self):
-        """The exact sum as one float64 array when it is one limb below ``2**53`` (else None)."""
-        if len(self.limbs) == 1:
-            ((t, limb),) = self.limbs.items()
-            if self.bounds[t] < 2**53:
-                out = np.ldexp(limb.astype(np.float64, copy=False), t, out=np.empty(np.shape(limb)))
-                return np.add(out, 0.0, out=out)  # + 0.0: no -0.0
-        return None
+        """The exact sum as one float64 array when it is one limb below ``2**53`` (else None).
+
+        An owned limb in value form is handed out itself (no copy) and no longer owned."""
+        if len(self.limbs) != 1:
+            return None
+        ((t, (limb, scale)),) = self.limbs.items()
+        if self.bounds[t] >= 2**53:
+            return None
+        if scale == 0 and t in self.owned:
+            self.owned.discard(t)
+            out = limb
+        else:
+            out = np.ldexp(limb, scale) if scale else np.array(limb, dtype=np.float64)
+        return np.add(out, 0.0, out=out)  # + 0.0: no -0.0
 
     def _pair(self):
         """Two exact float64 arrays ``hi``, ``lo`` with ``hi + lo`` the exact sum."""
@@ -181,6 +292,11 @@ class ExactSum:
         return QArray(num, 1 << -t)
 
 
+def _units(values, scale: int, t: int) -> np.ndarray:
+    """``values * 2**scale`` in units ``2**t`` (integers; exact)."""
+    return values if scale == t else np.ldexp(values, scale - t)
+
+
 def _split_cached(a, cache: dict | None):
     """:func:`split`, remembered in ``cache`` by the array's identity (the caller keeps ``a`` alive)."""
     if cache is None:
@@ -191,34 +307,55 @@ def _split_cached(a, cache: dict | None):
     return cache[key][1]
 
 
+def _pair_forms(pa: Piece, pb: Piece) -> tuple:
+    """Both pieces, in integer form if the units of their products would leave the normal range."""
+    if _LOWEST_UNIT <= pa.unit + pb.unit and pa.unit + pb.unit + 53 <= _HIGHEST_UNIT:
+        return pa, pb
+    return pa.integer_form(), pb.integer_form()
+
+
+def _checked_top(mag: np.ndarray, unit: int) -> float:
+    """``max(mag)`` in units ``2**unit``, checked below ``2**52`` (the no-rounding bound)."""
+    top = math.ldexp(float(np.max(mag, initial=0.0)), -unit)  # mag >= 0, and |op(a, b)| <= mag
+    if top >= _UNIT_LIMIT:
+        raise ArithmeticError(
+            f"golden operands too wide for an exact float64 evaluation: "
+            f"|op| bound {top:.3g} units >= 2**52 for one pair of "
+            f"{PIECE_BITS}-bit pieces"
+        )
+    return top
+
+
+def _fresh(result: np.ndarray, *operands: np.ndarray) -> bool:
+    """Whether ``op``'s result is memory of its own (it may then be changed in place)."""
+    return not any(np.may_share_memory(result, o) for o in operands)
+
+
 def bilinear_sums(
     op, a, b, value: ExactSum | None = None, magnitude: ExactSum | None = None, splits: dict | None = None
 ):
     """Add ``op(a, b)`` to ``value`` and ``op(|a|, |b|)`` to ``magnitude``, exactly.
 
     Both operands are split (:func:`split`; ``splits``, a dict, remembers the splits of operands
-    used again); every partial ``op(a_i, b_j)`` is computed in float64 after checking that its
-    bound ``op(|a_i|, |b_j|)`` (the partial of the magnitude) is below ``2**52`` units, so neither
-    is ever rounded. ArithmeticError otherwise (operands too wide even for 12-bit pieces: more than
-    ``2**28`` products per element).
+    used again, and :func:`on_grid` seeds it); every partial ``op(a_i, b_j)`` is computed in
+    float64 after checking that its bound ``op(|a_i|, |b_j|)`` (the partial of the magnitude) is
+    below ``2**52`` units, so neither is ever rounded. ArithmeticError otherwise (operands too
+    wide even for 12-bit pieces: more than ``2**28`` products per element).
     """
-    pa, ea = _split_cached(a, splits)
-    pb, eb = _split_cached(b, splits)
-    for ia, sa in pa:
-        for ib, sb in pb:
-            mag = op(np.abs(ia), np.abs(ib))
-            top = float(np.max(mag, initial=0.0))  # mag >= 0, and |op(ia, ib)| <= mag
-            if top >= _UNIT_LIMIT:
-                raise ArithmeticError(
-                    f"golden operands too wide for an exact float64 evaluation: "
-                    f"|op| bound {top:.3g} units >= 2**52 for one pair of "
-                    f"{PIECE_BITS}-bit pieces"
-                )
+    pa_all, _ = _split_cached(a, splits)
+    pb_all, _ = _split_cached(b, splits)
+    for pa0 in pa_all:
+        for pb0 in pb_all:
+            pa, pb = _pair_forms(pa0, pb0)
+            unit, scale = pa.unit + pb.unit, pa.scale + pb.scale
+            mag = op(pa.magnitude(), pb.magnitude())
+            top = _checked_top(mag, unit)
             if magnitude is not None:
-                magnitude.add(mag, sa + sb, ea + eb, top)
+                magnitude.add(mag, scale, scale + unit, top, _fresh(mag, pa.magnitude(), pb.magnitude()))
             del mag  # one output-sized temporary at a time
             if value is not None:
-                value.add(op(ia, ib), sa + sb, ea + eb, top)
+                result = op(pa.values, pb.values)
+                value.add(result, scale, scale + unit, top, _fresh(result, pa.values, pb.values))
     return value, magnitude
 
 
@@ -228,14 +365,16 @@ def exact_parts(op, a, b) -> list:
     For maps linear in ``op(a, b)`` (a weight-standardization VJP) that need the exact value
     rather than a rounded one: apply the map to each part and add the exact results.
     """
-    pa, ea = split(a)
-    pb, eb = split(b)
+    pa_all, _ = split(a)
+    pb_all, _ = split(b)
     parts = []
-    for ia, sa in pa:
-        for ib, sb in pb:
-            if float(np.max(op(np.abs(ia), np.abs(ib)), initial=0.0)) >= _UNIT_LIMIT:
-                raise ArithmeticError("golden operands too wide for an exact float64 evaluation")
-            parts.append(np.ldexp(op(ia, ib), sa + sb - ea - eb))
+    for pa0 in pa_all:
+        for pb0 in pb_all:
+            pa, pb = _pair_forms(pa0, pb0)
+            _checked_top(op(pa.magnitude(), pb.magnitude()), pa.unit + pb.unit)
+            part = op(pa.values, pb.values)
+            scale = pa.scale + pb.scale
+            parts.append(np.ldexp(part, scale) if scale else part)
     return parts
 
 
