@@ -909,6 +909,34 @@ def test_screening_at_a_few_elements_agrees_with_the_full_evaluation():
 # --------------------------------------------------------------------------------------------
 # the fast paths give the full evaluation's answers
 # --------------------------------------------------------------------------------------------
+def test_the_gather_evaluation_is_refws_conv_and_conv_vjp():
+    """A small problem is evaluated in one gather (its columns, one product, a bincount for dx):
+    the same values as refws.conv and refws.conv_vjp with the problem's arguments, and the same
+    magnitudes, for every variant, pair and array of every convolution-like case."""
+    checked = 0
+    for suite in ("conv", "conv_transpose"):
+        for case in golden.cases(suite=suite):
+            for names, P in _problems(case):
+                for absolute in (False, True):
+                    for pairs in ((("x", "w"),), (("tx", "w"), ("x", "tw"))):
+                        if all(a in case.arrays and b in case.arrays for a, b in pairs):
+                            gathered = diagnosis._forward_gathered(P, case, pairs, absolute)
+                            by_conv = diagnosis._forward_by_conv(P, case, pairs, absolute)
+                            np.testing.assert_allclose(gathered, by_conv, rtol=1e-13, atol=0, err_msg=case.name)
+                            checked += 1
+                    if "dy" not in case.arrays:
+                        continue
+                    gathered = diagnosis._backward_gathered(P, case, absolute)
+                    by_conv = diagnosis._backward_by_conv(P, case, absolute)
+                    assert (gathered is None) == (by_conv is None), (case.name, names)
+                    for a, b in zip(gathered or (), by_conv or ()):
+                        assert (a is None) == (b is None), (case.name, names)
+                        if a is not None:
+                            np.testing.assert_allclose(a, b, rtol=1e-13, atol=0, err_msg=str((case.name, names)))
+                            checked += 1
+    assert checked > 5000
+
+
 def _problems(case):
     """Every single-variant and pair problem of a convolution-like case (None where a slip cannot
     apply), named."""
@@ -929,11 +957,16 @@ def test_shapes_and_geometry_from_the_arguments_alone_are_the_evaluated_ones():
     for suite in ("conv", "conv_transpose"):
         for case in golden.cases(suite=suite):
             for names, P in _problems(case):
-                g, xi, wi, _, y_shape = diagnosis._info(P, case)
+                g, xi, wi, _, y_shape, columns = diagnosis._info(P, case)
                 spatial = tuple(xi[i] for i in _spatial_axes(np.zeros(xi), np.zeros(wi), P.channel_first))
                 assert g == refws.conv_geometry(
                     spatial, wi[:-2], P.stride, P.padding, P.lhs_dilation, P.rhs_dilation
                 ), (case.name, names)
+                # the mapped shapes from the maps' arithmetic are those of the mapped arrays
+                assert xi == diagnosis._apply(P.x_maps, case["x"]).shape, (case.name, names)
+                assert wi == diagnosis._apply(P.w_maps, case["w"]).shape, (case.name, names)
+                n = xi[0] if P.batched else 1
+                assert columns == n * math.prod(g.out_spatial) * math.prod(g.kernel_spatial) * wi[-2] * P.groups
                 v = diagnosis.variant_value(P, case, "y")
                 assert y_shape == v.shape == diagnosis._out_shape(P, case, "y"), (case.name, names)
                 for array in ("dx", "dw"):  # None: dy does not fit (or, dx of
@@ -945,10 +978,13 @@ def test_shapes_and_geometry_from_the_arguments_alone_are_the_evaluated_ones():
 
 
 def _full_diagnosis(monkeypatch, backend, case):
-    """The records of ``run_case`` with the screen and the magnitudes floor turned off: every
-    variant of the backend's shape evaluated in full, its magnitudes computed when not bit-equal."""
+    """The records of ``run_case`` with every shortcut turned off: every variant of the backend's
+    shape evaluated in full by refws.conv (no gather), compared on the whole array (no screen, no
+    look at the probe's points first), its magnitudes computed when not bit-equal (no floor)."""
     with monkeypatch.context() as m:
         m.setattr(diagnosis, "_screen", lambda *args: None)
+        m.setattr(diagnosis, "_differs_at_points", lambda *args: False)
+        m.setattr(diagnosis, "_gathers", lambda *args: False)
         m.setattr(diagnosis, "_magnitudes_floor", lambda v, g64: np.full(v.shape, -np.inf))
         diagnosis.clear_caches()
         return run_case(backend, case)

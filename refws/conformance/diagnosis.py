@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass, field, fields, replace
 from collections.abc import Callable
 
@@ -152,9 +153,33 @@ def _adjoint(maps: tuple, shape: tuple, g: np.ndarray) -> np.ndarray | None:
 
 
 def _mapped_shape(maps: tuple, shape: tuple) -> tuple:
-    if all(m[0] in ("flip", "chan_perm") for m in maps):  # these keep the shape
-        return tuple(shape)
-    return _index(maps, shape).shape
+    """The shape of ``_apply(maps, a)`` for ``a`` of ``shape``, from the shapes alone."""
+    shape = tuple(shape)
+    for m in maps:
+        shape = _map_shape(m, shape)
+    return shape
+
+
+def _map_shape(m: tuple, s: tuple) -> tuple:
+    """The shape after one index map (see :func:`_apply_map`)."""
+    kind = m[0]
+    if kind in ("flip", "chan_perm"):
+        return s
+    if kind == "swapaxes":
+        out = list(s)
+        out[m[1]], out[m[2]] = s[m[2]], s[m[1]]
+        return tuple(out)
+    if kind == "relayout":
+        lead = 1 if m[2] else 0
+        return s[:lead] + (s[lead + 1 :] + s[lead : lead + 1] if m[1] else s[-1:] + s[lead:-1])
+    if kind == "pad_high":
+        out = list(s)
+        for axis, amount in zip(m[1], m[2]):
+            out[axis] += amount
+        return tuple(out)
+    if kind in ("swap_io", "reshape_io"):  # (*k, A, G*B) -> (*k, B, G*A)
+        return s[:-2] + (s[-1] // m[1], m[1] * s[-2])
+    raise ValueError(f"unknown index map {m!r}")
 
 
 # --- layouts -------------------------------------------------------------------------------------
@@ -223,23 +248,25 @@ class ConvProblem:
         # a problem keys every cache of the diagnosis: its hash is computed once
         h = self.__dict__.get("_hash")
         if h is None:
-            h = hash(tuple(getattr(self, name) for name in _PROBLEM_FIELDS))
+            h = hash(_problem_fields(self))
             object.__setattr__(self, "_hash", h)
         return h
 
 
 _PROBLEM_FIELDS = tuple(f.name for f in fields(ConvProblem))
+_PROBLEM_FIELD_SET = frozenset(_PROBLEM_FIELDS)
+_problem_fields = operator.attrgetter(*_PROBLEM_FIELDS)  # the fields' tuple, in one C call
 
 
 def _evolve(P: ConvProblem, **changes) -> ConvProblem:
     """``dataclasses.replace(P, **changes)`` without re-running ``__init__`` (a quarter of the cost;
     a slip makes one problem, and a diagnosis makes up to forty)."""
-    unknown = set(changes).difference(_PROBLEM_FIELDS)
-    if unknown:
-        raise TypeError(f"ConvProblem has no field {sorted(unknown)[0]!r}")
+    if not _PROBLEM_FIELD_SET.issuperset(changes):
+        raise TypeError(f"ConvProblem has no field {sorted(set(changes) - _PROBLEM_FIELD_SET)[0]!r}")
     Q = object.__new__(ConvProblem)
     Q.__dict__.update(P.__dict__, **changes)
     Q.__dict__.pop("_hash", None)
+    Q.__dict__.pop("_info", None)
     return Q
 
 
@@ -381,34 +408,36 @@ def _inner_conv(P: ConvProblem, x, w):
 
 def _forward(P: ConvProblem, case, names: tuple, bias_name: str, absolute: bool) -> np.ndarray:
     """``Y(sum of conv(X a, W b) over the operand pairs)`` plus the scaled bias (``y`` and ``ty``)."""
-    if absolute:
-        terms = [
-            _inner_conv(
-                P, _apply(P.x_maps, _operand(case, a_name, True)), _apply(P.w_maps, _operand(case, b_name, True))
-            )
-            for a_name, b_name in names
-        ]
-    else:  # the mapped operands the screens use, cached
-        g, canonical = _info(P, case)[0], (P.channel_first, P.batched)
-        terms = [
-            from_canonical(
-                conv_canonical(
-                    _mapped_operand(case, a_name, P.x_maps, canonical),
-                    _mapped_operand(case, b_name, P.w_maps),
-                    g,
-                    P.groups,
-                ),
-                P.channel_first,
-                not P.batched,
-            )
-            for a_name, b_name in names
-        ]
-    out = _apply(P.y_maps, sum(terms[1:], terms[0]))
+    if _gathers(P, case):
+        inner = _forward_gathered(P, case, names, absolute)
+    else:
+        inner = _forward_by_conv(P, case, names, absolute)
+    out = _apply(P.y_maps, inner)
     if P.bias_scale and bias_name in case.arrays:
         layout_cf = case.params["channel_first"]
         b = abs(P.bias_scale) * np.abs(case[bias_name]) if absolute else P.bias_scale * case[bias_name]
         out = out + _bias_view(b, out.ndim, _channel_axis(out.ndim, layout_cf, P.batched))
     return out
+
+
+def _forward_by_conv(P: ConvProblem, case, names: tuple, absolute: bool) -> np.ndarray:
+    """The inner convolutions of :func:`_forward` by ``refws.conv`` (the problems too large for one
+    gather: refws chunks them to its workspace budget)."""
+    g, canonical = _info(P, case)[0], (P.channel_first, P.batched)
+    terms = [
+        from_canonical(
+            conv_canonical(
+                _mapped_operand(case, a_name, P.x_maps, canonical, absolute),
+                _mapped_operand(case, b_name, P.w_maps, None, absolute),
+                g,
+                P.groups,
+            ),
+            P.channel_first,
+            not P.batched,
+        )
+        for a_name, b_name in names
+    ]
+    return sum(terms[1:], terms[0])
 
 
 def _dx_unstuffed(P: ConvProblem, g, dyi: np.ndarray, wi: np.ndarray) -> np.ndarray:
@@ -436,6 +465,11 @@ def _dx_unstuffed(P: ConvProblem, g, dyi: np.ndarray, wi: np.ndarray) -> np.ndar
 def _backward(P: ConvProblem, case, absolute: bool):
     """``(dx, dw)`` of the problem at the stored ``dy`` (None when ``dy`` does not fit its output);
     ``dw_flip`` is applied by :func:`variant_value`."""
+    return (_backward_gathered if _gathers(P, case) else _backward_by_conv)(P, case, absolute)
+
+
+def _backward_by_conv(P: ConvProblem, case, absolute: bool):
+    """:func:`_backward` by ``refws.conv_vjp`` (the problems too large for one gather)."""
     x, w = _operand(case, "x", absolute), _operand(case, "w", absolute)
     g, xi_shape, wi_shape = P.geometry(x.shape, w.shape)
     xi, wi = _apply(P.x_maps, x), _apply(P.w_maps, w)
@@ -690,53 +724,197 @@ def _cached(case, key, compute):
     return values[key]
 
 
-def _mapped_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
-    """A stored input through index maps (and to canonical layout when ``canonical`` is
-    ``(channel_first, batched)``), cached: many variants share their maps."""
+def _mapped_operand(case, name: str, maps: tuple, canonical=None, absolute: bool = False) -> np.ndarray:
+    """A stored input (or its absolute value) through index maps, and to canonical layout when
+    ``canonical`` is ``(channel_first, batched)``; cached: many variants share their maps."""
     return _cached(
         case,
-        ("operand", name, maps, canonical),
+        ("operand", name, maps, canonical, absolute),
         lambda: (
-            _apply(maps, case[name])
+            _apply(maps, _operand(case, name, absolute))
             if canonical is None
-            else to_canonical(_mapped_operand(case, name, maps), canonical[0], not canonical[1])
+            else to_canonical(_mapped_operand(case, name, maps, None, absolute), canonical[0], not canonical[1])
         ),
     )
 
 
-def _flat_operand(case, name: str, maps: tuple, canonical=None) -> np.ndarray:
+def _flat_operand(case, name: str, maps: tuple, canonical=None, absolute: bool = False) -> np.ndarray:
     """:func:`_mapped_operand` with its spatial axes flattened: an input ``(N, S, C)``, a kernel
     ``(T, C/G, C_out)``."""
 
     def compute():
-        a = _mapped_operand(case, name, maps, canonical)
-        return a.reshape(a.shape[0], -1, a.shape[-1]) if canonical is not None else a.reshape(-1, *a.shape[-2:])
+        a = _mapped_operand(case, name, maps, canonical, absolute)
+        if canonical is not None:
+            return a.reshape(a.shape[0], math.prod(a.shape[1:-1]), a.shape[-1])
+        return a.reshape(math.prod(a.shape[:-2]), *a.shape[-2:])
 
-    return _cached(case, ("flat", name, maps, canonical), compute)
+    return _cached(case, ("flat", name, maps, canonical, absolute), compute)
 
 
 def _info(P: ConvProblem, case) -> tuple:
-    """``(geometry, x_inner_shape, w_inner_shape, inner_y_shape, y_shape)`` of a problem on a case,
-    from the shapes alone (once per case: every array's diagnosis asks for them)."""
-    values = _values(case)
-    info = values.get(("info", P))
-    if info is None:
-        xi, wi = case["x"].shape, case["w"].shape
-        if P.x_maps:
-            xi = _mapped_shape(P.x_maps, xi)
-        if P.w_maps:
-            wi = _mapped_shape(P.w_maps, wi)
-        g = _inner_geometry(P, xi, wi)
-        inner = _inner_out_shape(P, g, xi, wi)
-        info = values["info", P] = (g, xi, wi, inner, _mapped_shape(P.y_maps, inner) if P.y_maps else inner)
+    """``(geometry, x_inner_shape, w_inner_shape, inner_y_shape, y_shape, columns)`` of a problem on
+    a case, from the shapes alone (``columns``: the elements of its im2col columns, ``N O T C``).
+
+    Kept on the problem itself, for the case last asked about: every step of a diagnosis asks for
+    it, and a problem lives only as long as its case's cache."""
+    memo = P.__dict__.get("_info")
+    if memo is not None and memo[0] is case:
+        return memo[1]
+    xi, wi = case["x"].shape, case["w"].shape
+    if P.x_maps:
+        xi = _mapped_shape(P.x_maps, xi)
+    if P.w_maps:
+        wi = _mapped_shape(P.w_maps, wi)
+    g = _inner_geometry(P, xi, wi)
+    inner = _inner_out_shape(P, g, xi, wi)
+    n = xi[0] if P.batched else 1
+    c_in = xi[_channel_axis(len(xi), P.channel_first, P.batched)]
+    columns = n * math.prod(g.out_spatial) * math.prod(g.kernel_spatial) * c_in
+    info = (g, xi, wi, inner, _mapped_shape(P.y_maps, inner) if P.y_maps else inner, columns)
+    P.__dict__["_info"] = (case, info)
     return info
+
+
+def _flat_dy(P: ConvProblem, case, absolute: bool = False):
+    """The stored ``dy`` (or ``|dy|``) through the adjoint of the problem's output maps, canonical
+    and flattened to ``(N, O, C_out)`` (None when it does not fit the problem's output)."""
+    inner = _info(P, case)[3]
+
+    def compute():
+        dyi = _adjoint(P.y_maps, inner, _operand(case, "dy", absolute))
+        if dyi is None:
+            return None
+        c = to_canonical(dyi, P.channel_first, not P.batched)
+        return c.reshape(c.shape[0], math.prod(c.shape[1:-1]), c.shape[-1])
+
+    return _cached(case, ("dy", P.y_maps, inner, P.channel_first, absolute), compute)
+
+
+# --- evaluating a small problem in one gather ------------------------------------------------------
+#
+# A test case is small: refws.conv's fixed cost (its plan, workspaces, formulations) is most of
+# its time there. The reads table of a geometry (:class:`_Reads`, the screens' own) gives the
+# im2col columns in one fancy index, and then the convolution and both of its derivatives are one
+# matrix product each (and one bincount for dx's scatter). Every element is still a float64 sum of
+# the same products (in another order: within the gamma_K bound every verdict allows for).
+
+#: The most column elements (``N * O * T * C``) evaluated in one gather: 16 MiB of float64; larger
+#: problems go through refws.conv and refws.conv_vjp, chunked to refws's workspace budget.
+GATHER_MAX = 2**21
+
+#: Above this many column elements a variant is screened before its full evaluation (below it, one
+#: gather costs less than the screen's few elements summed one by one).
+SCREEN_MIN = 4096
+
+
+def _gathers(P: ConvProblem, case) -> bool:
+    """Whether the problem is small enough for one gather (the columns within :data:`GATHER_MAX`)."""
+    return _info(P, case)[5] <= GATHER_MAX
+
+
+def _padded_operand(case, name: str, maps: tuple, canonical: tuple, absolute: bool) -> np.ndarray:
+    """:func:`_flat_operand` ``(N, S, C)`` with a zero row in front, ``(N, 1 + S, C)``: the reads
+    table's 0 (padding, dilation holes) then reads a zero."""
+
+    def compute():
+        xf = _flat_operand(case, name, maps, canonical, absolute)
+        out = np.zeros((xf.shape[0], 1 + xf.shape[1], xf.shape[2]))
+        out[:, 1:] = xf
+        return out
+
+    return _cached(case, ("padded", name, maps, canonical, absolute), compute)
+
+
+def _conv_columns(cols: np.ndarray, wf: np.ndarray, groups: int) -> np.ndarray:
+    """The convolution from its columns: ``cols`` ``(N, O, T, C)``, ``wf`` ``(T, C/G, C_out)`` ->
+    ``(N, O, C_out)``."""
+    n, o, t, c = cols.shape
+    c_out = wf.shape[-1]
+    if groups == 1:
+        return (cols.reshape(n * o, t * c) @ wf.reshape(t * c, c_out)).reshape(n, o, c_out)
+    cg, cog = c // groups, c_out // groups
+    a = cols.reshape(n * o, t, groups, cg).transpose(2, 0, 1, 3).reshape(groups, n * o, t * cg)
+    b = wf.reshape(t, cg, groups, cog).transpose(2, 0, 1, 3).reshape(groups, t * cg, cog)
+    return (a @ b).transpose(1, 0, 2).reshape(n, o, c_out)
+
+
+def _dw_columns(cols: np.ndarray, dyf: np.ndarray, groups: int) -> np.ndarray:
+    """The weight gradient from the input's columns: ``(N, O, T, C)`` and ``dy`` ``(N, O, C_out)``
+    -> ``(T, C/G, C_out)``."""
+    n, o, t, c = cols.shape
+    c_out = dyf.shape[-1]
+    if groups == 1:
+        return (cols.reshape(n * o, t * c).T @ dyf.reshape(n * o, c_out)).reshape(t, c, c_out)
+    cg, cog = c // groups, c_out // groups
+    a = cols.reshape(n * o, t, groups, cg).transpose(2, 1, 3, 0).reshape(groups, t * cg, n * o)
+    b = dyf.reshape(n * o, groups, cog).transpose(1, 0, 2)
+    return (a @ b).reshape(groups, t, cg, cog).transpose(1, 2, 0, 3).reshape(t, cg, c_out)
+
+
+def _dx_columns(dyf: np.ndarray, wf: np.ndarray, table: np.ndarray, groups: int, size: int) -> np.ndarray:
+    """The input gradient: the columns' gradient ``dy W^T`` scattered back to the input positions
+    the reads table names; ``(N, O, C_out)``, ``(T, C/G, C_out)`` -> ``(N, size, C)``."""
+    n, o, c_out = dyf.shape
+    t, cg = wf.shape[:2]
+    c = cg * groups
+    if groups == 1:
+        dcols = dyf.reshape(n * o, c_out) @ wf.reshape(t * c, c_out).T
+    else:
+        cog = c_out // groups
+        a = dyf.reshape(n * o, groups, cog).transpose(1, 0, 2)
+        b = wf.reshape(t, cg, groups, cog).transpose(2, 3, 0, 1).reshape(groups, cog, t * cg)
+        dcols = (a @ b).reshape(groups, n * o, t, cg).transpose(1, 2, 0, 3)
+    rows = np.arange(n)[:, None, None] * (1 + size) + table  # row of (n, o, t) in the padded input
+    index = (rows[..., None] * c + np.arange(c)).ravel()
+    dx = np.bincount(index, weights=dcols.ravel(), minlength=n * (1 + size) * c)
+    return dx.reshape(n, 1 + size, c)[:, 1:]
+
+
+def _forward_gathered(P: ConvProblem, case, names: tuple, absolute: bool) -> np.ndarray:
+    """The inner convolutions of :func:`_forward` in one gather each."""
+    g = _info(P, case)[0]
+    canonical = (P.channel_first, P.batched)
+    table = _reads(g).table
+    terms = [
+        _conv_columns(
+            _padded_operand(case, a_name, P.x_maps, canonical, absolute)[:, table],
+            _flat_operand(case, b_name, P.w_maps, None, absolute),
+            P.groups,
+        )
+        for a_name, b_name in names
+    ]
+    total = sum(terms[1:], terms[0])
+    y = total.reshape(total.shape[0], *g.out_spatial, total.shape[-1])
+    return from_canonical(y, P.channel_first, not P.batched)
+
+
+def _backward_gathered(P: ConvProblem, case, absolute: bool):
+    """:func:`_backward` in one gather: ``dw`` from the input's columns, ``dx`` scattered from the
+    columns' gradient."""
+    dyf = _flat_dy(P, case, absolute)
+    if dyf is None:
+        return None
+    g, xi, wi = _info(P, case)[:3]
+    canonical = (P.channel_first, P.batched)
+    wf = _flat_operand(case, "w", P.w_maps, None, absolute)
+    xz = _padded_operand(case, "x", P.x_maps, canonical, absolute)
+    batch = 1 if P.dw_first_sample else xz.shape[0]
+    dw_i = _dw_columns(xz[:batch, _reads(g).table], dyf[:batch], P.groups).reshape(wi)
+    dx_i = None
+    if P.dx_unstuffed or not P.dw_first_sample:
+        # dy not zero-stuffed: every output position read as if the stride were 1 (see _dx_at)
+        table = _reads(replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g).table
+        dx = _dx_columns(dyf, wf, table, P.groups, xz.shape[1] - 1)
+        dx_i = from_canonical(dx.reshape(dx.shape[0], *g.in_spatial, dx.shape[-1]), P.channel_first, not P.batched)
+    x_shape, w_shape = case["x"].shape, case["w"].shape
+    return None if dx_i is None else _adjoint(P.x_maps, x_shape, dx_i), _adjoint(P.w_maps, w_shape, dw_i)
 
 
 def _point_evaluator(P: ConvProblem, case, array: str):
     """A function from an index of the problem's ``array`` to its value there (None when the
     problem does not define ``array`` for this case)."""
     x, w = case["x"], case["w"]
-    g, xi_shape, wi_shape, inner_y, outer = _info(P, case)
+    g, xi_shape, wi_shape, inner_y, outer = _info(P, case)[:5]
     cf, b = P.channel_first, P.batched
     wf = _flat_operand(case, "w", P.w_maps)
     if array in ("y", "ty"):
@@ -759,14 +937,9 @@ def _point_evaluator(P: ConvProblem, case, array: str):
             return value + (P.bias_scale * float(bias[e[channel]]) if bias is not None else 0.0)
 
         return y_at
-    dyi = _cached(case, ("dy", P.y_maps, inner_y), lambda: _adjoint(P.y_maps, inner_y, case["dy"]))
-    if dyi is None:
+    dyf = _flat_dy(P, case)
+    if dyf is None:
         return None
-    dyf = _cached(
-        case,
-        ("dy", P.y_maps, inner_y, cf),
-        lambda: (lambda c: c.reshape(c.shape[0], -1, c.shape[-1]))(to_canonical(dyi, cf, not b)),
-    )
     if array == "dx":
         reads = _reads(replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g)
         inv = _inverse_index(P.x_maps, x.shape) if P.x_maps else None
@@ -1493,8 +1666,12 @@ def _screen(P, case, array: str, probe: _Probe, bound: Bound, prec) -> str | Non
     return None
 
 
-def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec) -> str:
+def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec, probe=None) -> str:
     """``"match"``, ``"differs"`` or ``"same"`` (indistinguishable from refws's correct value).
+
+    With a ``probe``, the value is first looked at on the probe's points (:func:`_differs_at_points`):
+    most variants differ from both refws and the backend there, which settles them before any
+    whole-array comparison.
 
     The variant's own float64 rounding (``gamma_K(2**-53) m``) is added to the bound and ``m``
     inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A scalar bound
@@ -1503,6 +1680,8 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     accepts most matches before them.
     """
     K, g64, M = _conv_bounds(P, case, array, bound)
+    if probe is not None and _differs_at_points(v, probe, 2 * g64 * M, *_loose_line(bound, K, g64, M, prec)):
+        return "differs"
     exact = case.arrays[array]
     if v.shape == exact.shape and (v.size == 0 or np.max(np.abs(v - exact)) <= 2 * g64 * M):
         return "same"
@@ -1517,6 +1696,23 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
     return "match" if np.all(err <= element_bound(tight, v, prec)) else "differs"
+
+
+def _differs_at_points(v: np.ndarray, probe: _Probe, same: float, at0: float, slope: float) -> bool:
+    """Whether ``v`` differs from refws (beyond ``same``) at one of the probe's points and from the
+    backend (beyond the loose bound ``at0 + slope |v|``) at one: then the whole-array comparison
+    says ``"differs"`` too (not the same as refws somewhere, beyond the bound somewhere)."""
+    exact = probe.exact
+    distinct = mismatch = False
+    for i, e in enumerate(probe.points):
+        value = float(v[e])
+        distinct = distinct or exact is None or abs(value - exact[i]) > same
+        got = probe.actual[i]
+        err = abs(got - value) if math.isfinite(got) else math.inf
+        mismatch = mismatch or err > at0 + slope * abs(value)
+        if distinct and mismatch:
+            return True
+    return False
 
 
 def _magnitudes_floor(v: np.ndarray, g64: float) -> np.ndarray:
@@ -1550,13 +1746,16 @@ def _try(P, case, array: str, actual: np.ndarray, bound: Bound, prec, probe: _Pr
     """The outcome for one problem: ``"match"``, ``"differs"``, or None (not tried)."""
     if _out_shape(P, case, array) != actual.shape:
         return None
-    if isinstance(P, ConvProblem) and _screen(P, case, array, probe, bound, prec) == "differs":
-        return "differs"
+    if isinstance(P, ConvProblem) and _info(P, case)[5] > SCREEN_MIN:
+        if _screen(P, case, array, probe, bound, prec) == "differs":
+            return "differs"
     v = variant_value(P, case, array)
     if v is None or v.shape != actual.shape:
         return None
-    match = _ws_match if isinstance(P, WSProblem) else _conv_match
-    outcome = match(P, case, array, actual, v, bound, prec)
+    if isinstance(P, WSProblem):
+        outcome = _ws_match(P, case, array, actual, v, bound, prec)
+    else:
+        outcome = _conv_match(P, case, array, actual, v, bound, prec, probe)
     return None if outcome == "same" else outcome
 
 
