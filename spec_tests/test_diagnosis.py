@@ -950,6 +950,23 @@ def _problems(case):
     return [("base",), base], *[(names, P) for names, P in singles + pairs if P is not None]
 
 
+def test_shape_keeping_variants_keep_every_arrays_shape():
+    """A variant or pair marked ``keeps_shape`` is never made for an array of another shape than
+    refws's: under it every array has refws's shape (or is not defined), on every case."""
+    checked = 0
+    for suite in ("conv", "conv_transpose"):
+        for case in golden.cases(suite=suite):
+            for names, P in _problems(case)[1:]:
+                if not diagnosis._keeps_shape(names):
+                    continue
+                for array in ("y", "ty", "dx", "dw", "db"):
+                    if array in case.arrays:
+                        shape = diagnosis._out_shape(P, case, array)
+                        assert shape in (case.arrays[array].shape, None), (case.name, names, array)
+                        checked += 1
+    assert checked > 3000
+
+
 def test_shapes_and_geometry_from_the_arguments_alone_are_the_evaluated_ones():
     """The shape screen (no convolution) and its geometry: ``conv_geometry`` of the problem's
     arguments, and the shape the full evaluation returns, for every variant and pair."""
@@ -1100,3 +1117,56 @@ def test_the_magnitudes_floor_is_below_the_magnitudes():
                     assert np.all(diagnosis._magnitudes_floor(v, g64) <= m), (case.name, names, array)
                     checked += 1
     assert checked > 1000
+
+
+def test_gamma_and_element_bound_in_python_floats_are_tolerances_bit_for_bit():
+    """``_gamma`` and ``_bound_at`` (one element, in Python floats) are
+    :func:`refws.tolerance.gamma` and :func:`refws.tolerance.element_bound`, bit for bit: every
+    named precision, term counts up to and past ``K u >= 1``, with and without rounded operands."""
+    from refws.tolerance import PRECISIONS, Bound, element_bound, gamma
+
+    Ks = [*range(50), 4095, 4096, 10**6, 2**52 - 1, 2**52, 2**53, 2**60]
+    for u in {2.0**-53, *(p.u_acc for p in PRECISIONS.values())}:
+        for K in Ks:
+            assert diagnosis._gamma(K, u) == float(gamma(K, u)), (K, u)
+    assert all(diagnosis._gamma64(K) == float(gamma(K, 2.0**-53)) for K in Ks)
+    rng = np.random.default_rng(2)
+    operands = ((), ((np.array([0.1, 0.2]), np.array([1.0])),))
+    for p in PRECISIONS.values():
+        for ops in operands:
+            for _ in range(60):
+                K = int(rng.choice(Ks[:52]))
+                m, extra, value = np.abs(rng.standard_normal(3)) * 10.0 ** rng.integers(-30, 30, 3)
+                bound = Bound(np.array([m]), K, None, ops, (), np.array([extra]))
+                expected = element_bound(bound, np.array([value]), p)[0]
+                assert diagnosis._bound_at(bound, K, m, extra, value, p) == expected, (p.name, K, m, extra, value)
+
+
+def test_the_floor_bounds_are_below_element_bound_of_the_floor():
+    """The match from ``|v|`` compares with ``floor1 |v|`` (one line per bound, term count and
+    precision) made smaller by ``2**-45`` relative and ``2**-1060`` absolute: below the per-element
+    ``element_bound`` of the magnitudes floor, for values from subnormal to huge, every named
+    precision, with and without stored operands."""
+    from refws.tolerance import PRECISIONS, element_bound
+
+    rng = np.random.default_rng(1)
+    v = np.concatenate(
+        [
+            [0.0, 5e-324, 1e-320, 2.0**-1022, 1e-300, 1e-200, 1.0, 3.0, 1e100, 1e300],
+            rng.standard_normal(200) * 10.0 ** rng.integers(-320, 300, 200),
+        ]
+    )
+    operands = ((np.array([0.1, 0.2]), np.array([1.0])),)  # not exact in the narrow formats: c_in > 0
+    for K in (1, 7, 300, 10**6):
+        g64 = diagnosis._gamma64(K)
+        for ops in ((), operands):
+            bound = diagnosis._MemoBound(None, K, None, ops)
+            for prec in PRECISIONS:
+                with np.errstate(invalid="ignore"):  # K u >= 1: infinite bounds (nan at v = 0)
+                    floor1 = diagnosis._bound_lines(bound, K, g64, 1.0, prec)[2]
+                    low = diagnosis._magnitudes_floor(v, g64)
+                    exact = element_bound(dataclasses.replace(bound, m=low, K=K, extra=g64 * low), v, prec)
+                    ours = diagnosis._floor_bounds(v, floor1)
+                finite = np.isfinite(exact)
+                assert np.all(ours[finite] <= exact[finite]) and np.all(ours[finite] >= 0), (K, prec)
+                assert not np.any(np.isfinite(ours[~finite])), (K, prec)
