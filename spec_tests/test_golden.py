@@ -517,7 +517,7 @@ def test_interrupted_build_leaves_previous_store_intact(small_store, monkeypatch
     gb = importlib.import_module("refws.golden.build")  # the module, not the build() it exports
 
     calls = {"n": 0}
-    real = gb.build_case
+    real = gb.evaluate  # every way of building a case evaluates it first
 
     def failing(case):
         calls["n"] += 1
@@ -525,7 +525,7 @@ def test_interrupted_build_leaves_previous_store_intact(small_store, monkeypatch
             raise KeyboardInterrupt
         return real(case)
 
-    monkeypatch.setattr(gb, "build_case", failing)
+    monkeypatch.setattr(gb, "evaluate", failing)
     with pytest.raises(KeyboardInterrupt):
         gb.build(small_store, pattern="conv/2d_*")
     assert _tree(small_store) == before

@@ -175,6 +175,32 @@ def test_jobs_and_shardings_give_the_same_bytes(store, catalog_file, tmp_path):
     assert bad.returncode == 2 and not (tmp_path / "nope").exists()
 
 
+def test_cases_written_on_the_writer_thread_give_the_same_bytes(store, catalog_file, tmp_path, monkeypatch):
+    """In one process, large cases are written one case behind on a thread (and every file is
+    fsynced on another): with every case sent there, the store is the same, and a case that fails
+    meanwhile leaves nothing behind."""
+    import importlib
+
+    gb = importlib.import_module("refws.golden.build")
+    monkeypatch.setattr(gb, "_THREAD_WRITE_BYTES", 0)
+    out = tmp_path / "threaded"
+    gb.build(out, catalog=golden.load_catalog(catalog_file))
+    assert _tree(out) == _tree(store)
+    calls = {"n": 0}
+    real = gb.evaluate
+
+    def failing(case):
+        calls["n"] += 1
+        if calls["n"] == 4:  # cases 1 to 3 are written or being written
+            raise ArithmeticError("no")
+        return real(case)
+
+    monkeypatch.setattr(gb, "evaluate", failing)
+    with pytest.raises(gb.BuildError, match="no"):
+        gb.build(tmp_path / "failed", catalog=golden.load_catalog(catalog_file))
+    assert not list(tmp_path.glob("failed*"))
+
+
 def test_verify_user_store(store, catalog_file, tmp_path):
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["schema_version"] == 2

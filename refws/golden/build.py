@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from .store import (
     encode_arrays,
     entry_bits,
     entry_derivatives,
+    fsync_file,
     manifest_bytes,
     manifest_entry,
     npz_parts,
@@ -96,10 +97,25 @@ def select(suite: str | None = None, pattern: str | None = None, catalog: Catalo
 def build_case(case: Case, encoding: str = "float64") -> tuple[NpzParts, dict]:
     """``(npz bytes, manifest entry)`` of one case; the bytes as :class:`~refws.golden.store.NpzParts`
     (views of the case's arrays, ``bytes(data)`` joins them): no copy of the file is made."""
+    data = npz_parts((built := _evaluated(case, encoding))[0])
+    return data, manifest_entry(case, built[1], built[2], data)
+
+
+def _evaluated(case: Case, encoding: str) -> tuple[dict, dict, dict]:
+    """``(arrays as written, their manifest metadata, terms)`` of a case: all but its file."""
     arrays, terms = evaluate(case)
     written, meta = encode_arrays(arrays, set(terms), encoding)
+    return written, meta, terms
+
+
+def _write_case(case: Case, built: tuple, folder: str, fsync: bool = True) -> dict:
+    """Write an :func:`_evaluated` case's file into ``folder`` (its CRC-32 and SHA-256 computed on
+    the way, from views of the arrays); returns its manifest entry."""
+    written, meta, terms = built
     data = npz_parts(written)
-    return data, manifest_entry(case, meta, terms, data)
+    entry = manifest_entry(case, meta, terms, data)
+    write_case_parts(folder, case.name, data, fsync=fsync)
+    return entry
 
 
 # --- sharding -------------------------------------------------------------------------------
@@ -149,23 +165,151 @@ def parse_shard(text: str) -> tuple:
 # --- running cases (in this process or in a pool) -------------------------------------------
 
 
-def _build_into(case, encoding: str, folder: str):
-    """Build a case and write its file into ``folder``; returns its manifest entry (a pool task).
+def _build_into(case, encoding: str, folder: str, fsync: bool = True):
+    """Build a case and write its file into ``folder``; returns its manifest entry (a pool task,
+    whose file the parent fsyncs: ``fsync=False``).
 
     The file is written from views of the case's arrays: no copy of it is held in memory."""
-    data, entry = build_case(case) if encoding == "float64" else build_case(case, encoding)
-    write_case_parts(folder, case.name, data)
-    return entry
+    return _write_case(case, _evaluated(case, encoding), folder, fsync)
 
 
-_BLAS_SETTERS = (
-    "openblas_set_num_threads",
-    "scipy_openblas_set_num_threads64_",
-    "scipy_openblas_set_num_threads",
-    "openblas_set_num_threads64_",
-    "MKL_Set_Num_Threads",
-    "bli_thread_set_num_threads",
+# A case with at least this many bytes of arrays is written on the writer thread; a smaller one at
+# once (the thread's hand-offs of the GIL cost more than its overlap saves: the built-in catalog's
+# 290 small cases took 10-15% longer with every case on the thread).
+_THREAD_WRITE_BYTES = 4 << 20
+
+
+class _CaseWriter:
+    """Writes built cases into a folder, each file then fsynced and evicted on an fsync thread.
+
+    A large case is written on a writer thread, one case behind the evaluation: its CRC-32, SHA-256
+    and write release the GIL, so a free core takes them off the critical path while the next case
+    is evaluated. At most one case waits to be written: at most two cases' arrays are held (an
+    fsync holds none). :meth:`put` and :meth:`finish` return the ``(index, case, entry)`` of the
+    cases written since, in order; after :meth:`finish` every file is on disk.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.pending: tuple[int, Case, Future] | None = None
+        self.syncs: list[Future] = []
+        self.writer = ThreadPoolExecutor(1, "refws-golden-writer")
+        self.syncer = ThreadPoolExecutor(1, "refws-golden-fsync")
+
+    def __enter__(self) -> _CaseWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.shutdown(wait=True)
+        self.syncer.shutdown(wait=True)
+
+    def put(self, i: int, case: Case, built: tuple) -> list:
+        done = self._drain()
+        path = case_path(self.folder, case.name)
+        if sum(a.nbytes for a in built[0].values()) < _THREAD_WRITE_BYTES:
+            done.append((i, case, _write_case(case, built, self.folder, False)))
+            self.syncs.append(self.syncer.submit(fsync_file, path, True))
+        else:
+            self.pending = (i, case, self.writer.submit(_write_case, case, built, self.folder, False))
+            # queued behind the write on the writer thread: the fsync starts as soon as it is written
+            self.syncs.append(self.writer.submit(self.syncer.submit, fsync_file, path, True))
+        return done
+
+    def finish(self) -> list:
+        done = self._drain()
+        for sync in self.syncs:
+            queued = sync.result()
+            if queued is not None:  # an fsync queued from the writer thread: its own future
+                queued.result()
+        return done
+
+    def _drain(self) -> list:
+        """The pending case, once written."""
+        if self.pending is None:
+            return []
+        (i, case, future), self.pending = self.pending, None
+        return [(i, case, future.result())]
+
+
+def _build_here(cases, encoding: str, folder: str, progress=None):
+    """Yield ``(case, manifest entry)`` for every case, built in this process and written by a
+    :class:`_CaseWriter` (large cases one case behind, on a thread); every file is fsynced before
+    the last case is yielded. A failing case raises :class:`BuildError`."""
+    n = len(cases)
+
+    def report(done):
+        for i, case, entry in done:
+            if progress:
+                progress(i, n, case.name)
+            yield case, entry
+
+    with _CaseWriter(folder) as writer:
+        for i, case in enumerate(cases, 1):
+            try:
+                built = _evaluated(case, encoding)
+            except (ArithmeticError, ValueError, TypeError) as exc:
+                raise _failed(case, exc) from exc
+            yield from report(writer.put(i, case, built))
+            del built  # the writer may hold the arrays until written
+        yield from report(writer.finish())
+
+
+def _failed(case: Case, exc: Exception) -> BuildError:
+    return BuildError(f"case {case.name}: {type(exc).__name__}: {exc}")
+
+
+# (set, get) the thread count: the entry points of the BLAS libraries NumPy may load.
+_BLAS_THREAD_CALLS = (
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
 )
+
+
+def _blas_thread_calls() -> list:
+    """``(set, get)`` ctypes functions of every BLAS library mapped into this process (found in
+    ``/proc/self/maps``, as threadpoolctl does; none elsewhere than Linux)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {line.split()[-1] for line in fh if "blas" in line.lower() or "mkl" in line.lower()}
+    except OSError:
+        return []
+    calls = []
+    for lib in sorted(libs):
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for set_name, get_name in _BLAS_THREAD_CALLS:
+            setter, getter = getattr(handle, set_name, None), getattr(handle, get_name, None)
+            if setter is not None and getter is not None:
+                calls.append((setter, getter))
+                break
+    return calls
+
+
+@contextlib.contextmanager
+def _blas_threads_at_most(n: int):
+    """At most ``n`` BLAS threads inside the block; the previous counts are restored after."""
+    import ctypes
+
+    lowered = [(setter, old) for setter, getter in _blas_thread_calls() if (old := int(getter())) > n]
+    for setter, _ in lowered:
+        setter(ctypes.c_int(n))
+    try:
+        yield
+    finally:
+        for setter, old in lowered:
+            setter(ctypes.c_int(old))
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _one_thread_per_worker() -> None:
@@ -173,6 +317,7 @@ def _one_thread_per_worker() -> None:
     that ``jobs`` processes share the cores instead of each starting a thread per core. Runs only in
     the worker (NumPy's BLAS is already loaded there: it is limited through its own setter, found
     among the libraries mapped into the process, as threadpoolctl does); the parent is untouched."""
+    import ctypes
     import importlib
 
     # the module: ``from .. import conv`` is the function that refws re-exports under its name
@@ -185,23 +330,8 @@ def _one_thread_per_worker() -> None:
         return
     except ImportError:
         pass
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {line.split()[-1] for line in fh if "blas" in line.lower() or "mkl" in line.lower()}
-    except OSError:
-        return
-    for lib in sorted(libs):
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for name in _BLAS_SETTERS:
-            setter = getattr(handle, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(1))
-                break
+    for setter, _ in _blas_thread_calls():
+        setter(ctypes.c_int(1))
 
 
 @contextlib.contextmanager
@@ -226,16 +356,13 @@ def _run(task, cases, args: tuple, jobs: int, progress=None):
     """Yield ``(case, task(case, *args))`` for every case, in this process (``jobs == 1``) or in a
     pool of ``jobs`` processes (largest cases first); a failing case raises :class:`BuildError`."""
 
-    def failed(case, exc):
-        return BuildError(f"case {case.name}: {type(exc).__name__}: {exc}")
-
     n = len(cases)
     if jobs == 1:
         for i, case in enumerate(cases, 1):
             try:
                 result = task(case, *args)
             except (ArithmeticError, ValueError, TypeError) as exc:
-                raise failed(case, exc) from exc
+                raise _failed(case, exc) from exc
             if progress:
                 progress(i, n, case.name)
             yield case, result
@@ -251,11 +378,26 @@ def _run(task, cases, args: tuple, jobs: int, progress=None):
                 try:
                     result = fut.result()
                 except (ArithmeticError, ValueError, TypeError) as exc:
-                    raise failed(case, exc) from exc
+                    raise _failed(case, exc) from exc
                 done_count += 1
                 if progress:
                     progress(done_count, n, case.name)
                 yield case, result
+
+
+def _built(cases, encoding: str, folder: Path, jobs: int, progress=None):
+    """Yield ``(case, entry)`` for every case, each written and fsynced into ``folder``: in this
+    process, written one case behind (:func:`_build_here`), or in a pool whose workers write the
+    files and whose parent, otherwise idle, fsyncs each one as it is reported."""
+    if jobs == 1:
+        # the writer thread needs a core: BLAS threads spinning on every core slowed a 2-core
+        # build by 15-25% and spent 40% more CPU
+        with _blas_threads_at_most(max(1, _usable_cores() - 1)):
+            yield from _build_here(cases, encoding, str(folder), progress)
+        return
+    for case, entry in _run(_build_into, cases, (encoding, str(folder), False), jobs, progress):
+        fsync_file(case_path(folder, case.name), evict=True)
+        yield case, entry
 
 
 def _upgraded(entry: dict) -> dict:
@@ -325,7 +467,7 @@ def build(
             if name not in {c.name for c in chosen}:
                 writer.copy(name, root)
                 entries[name] = keep[name]
-        for case, entry in _run(_build_into, chosen, (cat.encoding, str(writer.tmp)), jobs, progress):
+        for case, entry in _built(chosen, cat.encoding, writer.tmp, jobs, progress):
             entries[case.name] = entry
         writer.commit(manifest_bytes(entries, __version__, catalog_record(cat), shard_record))
     size = sum(case_path(root, n).stat().st_size for n in entries) + (root / "manifest.json").stat().st_size

@@ -255,7 +255,7 @@ def _conv_kwargs(p):
 def _eval_conv(case):
     p = case.params
     kw = _conv_kwargs(p)
-    splits: dict = {}
+    splits = {}
     x, w = _operand(case, splits, "x", p["x_shape"]), _operand(case, splits, "w", p["w_shape"])
     y_shape, k = output_shape(case), _counts(p, transposed=False)
     out, terms = dict(x=x, w=w), {}
@@ -286,7 +286,7 @@ def _eval_transpose(case):
     products at most (plus the bias)."""
     p, n, grid = case.params, case.name, case.grid
     kw = _transpose_kwargs(p)
-    splits: dict = {}
+    splits = {}
     x, w = _operand(case, splits, "x", p["x_shape"]), _operand(case, splits, "w", p["w_shape"])
 
     def op(a, c):  # bilinear in (x, w)

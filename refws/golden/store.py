@@ -60,6 +60,7 @@ __all__ = [
     "npz_parts",
     "NpzParts",
     "write_case_parts",
+    "fsync_file",
 ]
 
 SCHEMA_VERSION = 2
@@ -406,7 +407,7 @@ class StoreWriter:
     def commit(self, manifest: bytes) -> None:
         path = self.tmp / "manifest.json"
         path.write_bytes(manifest)
-        _fsync(path)
+        fsync_file(path)
         backup = self.root.with_name(self.root.name + ".previous")
         if backup.exists():
             shutil.rmtree(backup)
@@ -416,9 +417,20 @@ class StoreWriter:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+def fsync_file(path: StrPath, evict: bool = False) -> None:
+    """Flush a written file to disk (whichever process wrote it: fsync acts on the file).
+
+    ``evict``: then drop its pages from the page cache (``posix_fadvise(DONTNEED)``, where the
+    system has it): a build writes files it does not read back, and the kernel hands the freed
+    pages to the next files rather than claiming fresh memory for each (writing a large store
+    into page cache that keeps growing ran at 0.4-0.6 GB/s on a 2-core VM, at 3.9 GB/s so)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if evict and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def write_case_file(root: StrPath, name: str, data: bytes) -> None:
@@ -426,12 +438,12 @@ def write_case_file(root: StrPath, name: str, data: bytes) -> None:
     dest = case_path(root, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
-    _fsync(dest)
+    fsync_file(dest)
 
 
-def write_case_parts(root: StrPath, name: str, parts: NpzParts | bytes | bytearray) -> None:
+def write_case_parts(root: StrPath, name: str, parts: NpzParts | bytes | bytearray, fsync: bool = True) -> None:
     """Write ``<root>/<name>.npz`` from buffers (:func:`npz_parts`, or one bytes object) and fsync
-    it; no copy of the file is made."""
+    it (``fsync=False``: the caller does, with :func:`fsync_file`); no copy of the file is made."""
     dest = case_path(root, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb", buffering=0) as fh:
@@ -439,7 +451,8 @@ def write_case_parts(root: StrPath, name: str, parts: NpzParts | bytes | bytearr
             view = memoryview(part).cast("B")
             while view.nbytes:
                 view = view[fh.write(view) :]
-        os.fsync(fh.fileno())
+        if fsync:
+            os.fsync(fh.fileno())
 
 
 def write_store(root: StrPath, files: dict, manifest: bytes, keep: dict | None = None) -> None:
