@@ -58,10 +58,10 @@ from collections.abc import Callable
 import numpy as np
 
 from ..arrays import from_canonical, to_canonical
-from ..conv import conv, conv_canonical
+from ..conv import conv_canonical
 from ..explain import explain_case
 from ..geometry import ConvGeometry, as_int_tuple, conv_geometry, normalize_padding, out_size, same_pads
-from ..grads import conv_vjp, flip_swap_kernel, input_grad_pads, transpose_geometry
+from ..grads import conv_vjp, dx_conv_geometry, flip_swap_kernel, input_grad_pads, transpose_geometry
 from ..im2col import dilate_pad, window_view
 from ..testing import golden_bound
 from ..tolerance import _SLACK, Bound, element_bound, resolve_precision
@@ -441,25 +441,27 @@ def _forward_by_conv(P: ConvProblem, case, names: tuple, absolute: bool) -> np.n
 
 
 def _dx_unstuffed(P: ConvProblem, g, dyi: np.ndarray, wi: np.ndarray) -> np.ndarray:
-    """``dx`` with ``dy`` not zero-stuffed by the stride: the low pad of the correct ``dx``
-    convolution, the high pad fitted so that the result has ``x``'s size."""
+    """``dx`` with ``dy`` not zero-stuffed by the stride (see :func:`_dx_geometry`), by refws.conv."""
     unbatched = not P.batched
     dy_cl = to_canonical(dyi, P.channel_first, unbatched)
+    dx = conv_canonical(dy_cl, flip_swap_kernel(wi, P.groups), _dx_geometry(P, g), P.groups)
+    return from_canonical(dx, P.channel_first, unbatched)
+
+
+def _dx_geometry(P: ConvProblem, g):
+    """The geometry of the convolution that computes the problem's ``dx`` from ``dy`` (with the
+    flipped, in/out-swapped kernel): refws's own (:func:`refws.grads.dx_conv_geometry`), or for
+    ``dx_unstuffed`` the same without ``dy`` lhs-dilated by the stride: the low pad of the correct
+    ``dx`` convolution, the high pad fitted so that the result has ``x``'s size."""
+    if not P.dx_unstuffed:
+        return dx_conv_geometry(g)
     pads = tuple(
         (lo, (n - 1) * L + kd - out - lo)
         for (lo, _), n, L, kd, out in zip(
             input_grad_pads(g), g.in_spatial, g.lhs_dilation, g.dilated_kernel, g.out_spatial
         )
     )
-    dx = conv(
-        dy_cl,
-        flip_swap_kernel(wi, P.groups),
-        stride=g.lhs_dilation,
-        padding=pads,
-        rhs_dilation=g.rhs_dilation,
-        groups=P.groups,
-    )
-    return from_canonical(dx, P.channel_first, unbatched)
+    return conv_geometry(g.out_spatial, g.kernel_spatial, g.lhs_dilation, pads, 1, g.rhs_dilation)
 
 
 def _backward(P: ConvProblem, case, absolute: bool):
@@ -546,6 +548,7 @@ def _ws_value(P: WSProblem, case, array: str):
 
 
 _CACHE: dict = {"case": None, "values": {}}
+_MISSING = object()  # a cache entry not made yet (None is a value: a slip that does not apply)
 
 
 def variant_value(P, case, array: str, absolute: bool = False):
@@ -812,16 +815,43 @@ def _gathers(P: ConvProblem, case) -> bool:
     return _info(P, case)[5] <= GATHER_MAX
 
 
-def _columns(P: ConvProblem, case, name: str, absolute: bool, batch: int | None = None) -> np.ndarray:
+#: Columns up to this many elements (1 MiB) are kept for the case: a variant's y, ty and dw read the
+#: same columns of x, and variants that only change the kernel share them.
+COLUMNS_KEPT = 2**17
+
+
+def _columns(P: ConvProblem, case, name: str, absolute: bool) -> np.ndarray:
     """The im2col columns ``(N, O, T, C)`` of an input (through the problem's maps) for the
-    problem's geometry: refws's own ``dilate_pad`` and ``window_view``, copied once by the reshape
-    (the first ``batch`` samples only, when given)."""
+    problem's geometry (kept for the case when small)."""
     g = _info(P, case)[0]
-    x = _mapped_operand(case, name, P.x_maps, (P.channel_first, P.batched), absolute)[:batch]
+    key = ("columns", name, P.x_maps, P.channel_first, P.batched, g, absolute)
+    values = _values(case)
+    cols = values.get(key)
+    if cols is None:
+        cols = _window_columns(_mapped_operand(case, name, P.x_maps, (P.channel_first, P.batched), absolute), g)
+        if cols.size <= COLUMNS_KEPT:
+            values[key] = cols
+    return cols
+
+
+def _window_columns(a: np.ndarray, g) -> np.ndarray:
+    """The im2col columns ``(N, O, T, C)`` of a canonical ``(N, *spatial, C)`` array for geometry
+    ``g``: refws's own ``dilate_pad`` and ``window_view``, copied once by the reshape."""
     window = window_view(
-        dilate_pad(x, g.lhs_dilation, g.padding), g.kernel_spatial, g.out_spatial, g.stride, g.rhs_dilation
+        dilate_pad(a, g.lhs_dilation, g.padding), g.kernel_spatial, g.out_spatial, g.stride, g.rhs_dilation
     )
-    return window.reshape(x.shape[0], math.prod(g.out_spatial), math.prod(g.kernel_spatial), x.shape[-1])
+    return window.reshape(a.shape[0], math.prod(g.out_spatial), math.prod(g.kernel_spatial), a.shape[-1])
+
+
+def _flip_swapped(case, maps: tuple, groups: int, absolute: bool) -> np.ndarray:
+    """The mapped kernel flipped with its in/out channels swapped per group (the kernel of the
+    ``dx`` convolution), flattened to ``(T, C_out/G, C_in)``; once per case."""
+
+    def compute():
+        k = flip_swap_kernel(_mapped_operand(case, "w", maps, None, absolute), groups)
+        return k.reshape(math.prod(k.shape[:-2]), *k.shape[-2:])
+
+    return _cached(case, ("flip_swapped", maps, groups, absolute), compute)
 
 
 def _conv_columns(cols: np.ndarray, wf: np.ndarray, groups: int) -> np.ndarray:
@@ -850,25 +880,6 @@ def _dw_columns(cols: np.ndarray, dyf: np.ndarray, groups: int) -> np.ndarray:
     return (a @ b).reshape(groups, t, cg, cog).transpose(1, 2, 0, 3).reshape(t, cg, c_out)
 
 
-def _dx_columns(dyf: np.ndarray, wf: np.ndarray, table: np.ndarray, groups: int, size: int) -> np.ndarray:
-    """The input gradient: the columns' gradient ``dy W^T`` scattered back to the input positions
-    the reads table names; ``(N, O, C_out)``, ``(T, C/G, C_out)`` -> ``(N, size, C)``."""
-    n, o, c_out = dyf.shape
-    t, cg = wf.shape[:2]
-    c = cg * groups
-    if groups == 1:
-        dcols = dyf.reshape(n * o, c_out) @ wf.reshape(t * c, c_out).T
-    else:
-        cog = c_out // groups
-        a = dyf.reshape(n * o, groups, cog).transpose(1, 0, 2)
-        b = wf.reshape(t, cg, groups, cog).transpose(2, 3, 0, 1).reshape(groups, cog, t * cg)
-        dcols = (a @ b).reshape(groups, n * o, t, cg).transpose(1, 2, 0, 3)
-    rows = np.arange(n)[:, None, None] * (1 + size) + table  # row of (n, o, t) in the padded input
-    index = (rows[..., None] * c + np.arange(c)).ravel()
-    dx = np.bincount(index, weights=dcols.ravel(), minlength=n * (1 + size) * c)
-    return dx.reshape(n, 1 + size, c)[:, 1:]
-
-
 def _forward_gathered(P: ConvProblem, case, names: tuple, absolute: bool) -> np.ndarray:
     """The inner convolutions of :func:`_forward` in one gather each."""
     g = _info(P, case)[0]
@@ -884,20 +895,19 @@ def _forward_gathered(P: ConvProblem, case, names: tuple, absolute: bool) -> np.
 
 
 def _backward_gathered(P: ConvProblem, case, absolute: bool):
-    """:func:`_backward` in one gather: ``dw`` from the input's columns, ``dx`` scattered from the
-    columns' gradient."""
+    """:func:`_backward` in one gather each: ``dw`` from the input's columns, ``dx`` from the
+    columns of ``dy`` for its own convolution (:func:`_dx_geometry`)."""
     dyf = _flat_dy(P, case, absolute)
     if dyf is None:
         return None
     g, xi, wi = _info(P, case)[:3]
-    wf = _flat_operand(case, "w", P.w_maps, None, absolute)
     batch = 1 if P.dw_first_sample else None
-    dw_i = _dw_columns(_columns(P, case, "x", absolute, batch), dyf[:batch], P.groups).reshape(wi)
+    dw_i = _dw_columns(_columns(P, case, "x", absolute)[:batch], dyf[:batch], P.groups).reshape(wi)
     dx_i = None
     if P.dx_unstuffed or not P.dw_first_sample:
-        # dy not zero-stuffed: every output position read as if the stride were 1 (see _dx_at)
-        table = _reads(replace(g, stride=(1,) * P.nd) if P.dx_unstuffed else g).table
-        dx = _dx_columns(dyf, wf, table, P.groups, math.prod(g.in_spatial))
+        dyc = dyf.reshape(dyf.shape[0], *g.out_spatial, dyf.shape[-1])
+        cols = _window_columns(dyc, _dx_geometry(P, g))
+        dx = _conv_columns(cols, _flip_swapped(case, P.w_maps, P.groups, absolute), P.groups)
         dx_i = from_canonical(dx.reshape(dx.shape[0], *g.in_spatial, dx.shape[-1]), P.channel_first, not P.batched)
     x_shape, w_shape = case["x"].shape, case["w"].shape
     return None if dx_i is None else _adjoint(P.x_maps, x_shape, dx_i), _adjoint(P.w_maps, w_shape, dw_i)
@@ -974,16 +984,19 @@ def _sample_points(actual: np.ndarray, exact: np.ndarray) -> list:
     if actual.size == 0:
         return []
     a = actual.astype(np.float64, copy=False).ravel()
+    finite = bool(np.isfinite(a).all())  # then no NaN to count as the largest (refws's are finite)
     flat = []
     if exact.shape == actual.shape:
         err = np.abs(a - exact.ravel())
-        err[~np.isfinite(err)] = np.inf
+        if not finite:
+            err[~np.isfinite(err)] = np.inf
         flat.append(int(np.argmax(err)))  # the first of the largest errors, then the next
         if a.size > 1:
             err[flat[0]] = -1.0
             flat.append(int(np.argmax(err)))
     magnitude = np.abs(a)
-    magnitude[~np.isfinite(magnitude)] = np.inf
+    if not finite:
+        magnitude[~np.isfinite(magnitude)] = np.inf
     flat.append(int(np.argmax(magnitude)))
     if exact.shape != actual.shape:
         flat.append(actual.size // 2)
@@ -1481,13 +1494,13 @@ def _applies(variant: Variant, suite: str, array: str) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _candidates(suite: str, array: str) -> tuple:
-    """The single variants, then the pairs, that apply to a suite's array (in table order)."""
+    """The single variants, then the pairs, that apply to a suite's array (in table order), each
+    as ``(names, cache key of its problem, whether it keeps every array's shape)``."""
     singles = tuple((name,) for name, v in VARIANTS.items() if _applies(v, suite, array))
     pairs = tuple(pair for pair in PAIRS if all(_applies(VARIANTS[n], suite, array) for n in pair))
-    return singles, pairs
+    return tuple(tuple((names, ("slip", names), _keeps_shape(names)) for names in group) for group in (singles, pairs))
 
 
-@functools.lru_cache(maxsize=256)
 def _keeps_shape(names: tuple) -> bool:
     """Whether a variant or pair keeps every array's shape (each of its slips does)."""
     return all(VARIANTS[n].keeps_shape for n in names)
@@ -1510,7 +1523,7 @@ def _out_shape(P, case, array: str):
     """The shape of the variant's ``array`` without computing it (None: the variant does not define it)."""
     if isinstance(P, WSProblem):
         return case[array].shape
-    y_shape = _info(P, case)[4]
+    y_shape = _y_shape(P, case)
     if array in ("y", "ty"):
         return y_shape
     if y_shape != case["dy"].shape:
@@ -1518,6 +1531,22 @@ def _out_shape(P, case, array: str):
     if array == "db":
         return case["b"].shape if P.bias_scale and "b" in case.arrays else None
     return case[{"dx": "x", "dw": "w"}[array]].shape
+
+
+def _y_shape(P: ConvProblem, case) -> tuple:
+    """``_info(P, case)[4]``, the shape of the problem's ``y``; for a problem without index maps and
+    with explicit pads (most slips of the geometry) straight from
+    :func:`refws.geometry.out_size`, what :func:`_geometry_of` computes it with: no geometry is
+    made for a variant that the shape rules out."""
+    memo = P.__dict__.get("_info")
+    if memo is not None and memo[0] is case:
+        return memo[1][4]
+    if P.x_maps or P.w_maps or P.y_maps or not isinstance(P.padding, tuple):
+        return _info(P, case)[4]
+    x, w = case.arrays["x"].shape, case.arrays["w"].shape
+    args = zip(_spatial(x, P.nd, P.channel_first, P.batched), w, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation)
+    out = tuple([out_size(n, k, s, lo, hi, L, d) for n, k, s, (lo, hi), L, d in args])
+    return x[: 1 if P.batched else 0] + ((w[-1], *out) if P.channel_first else (*out, w[-1]))
 
 
 def _max_abs(case, name: str) -> float:
@@ -1626,34 +1655,41 @@ def _bound_lines(bound: Bound, K: int, g64: float, M: float, prec) -> tuple:
     key = (K, M, p.name)
     memo = getattr(bound, "memo", {})
     if key not in memo:
-        m, extra = M * (1 + 2 * g64), 2 * g64 * M
-        floor = float(_magnitudes_floor(np.ones(1), g64)[0])  # the floor at |v| = 1
-        at0, at1 = _bound_at(bound, K, m, extra, 0.0, p), _bound_at(bound, K, m, extra, 1.0, p)
-        memo[key] = (at0, at1 - at0, _bound_at(bound, K, floor, g64 * floor, 1.0, p))
+        a = _bound_factor(bound, K, p)
+        m, extra, floor = M * (1 + 2 * g64), 2 * g64 * M, _floor_factor(g64)  # the floor at |v| = 1
+        at0, at1 = _bound_at(a, m, extra, 0.0, p), _bound_at(a, m, extra, 1.0, p)
+        memo[key] = (at0, at1 - at0, _bound_at(a, floor, g64 * floor, 1.0, p))
     return memo[key]
 
 
-def _bound_at(bound: Bound, K: int, m: float, extra: float, value: float, p) -> float:
+def _bound_factor(bound: Bound, K: int, p) -> float | None:
+    """``c_in + gamma_K(u_acc) (1 + c_in)``, the factor of the magnitudes in
+    :func:`refws.tolerance.element_bound` (None: no magnitudes term, ``K = 0``)."""
+    if K <= 0:
+        return None
+    c_in = bound.c_in(p)
+    return c_in + _gamma(K, p.u_acc) * (1.0 + c_in)
+
+
+def _bound_at(a: float | None, m: float, extra: float, value: float, p) -> float:
     """:func:`refws.tolerance.element_bound` (rigorous, no ``W``) of one element with magnitude
-    ``m``, ``extra`` term and value ``value``, in Python floats: the same IEEE operations in the
-    same order, so the same number (``spec_tests/test_diagnosis.py``), without NumPy's per-call
-    cost on a one-element array."""
-    total = 0.0
-    if K > 0:
-        c_in = bound.c_in(p)
-        total = (c_in + _gamma(K, p.u_acc) * (1.0 + c_in)) * m
+    ``m``, ``extra`` term and value ``value`` (``a`` from :func:`_bound_factor`), in Python floats:
+    the same IEEE operations in the same order, so the same number (``spec_tests/test_diagnosis.py``),
+    without NumPy's per-call cost on a one-element array."""
+    total = 0.0 if a is None else a * m
     total = total + extra
     total = total * (1.0 + p.u_out) + p.u_out * abs(value)
     return total * _SLACK
 
 
-def _floor_bounds(v: np.ndarray, floor1: float) -> np.ndarray:
-    """Per-element bounds no larger than ``element_bound`` of the magnitudes floor at ``v``.
+def _floor_bounds(size: np.ndarray, floor1: float) -> np.ndarray:
+    """Per-element bounds no larger than ``element_bound`` of the magnitudes floor at values of
+    absolute value ``size``.
 
     That bound is ``floor1 |v|`` in exact arithmetic; each computation of it is within a few ulps
     (relative, above underflow) and a few smallest subnormals (absolute): ``(1 - 2**-45)`` and
     ``2**-1060`` put this one below it, and no bound is below 0."""
-    return np.maximum(np.abs(v) * (floor1 * (1 - 2.0**-45)) - 2.0**-1060, 0.0)
+    return np.maximum(size * (floor1 * (1 - 2.0**-45)) - 2.0**-1060, 0.0)
 
 
 class _Probe:
@@ -1764,9 +1800,10 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     err = _errors(actual, v)
     if not np.any(err):
         return "match"
-    if np.any(err > at0 + slope * np.abs(v)):
+    size = np.abs(v)
+    if np.any(err > at0 + slope * size):
         return "differs"
-    if math.isfinite(floor1) and np.all(err <= _floor_bounds(v, floor1)):  # inf: K u >= 1, no floor
+    if math.isfinite(floor1) and np.all(err <= _floor_bounds(size, floor1)):  # inf: K u >= 1, no floor
         return "match"
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
@@ -1799,7 +1836,12 @@ def _magnitudes_floor(v: np.ndarray, g64: float) -> np.ndarray:
     even after the rounding of both products (the ``2**-40`` covers it many times over). The
     bound is monotone in ``m`` and ``extra``, so an array within the bound from this floor is
     within the bound from the magnitudes."""
-    return np.abs(v) * (1.0 - 2.0 * g64 - 2.0**-40)
+    return np.abs(v) * _floor_factor(g64)
+
+
+def _floor_factor(g64: float) -> float:
+    """The magnitudes floor of :func:`_magnitudes_floor` at ``|v| = 1``."""
+    return 1.0 - 2.0 * g64 - 2.0**-40
 
 
 def _ws_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec) -> str:
@@ -1868,12 +1910,12 @@ def diagnose(backend, case, array: str, actual, precision) -> dict:
     reshaped = actual.shape != case.arrays[array].shape  # only a shape-changing slip can explain it
     problems = _values(case)
     for group in _candidates(case.suite, array):
-        for names in group:
-            if reshaped and _keeps_shape(names):
+        for names, key, keeps_shape in group:
+            if reshaped and keeps_shape:
                 continue
-            P = problems.get(("slip", names), problems)  # the dict itself: not made yet
-            if P is problems:
-                P = problems["slip", names] = _slip(names, base, case)
+            P = problems.get(key, _MISSING)
+            if P is _MISSING:
+                P = problems[key] = _slip(names, base, case)
             outcome = None if P is None else _try(P, case, array, actual, bound, prec, probe)
             if outcome is not None:
                 tried += 1
