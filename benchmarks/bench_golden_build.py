@@ -22,6 +22,12 @@ resident memory the case added (``VmHWM`` reset through ``/proc/self/clear_refs`
 minus the resident memory before it) against the bytes of the case's own arrays and the
 workspace budget.
 
+Every timing also gives the CPU seconds spent, by the build (its process and workers) and by
+everything else on the machine meanwhile (``/proc/stat`` on Linux): on a shared machine a
+``--jobs 2`` time means something only when the others' share is near zero. ``--repeat N`` runs
+every build and the reference N times, interleaved, and keeps each one's fastest run (with its CPU
+figures).
+
 A benchmark, not a test: nothing is asserted (except that the bytes do not depend on ``--jobs``).
 """
 
@@ -31,6 +37,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,13 +67,16 @@ print(json.dumps(dict(seconds=seconds, bytes=summary["bytes"], cases=summary["ca
                      rss_self_mib=self_kib / 1024, rss_workers_mib=kids_kib / 1024)))
 """
 
+# The per-case script writes like a build in one process: no fsync inline (a build fsyncs on
+# another thread), the fsync timed apart.
+
 
 # Per case, in one fresh interpreter: time evaluation and writing, and the peak RSS each case adds.
 _PER_CASE = """
 import json, sys, tempfile, time
 import refws.golden as g
 from refws.golden.evaluate import evaluate
-from refws.golden.store import encode_arrays, npz_parts, write_case_parts
+from refws.golden.store import case_path, encode_arrays, fsync_file, npz_parts, write_case_parts
 from refws.im2col import get_workspace_bytes
 
 def kib(key):
@@ -82,11 +92,15 @@ for case in cat.cases:
     arrays, terms = evaluate(case)
     t1 = time.perf_counter()
     written, meta = encode_arrays(arrays, set(terms), cat.encoding)
-    write_case_parts(out, case.name, npz_parts(written))
+    parts = npz_parts(written)                          # the zip's CRC-32 on the way
+    parts.sha256
+    write_case_parts(out, case.name, parts, fsync=False)
     t2 = time.perf_counter()
+    fsync_file(case_path(out, case.name), evict=True)
+    t3 = time.perf_counter()
     size = sum(a.nbytes for a in written.values())
-    del arrays, written
-    print(json.dumps(dict(name=case.name, eval_s=t1 - t0, write_s=t2 - t1, arrays_mib=size / 2**20,
+    del arrays, written, parts
+    print(json.dumps(dict(name=case.name, eval_s=t1 - t0, write_s=t2 - t1, fsync_s=t3 - t2, arrays_mib=size / 2**20,
                           peak_mib=(kib("VmHWM") - base) / 1024, workspace_mib=get_workspace_bytes() / 2**20)))
 import shutil; shutil.rmtree(out)
 """
@@ -99,18 +113,21 @@ def _per_case(catalog: Path) -> None:
     )
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     ref = _reference_seconds_by_case(catalog)
-    print("  per case (eval, write, refws convs; peak RSS added vs the case's arrays + workspace budget):")
+    print(
+        "  per case (eval; CRC-32 + SHA-256 + write; fsync; refws convs; "
+        "peak RSS added vs the case's arrays + workspace budget):"
+    )
     for r in rows:
         print(
-            f"    {r['name']:44s} {r['eval_s']:6.3f} s {r['write_s']:6.3f} s {ref[r['name']]:6.3f} s   "
-            f"peak +{r['peak_mib']:6.0f} MiB, arrays {r['arrays_mib']:6.0f} MiB"
+            f"    {r['name']:44s} {r['eval_s']:6.3f} s {r['write_s']:6.3f} s {r['fsync_s']:6.3f} s "
+            f"{ref[r['name']]:6.3f} s   peak +{r['peak_mib']:6.0f} MiB, arrays {r['arrays_mib']:6.0f} MiB"
         )
     worst = max(rows, key=lambda r: r["peak_mib"] - r["arrays_mib"])
     print(
         f"  totals: eval {sum(r['eval_s'] for r in rows):.2f} s, write {sum(r['write_s'] for r in rows):.2f} s, "
-        f"refws convs {sum(ref.values()):.2f} s; largest peak beyond the case's arrays: "
-        f"{worst['peak_mib'] - worst['arrays_mib']:.0f} MiB ({worst['name']}; workspace budget "
-        f"{worst['workspace_mib']:.0f} MiB)"
+        f"fsync {sum(r['fsync_s'] for r in rows):.2f} s, refws convs {sum(ref.values()):.2f} s; largest peak "
+        f"beyond the case's arrays: {worst['peak_mib'] - worst['arrays_mib']:.0f} MiB ({worst['name']}; "
+        f"workspace budget {worst['workspace_mib']:.0f} MiB)"
     )
 
 
@@ -123,17 +140,46 @@ def _tree_digest(root: Path) -> dict:
     }
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/stat") as fh:
+            ticks = [int(v) for v in fh.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _measured(run) -> dict:
+    """``run()``'s result (a dict) with ``cpu_s``, the CPU seconds of this process and its children
+    meanwhile, and ``others_s``, those of everything else on the machine."""
+    busy, own = _busy_seconds(), _own_seconds()
+    result = run()
+    cpu = _own_seconds() - own
+    return dict(result, cpu_s=cpu, others_s=max(0.0, _busy_seconds() - busy - cpu))
+
+
 def _build(store: Path, catalog: Path, jobs: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(store), str(catalog), str(jobs)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def run():
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(store), str(catalog), str(jobs)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return _measured(run)
 
 
 def _reference_seconds_by_case(catalog) -> dict:
@@ -160,8 +206,12 @@ def _reference_seconds_by_case(catalog) -> dict:
     return seconds
 
 
-def _reference_seconds(catalog) -> float:
-    return sum(_reference_seconds_by_case(catalog).values())
+def _reference(catalog) -> dict:
+    return _measured(lambda: dict(seconds=sum(_reference_seconds_by_case(catalog).values())))
+
+
+def _cpu(r: dict) -> str:
+    return f"CPU {r['cpu_s']:.1f} s, others {r['others_s']:.1f} s"
 
 
 def _subset(catalog_path: Path, count: int, folder: Path) -> Path:
@@ -184,6 +234,50 @@ def _compact(catalog_path: Path, folder: Path) -> Path:
     return path
 
 
+def _fastest(runs: dict, key, result: dict) -> None:
+    if key not in runs or result["seconds"] < runs[key]["seconds"]:
+        runs[key] = result
+
+
+def _measure_catalog(cat, path: Path, jobs_values, repeat: int, tmp: Path) -> dict:
+    """The fastest of ``repeat`` interleaved runs of each build and of the reference; the stores of
+    the last builds are left in ``tmp``."""
+    runs: dict = {}
+    for _ in range(repeat):
+        for jobs in jobs_values:
+            store = tmp / f"{cat.name}-j{jobs}"
+            shutil.rmtree(store, ignore_errors=True)
+            _fastest(runs, jobs, _build(store, path, jobs))
+        _fastest(runs, "reference", _reference(cat))
+    return runs
+
+
+def _report_catalog(cat, path: Path, args, tmp: Path) -> None:
+    print(f"\n{cat.name}: {len(cat.cases)} cases ({path.name}, sha256 {cat.sha256[:12]})")
+    jobs_values = args.jobs or (1, 2)
+    runs = _measure_catalog(cat, path, jobs_values, args.repeat, tmp)
+    ref = runs["reference"]
+    print(f"  refws float64 forward + derivatives on random inputs: {ref['seconds']:.2f} s ({_cpu(ref)})")
+    for jobs in jobs_values:
+        r = runs[jobs]
+        print(
+            f"  --jobs {jobs}: {r['seconds']:.2f} s = {r['seconds'] / ref['seconds']:.1f}x refws ({_cpu(r)}), "
+            f"store {r['bytes'] / 2**20:.1f} MiB, peak RSS {r['rss_self_mib']:.0f} MiB (build process), "
+            f"{r['rss_workers_mib']:.0f} MiB (largest worker)"
+        )
+    stores = [tmp / f"{cat.name}-j{jobs}" for jobs in jobs_values]
+    trees = [_tree_digest(s) for s in stores]
+    print(f"  stores identical across --jobs: {all(t == trees[0] for t in trees)}")
+    for s in stores:
+        shutil.rmtree(s)
+    if not args.no_compact:
+        r = _build(tmp / f"{cat.name}-compact", _compact(path, tmp), max(jobs_values))
+        print(f"  compact encoding: {r['bytes'] / 2**20:.1f} MiB ({r['seconds']:.1f} s)")
+        shutil.rmtree(tmp / f"{cat.name}-compact")
+    if args.per_case:
+        _per_case(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--catalog", action="append", type=Path, help="catalog file(s) (default: the two examples)")
@@ -191,6 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the first 3 cases of each catalog")
     ap.add_argument("--no-compact", action="store_true", help="skip the compact-encoding build")
     ap.add_argument("--per-case", action="store_true", help="time and peak memory case by case (Linux)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved runs of every build; the fastest kept")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -202,28 +297,7 @@ def main(argv=None) -> int:
         for path in args.catalog or CATALOGS:
             if args.quick:
                 path = _subset(path, 3, tmp)
-            cat = load_catalog(path)
-            print(f"\n{cat.name}: {len(cat.cases)} cases ({path.name}, sha256 {cat.sha256[:12]})")
-            stores = {}
-            for jobs in args.jobs or (1, 2):
-                store = tmp / f"{cat.name}-j{jobs}"
-                r = _build(store, path, jobs)
-                stores[jobs] = store
-                print(
-                    f"  --jobs {jobs}: {r['seconds']:.1f} s, store {r['bytes'] / 2**20:.1f} MiB, peak RSS "
-                    f"{r['rss_self_mib']:.0f} MiB (build process), {r['rss_workers_mib']:.0f} MiB (largest worker)"
-                )
-            trees = [_tree_digest(s) for s in stores.values()]
-            print(f"  stores identical across --jobs: {all(t == trees[0] for t in trees)}")
-            for s in stores.values():
-                shutil.rmtree(s)
-            if not args.no_compact:
-                r = _build(tmp / f"{cat.name}-compact", _compact(path, tmp), max(args.jobs or (2,)))
-                print(f"  compact encoding: {r['bytes'] / 2**20:.1f} MiB ({r['seconds']:.1f} s)")
-                shutil.rmtree(tmp / f"{cat.name}-compact")
-            print(f"  refws float64 forward + derivatives on random inputs: {_reference_seconds(cat):.1f} s")
-            if args.per_case:
-                _per_case(path)
+            _report_catalog(load_catalog(path), path, args, tmp)
     return 0
 
 
