@@ -1047,12 +1047,17 @@ class _Noisy(Correct):
         "output_padding_ignored",
     ],
 )
-def test_the_screen_and_the_magnitudes_floor_give_the_full_evaluations_diagnosis(monkeypatch, backend):
+@pytest.mark.parametrize("screen_min", [None, 0])
+def test_the_screen_and_the_magnitudes_floor_give_the_full_evaluations_diagnosis(monkeypatch, backend, screen_min):
     """The screen (a variant at a few elements), the spread elements it looks at for a difference
-    from refws, and the match accepted from ``|v|`` before the magnitudes are computed only save
-    work: on a spread of cases, backends and precisions the diagnosis is the full evaluation's."""
+    from refws, the gather, the look at the probe's points and the match accepted from ``|v|``
+    before the magnitudes are computed only save work: on a spread of cases, backends and
+    precisions the diagnosis is the full evaluation's. The store's cases are below
+    ``SCREEN_MIN``: they are also diagnosed with every variant screened (``screen_min=0``)."""
     backends = {"float32": _Float32Flipped(), "noisy": _Noisy()}
     chosen = backends.get(backend) or SLIPS[backend][0]
+    if screen_min is not None:
+        monkeypatch.setattr(diagnosis, "SCREEN_MIN", screen_min)
     compared = 0
     for suite in ("conv", "conv_transpose"):
         for case in list(golden.cases(suite=suite))[::3]:

@@ -805,9 +805,11 @@ def _flat_dy(P: ConvProblem, case, absolute: bool = False):
 #: problems go through refws.conv and refws.conv_vjp, chunked to refws's workspace budget.
 GATHER_MAX = 2**21
 
-#: Above this many column elements a variant is screened before its full evaluation (below it, one
-#: gather costs less than the screen's few elements summed one by one).
-SCREEN_MIN = 4096
+#: Above this many column elements a variant is screened before its full evaluation. Below it, one
+#: gather costs less than the screen's few elements summed one by one (measured on the flipped-kernel
+#: backend: every store case, at most 20160 columns, and synthetic 2-D cases of 37k-4.7M columns;
+#: the two break even near 60k).
+SCREEN_MIN = 2**16
 
 
 def _gathers(P: ConvProblem, case) -> bool:
