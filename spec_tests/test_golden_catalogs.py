@@ -452,6 +452,41 @@ def test_transposed_convolution_on_the_24_bit_grid(store):
     assert any(roundings)
 
 
+@pytest.mark.parametrize("k, partials", [(10, 1), (3000, 2), (100_000, 4)])
+def test_24_bit_operands_are_split_only_as_much_as_needed(k, partials):
+    """A matrix product of 24-bit operands, ``k`` products per element: with ``terms = k`` the
+    builder evaluates it in one, two or four exact partial products (as a global bound allows),
+    with ``terms`` unknown always in four (the Ozaki split); both give the exact sums rounded
+    once, and the magnitudes rounded up (checked against Fraction on every element)."""
+    from refws.golden.ozaki import ExactSum, bilinear_sums
+    from refws.golden.rng import GRIDS
+
+    grid = GRIDS[24]
+    a, b = grid.values("t/split", "a", (3, k)), grid.values("t/split", "b", (k, 2))
+    calls = []
+
+    def op(u, v):
+        calls.append(1)
+        return u @ v
+
+    results = {}
+    for terms in (k, None):
+        calls.clear()
+        value, mag = bilinear_sums(op, a, b, ExactSum(), ExactSum(), terms=terms)
+        results[terms] = value.nearest(), mag.upper()
+        assert len(calls) == 2 * (partials if terms else 4)  # a value and a magnitude per partial
+    assert all(np.array_equal(r, s_) for r, s_ in zip(results[k], results[None]))
+    ia, ib = (np.ldexp(v, 24).astype(np.int64).astype(object) for v in (a, b))  # Python ints: exact
+    rounded = []
+    for i, j in np.ndindex(3, 2):
+        products = ia[i, :] * ib[:, j]
+        exact, mags = Fraction(int(products.sum()), 2**48), Fraction(int(np.abs(products).sum()), 2**48)
+        up = _rounded(mags) if Fraction(_rounded(mags)) >= mags else float(np.nextafter(_rounded(mags), np.inf))
+        assert results[k][0][i, j] == _rounded(exact) and results[k][1][i, j] == up, (i, j)
+        rounded.append(Fraction(_rounded(exact)) != exact)
+    assert any(rounded) == (partials > 1)  # sums beyond 53 bits are rounded, once
+
+
 mpmath.mp.dps = 60
 
 

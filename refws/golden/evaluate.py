@@ -134,7 +134,9 @@ def _counts(p, transposed: bool) -> dict:
 # --- bilinear outputs -------------------------------------------------------------------------
 
 
-def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias=None, splits=None) -> None:
+def _bilinear_output(
+    out: dict, terms: dict, name: str, pieces, count: int, bias=None, splits=None, per_op: int | None = None
+) -> None:
     """Store ``out[name] = sum of op(a, b) over pieces (+ bias)``, exactly, with its bound data.
 
     Every ``op(a, b)`` is summed without rounding (:func:`refws.golden.ozaki.bilinear_sums`: the
@@ -143,11 +145,13 @@ def _bilinear_output(out: dict, terms: dict, name: str, pieces, count: int, bias
     products summed into one element (``+ 1`` for a bias, counted by the caller).
     ``<name>__absbound = sum op(|a|, |b|) (+ |bias|)``, exact, rounded up if it is no float64;
     stored when K > 0 (K = 0: every element is an empty sum, exactly 0). ``splits``: a dict that
-    remembers the operands' splits across the outputs of one case.
+    remembers the operands' splits across the outputs of one case. ``per_op``: the most products
+    one ``op(a, b)`` sums into an element (default ``count``): 24-bit operands are split only as
+    much as it requires.
     """
     value, mag = ExactSum(), ExactSum()
     for op, a, b in pieces:
-        bilinear_sums(op, a, b, value, mag, splits)
+        bilinear_sums(op, a, b, value, mag, splits, count if per_op is None else per_op)
     if bias is not None:
         value.add_float(np.broadcast_to(bias, value.shape))
         mag.add_float(np.broadcast_to(np.abs(bias), value.shape))
@@ -269,7 +273,7 @@ def _eval_conv(case):
         _vjp_outputs(out, terms, _conv_vjp_halves(p), x, w, dy, k, splits)
     if case.stores("jvp"):
         tx, tw = out["tx"], out["tw"] = _operand(case, splits, "tx", x.shape), _operand(case, splits, "tw", w.shape)
-        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"], splits=splits)
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], 2 * k["y"], splits=splits, per_op=k["y"])
     return out, terms
 
 
@@ -313,7 +317,8 @@ def _eval_transpose(case):
         if p["bias"]:
             tb = per_channel(grid.values(n, "tb", (c_out,)), len(y_shape), axis)
             out["tb"] = tb.ravel()
-        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], (2 * k["y"] + has_bias) * nonempty, tb, splits)
+        ty_count = (2 * k["y"] + has_bias) * nonempty
+        _bilinear_output(out, terms, "ty", [(op, tx, w), (op, x, tw)], ty_count, tb, splits, per_op=k["y"])
     return out, terms
 
 

@@ -99,29 +99,64 @@ def _value_form_fits(e: int, top: float) -> bool:
     return _LOWEST_UNIT <= -e and top * 2.0**-e < 2.0**_HIGHEST_UNIT
 
 
-def _pieces(a: np.ndarray, ints: np.ndarray | None, e: int, top: float, piece_bits: int) -> list:
-    """The pieces of ``a`` (integers up to ``top`` times ``2**-e``; ``ints`` = those integers if
-    already at hand): ``a`` itself when they fit in one piece, else its digits."""
-    if top <= 2.0**piece_bits:  # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
-        if _value_form_fits(e, top):
-            return [Piece(a, 0, -e)]
-        return [Piece(np.ldexp(a, e) if ints is None else ints, -e, 0)]
-    return _split_integers(np.ldexp(a, e) if ints is None else ints, e, piece_bits)
+class _Split:
+    """An operand's exact decompositions: :meth:`whole`, one piece of all its integers, and
+    :meth:`digits`, its 12-bit digits (the same single piece when its integers fit in 12 bits).
+    ``e``: its grid exponent; ``top``: a bound of its integers' magnitudes. Each is made once."""
+
+    __slots__ = ("a", "e", "top", "_ints", "_whole", "_digits")
+
+    def __init__(self, a: np.ndarray, e: int, top: float, ints: np.ndarray | None = None) -> None:
+        self.a, self.e, self.top, self._ints = a, int(e), float(top), ints
+        self._whole: Piece | None = None
+        self._digits: list[Piece] | None = None
+
+    def ints(self) -> np.ndarray:
+        if self._ints is None:
+            self._ints = np.ldexp(self.a, self.e)
+        return self._ints
+
+    def whole(self) -> Piece:
+        """The operand as one piece: its own array (value form) where units and magnitudes stay
+        in the normal range (every golden grid), else its integers."""
+        if self._whole is None:
+            fits = _value_form_fits(self.e, self.top)
+            self._whole = Piece(self.a, 0, -self.e) if fits else Piece(self.ints(), -self.e, 0)
+        return self._whole
+
+    def digits(self) -> list[Piece]:
+        """Sign-magnitude digits in base ``2**PIECE_BITS`` (``|a| = sum |digits|`` too)."""
+        if self._digits is None:
+            if self.top <= 2.0**PIECE_BITS:  # 2**12 itself: one piece (the bits = 12 grid reaches 2**11)
+                self._digits = [self.whole()]
+            else:
+                self._digits = _split_integers(self.ints(), self.e, PIECE_BITS)
+        return self._digits
+
+    def widest(self) -> float:
+        """A bound of the integers of a :meth:`digits` piece."""
+        return min(self.top, 2.0**PIECE_BITS)
 
 
-def split(a: np.ndarray, piece_bits: int = PIECE_BITS) -> tuple:
-    """``a`` as ``(pieces, e)``: ``a = sum_i pieces_i.values * 2**pieces_i.scale`` exactly.
-
-    ``2**-e`` is ``a``'s grid unit (:func:`refws.golden.rational.grid_exponent`); each piece's
-    integers are below ``2**piece_bits`` in magnitude and have the sign of ``a`` (sign-magnitude
-    digits, so ``|a| = sum_i |pieces_i|`` as well). An operand whose integers already fit (every
-    grid with ``bits <= 12``) is one piece: ``a`` itself.
-    """
+def _split_of(a: np.ndarray) -> _Split:
+    """The :class:`_Split` of any dyadic array (its grid exponent found by passes over it)."""
     from .rational import grid_scaled
 
     ints, e = grid_scaled(a)
     top = max(float(np.max(ints, initial=0.0)), -float(np.min(ints, initial=0.0)))
-    return _pieces(np.asarray(a, dtype=np.float64), ints, e, top, piece_bits), e
+    return _Split(np.asarray(a, dtype=np.float64), e, top, ints)
+
+
+def split(a: np.ndarray) -> tuple:
+    """``a`` as ``(pieces, e)``: ``a = sum_i pieces_i.values * 2**pieces_i.scale`` exactly.
+
+    ``2**-e`` is ``a``'s grid unit (:func:`refws.golden.rational.grid_exponent`); each piece's
+    integers are below ``2**PIECE_BITS`` in magnitude and have the sign of ``a`` (sign-magnitude
+    digits, so ``|a| = sum_i |pieces_i|`` as well). An operand whose integers already fit (every
+    grid with ``bits <= 12``) is one piece: ``a`` itself.
+    """
+    parts = _split_of(a)
+    return parts.digits(), parts.e
 
 
 def on_grid(cache: dict, a: np.ndarray, exponent: int, top: int) -> np.ndarray:
@@ -133,7 +168,7 @@ def on_grid(cache: dict, a: np.ndarray, exponent: int, top: int) -> np.ndarray:
     no-rounding check stricter, and the exact sums, hence the stored values, are the same.
     """
     a = np.asarray(a, dtype=np.float64)
-    cache[id(a)] = (a, (_pieces(a, None, exponent, float(top), PIECE_BITS), exponent))
+    cache[id(a)] = (a, _Split(a, exponent, top))
     return a
 
 
@@ -297,14 +332,34 @@ def _units(values, scale: int, t: int) -> np.ndarray:
     return values if scale == t else np.ldexp(values, scale - t)
 
 
-def _split_cached(a, cache: dict | None):
-    """:func:`split`, remembered in ``cache`` by the array's identity (the caller keeps ``a`` alive)."""
+def _split_cached(a, cache: dict | None) -> _Split:
+    """:func:`_split_of`, remembered in ``cache`` by the array's identity (the caller keeps ``a`` alive)."""
     if cache is None:
-        return split(a)
+        return _split_of(a)
     key = id(a)
     if key not in cache:
-        cache[key] = (a, split(a))  # holding ``a`` keeps its id from being reused
+        cache[key] = (a, _split_of(a))  # holding ``a`` keeps its id from being reused
     return cache[key][1]
+
+
+def _coarsest(sa: _Split, sb: _Split, terms: int | None) -> tuple:
+    """The pieces of both operands with the fewest partials that a global bound proves exact:
+    ``max|a| * max|b| * terms < 2**52`` units (``terms``: at most that many products per element).
+
+    Both whole (one partial; every grid up to 12 bits, and 24-bit operands for sums of up to 15
+    products), the larger one whole and the other in digits (two partials), or both in digits
+    (the Ozaki split, four partials; also when ``terms`` is unknown). Every split sums to the
+    same exact value, so the stored bytes do not depend on the choice."""
+    if terms is not None:
+        if sa.top * sb.top * terms < _UNIT_LIMIT:
+            return [sa.whole()], [sb.whole()]
+        if sa.top * sb.widest() * terms < _UNIT_LIMIT and sa.a.size >= sb.a.size:
+            return [sa.whole()], sb.digits()
+        if sa.widest() * sb.top * terms < _UNIT_LIMIT:
+            return sa.digits(), [sb.whole()]
+        if sa.top * sb.widest() * terms < _UNIT_LIMIT:
+            return [sa.whole()], sb.digits()
+    return sa.digits(), sb.digits()
 
 
 def _pair_forms(pa: Piece, pb: Piece) -> tuple:
@@ -332,18 +387,24 @@ def _fresh(result: np.ndarray, *operands: np.ndarray) -> bool:
 
 
 def bilinear_sums(
-    op, a, b, value: ExactSum | None = None, magnitude: ExactSum | None = None, splits: dict | None = None
+    op,
+    a,
+    b,
+    value: ExactSum | None = None,
+    magnitude: ExactSum | None = None,
+    splits: dict | None = None,
+    terms: int | None = None,
 ):
     """Add ``op(a, b)`` to ``value`` and ``op(|a|, |b|)`` to ``magnitude``, exactly.
 
-    Both operands are split (:func:`split`; ``splits``, a dict, remembers the splits of operands
-    used again, and :func:`on_grid` seeds it); every partial ``op(a_i, b_j)`` is computed in
-    float64 after checking that its bound ``op(|a_i|, |b_j|)`` (the partial of the magnitude) is
-    below ``2**52`` units, so neither is ever rounded. ArithmeticError otherwise (operands too
-    wide even for 12-bit pieces: more than ``2**28`` products per element).
+    Both operands are split as little as ``terms`` (a bound of the number of products summed into
+    one element, if known) proves safe (:func:`_coarsest`; ``splits``, a dict, remembers the
+    splits of operands used again, and :func:`on_grid` seeds it); every partial ``op(a_i, b_j)``
+    is computed in float64 after checking that its bound ``op(|a_i|, |b_j|)`` (the partial of the
+    magnitude) is below ``2**52`` units, so neither is ever rounded. ArithmeticError otherwise
+    (operands too wide even for 12-bit pieces: more than ``2**28`` products per element).
     """
-    pa_all, _ = _split_cached(a, splits)
-    pb_all, _ = _split_cached(b, splits)
+    pa_all, pb_all = _coarsest(_split_cached(a, splits), _split_cached(b, splits), terms)
     for pa0 in pa_all:
         for pb0 in pb_all:
             pa, pb = _pair_forms(pa0, pb0)
