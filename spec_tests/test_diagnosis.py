@@ -1178,3 +1178,17 @@ def test_the_floor_bounds_are_below_element_bound_of_the_floor():
                 finite = np.isfinite(exact)
                 assert np.all(ours[finite] <= exact[finite]) and np.all(ours[finite] >= 0), (K, prec)
                 assert not np.any(np.isfinite(ours[~finite])), (K, prec)
+
+
+def test_the_stored_bound_is_golden_bound_with_a_memo():
+    """``_stored_bound`` (built without ``__init__``) has every field of ``golden_bound``."""
+    from refws.testing import golden_bound
+
+    case = golden.load("conv/2d_pad_same")
+    for array in ("y", "dx", "dw", "ty"):
+        diagnosis.clear_caches()
+        ours, theirs = diagnosis._stored_bound(case, array), golden_bound(case, array)
+        for f in dataclasses.fields(theirs):
+            a, b = getattr(ours, f.name), getattr(theirs, f.name)
+            assert a is b or (not isinstance(a, np.ndarray) and a == b), f.name
+        assert ours.memo == {} and isinstance(ours, diagnosis._MemoBound)

@@ -292,19 +292,29 @@ def _geometry_of(spatial: tuple, kernel: tuple, stride: tuple, pad, lhs: tuple, 
     :func:`refws.geometry.out_size` (what ``conv_geometry`` computes them with; its argument
     checks cost several times more and cannot fail on a problem). Any other padding goes
     through ``conv_geometry``."""
-    if not isinstance(pad, str):  # explicit (lo, hi) pairs of ints, by construction
-        pads = pad
-    elif pad == "VALID":
-        pads = ((0, 0),) * len(spatial)
-    elif pad in ("SAME", "SAME_LOWER") and all(L == 1 for L in lhs):
-        lower = pad == "SAME_LOWER"
-        pads = tuple(same_pads(n, k, s, d, lower=lower) for n, k, s, d in zip(spatial, kernel, stride, rhs))
-    else:
+    pads = _explicit_pads(spatial, kernel, stride, pad, lhs, rhs)
+    if pads is None:
         return conv_geometry(spatial, kernel, stride, pad, lhs, rhs)
-    out = tuple(
-        out_size(n, k, s, lo, hi, L, d) for n, k, s, (lo, hi), L, d in zip(spatial, kernel, stride, pads, lhs, rhs)
-    )
-    return ConvGeometry(spatial, kernel, stride, pads, lhs, rhs, out)
+    return ConvGeometry(spatial, kernel, stride, pads, lhs, rhs, _out_spatial(spatial, kernel, stride, pads, lhs, rhs))
+
+
+def _explicit_pads(spatial: tuple, kernel: tuple, stride: tuple, pad, lhs: tuple, rhs: tuple) -> tuple | None:
+    """A problem's pads as ``(lo, hi)`` pairs: its explicit pairs, VALID's zeros or SAME's from
+    :func:`refws.geometry.same_pads` (None: SAME with lhs dilation, left to ``conv_geometry``)."""
+    if not isinstance(pad, str):  # explicit (lo, hi) pairs of ints, by construction
+        return pad
+    if pad == "VALID":
+        return ((0, 0),) * len(spatial)
+    if pad in ("SAME", "SAME_LOWER") and all(L == 1 for L in lhs):
+        lower = pad == "SAME_LOWER"
+        return tuple([same_pads(n, k, s, d, lower=lower) for n, k, s, d in zip(spatial, kernel, stride, rhs)])
+    return None
+
+
+def _out_spatial(spatial: tuple, kernel: tuple, stride: tuple, pads: tuple, lhs: tuple, rhs: tuple) -> tuple:
+    """The output's spatial sizes, by :func:`refws.geometry.out_size` (what ``conv_geometry`` uses)."""
+    args = zip(spatial, kernel, stride, pads, lhs, rhs)
+    return tuple([out_size(n, k, s, lo, hi, L, d) for n, k, s, (lo, hi), L, d in args])
 
 
 def _geometry(P: ConvProblem, x_shape: tuple, w_shape: tuple):
@@ -1536,19 +1546,24 @@ def _out_shape(P, case, array: str):
 
 
 def _y_shape(P: ConvProblem, case) -> tuple:
-    """``_info(P, case)[4]``, the shape of the problem's ``y``; for a problem without index maps and
-    with explicit pads (most slips of the geometry) straight from
-    :func:`refws.geometry.out_size`, what :func:`_geometry_of` computes it with: no geometry is
-    made for a variant that the shape rules out."""
+    """``_info(P, case)[4]``, the shape of the problem's ``y``, from the shapes' and sizes'
+    arithmetic alone (:func:`_mapped_shape`, :func:`_explicit_pads`, :func:`_out_spatial`, what
+    :func:`_info` computes it with): no geometry is made for a variant that the shape rules out."""
     memo = P.__dict__.get("_info")
     if memo is not None and memo[0] is case:
         return memo[1][4]
-    if P.x_maps or P.w_maps or P.y_maps or not isinstance(P.padding, tuple):
+    xi, wi = case.arrays["x"].shape, case.arrays["w"].shape
+    if P.x_maps:
+        xi = _mapped_shape(P.x_maps, xi)
+    if P.w_maps:
+        wi = _mapped_shape(P.w_maps, wi)
+    spatial, kernel = _spatial(xi, P.nd, P.channel_first, P.batched), wi[:-2]
+    pads = _explicit_pads(spatial, kernel, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation)
+    if pads is None:
         return _info(P, case)[4]
-    x, w = case.arrays["x"].shape, case.arrays["w"].shape
-    args = zip(_spatial(x, P.nd, P.channel_first, P.batched), w, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation)
-    out = tuple([out_size(n, k, s, lo, hi, L, d) for n, k, s, (lo, hi), L, d in args])
-    return x[: 1 if P.batched else 0] + ((w[-1], *out) if P.channel_first else (*out, w[-1]))
+    out = _out_spatial(spatial, kernel, P.stride, pads, P.lhs_dilation, P.rhs_dilation)
+    inner = xi[: 1 if P.batched else 0] + ((wi[-1], *out) if P.channel_first else (*out, wi[-1]))
+    return _mapped_shape(P.y_maps, inner) if P.y_maps else inner
 
 
 def _max_abs(case, name: str) -> float:
@@ -1606,7 +1621,9 @@ def _stored_bound(case, array: str) -> _MemoBound:
 
     def compute():
         stored = golden_bound(case, array)
-        return _MemoBound(**{name: getattr(stored, name) for name in _BOUND_FIELDS})
+        memo = object.__new__(_MemoBound)  # the fields copied without a frozen __init__'s setattr calls
+        memo.__dict__.update({name: getattr(stored, name) for name in _BOUND_FIELDS}, memo={})
+        return memo
 
     return _cached(case, ("bound", array), compute)
 
@@ -1704,6 +1721,7 @@ class _Probe:
 
     def __init__(self, actual: np.ndarray, exact: np.ndarray):
         self._actual_array, self._exact_array = actual, exact
+        self.armed = False  # whether full evaluations look at the points first (see _conv_match)
         self._sampled = False
         self._points: list = []
         self._actual: list = []
@@ -1782,31 +1800,33 @@ def _screen(P, case, array: str, probe: _Probe, bound: Bound, prec) -> str | Non
 def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: Bound, prec, probe=None) -> str:
     """``"match"``, ``"differs"`` or ``"same"`` (indistinguishable from refws's correct value).
 
-    With a ``probe``, the value is first looked at on the probe's points (:func:`_differs_at_points`):
-    most variants differ from both refws and the backend there, which settles them before any
-    whole-array comparison.
+    With a ``probe`` armed (by a first variant that differs on the whole array), the value is first
+    looked at on the probe's points (:func:`_differs_at_points`): most variants differ from both
+    refws and the backend there, which settles them before any whole-array comparison.
 
     The variant's own float64 rounding (``gamma_K(2**-53) m``) is added to the bound and ``m``
-    inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A scalar bound
-    from ``K max|a| max|b|`` rejects most variants before their magnitudes are computed, and a
-    bound from ``|v|`` (no larger than the one from the magnitudes, see :func:`_magnitudes_floor`)
-    accepts most matches before them.
+    inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A bound from
+    ``|v|`` (no larger than the one from the magnitudes, see :func:`_magnitudes_floor`) accepts
+    most matches, and a scalar bound from ``K max|a| max|b|`` rejects most other variants, before
+    their magnitudes are computed.
     """
     K, g64, M = _conv_bounds(P, case, array, bound)
     at0, slope, floor1 = _bound_lines(bound, K, g64, M, prec)
-    if probe is not None and _differs_at_points(v, probe, 2 * g64 * M, at0, slope):
+    if probe is not None and probe.armed and _differs_at_points(v, probe, 2 * g64 * M, at0, slope):
         return "differs"
     exact = case.arrays[array]
     if v.shape == exact.shape and (v.size == 0 or np.max(np.abs(v - exact)) <= 2 * g64 * M):
         return "same"
-    err = _errors(actual, v)
-    if not np.any(err):
-        return "match"
-    size = np.abs(v)
-    if np.any(err > at0 + slope * size):
-        return "differs"
+    err, size = _errors(actual, v), np.abs(v)
+    # the bound from the floor first (bit-equality included): it settles a match in one comparison
     if math.isfinite(floor1) and np.all(err <= _floor_bounds(size, floor1)):  # inf: K u >= 1, no floor
         return "match"
+    if not np.any(err):
+        return "match"
+    if np.any(err > at0 + slope * size):
+        if probe is not None:
+            probe.armed = True  # one variant differs: the next ones likely do too, seen at a few points
+        return "differs"
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
     return "match" if np.all(err <= element_bound(tight, v, prec)) else "differs"
