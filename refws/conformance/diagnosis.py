@@ -256,6 +256,7 @@ class ConvProblem:
 _PROBLEM_FIELDS = tuple(f.name for f in fields(ConvProblem))
 _PROBLEM_FIELD_SET = frozenset(_PROBLEM_FIELDS)
 _problem_fields = operator.attrgetter(*_PROBLEM_FIELDS)  # the fields' tuple, in one C call
+_MEMOS = ("_hash", "_info", "_shapes")  # what a problem keeps on itself (see __hash__, _info, _shapes)
 
 
 def _evolve(P: ConvProblem, **changes) -> ConvProblem:
@@ -265,8 +266,8 @@ def _evolve(P: ConvProblem, **changes) -> ConvProblem:
         raise TypeError(f"ConvProblem has no field {sorted(set(changes) - _PROBLEM_FIELD_SET)[0]!r}")
     Q = object.__new__(ConvProblem)
     Q.__dict__.update(P.__dict__, **changes)
-    Q.__dict__.pop("_hash", None)
-    Q.__dict__.pop("_info", None)
+    for memo in _MEMOS:
+        Q.__dict__.pop(memo, None)
     return Q
 
 
@@ -773,19 +774,40 @@ def _info(P: ConvProblem, case) -> tuple:
     memo = P.__dict__.get("_info")
     if memo is not None and memo[0] is case:
         return memo[1]
+    xi, wi, spatial, kernel, pads, out, inner, y = _shapes(P, case)
+    g = ConvGeometry(spatial, kernel, P.stride, pads, P.lhs_dilation, P.rhs_dilation, out)
+    lead = 1 if P.batched else 0
+    n, c_in = xi[0] if lead else 1, xi[lead] if P.channel_first else xi[-1]
+    info = (g, xi, wi, inner, y, n * math.prod(out) * math.prod(kernel) * c_in)
+    P.__dict__["_info"] = (case, info)
+    return info
+
+
+def _shapes(P: ConvProblem, case) -> tuple:
+    """``(x_inner, w_inner, spatial, kernel, pads, out_spatial, inner_y, y)`` shapes and sizes of a
+    problem on a case, from their arithmetic alone (:func:`_mapped_shape`, :func:`_explicit_pads`,
+    :func:`_out_spatial`: what ``conv_geometry`` computes them with): no geometry is made for a
+    variant that the shape rules out. Kept on the problem, like :func:`_info`."""
+    memo = P.__dict__.get("_shapes")
+    if memo is not None and memo[0] is case:
+        return memo[1]
     xi, wi = case.arrays["x"].shape, case.arrays["w"].shape
     if P.x_maps:
         xi = _mapped_shape(P.x_maps, xi)
     if P.w_maps:
         wi = _mapped_shape(P.w_maps, wi)
-    g = _inner_geometry(P, xi, wi)
-    inner = _inner_out_shape(P, g, xi, wi)
-    lead = 1 if P.batched else 0
-    n, c_in = xi[0] if lead else 1, xi[lead] if P.channel_first else xi[-1]
-    columns = n * math.prod(g.out_spatial) * math.prod(g.kernel_spatial) * c_in
-    info = (g, xi, wi, inner, _mapped_shape(P.y_maps, inner) if P.y_maps else inner, columns)
-    P.__dict__["_info"] = (case, info)
-    return info
+    spatial, kernel, pads = _spatial(xi, P.nd, P.channel_first, P.batched), wi[:-2], P.padding
+    if not isinstance(pads, tuple):  # a pad string
+        pads = _explicit_pads(spatial, kernel, P.stride, pads, P.lhs_dilation, P.rhs_dilation)
+    if pads is None:  # SAME with lhs dilation
+        g = conv_geometry(spatial, kernel, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation)
+        pads, out = g.padding, g.out_spatial
+    else:
+        out = _out_spatial(spatial, kernel, P.stride, pads, P.lhs_dilation, P.rhs_dilation)
+    inner = xi[: 1 if P.batched else 0] + ((wi[-1], *out) if P.channel_first else (*out, wi[-1]))
+    shapes = (xi, wi, spatial, kernel, pads, out, inner, _mapped_shape(P.y_maps, inner) if P.y_maps else inner)
+    P.__dict__["_shapes"] = (case, shapes)
+    return shapes
 
 
 def _flat_dy(P: ConvProblem, case, absolute: bool = False):
@@ -1315,28 +1337,28 @@ VARIANTS: dict = {
             "rhs (kernel) dilation ignored",
             _CONV,
             _FWD,
-            _set_factor("rhs_dilation", lambda d: tuple(1 for _ in d)),
+            _set_factor("rhs_dilation", lambda d: (1,) * len(d)),
         ),
         Variant(
             "rhs_dilation_plus_one",
             "rhs dilation d taken as the number of zeros between taps (taps d + 1 apart)",
             _CONV,
             _FWD,
-            _set_factor("rhs_dilation", lambda d: tuple(v + 1 for v in d)),
+            _set_factor("rhs_dilation", lambda d: tuple([v + 1 for v in d])),
         ),
         Variant(
             "lhs_dilation_ignored",
             "lhs (input) dilation ignored",
             _CONV,
             _FWD,
-            _set_factor("lhs_dilation", lambda d: tuple(1 for _ in d)),
+            _set_factor("lhs_dilation", lambda d: (1,) * len(d)),
         ),
         Variant(
             "stride_ignored",
             "stride ignored (stride 1)",
             _CONV,
             _FWD,
-            _set_factor("stride", lambda s: tuple(1 for _ in s)),
+            _set_factor("stride", lambda s: (1,) * len(s)),
         ),
         Variant(
             "spatial_args_swapped",
@@ -1546,24 +1568,8 @@ def _out_shape(P, case, array: str):
 
 
 def _y_shape(P: ConvProblem, case) -> tuple:
-    """``_info(P, case)[4]``, the shape of the problem's ``y``, from the shapes' and sizes'
-    arithmetic alone (:func:`_mapped_shape`, :func:`_explicit_pads`, :func:`_out_spatial`, what
-    :func:`_info` computes it with): no geometry is made for a variant that the shape rules out."""
-    memo = P.__dict__.get("_info")
-    if memo is not None and memo[0] is case:
-        return memo[1][4]
-    xi, wi = case.arrays["x"].shape, case.arrays["w"].shape
-    if P.x_maps:
-        xi = _mapped_shape(P.x_maps, xi)
-    if P.w_maps:
-        wi = _mapped_shape(P.w_maps, wi)
-    spatial, kernel = _spatial(xi, P.nd, P.channel_first, P.batched), wi[:-2]
-    pads = _explicit_pads(spatial, kernel, P.stride, P.padding, P.lhs_dilation, P.rhs_dilation)
-    if pads is None:
-        return _info(P, case)[4]
-    out = _out_spatial(spatial, kernel, P.stride, pads, P.lhs_dilation, P.rhs_dilation)
-    inner = xi[: 1 if P.batched else 0] + ((wi[-1], *out) if P.channel_first else (*out, wi[-1]))
-    return _mapped_shape(P.y_maps, inner) if P.y_maps else inner
+    """The shape of the problem's ``y`` (see :func:`_shapes`)."""
+    return _shapes(P, case)[7]
 
 
 def _max_abs(case, name: str) -> float:
