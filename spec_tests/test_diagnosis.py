@@ -1192,3 +1192,22 @@ def test_the_stored_bound_is_golden_bound_with_a_memo():
             a, b = getattr(ours, f.name), getattr(theirs, f.name)
             assert a is b or (not isinstance(a, np.ndarray) and a == b), f.name
         assert ours.memo == {} and isinstance(ours, diagnosis._MemoBound)
+
+
+def test_out_spatial_is_out_size():
+    """``_out_spatial`` (the arithmetic of :func:`refws.geometry.out_size`, inline) gives
+    ``out_size`` on every combination of small sizes, factors and pads, negative pads included."""
+    from refws.geometry import out_size
+
+    args = [
+        (n, k, s, lo, hi, L, d)
+        for n in (0, 1, 2, 5, 9)
+        for k in (1, 2, 3)
+        for s in (1, 2, 3)
+        for lo in (-2, 0, 1, 3)
+        for hi in (-3, -1, 0, 2)
+        for L in (1, 2)
+        for d in (1, 3)
+    ]
+    for n, k, s, lo, hi, L, d in args:
+        assert diagnosis._out_spatial((n,), (k,), (s,), ((lo, hi),), (L,), (d,)) == (out_size(n, k, s, lo, hi, L, d),)

@@ -60,7 +60,7 @@ import numpy as np
 from ..arrays import from_canonical, to_canonical
 from ..conv import conv_canonical
 from ..explain import explain_case
-from ..geometry import ConvGeometry, as_int_tuple, conv_geometry, normalize_padding, out_size, same_pads
+from ..geometry import ConvGeometry, as_int_tuple, conv_geometry, normalize_padding, same_pads
 from ..grads import conv_vjp, dx_conv_geometry, flip_swap_kernel, input_grad_pads, transpose_geometry
 from ..im2col import dilate_pad, window_view
 from ..testing import golden_bound
@@ -242,7 +242,8 @@ class ConvProblem:
         return _geometry(self, tuple(x_shape), tuple(w_shape))
 
     def pads(self, case) -> tuple:
-        return _info(self, case)[0].padding
+        """The explicit ``(lo, hi)`` pads of the problem on a case."""
+        return _shapes(self, case)[4]
 
     def __hash__(self) -> int:
         # a problem keys every cache of the diagnosis: its hash is computed once
@@ -313,9 +314,13 @@ def _explicit_pads(spatial: tuple, kernel: tuple, stride: tuple, pad, lhs: tuple
 
 
 def _out_spatial(spatial: tuple, kernel: tuple, stride: tuple, pads: tuple, lhs: tuple, rhs: tuple) -> tuple:
-    """The output's spatial sizes, by :func:`refws.geometry.out_size` (what ``conv_geometry`` uses)."""
-    args = zip(spatial, kernel, stride, pads, lhs, rhs)
-    return tuple([out_size(n, k, s, lo, hi, L, d) for n, k, s, (lo, hi), L, d in args])
+    """The output's spatial sizes: :func:`refws.geometry.out_size` (what ``conv_geometry`` uses),
+    its arithmetic inline (a call per axis and variant was a third of a shape's cost)."""
+    out = []
+    for n, k, s, (lo, hi), L, d in zip(spatial, kernel, stride, pads, lhs, rhs):
+        span = ((n - 1) * L + 1 if n > 0 else 0) + lo + hi - (k - 1) * d - 1
+        out.append(span // s + 1 if span >= 0 else 0)
+    return tuple(out)
 
 
 def _geometry(P: ConvProblem, x_shape: tuple, w_shape: tuple):
@@ -1084,11 +1089,9 @@ def _same_to(target: str):
 def _same_ignores_rhs_dilation(P, case):
     if P.padding not in ("SAME", "SAME_LOWER") or all(d == 1 for d in P.rhs_dilation):
         return None
-    g = _info(P, case)[0]
-    pads = tuple(
-        same_pads(n, k, s, 1, lower=P.padding == "SAME_LOWER")
-        for n, k, s in zip(g.in_spatial, g.kernel_spatial, g.stride)
-    )
+    spatial, kernel = _shapes(P, case)[2:4]
+    lower = P.padding == "SAME_LOWER"
+    pads = tuple([same_pads(n, k, s, 1, lower=lower) for n, k, s in zip(spatial, kernel, P.stride)])
     return _evolve(P, padding=pads)
 
 
@@ -1107,9 +1110,8 @@ def _high_crop_ignores_low_pad(P, case):
 
 
 def _padding_ignored(P, case):
-    if all(p == (0, 0) for p in P.pads(case)):
-        return None
-    return _evolve(P, padding=((0, 0),) * P.nd)
+    zeros = ((0, 0),) * P.nd
+    return None if P.pads(case) == zeros else _evolve(P, padding=zeros)
 
 
 def _set_factor(field: str, new):
