@@ -2,17 +2,19 @@
 
 Run from the repository root:
 
-    python benchmarks/bench_diagnosis.py            # the figures of docs/conformance.md (9 rounds)
+    python benchmarks/bench_diagnosis.py            # the figures of docs/conformance.md (9+ rounds)
     python benchmarks/bench_diagnosis.py --quick    # smoke run: 2 rounds, a few cases
     python benchmarks/bench_diagnosis.py --cases    # also print every case's row of the sweeps
 
 For each backend with a slip and each case it fails, ``run_case(backend, case, diagnose=None)``
-and ``run_case(backend, case)`` (the default diagnosis) are timed alternately, ``--repeat``
-rounds, and the fastest of each is kept; the ratio is with / without, i.e. the run time of the
-failing case with the diagnosis as a multiple of the run time without it (a passing case never
-calls the diagnosis: ratio 1 by construction). Times are CPU times of the process; every cache of
-the diagnosis is cleared before each timed call (``diagnosis.clear_caches``), so every call pays
-the full diagnosis, as the first failing array of a case does in ``refws check``.
+and ``run_case(backend, case)`` (the default diagnosis) are timed alternately, at least
+``--repeat`` rounds and more for short calls (until 50 ms of calls with the diagnosis were timed:
+about a hundred rounds for a sub-millisecond case), and the fastest of each is kept; the ratio is
+with / without, i.e. the run time of the failing case with the diagnosis as a multiple of the run
+time without it (a passing case never calls the diagnosis: ratio 1 by construction). Times are
+CPU times of the process; every cache of the diagnosis is cleared before each timed call
+(``diagnosis.clear_caches``), so every call pays the full diagnosis, as the first failing array
+of a case does in ``refws check``.
 
 Per-case ratio distribution (median and max over cases, the worst case named):
 
@@ -110,11 +112,19 @@ def _timed(fn, before):
     return time.process_time() - start
 
 
+#: Short calls get more rounds: at least this much CPU time of calls with the diagnosis is timed
+#: per case (a sub-millisecond case gets about a hundred rounds), at most MAX_ROUNDS_FACTOR times
+#: ``--repeat`` rounds.
+MIN_SECONDS = 0.05
+MAX_ROUNDS_FACTOR = 20
+
+
 def measure(backend, case, repeat: int, before=lambda: None) -> tuple:
-    """(fastest without, fastest with, failing arrays, matches) over ``repeat`` alternating rounds."""
+    """(fastest without, fastest with, failing arrays, matches) over alternating rounds: at least
+    ``repeat``, more while less than :data:`MIN_SECONDS` of calls with the diagnosis were timed."""
     run_case(backend, case)  # warm-up (imports, first compile)
     without, with_ = [], []
-    for _ in range(repeat):
+    while len(with_) < repeat or (sum(with_) < MIN_SECONDS and len(with_) < MAX_ROUNDS_FACTOR * repeat):
         without.append(_timed(lambda: run_case(backend, case, diagnose=None), before))
         with_.append(_timed(lambda: run_case(backend, case), lambda: (before(), _clear_diagnosis())))
     records = run_case(backend, case)
@@ -192,9 +202,9 @@ def main(argv=None) -> int:
         lr = load_backend("lax-reference")
     except Exception as exc:  # noqa: BLE001 - optional framework
         print(f"lax-reference: not available ({exc})")
-    else:  # sub-millisecond calls: more rounds
+    else:
         lr_cases = failing_cases(lr)
-        sweeps.append(("lax-reference", lr, lr_cases[::4] if args.quick else lr_cases, max(repeat, 3 * repeat)))
+        sweeps.append(("lax-reference", lr, lr_cases[::4] if args.quick else lr_cases, repeat))
     for label, backend, names, rounds in sweeps:
         swept = sweep(label, backend, names, rounds, show=args.cases)
         summaries.append((label, _summary(swept)))
