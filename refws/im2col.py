@@ -305,23 +305,33 @@ def gather_windows(
     rhs_dilation,
     groups: int = 1,
     out: np.ndarray | None = None,
+    staging: np.ndarray | None = None,
 ) -> np.ndarray:
     """Same result as :func:`gather_windows_by_taps`, as one copy of :func:`window_view`.
 
     One pass over memory instead of one per tap: faster for every shape measured, by 1.0-1.8x
     on grouped and depthwise convolutions and up to 10x with many taps and few channels (the
-    weight gradient by ``method="conv"``, whose kernel is the whole output).
+    weight gradient by ``method="conv"``, whose kernel is the whole output). With groups, the
+    input is first copied group-major, ``(G, N, *padded_spatial, C // G)`` (into ``staging`` when
+    given, a float64 array of ``padded.size`` elements or more): a window's neighbouring taps then
+    lie side by side and the gather copies runs of ``k * C // G`` elements instead of ``C // G``
+    (measured 1.3x faster with 8 and 16 channels per group, the copy included).
     """
     c = padded.shape[-1]
     if padded.size == 0:
         return gather_windows_by_taps(padded, kernel_spatial, out_spatial, stride, rhs_dilation, groups, out)
     cols = _output(out, gather_windows_shape(padded.shape, kernel_spatial, out_spatial, groups))
-    view = window_view(padded, kernel_spatial, out_spatial, stride, rhs_dilation)
     if groups == 1:
-        np.copyto(cols[0], view)
+        np.copyto(cols[0], window_view(padded, kernel_spatial, out_spatial, stride, rhs_dilation))
         return cols
-    grouped = view.reshape(*view.shape[:-1], groups, c // groups)  # still a view
-    np.copyto(cols, grouped.transpose(grouped.ndim - 2, *range(grouped.ndim - 2), grouped.ndim - 1))
+    cg, lead = c // groups, padded.shape[:-1]
+    shape = (groups, *lead, cg)
+    major = np.empty(shape) if staging is None else staging[: padded.size].reshape(shape)
+    np.copyto(major, np.moveaxis(padded.reshape(*lead, groups, cg), -2, 0))
+    view = window_view(
+        major.reshape(groups * lead[0], *lead[1:], cg), kernel_spatial, out_spatial, stride, rhs_dilation
+    )
+    np.copyto(cols.reshape(view.shape), view)
     return cols
 
 
@@ -424,8 +434,8 @@ def chunk_plan(
     chunk of the output is contiguous; a single sample is split by rows only when it does not fit.
 
     ``formulation`` is the evaluation the chunks are for (:func:`refws.conv.conv_canonical`):
-    ``"gemm"`` holds the padded rows, the columns and (groups > 1) the per-group products, and
-    aims at ``min(budget, PREFERRED_CHUNK_BYTES)``; ``"taps"`` holds the padded rows, one input
+    ``"gemm"`` holds the padded rows, the columns and (groups > 1) a group-major copy of the
+    padded rows, and aims at ``min(budget, PREFERRED_CHUNK_BYTES)``; ``"taps"`` holds the padded rows, one input
     channel of them repeated over the output channels (unless depthwise without multiplier) and a
     product the size of the output chunk, and aims at ``min(budget, PREFERRED_TAPS_CHUNK_BYTES)``.
     ``budget`` is the workspace of one chunk (default: :func:`get_workspace_bytes`).
@@ -434,8 +444,8 @@ def chunk_plan(
     padded_spatial = padded_spatial_shape(g)
     inner_padded = math.prod(padded_spatial[1:])
     if formulation == "gemm":
-        per_position = math.prod(g.kernel_spatial) * c_in + (c_out if groups > 1 else 0)
-        per_padded, preferred = c_in, PREFERRED_CHUNK_BYTES
+        per_position = math.prod(g.kernel_spatial) * c_in
+        per_padded, preferred = c_in * (2 if groups > 1 else 1), PREFERRED_CHUNK_BYTES
     else:
         per_position = c_out
         per_padded = c_in + (0 if c_in == c_out == groups else c_out)

@@ -135,6 +135,45 @@ def test_taps_with_and_without_repeated_weights(x_shape, w_shape, groups, stride
     np.testing.assert_array_equal(got, naive_conv(x, w, stride=stride, pads=pads, groups=groups))
 
 
+@pytest.mark.parametrize("read, written", [(1, 1), (1, 3), (3, 1), (2, 2), (4, 2), (2, 4)])
+@pytest.mark.parametrize(
+    "spatial, kernel, stride, rhs",
+    [((11,), (3,), 2, 1), ((7, 6), (3, 2), 1, 2), ((4, 5, 4), (2, 3, 2), (1, 2, 1), 1)],
+)
+def test_taps_forward_over_either_side(read, written, spatial, kernel, stride, rhs):
+    """The taps' forward sums over the read channels of a group (read >= written) or over its
+    written channels (read < written): both against the definition loop, exactly (integer data),
+    1-D to 3-D, with strides and rhs dilation, in whole problems and in chunks of rows. Each
+    sample runs twice, so the einsum's output and product workspaces hold an earlier chunk."""
+    rng = np.random.default_rng(9)
+    groups = 3
+    x = rng.integers(-4, 5, size=(2, *spatial, groups * read)).astype(np.float64)
+    w = rng.integers(-4, 5, size=(*kernel, read, groups * written)).astype(np.float64)
+    kw = dict(stride=stride, padding="SAME", rhs_dilation=rhs, groups=groups)
+    pads = refws.conv_geometry(spatial, kernel, stride, "SAME", 1, rhs).padding
+    expected = naive_conv(x, w, stride=stride, pads=pads, rhs_dilation=rhs, groups=groups)
+    old = refws.set_workspace_bytes(2**30)
+    try:
+        for budget in (2**30, 512):
+            refws.set_workspace_bytes(budget)
+            with forced("taps"):
+                for _ in range(2):
+                    np.testing.assert_array_equal(refws.conv(x, w, **kw), expected)
+    finally:
+        refws.set_workspace_bytes(old)
+
+
+def test_grouped_gather_with_a_used_staging_buffer():
+    """gather_windows with groups copies the input group-major first, into the staging buffer
+    when given one (larger than needed, full of garbage): the same columns as tap by tap."""
+    rng = np.random.default_rng(10)
+    padded = rng.standard_normal((2, 7, 6, 12))
+    args = ((3, 2), (3, 2), (2, 2), (1, 2), 4)  # kernel, out, stride, rhs dilation, groups
+    staging = np.full(padded.size + 17, np.nan)
+    got = im2col_module.gather_windows(padded, *args, staging=staging)
+    np.testing.assert_array_equal(got, im2col_module.gather_windows_by_taps(padded, *args))
+
+
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize(
     "padding, stride, lhs",
