@@ -1087,7 +1087,7 @@ def _same_to(target: str):
 
 
 def _same_ignores_rhs_dilation(P, case):
-    if P.padding not in ("SAME", "SAME_LOWER") or all(d == 1 for d in P.rhs_dilation):
+    if P.padding not in ("SAME", "SAME_LOWER") or P.rhs_dilation == (1,) * P.nd:
         return None
     spatial, kernel = _shapes(P, case)[2:4]
     lower = P.padding == "SAME_LOWER"
@@ -1129,16 +1129,17 @@ def _set_factor(field: str, new):
 
 
 def _swap01(t: tuple) -> tuple:
-    return (t[1], t[0]) + tuple(t[2:])
+    return (t[1], t[0], *t[2:])
 
 
 def _spatial_args_swapped(P, case):
     if P.nd < 2:
         return None
     args = (P.stride, P.pads(case), P.lhs_dilation, P.rhs_dilation)
-    if all(_swap01(a) == a for a in args):  # the first two axes' arguments agree: nothing changes
+    swapped = tuple(map(_swap01, args))
+    if swapped == args:  # the first two axes' arguments agree: nothing changes
         return None
-    stride, padding, lhs, rhs = (_swap01(a) for a in args)
+    stride, padding, lhs, rhs = swapped
     return _evolve(P, stride=stride, padding=padding, lhs_dilation=lhs, rhs_dilation=rhs)
 
 
@@ -1559,7 +1560,7 @@ def _out_shape(P, case, array: str):
     """The shape of the variant's ``array`` without computing it (None: the variant does not define it)."""
     if isinstance(P, WSProblem):
         return case[array].shape
-    y_shape = _y_shape(P, case)
+    y_shape = _shapes(P, case)[7]
     if array in ("y", "ty"):
         return y_shape
     if y_shape != case["dy"].shape:
