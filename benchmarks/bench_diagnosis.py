@@ -8,13 +8,13 @@ Run from the repository root:
 
 For each backend with a slip and each case it fails, ``run_case(backend, case, diagnose=None)``
 and ``run_case(backend, case)`` (the default diagnosis) are timed alternately, at least
-``--repeat`` rounds and more for short calls (until 50 ms of calls with the diagnosis were timed:
-about a hundred rounds for a sub-millisecond case), and the fastest of each is kept; the ratio is
-with / without, i.e. the run time of the failing case with the diagnosis as a multiple of the run
-time without it (a passing case never calls the diagnosis: ratio 1 by construction). Times are
-CPU times of the process; every cache of the diagnosis is cleared before each timed call
-(``diagnosis.clear_caches``), so every call pays the full diagnosis, as the first failing array
-of a case does in ``refws check``.
+``--repeat`` rounds and more for short calls (until 0.2 s of calls with the diagnosis were timed,
+at most 20 times ``--repeat`` rounds: about 40 rounds for a 5 ms case, 180 for a sub-millisecond
+one), and the fastest of each is kept; the ratio is with / without, i.e. the run time of the
+failing case with the diagnosis as a multiple of the run time without it (a passing case never
+calls the diagnosis: ratio 1 by construction). Times are CPU times of the process; every cache of
+the diagnosis is cleared before each timed call (``diagnosis.clear_caches``), so every call pays
+the full diagnosis, as the first failing array of a case does in ``refws check``.
 
 Per-case ratio distribution (median and max over cases, the worst case named):
 
@@ -113,9 +113,9 @@ def _timed(fn, before):
 
 
 #: Short calls get more rounds: at least this much CPU time of calls with the diagnosis is timed
-#: per case (a sub-millisecond case gets about a hundred rounds), at most MAX_ROUNDS_FACTOR times
-#: ``--repeat`` rounds.
-MIN_SECONDS = 0.05
+#: per case, in at most MAX_ROUNDS_FACTOR times ``--repeat`` rounds (the fastest of many rounds is
+#: what a shared machine's other processes disturb least).
+MIN_SECONDS = 0.2
 MAX_ROUNDS_FACTOR = 20
 
 
