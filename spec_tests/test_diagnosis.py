@@ -1033,12 +1033,25 @@ class _Noisy(Correct):
         return y + 1e-3 * np.sin(np.arange(y.size)).reshape(y.shape)
 
 
+class _NonFiniteFlipped(OperandSlip):
+    """The kernel flipped, one output element NaN and another inf: never within a bound."""
+
+    def __init__(self):
+        super().__init__(_flip, _flip)
+
+    def fwd(self, x, w, kw):
+        y = super().fwd(x, w, kw).copy()
+        y.flat[:2] = [np.nan, np.inf][: y.size]
+        return y
+
+
 @pytest.mark.parametrize(
     "backend",
     [
         "kernel_flipped",
         "float32",
         "noisy",
+        "non_finite",
         "same_lower",
         "spatial_axes_swapped",
         "groups_interleaved",
@@ -1054,7 +1067,7 @@ def test_the_screen_and_the_magnitudes_floor_give_the_full_evaluations_diagnosis
     before the magnitudes are computed only save work: on a spread of cases, backends and
     precisions the diagnosis is the full evaluation's. The store's cases are below
     ``SCREEN_MIN``: they are also diagnosed with every variant screened (``screen_min=0``)."""
-    backends = {"float32": _Float32Flipped(), "noisy": _Noisy()}
+    backends = {"float32": _Float32Flipped(), "noisy": _Noisy(), "non_finite": _NonFiniteFlipped()}
     chosen = backends.get(backend) or SLIPS[backend][0]
     if screen_min is not None:
         monkeypatch.setattr(diagnosis, "SCREEN_MIN", screen_min)

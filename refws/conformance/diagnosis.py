@@ -1638,12 +1638,10 @@ def _stored_bound(case, array: str) -> _MemoBound:
 
 
 def _errors(actual: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``|actual - v|`` in float64 (``v`` is float64: the difference is promoted), ``inf`` where
-    ``actual`` is not finite."""
-    err = np.abs(actual - v)
-    if not np.isfinite(err).all():  # rare: a non-finite actual (or an overflow, inf already)
-        err[~np.isfinite(actual)] = np.inf
-    return err
+    """``|actual - v|`` in float64 (``v`` is float64: the difference is promoted): ``inf`` or NaN
+    where ``actual`` is not finite, which every comparison with a bound below reads as outside it
+    (``err <= bound`` is False for both)."""
+    return np.abs(actual - v)
 
 
 def _conv_bounds(P, case, array: str, bound: Bound) -> tuple:
@@ -1814,10 +1812,10 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     refws and the backend there, which settles them before any whole-array comparison.
 
     The variant's own float64 rounding (``gamma_K(2**-53) m``) is added to the bound and ``m``
-    inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A bound from
-    ``|v|`` (no larger than the one from the magnitudes, see :func:`_magnitudes_floor`) accepts
-    most matches, and a scalar bound from ``K max|a| max|b|`` rejects most other variants, before
-    their magnitudes are computed.
+    inflated by ``1 + 2 gamma_K(2**-53)``, as for any refws value that is not exact. A scalar bound
+    from ``K max|a| max|b|`` rejects most variants, and a bound from ``|v|`` (no larger than the
+    one from the magnitudes, see :func:`_magnitudes_floor`) accepts most matches, before their
+    magnitudes are computed.
     """
     K, g64, M = _conv_bounds(P, case, array, bound)
     at0, slope, floor1 = _bound_lines(bound, K, g64, M, prec)
@@ -1827,15 +1825,14 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     if v.shape == exact.shape and (v.size == 0 or np.max(np.abs(v - exact)) <= 2 * g64 * M):
         return "same"
     err, size = _errors(actual, v), np.abs(v)
-    # the bound from the floor first (bit-equality included): it settles a match in one comparison
+    if not np.all(err <= at0 + slope * size):  # NaN included
+        if probe is not None:
+            probe.armed = True  # one variant differs: the next ones likely do too, seen at a few points
+        return "differs"
     if math.isfinite(floor1) and np.all(err <= _floor_bounds(size, floor1)):  # inf: K u >= 1, no floor
         return "match"
     if not np.any(err):
         return "match"
-    if np.any(err > at0 + slope * size):
-        if probe is not None:
-            probe.armed = True  # one variant differs: the next ones likely do too, seen at a few points
-        return "differs"
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
     return "match" if np.all(err <= element_bound(tight, v, prec)) else "differs"
