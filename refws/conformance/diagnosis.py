@@ -1725,10 +1725,15 @@ class _Probe:
     when first asked for (a diagnosis that evaluates no variant never asks)."""
 
     SPREAD = 8
+    #: Arrays of more elements are looked at on the probe's points from the first full evaluation
+    #: on; a smaller one is compared whole until a variant differs there (a whole comparison of a
+    #: small array costs about what sampling the probe does, and one failing small array of a
+    #: sub-millisecond case often has a single evaluation besides its match).
+    ARMED_SIZE = 128
 
     def __init__(self, actual: np.ndarray, exact: np.ndarray):
         self._actual_array, self._exact_array = actual, exact
-        self.armed = False  # whether full evaluations look at the points first (see _conv_match)
+        self.armed = actual.size > self.ARMED_SIZE  # full evaluations look at the points first (_conv_match)
         self._sampled = False
         self._points: list = []
         self._actual: list = []
