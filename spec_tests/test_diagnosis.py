@@ -977,6 +977,10 @@ def test_shapes_and_geometry_from_the_arguments_alone_are_the_evaluated_ones():
                 fast = diagnosis._y_shape(P, case)  # before _info: from out_size alone where it can
                 g, xi, wi, _, y_shape, columns = diagnosis._info(P, case)
                 assert fast == y_shape, (case.name, names)
+                # shapes a slip kept from its base (_same_shapes) are the problem's own
+                fresh = dataclasses.replace(P)
+                assert diagnosis._shapes(fresh, case) == diagnosis._shapes(P, case), (case.name, names)
+                assert diagnosis._info(fresh, case) == diagnosis._info(P, case), (case.name, names)
                 spatial = tuple(xi[i] for i in _spatial_axes(np.zeros(xi), np.zeros(wi), P.channel_first))
                 assert g == refws.conv_geometry(
                     spatial, wi[:-2], P.stride, P.padding, P.lhs_dilation, P.rhs_dilation

@@ -267,9 +267,27 @@ def _evolve(P: ConvProblem, **changes) -> ConvProblem:
         raise TypeError(f"ConvProblem has no field {sorted(set(changes) - _PROBLEM_FIELD_SET)[0]!r}")
     Q = object.__new__(ConvProblem)
     Q.__dict__.update(P.__dict__, **changes)
-    for memo in _MEMOS:
+    for memo in _MEMOS if not _same_shapes(P, changes) else ("_hash",):
         Q.__dict__.pop(memo, None)
     return Q
+
+
+_SHAPE_NEUTRAL_FIELDS = frozenset({"bias_scale", "output_padding", "dx_unstuffed", "dw_first_sample", "dw_flip"})
+
+
+def _same_shapes(P: ConvProblem, changes: dict) -> bool:
+    """Whether the changed problem has ``P``'s shapes and geometry (so it keeps ``P``'s
+    :func:`_shapes` and :func:`_info`): only fields no shape depends on change, or the operands'
+    maps gain flips or channel permutations (a kernel flipped, groups interleaved)."""
+    for name, value in changes.items():
+        if name in _SHAPE_NEUTRAL_FIELDS:
+            continue
+        if name not in ("x_maps", "w_maps"):
+            return False
+        old = getattr(P, name)
+        if value[: len(old)] != old or any(m[0] not in ("flip", "chan_perm") for m in value[len(old) :]):
+            return False
+    return True
 
 
 def _inner_geometry(P: ConvProblem, xi: tuple, wi: tuple):
