@@ -1610,9 +1610,9 @@ def _upper_magnitude(P, case, array: str, K: int) -> float:
 
     bias = abs(P.bias_scale)
     if array == "y":
-        return K * mx("x") * mx("w") + bias * mx("b")
+        return K * mx("x") * mx("w") + (bias * mx("b") if bias else 0.0)
     if array == "ty":
-        return K * max(mx("tx") * mx("w"), mx("x") * mx("tw")) + bias * mx("tb")
+        return K * max(mx("tx") * mx("w"), mx("x") * mx("tw")) + (bias * mx("tb") if bias else 0.0)
     if array == "dx":
         return K * mx("dy") * mx("w")
     if array == "dw":
