@@ -549,8 +549,8 @@ def _bias_grad(P: ConvProblem, case, absolute: bool) -> np.ndarray:
 
 
 def _ws_value(P: WSProblem, case, array: str):
-    w = case["w"]
-    gain = case["gain"] if P.use_gain and "gain" in case.arrays else None
+    w = case.arrays["w"]
+    gain = case.arrays["gain"] if P.use_gain and "gain" in case.arrays else None
     if array == "w_hat":
         v = weight_standardize(w, gain, P.eps, out_axis=P.out_axis, spec=P.spec)
         if not P.centred:
@@ -571,13 +571,16 @@ def _ws_value(P: WSProblem, case, array: str):
     if not P.centred:
         return None
     if array in ("dw", "dgain"):
-        dw, dgain = weight_standardize_vjp(w, case["dw_hat"], gain, P.eps, out_axis=P.out_axis, spec=P.spec)
+        dw, dgain = weight_standardize_vjp(w, case.arrays["dw_hat"], gain, P.eps, out_axis=P.out_axis, spec=P.spec)
         if array == "dw":
             return P.scale * dw
-        return np.zeros_like(case["gain"]) if dgain is None else P.scale * dgain
+        return np.zeros_like(case.arrays["gain"]) if dgain is None else P.scale * dgain
     if array == "tw_hat":
-        tgain = case["tgain"] if gain is not None and "tgain" in case.arrays else None
-        return P.scale * weight_standardize_jvp(w, case["tw"], gain, tgain, P.eps, out_axis=P.out_axis, spec=P.spec)[1]
+        tgain = case.arrays["tgain"] if gain is not None and "tgain" in case.arrays else None
+        return (
+            P.scale
+            * weight_standardize_jvp(w, case.arrays["tw"], gain, tgain, P.eps, out_axis=P.out_axis, spec=P.spec)[1]
+        )
     return None
 
 
@@ -966,14 +969,14 @@ def _backward_gathered(P: ConvProblem, case, absolute: bool):
         cols = _window_columns(dyc, _dx_geometry(P, g))
         dx = _conv_columns(cols, _flip_swapped(case, P.w_maps, P.groups, absolute), P.groups)
         dx_i = from_canonical(dx.reshape(dx.shape[0], *g.in_spatial, dx.shape[-1]), P.channel_first, not P.batched)
-    x_shape, w_shape = case["x"].shape, case["w"].shape
+    x_shape, w_shape = case.arrays["x"].shape, case.arrays["w"].shape
     return None if dx_i is None else _adjoint(P.x_maps, x_shape, dx_i), _adjoint(P.w_maps, w_shape, dw_i)
 
 
 def _point_evaluator(P: ConvProblem, case, array: str):
     """A function from an index of the problem's ``array`` to its value there (None when the
     problem does not define ``array`` for this case)."""
-    x, w = case["x"], case["w"]
+    x, w = case.arrays["x"], case.arrays["w"]
     g, xi_shape, wi_shape, inner_y, outer = _info(P, case)[:5]
     cf, b = P.channel_first, P.batched
     wf = _flat_operand(case, "w", P.w_maps)
@@ -1047,14 +1050,14 @@ def _sample_points(actual: np.ndarray, exact: np.ndarray) -> list:
         err = np.abs(a - exact.ravel())
         if not finite:
             err[~np.isfinite(err)] = np.inf
-        flat.append(int(np.argmax(err)))  # the first of the largest errors, then the next
+        flat.append(int(err.argmax()))  # the first of the largest errors, then the next
         if a.size > 1:
             err[flat[0]] = -1.0
-            flat.append(int(np.argmax(err)))
+            flat.append(int(err.argmax()))
     magnitude = np.abs(a)
     if not finite:
         magnitude[~np.isfinite(magnitude)] = np.inf
-    flat.append(int(np.argmax(magnitude)))
+    flat.append(int(magnitude.argmax()))
     if exact.shape != actual.shape:
         flat.append(actual.size // 2)
     return [_unflat(f, actual.shape) for f in dict.fromkeys(flat)]
@@ -1088,7 +1091,7 @@ _WS_ARRAYS = ("w_hat", "dw", "dgain", "tw_hat")
 
 
 def _kernel_flipped(P, case):
-    if math.prod(case["w"].shape[:-2]) == 1:
+    if math.prod(case.arrays["w"].shape[:-2]) == 1:
         return None
     return _evolve(P, w_maps=P.w_maps + (("flip", tuple(range(P.nd))),))
 
@@ -1168,16 +1171,16 @@ def _kernel_axes_swapped(P, case):
 def _spatial_axes_swapped(P, case):
     if P.nd < 2:
         return None
-    xa = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
+    xa = _spatial_axes(case.arrays["x"].ndim, P.nd, P.channel_first, P.batched)
     swap = ("swapaxes", xa[0], xa[1])
     return _evolve(P, x_maps=P.x_maps + (swap,), y_maps=(swap,) + P.y_maps)
 
 
 def _groups_interleaved(P, case):
-    c_in = case["x"].shape[_channel_axis(case["x"].ndim, case.params["channel_first"], P.batched)]
+    c_in = case.arrays["x"].shape[_channel_axis(case.arrays["x"].ndim, case.params["channel_first"], P.batched)]
     if P.groups < 2 or c_in // P.groups < 2:
         return None
-    axis = _channel_axis(case["x"].ndim, P.channel_first, P.batched)
+    axis = _channel_axis(case.arrays["x"].ndim, P.channel_first, P.batched)
     return _evolve(P, x_maps=P.x_maps + (("chan_perm", axis, P.groups),))
 
 
@@ -1198,7 +1201,7 @@ def _output_padding(low: bool):
         pads = P.pads(case)
         if low:
             return _evolve(P, padding=tuple((lo + o, hi - o) for (lo, hi), o in zip(pads, op)))
-        axes = _spatial_axes(case["x"].ndim, P.nd, P.channel_first, P.batched)
+        axes = _spatial_axes(case.arrays["x"].ndim, P.nd, P.channel_first, P.batched)
         return _evolve(
             P, padding=tuple((lo, hi - o) for (lo, hi), o in zip(pads, op)), y_maps=(("pad_high", axes, op),) + P.y_maps
         )
@@ -1227,20 +1230,20 @@ def _dx_stride_ignored(P, case):
 
 
 def _dw_not_summed(P, case):
-    if not P.batched or case["x"].shape[0] < 2:
+    if not P.batched or case.arrays["x"].shape[0] < 2:
         return None
     return _evolve(P, dw_first_sample=True)
 
 
 def _dw_kernel_flipped(P, case):
-    return None if math.prod(case["w"].shape[:-2]) == 1 else _evolve(P, dw_flip=True)
+    return None if math.prod(case.arrays["w"].shape[:-2]) == 1 else _evolve(P, dw_flip=True)
 
 
 # weight standardization
 
 
 def _n_per_channel(P: WSProblem, case) -> int:
-    w = case["w"]
+    w = case.arrays["w"]
     return w.size // w.shape[P.out_axis]
 
 
@@ -1273,7 +1276,7 @@ def _ws_denominator(form: str):
 
 def _ws_fan(fan: str):
     def slip(P, case):
-        if P.spec.fan is None or case["w"].size == _n_per_channel(P, case):
+        if P.spec.fan is None or case.arrays["w"].size == _n_per_channel(P, case):
             return None
         return _ws_spec(P, case, fan=fan)
 
@@ -1296,7 +1299,7 @@ def _ws_no_fan(P, case):
 
 
 def _fan_size(spec, case, n: int) -> int:
-    return n if spec.fan == "fan_in" else case["w"].size
+    return n if spec.fan == "fan_in" else case.arrays["w"].size
 
 
 def _ws_gain_ignored(P, case):
@@ -1563,14 +1566,14 @@ def _keeps_shape(names: tuple) -> bool:
 
 def _terms(P, case, array: str) -> int:
     """An upper bound on the products summed into one element of the variant's ``array``."""
-    w = case["w"]
+    w = case.arrays["w"]
     taps = math.prod(w.shape[:-2])
     if array in ("y", "ty"):
         c_in = _info(P, case)[2][-2]
         return (2 if array == "ty" else 1) * taps * c_in + (1 if P.bias_scale else 0)
     if array == "dx":
         return taps * max(w.shape[-1], w.shape[-2])
-    dy = case["dy"]
+    dy = case.arrays["dy"]
     return max(1, dy.size // max(1, dy.shape[_channel_axis(dy.ndim, case.params["channel_first"], P.batched)]))
 
 
@@ -1581,10 +1584,10 @@ def _out_shape(P, case, array: str):
     y_shape = _shapes(P, case)[7]
     if array in ("y", "ty"):
         return y_shape
-    if y_shape != case["dy"].shape:
+    if y_shape != case.arrays["dy"].shape:
         return None
     if array == "db":
-        return case["b"].shape if P.bias_scale and "b" in case.arrays else None
+        return case.arrays["b"].shape if P.bias_scale and "b" in case.arrays else None
     return case[{"dx": "x", "dw": "w"}[array]].shape
 
 
@@ -1845,16 +1848,16 @@ def _conv_match(P, case, array: str, actual: np.ndarray, v: np.ndarray, bound: B
     if probe is not None and probe.armed and _differs_at_points(v, probe, 2 * g64 * M, at0, slope):
         return "differs"
     exact = case.arrays[array]
-    if v.shape == exact.shape and (v.size == 0 or np.max(np.abs(v - exact)) <= 2 * g64 * M):
+    if v.shape == exact.shape and (v.size == 0 or np.abs(v - exact).max() <= 2 * g64 * M):
         return "same"
     err, size = _errors(actual, v), np.abs(v)
-    if not np.all(err <= at0 + slope * size):  # NaN included
+    if not (err <= at0 + slope * size).all():  # NaN included (array methods: no Python wrapper)
         if probe is not None:
             probe.armed = True  # one variant differs: the next ones likely do too, seen at a few points
         return "differs"
-    if math.isfinite(floor1) and np.all(err <= _floor_bounds(size, floor1)):  # inf: K u >= 1, no floor
+    if math.isfinite(floor1) and (err <= _floor_bounds(size, floor1)).all():  # inf: K u >= 1, no floor
         return "match"
-    if not np.any(err):
+    if not err.any():
         return "match"
     m = variant_value(P, case, array, absolute=True) * (1 + 2 * g64)
     tight = replace(bound, m=m, K=K, W=None, extra=g64 * m)
@@ -2016,7 +2019,7 @@ def variant_geometry(case, name: str) -> str:
     P = None if not isinstance(base, ConvProblem) else _slip(tuple(name.split("+")), base, case)
     if P is None:
         return ""
-    g = P.geometry(case["x"].shape, case["w"].shape)[0]
+    g = P.geometry(case.arrays["x"].shape, case.arrays["w"].shape)[0]
     return (
         f"under {name}: explicit pads {g.padding}, stride {g.stride}, lhs_dilation {g.lhs_dilation}, "
         f"rhs_dilation {g.rhs_dilation} -> output {g.out_spatial}"
