@@ -40,11 +40,17 @@ What it costs
 -------------
 Only what the verdicts need is computed, and what does not depend on the backend's array is
 computed once per case (problems, shapes, mapped operands, bound data, values). A variant is
-first screened by its output shape, from the geometry alone; then at a few elements, summed
-from the taps each element reads (``_screen``); only a variant the screen cannot tell apart is
-evaluated in full, and its magnitudes are computed only when neither bit-equality nor the bound
-from ``|v|`` (no larger than the one from the magnitudes: ``_magnitudes_floor``) settles the
-match. Every shortcut gives the full evaluation's verdict (``spec_tests/test_diagnosis.py``).
+first screened by its output shape, from the shapes' arithmetic alone (a variant that keeps every
+shape, ``Variant.keeps_shape``, is not even made for an array of another shape than refws's).
+A small problem (most test cases) is then evaluated in full in one gather: its im2col columns
+and one matrix product each for ``y``, ``dx`` and ``dw``, no refws.conv call; a large one is
+first screened at a few elements, summed from the taps each element reads (``_screen``), and
+evaluated by refws.conv only when the screen cannot tell it apart. A full value is looked at on
+a few elements (the probe's points) before the whole array is compared, and its magnitudes are
+computed only when neither the loose scalar bound, bit-equality nor the bound from ``|v|`` (no
+larger than the one from the magnitudes: ``_magnitudes_floor``) settles the match. Every
+shortcut gives the full evaluation's verdict (``spec_tests/test_diagnosis.py``); the cost on
+the store's failing cases is measured by ``benchmarks/bench_diagnosis.py`` (docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -624,11 +630,12 @@ def variant_value(P, case, array: str, absolute: bool = False):
 
 # --- screening: a variant at a few elements, from its definition --------------------------------------
 #
-# A full evaluation costs one or two refws convolutions per variant; most variants are wrong by
-# far, which a handful of elements shows. Which input position every (output position, kernel
-# tap) reads is refws's own gather applied to the positions themselves (lhs dilation, padding,
-# window view: :class:`_Reads`), so the inner convolution, its input gradient and its weight
-# gradient at one element are one short dot product each; the maps are followed through their
+# A full evaluation of a large problem (above SCREEN_MIN columns) costs one or two refws
+# convolutions per variant; most variants are wrong by far, which a handful of elements shows.
+# Which input position every (output position, kernel tap) reads is refws's own gather applied to
+# the positions themselves (lhs dilation, padding, window view: :class:`_Reads`), so the inner
+# convolution, its input gradient and its weight gradient at one element are one short dot
+# product each; the maps are followed through their
 # index arrays. Screening only rejects: a variant that passes it is evaluated in full.
 
 
@@ -854,10 +861,11 @@ def _flat_dy(P: ConvProblem, case, absolute: bool = False):
 # --- evaluating a small problem in one gather ------------------------------------------------------
 #
 # A test case is small: refws.conv's fixed cost (its plan, workspaces, formulations) is most of
-# its time there. The reads table of a geometry (:class:`_Reads`, the screens' own) gives the
-# im2col columns in one fancy index, and then the convolution and both of its derivatives are one
-# matrix product each (and one bincount for dx's scatter). Every element is still a float64 sum of
-# the same products (in another order: within the gamma_K bound every verdict allows for).
+# its time there. refws's own dilate_pad and window_view give the im2col columns in one copy, and
+# then the convolution and its weight gradient are one matrix product each; the input gradient is
+# the same for the columns of dy in refws's own dx convolution (dx_conv_geometry). Every element
+# is still a float64 sum of the same products (in another order: within the gamma_K bound every
+# verdict allows for).
 
 #: The most column elements (``N * O * T * C``) evaluated in one gather: 16 MiB of float64; larger
 #: problems go through refws.conv and refws.conv_vjp, chunked to refws's workspace budget.
