@@ -635,8 +635,8 @@ def variant_value(P, case, array: str, absolute: bool = False):
 # Which input position every (output position, kernel tap) reads is refws's own gather applied to
 # the positions themselves (lhs dilation, padding, window view: :class:`_Reads`), so the inner
 # convolution, its input gradient and its weight gradient at one element are one short dot
-# product each; the maps are followed through their
-# index arrays. Screening only rejects: a variant that passes it is evaluated in full.
+# product each; the maps are followed through their index arrays. Screening only rejects: a
+# variant that passes it is evaluated in full.
 
 
 class _Reads:
