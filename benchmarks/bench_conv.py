@@ -11,10 +11,14 @@ timing). Ratios are refws time / peer time measured in the same run (> 1: refws 
 Each case is preceded by the square-matmul probe, and refws's GFLOP/s is also given as a share
 of it. The ``tiny`` case times 200 calls per sample and reports the time per call (the per-call
 overhead). Each peer's output is compared with refws's (max abs difference) so the table
-compares like with like. A benchmark, not a test: nothing is asserted.
+compares like with like. Dense cases also time numpy's own product of the case's im2col matrices
+(columns gathered before the timing; not a peer): its share of the probe bounds refws's. A
+benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 import _peers as P
 
@@ -39,9 +43,25 @@ def run_case(case: P.Case, repeat: int):
         else:
             fns[label], y_peer = prepared
             diffs[label] = P.max_abs_diff(y, y_peer)
+    if case.dense:
+        fns[BOUND] = product_alone(case, x, w)
     times = P.time_interleaved({k: P.per_call(f, case.calls) for k, f in fns.items()}, repeat)
     times = {k: t / case.calls for k, t in times.items()}
     return times, status, diffs, float(abs(y).max()) if y.size else 0.0
+
+
+#: Not a peer: numpy's own product of a dense case's im2col matrices, the columns gathered
+#: before the timing. refws's gemm formulation is this product plus the gather, so its share of
+#: the matmul probe bounds refws's (and tells a slow gather from a product BLAS runs slowly).
+BOUND = "product alone"
+
+
+def product_alone(case: P.Case, x, w):
+    """``cols @ w`` for the case (one group), with ``cols`` from ``refws.im2col`` made up front."""
+    cols = P.refws.im2col(x, case.w_shape[:-2], case.stride, case.padding, 1, case.rhs_dilation)
+    cols = cols.reshape(-1, cols.shape[-1] * int(np.prod(case.w_shape[:-2])))
+    w2 = w.reshape(-1, case.w_shape[-1])
+    return lambda: cols @ w2
 
 
 def main(argv=None):
@@ -75,17 +95,18 @@ def main(argv=None):
             else:
                 row += [status[label], "-"]
                 check.append(status[label])
-        row += [best_label or "-", P.ratio(t, best)]
+        bound_share = case.flops() / times[BOUND] / 1e9 / probe if BOUND in times else None
+        row += [best_label or "-", P.ratio(t, best), "-" if bound_share is None else f"{bound_share:.0%}"]
         timing_rows.append(row)
         check_rows.append(check)
-        target_lines += case_targets(case, t, best_label, best, gflops / probe)
+        target_lines += case_targets(case, t, best_label, best, gflops / probe, bound_share)
         print(f"  done {case.name}", flush=True)
     print()
 
     header = ["case", "problem", "probe GFLOP/s", "GFLOP", "refws", "refws GFLOP/s", "of probe"]
     for label, _ in PEERS:
         header += [label, f"refws/{label}"]
-    header += ["fastest peer", "refws/fastest"]
+    header += ["fastest peer", "refws/fastest", "product alone, of probe"]
     print(P.format_table(header, timing_rows))
     print()
     print(
@@ -107,8 +128,8 @@ def main(argv=None):
     print(f"machine after run: {P.machine()}")
 
 
-def case_targets(case: P.Case, t: float, best_label, best: float, probe_share: float) -> list[str]:
-    """The issue-15 target lines of one forward case."""
+def case_targets(case: P.Case, t: float, best_label, best: float, probe_share: float, bound_share=None) -> list[str]:
+    """The issue-15 target lines of one forward case (``bound_share``: numpy's product alone)."""
     lines = []
     if best_label is not None:
         r = t / best
@@ -120,6 +141,7 @@ def case_targets(case: P.Case, t: float, best_label, best: float, probe_share: f
         lines.append(
             f"target, {case.name}: refws at {probe_share:.0%} of the matmul probe >= "
             f"{P.TARGET_PROBE_SHARE:.0%}: {P.verdict(probe_share >= P.TARGET_PROBE_SHARE)}"
+            + ("" if bound_share is None else f" (numpy's product alone of the same matrices: {bound_share:.0%})")
         )
     if case.calls > 1:
         lines.append(

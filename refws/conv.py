@@ -329,7 +329,7 @@ def conv_canonical(
     if 0 in g.out_spatial or n_batch == 0 or c_out == 0:
         return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
     if formulation is None:
-        formulation = forward_formulation(math.prod(g.kernel_spatial), c_in // groups, c_out // groups)
+        formulation = forward_formulation(g.taps, c_in // groups, c_out // groups)
     elif formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r}: expected one of {FORMULATIONS} or None (chosen by shape)")
     y = np.empty((n_batch, *g.out_spatial, c_out), dtype=np.float64)  # every element is written below
@@ -373,7 +373,7 @@ def evaluator(
     kernel ``(*k, C_in // G, C_out)`` (not needed for ``weight_grad``); ``row_step`` is the
     chunks' number of output rows (the taps repeat their weights along the last output axis).
     """
-    cg, cog, taps = c_in // groups, c_out // groups, math.prod(g.kernel_spatial)
+    cg, cog, taps = c_in // groups, c_out // groups, g.taps
     if formulation == "gemm":
         return GemmChunk(g, groups, cg, c_out, w)
     last = row_step if g.ndim == 1 else g.out_spatial[-1]
@@ -418,8 +418,8 @@ class GemmChunk(_Chunk):
     """
 
     def __init__(self, g: ConvGeometry, groups: int, cg: int, c_out: int, w: np.ndarray | None = None):
-        super().__init__(g, groups)
-        self.taps, self.cg, self.cog = math.prod(g.kernel_spatial), cg, c_out // groups
+        self.g, self.groups = g, groups  # _Chunk's, set here (per-call overhead)
+        self.taps, self.cg, self.cog = g.taps, cg, c_out // groups
         self.k_cg = self.taps * cg
         self.direct = self.reads_window_as_columns(g, groups)
         if w is not None:
@@ -428,7 +428,7 @@ class GemmChunk(_Chunk):
     @staticmethod
     def reads_window_as_columns(g: ConvGeometry, groups: int) -> bool:
         """A 1x1 kernel, stride 1, one group: the padded window is the column matrix itself."""
-        return groups == 1 and math.prod(g.kernel_spatial) == 1 and all(s == 1 for s in g.stride)
+        return groups == 1 and g.taps == 1 and max(g.stride) == 1
 
     def _columns(self, window: np.ndarray, chunk_out) -> np.ndarray:
         """``(G, m, K*Cg)``: the window itself (direct), or its gathered windows in the workspace."""

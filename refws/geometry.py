@@ -22,6 +22,7 @@ n   input size, k kernel size, s stride, L lhs (input) dilation, d rhs (kernel) 
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -181,6 +182,11 @@ class ConvGeometry:
     def dilated_kernel(self) -> tuple:
         """rhs-dilated kernel extent ``(k - 1) * d + 1`` per dimension."""
         return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_spatial, self.rhs_dilation))
+
+    @functools.cached_property
+    def taps(self) -> int:
+        """Number of kernel taps ``K = prod(kernel_spatial)``."""
+        return math.prod(self.kernel_spatial)
 
     @functools.cached_property
     def unpadded(self) -> bool:
