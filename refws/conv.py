@@ -14,6 +14,7 @@ No kernel flip: this is the cross-correlation every framework calls convolution
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import numbers
 import os
@@ -36,6 +37,8 @@ from .im2col import (
     padded_plan,
     window_view,
 )
+
+_im2col = importlib.import_module(".im2col", __package__)  # the module (refws.im2col is also a function)
 
 __all__ = [
     "conv",
@@ -267,12 +270,14 @@ def plan(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int, form
     """:func:`refws.im2col.chunk_plan` for a formulation: the taps' threads each hold a workspace,
     so each gets an equal share of the budget."""
     threads = taps_threads() if formulation == "taps" else 1
-    return _plan_of(g, n_batch, c_in, c_out, groups, formulation, get_workspace_bytes(), threads)
+    preferred = (_im2col.PREFERRED_CHUNK_BYTES, _im2col.PREFERRED_TAPS_CHUNK_BYTES)
+    return _plan_of(g, n_batch, c_in, c_out, groups, formulation, get_workspace_bytes(), threads, preferred)
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan_of(g: ConvGeometry, n_batch, c_in, c_out, groups, formulation, budget, threads) -> tuple:
-    # Cached: a function of its arguments only (the budget and threads are among them).
+def _plan_of(g: ConvGeometry, n_batch, c_in, c_out, groups, formulation, budget, threads, preferred) -> tuple:
+    # Cached: a function of its arguments only (the budget, threads and preferred chunk sizes
+    # that chunk_plan reads are among them).
     if formulation == "gemm" and GemmChunk.reads_window_as_columns(g, groups) and g.unpadded:
         return n_batch, g.out_spatial[0]  # no workspace at all: one product over x itself
     return chunk_plan(g, n_batch, c_in, c_out, groups, formulation, budget // threads)
