@@ -126,16 +126,18 @@ def forward_formulation(kernel_taps: int, cg: int, cog: int) -> str:
     """The formulation :func:`conv_canonical` uses: ``"taps"`` when ``Cg <= 4``, ``Cog <= 4`` and
     ``Cg * Cog <= 8``, else ``"gemm"``.
 
-    ``"taps"`` makes two passes over the output per kernel tap and input channel of a group;
-    ``"gemm"`` gathers the columns once and runs one product per group of inner size ``K * Cg``
-    and width ``Cog``, which BLAS runs well only when both are large. Measured on one core (CPU
-    time; 3x3 kernels, 64x64 maps, batch 8, 32 input channels; the table is in
-    benchmarks/README.md): taps is 1.1x to 2.9x faster for depthwise with multiplier 1 or 2 (also
-    strided, 1-D and 3-D) and for 2 channels per group with 2 or 4 outputs, equal for 1 -> 4 and
-    4 -> 2; gemm is faster from 8 channel pairs on one side (8 -> 1: 1.3x, 1 -> 8: 2.1x) and
-    3x faster from 4 -> 8. The rule is symmetric in ``Cg`` and ``Cog``, so the input gradient,
-    which reads ``Cog`` channels per group and writes ``Cg``, uses it as it is. ``kernel_taps``
-    is part of the signature for rules that weigh it; this one does not need it.
+    ``"taps"`` sums over the kernel taps with one einsum per channel of the narrower side of a
+    group; ``"gemm"`` gathers the columns once and runs one product per group of inner size
+    ``K * Cg`` and width ``Cog``, which BLAS runs well only when both are large. Measured
+    (3x3 kernels, 64x64 maps, batch 8, 32 input channels; bench_formulations.py, the table is in
+    benchmarks/README.md), one thread: taps is 1.9x to 3.6x faster for depthwise with multiplier
+    1 or 2 (also strided and 3-D), equal for 2 -> 2 and 1 -> 4, gemm 1.1x faster for 4 -> 1 and
+    1.6x to 1.8x for 4 -> 2 and 2 -> 4; two threads (the library defaults): taps 1.8x faster for
+    2 -> 2, 2.5x for 4 -> 1, 1.1x for 2 -> 4, equal for 4 -> 2, gemm 1.3x faster for 1 -> 4. From
+    8 channel pairs on one side gemm is faster on both (1 -> 8: 1.6x, 4 -> 4: 3.4x). The rule is
+    symmetric in ``Cg`` and ``Cog``, so the input gradient, which reads ``Cog`` channels per group
+    and writes ``Cg``, uses it as it is. ``kernel_taps`` is part of the signature for rules that
+    weigh it; this one does not need it.
     """
     small = cg <= TAPS_MAX_PER_GROUP and cog <= TAPS_MAX_PER_GROUP
     return "taps" if small and cg * cog <= TAPS_MAX_CHANNEL_PAIRS else "gemm"
