@@ -488,3 +488,15 @@ def test_dilate_pad_into_a_used_workspace(spatial, lhs):
     out = np.full(fresh.shape, np.nan)
     assert (out.size <= im2col_module.ZERO_WHOLE_MAX) == (spatial == (4, 5))
     np.testing.assert_array_equal(im2col_module.dilate_pad(x, lhs_dilation, pads, out=out), fresh)
+
+
+def test_cached_chunk_plans_follow_the_budget_and_preferred_sizes(monkeypatch, restore_budget):
+    """Chunk plans are cached; the budget and the preferred chunk sizes chunk_plan reads are part
+    of the key, so changing either gives the plan computed afresh."""
+    g = refws.conv_geometry((64, 64), (3, 3))
+    fresh = lambda: im2col_module.chunk_plan(g, 8, 32, 64, 1, "gemm", refws.get_workspace_bytes())  # noqa: E731
+    assert conv_module.plan(g, 8, 32, 64, 1, "gemm") == fresh() == (1, 25)
+    monkeypatch.setattr(im2col_module, "PREFERRED_CHUNK_BYTES", 2**19)
+    assert conv_module.plan(g, 8, 32, 64, 1, "gemm") == fresh() == (1, 2)
+    refws.set_workspace_bytes(2**14)
+    assert conv_module.plan(g, 8, 32, 64, 1, "gemm") == fresh() == (1, 1)
