@@ -1,5 +1,6 @@
 """N-d convolution (cross-correlation): explicit im2col and one matrix product per group, or, with
-few channels per group, one broadcast multiply-add per kernel tap (:data:`FORMULATIONS`).
+few channels per group, sums over the kernel taps of elementwise products on strided window views
+(:data:`FORMULATIONS`).
 
 Definition (channels-last, batched; ``o`` and ``t`` are multi-indices over the S spatial axes)::
 
@@ -117,8 +118,8 @@ def check_conv_operands(x, w, groups, channel_first: bool):
 # --- formulations: two evaluations of the same sums -------------------------------------------
 
 #: ``"gemm"``: gather the windows (im2col), one matrix product per group. ``"taps"``: no columns;
-#: for each kernel tap ``t`` and input channel ``c`` of a group, one broadcast multiply-add of the
-#: strided window view (every output position's input at tap ``t``) into the output.
+#: the products of the strided window view (every output position's input at each kernel tap
+#: ``t``) with the weights, summed over the taps by ``np.einsum`` (:class:`TapsChunk`).
 FORMULATIONS = ("gemm", "taps")
 
 
