@@ -61,6 +61,14 @@ def grid_cases(batch: int) -> list[P.Case]:
         P.Case("depthwise_s2", (batch, 64, 64, 32), (3, 3, 1, 32), stride=2, groups=32, note="1 -> 1, s=2"),
         P.Case("depthwise_1d", (batch, 4096, 32), (9, 1, 32), groups=32, note="1 -> 1, k=9"),
         P.Case("depthwise_3d", (max(1, batch // 4), 16, 32, 32, 16), (3, 3, 3, 1, 32), groups=16, note="1 -> 2, 3-D"),
+        # few groups on small maps: where the forward's rule asks for 16 groups
+        P.Case("g8_2to2_small", (2, 32, 32, 16), (3, 3, 2, 16), groups=8, note="2 -> 2, 8 groups", calls=20),
+        P.Case("g8_4to1_small", (2, 32, 32, 32), (3, 3, 4, 8), groups=8, note="4 -> 1, 8 groups", calls=20),
+        P.Case(
+            "g8_1to1_3d_small", (1, 10, 10, 10, 8), (3, 3, 3, 1, 8), groups=8, note="1 -> 1, 8 groups, 3-D", calls=20
+        ),
+        P.Case("g2_2to2_tiny", (2, 7, 7, 4), (3, 3, 2, 4), groups=2, note="2 -> 2, 2 groups, tiny", calls=200),
+        P.Case("g16_1to1_small", (2, 16, 16, 16), (3, 3, 1, 16), groups=16, note="1 -> 1, 16 groups", calls=20),
     ]
     return cases + [c for c in P.conv_cases(batch) if c.dense]
 
@@ -87,9 +95,9 @@ def chosen(case: P.Case) -> dict:
     dx_method = grads.input_grad_method(g, G, cg, cog)
     dw_method = grads.weight_grad_method(g, G, cg, cog)
     return {
-        "forward": conv_module.forward_formulation(k, cg, cog),
+        "forward": conv_module.forward_formulation(k, cg, cog, G),
         "dx": "conv" if dx_method == "conv" else f"col2im/{grads.input_grad_formulation(k, cg, cog)}",
-        "dw": "conv" if dw_method == "conv" else f"col2im/{grads.weight_grad_formulation(k, cg, cog)}",
+        "dw": "conv" if dw_method == "conv" else f"col2im/{grads.weight_grad_formulation(k, cg, cog, G)}",
     }
 
 
@@ -104,7 +112,8 @@ def main(argv=None):
         x, w = case.operands()
         dy = np.random.default_rng(1).standard_normal(case.out_shape())
         fns = paths(case, x, w, dy)
-        times = P.time_interleaved(fns, repeat)
+        times = P.time_interleaved({k: P.per_call(f, case.calls) for k, f in fns.items()}, repeat)
+        times = {k: t / case.calls for k, t in times.items()}
         pick = chosen(case)
         cells = []
         for part in ("forward", "dx", "dw"):

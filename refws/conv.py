@@ -123,28 +123,44 @@ def check_conv_operands(x, w, groups, channel_first: bool):
 FORMULATIONS = ("gemm", "taps")
 
 
-def forward_formulation(kernel_taps: int, cg: int, cog: int) -> str:
-    """The formulation :func:`conv_canonical` uses: ``"taps"`` when ``Cg <= 4``, ``Cog <= 4`` and
-    ``Cg * Cog <= 8``, else ``"gemm"``.
+def forward_formulation(kernel_taps: int, cg: int, cog: int, groups: int) -> str:
+    """The formulation :func:`conv_canonical` uses: ``"taps"`` when ``Cg * Cog <= 4`` and there
+    are at least 16 groups, else ``"gemm"``.
 
     ``"taps"`` sums over the kernel taps with one einsum per channel of the narrower side of a
-    group; ``"gemm"`` gathers the columns once and runs one product per group of inner size
-    ``K * Cg`` and width ``Cog``, which BLAS runs well only when both are large. Measured
-    (3x3 kernels, 64x64 maps, batch 8, 32 input channels; bench_formulations.py, the table is in
-    benchmarks/README.md), one thread: taps is 1.9x to 3.6x faster for depthwise with multiplier
-    1 or 2 (also strided and 3-D), equal for 2 -> 2 and 1 -> 4, gemm 1.1x faster for 4 -> 1 and
-    1.6x to 1.8x for 4 -> 2 and 2 -> 4; two threads (the library defaults): taps 1.8x faster for
-    2 -> 2, 2.5x for 4 -> 1, 1.1x for 2 -> 4, equal for 4 -> 2, gemm 1.3x faster for 1 -> 4. From
-    8 channel pairs on one side gemm is faster on both (1 -> 8: 1.6x, 4 -> 4: 3.4x). The rule is
-    symmetric in ``Cg`` and ``Cog``, so the input gradient, which reads ``Cog`` channels per group
-    and writes ``Cg``, uses it as it is. ``kernel_taps`` is part of the signature for rules that
-    weigh it; this one does not need it.
+    group, its inner loop running over every group's channels at once (``G * max(Cg, Cog)``
+    numbers, repeated along the last output axis); ``"gemm"`` gathers the columns once and runs
+    one product per group of inner size ``K * Cg`` and width ``Cog``, which BLAS runs well only
+    when both are large. Measured (bench_formulations.py, the table is in benchmarks/README.md;
+    3x3 kernels, 64x64 maps, batch 8, 32 input channels), one thread: taps is 1.9x to 3.6x faster
+    for depthwise with multiplier 1 or 2 (also strided and 3-D), equal for 2 -> 2 and 1 -> 4,
+    gemm 1.1x faster for 4 -> 1 and 1.6x to 1.8x for 4 -> 2 and 2 -> 4; two threads (the library
+    defaults): taps 1.8x faster for 2 -> 2, 2.5x for 4 -> 1, gemm 1.3x faster for 1 -> 4, within
+    10% either way for 2 -> 4 and 4 -> 2; from 8 channel pairs on one side gemm is faster on both
+    (1 -> 8: 1.6x, 4 -> 4: 3.4x). With fewer groups the taps' inner loops are short and gemm wins
+    at every size measured (2-D and 3-D, 8 to 64 channels, a 2x7x7 map to 2x48x48 and 1x16^3, two
+    threads): with 8 or fewer groups, gemm is 1.2x to 4x faster for 2 -> 2, 4 -> 1, 1 -> 4 and
+    3-D depthwise (a tiny grouped 3-D call: 76 us against 446 us), about equal for 1 -> 2 and
+    2 -> 1; from 16 groups on taps wins (1 -> 1: 1.4x to 4.6x, 1 -> 2 and 2 -> 1: 1.1x to 3.6x)
+    or comes within 1.2x. The rule is symmetric in ``Cg`` and ``Cog``: the input gradient by the
+    conv derivation, which reads ``Cog`` channels per group and writes ``Cg``, is a forward
+    convolution and asks it with the roles exchanged. ``kernel_taps`` is part of the signature
+    for rules that weigh it; this one does not need it.
     """
-    small = cg <= TAPS_MAX_PER_GROUP and cog <= TAPS_MAX_PER_GROUP
-    return "taps" if small and cg * cog <= TAPS_MAX_CHANNEL_PAIRS else "gemm"
+    return "taps" if cg * cog <= FORWARD_TAPS_MAX_CHANNEL_PAIRS and groups >= FORWARD_TAPS_MIN_GROUPS else "gemm"
 
 
-#: The rule's thresholds (see forward_formulation): channels per group on either side, and
+def taps_channels(cg: int, cog: int) -> bool:
+    """Whether a group's channels suit the tap formulation of the col2im gradient halves (part of
+    the rules of :func:`refws.grads.weight_grad_formulation` and
+    :func:`refws.grads.input_grad_formulation`): ``Cg <= 4``, ``Cog <= 4`` and ``Cg * Cog <= 8``."""
+    return cg <= TAPS_MAX_PER_GROUP and cog <= TAPS_MAX_PER_GROUP and cg * cog <= TAPS_MAX_CHANNEL_PAIRS
+
+
+#: The forward rule's thresholds (see forward_formulation): channel pairs ``Cg * Cog`` per group,
+#: and groups.
+FORWARD_TAPS_MAX_CHANNEL_PAIRS, FORWARD_TAPS_MIN_GROUPS = 4, 16
+#: The col2im halves' thresholds (see taps_channels): channels per group on either side, and
 #: channel pairs ``Cg * Cog`` per group.
 TAPS_MAX_PER_GROUP, TAPS_MAX_CHANNEL_PAIRS = 4, 8
 
@@ -337,7 +353,7 @@ def conv_canonical(
     if 0 in g.out_spatial or n_batch == 0 or c_out == 0:
         return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
     if formulation is None:
-        formulation = forward_formulation(g.taps, c_in // groups, c_out // groups)
+        formulation = forward_formulation(g.taps, c_in // groups, c_out // groups, groups)
     elif formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r}: expected one of {FORMULATIONS} or None (chosen by shape)")
     y = np.empty((n_batch, *g.out_spatial, c_out), dtype=np.float64)  # every element is written below
@@ -699,9 +715,9 @@ def conv(
     give NaN, as in a framework's convolution over an explicitly padded input.
     Extra memory stays within :func:`refws.get_workspace_bytes` (see :func:`refws.set_workspace_bytes`;
     up to 32 MiB of it is kept per thread for the next call).
-    The sums are evaluated by im2col and BLAS, or, with at most 4 channels per group on each side
-    (depthwise, small groups; :func:`forward_formulation`), tap by tap on as many threads as the
-    process may use; both form every product once, and the result does not depend on the threads.
+    The sums are evaluated by im2col and BLAS, or, with at least 16 groups of at most 4 channel
+    pairs each (depthwise, small groups; :func:`forward_formulation`), tap by tap on as many
+    threads as the process may use; both form every product once, and the result does not depend on the threads.
 
     Examples
     --------

@@ -41,11 +41,11 @@ from .conv import (
     conv,
     conv_canonical,
     evaluator,
-    forward_formulation,
     parallel_workers,
     plan,
     row_windows,
     run_parts,
+    taps_channels,
     whole_window,
     workspace,
 )
@@ -204,7 +204,7 @@ def _dw_col2im(
     """
     c_in, c_out = x_cl.shape[-1], dy_cl.shape[-1]
     taps = math.prod(g.kernel_spatial)
-    formulation = formulation or weight_grad_formulation(taps, c_in // groups, c_out // groups)
+    formulation = formulation or weight_grad_formulation(taps, c_in // groups, c_out // groups, groups)
     batch_step, row_step = plan(g, x_cl.shape[0], c_in, c_out, groups, formulation)
     items = chunks(x_cl.shape[0], g.out_spatial[0], batch_step, row_step)
 
@@ -268,18 +268,34 @@ def _dx_col2im(
 
 
 def input_grad_formulation(kernel_taps: int, cg: int, cog: int) -> str:
-    """``"taps"`` or ``"gemm"`` for ``dx`` by col2im: the forward's rule, with the roles exchanged
-    (``dy`` is read, ``Cog`` channels per group; ``dx`` is written, ``Cg`` per group), which the
-    rule's symmetry makes the same choice."""
-    return forward_formulation(kernel_taps, cog, cg)
+    """``"taps"`` or ``"gemm"`` for ``dx`` by col2im: taps when :func:`refws.conv.taps_channels`
+    (at most 4 channels per group on each side, 8 channel pairs), with the roles exchanged (``dy``
+    is read, ``Cog`` channels per group; ``dx`` is written, ``Cg`` per group), which the rule's
+    symmetry makes the same choice. Unlike the forward's rule it does not ask for 16 groups: the
+    taps' scatter is 1.1x to 5.9x faster than gemm's from 8 groups down (measured, two threads:
+    2-D and 3-D, 2x8x8 to 2x32x32 maps, 1 -> 1, 1 -> 2, 2 -> 2, 2 -> 1 and 4 -> 1; gemm was 2.3x
+    faster at 1 -> 4 with 32 groups, which this rule has always given to taps)."""
+    return "taps" if taps_channels(cog, cg) else "gemm"
 
 
-def weight_grad_formulation(kernel_taps: int, cg: int, cog: int) -> str:
-    """``"taps"`` or ``"gemm"`` for ``dw`` by col2im: the forward's rule (measured on one thread:
-    the taps' ``dw`` is 1.4x to 3.7x faster than gemm's for depthwise with multiplier 1, 2 or 4
-    and for 2 -> 2 channels per group, 1.1x to 1.3x slower at 4 -> 1, 4 -> 2 and 2 -> 4, and 2.8x
-    to 3.1x slower at 8 -> 1 and 4 -> 8, where the forward prefers gemm too)."""
-    return forward_formulation(kernel_taps, cg, cog)
+def weight_grad_formulation(kernel_taps: int, cg: int, cog: int, groups: int) -> str:
+    """``"taps"`` or ``"gemm"`` for ``dw`` by col2im: taps when :func:`refws.conv.taps_channels`
+    and either depthwise without multiplier (``Cg = Cog = 1``) or at least 8 groups.
+
+    Measured on one thread (3x3 kernels, 64x64 maps, batch 8, 32 input channels): the taps'
+    ``dw`` is 1.4x to 3.7x faster than gemm's for depthwise with multiplier 1, 2 or 4 and for
+    2 -> 2 channels per group, 1.1x to 1.3x slower at 4 -> 1, 4 -> 2 and 2 -> 4, and 2.8x to 3.1x
+    slower at 8 -> 1 and 4 -> 8. On small maps (2x7x7 to 2x48x48 and 3-D 8^3 to 10^3, two
+    threads): with 8 or 16 groups taps is faster or within 1.2x (1 -> 1 1.2x to 3.2x faster,
+    1 -> 2 1.5x, 2 -> 2 equal, 4 -> 1 1.2x slower); with 2 or 4 groups gemm is 1.25x to 4x faster
+    for 2 -> 2 and 4 -> 1 (a tiny 2-group call: 29 us against 57 us), about equal for 1 -> 2, and
+    1 -> 1 stays taps' (equal to 1.6x faster)."""
+    depthwise = cg == cog == 1
+    return "taps" if taps_channels(cg, cog) and (depthwise or groups >= WEIGHT_GRAD_TAPS_MIN_GROUPS) else "gemm"
+
+
+#: weight_grad_formulation's threshold: groups (depthwise without multiplier excepted).
+WEIGHT_GRAD_TAPS_MIN_GROUPS = 8
 
 
 def input_grad_method(g: ConvGeometry, groups: int, cg: int, cog: int) -> str:
@@ -342,7 +358,9 @@ def conv_vjp(
         by ``"col2im"`` (the ``"conv"`` derivation's ``dw`` has the whole output as its kernel:
         1.5x to 17x slower on the benchmark shapes). See :func:`input_grad_method`.
         Each derivation is evaluated like the forward: im2col and BLAS, or tap by tap with few
-        channels per group (:func:`refws.conv.forward_formulation`).
+        channels per group (:func:`refws.conv.forward_formulation` for the convolutions of
+        ``"conv"``, :func:`weight_grad_formulation` and :func:`input_grad_formulation` for
+        ``"col2im"``).
 
     Returns
     -------

@@ -286,27 +286,62 @@ def test_conv_transpose_vjp_paths(formulation, p):
 
 
 @pytest.mark.parametrize(
-    "cg, cog, expected",
+    "cg, cog, groups, expected",
     [
-        (1, 1, "taps"),
-        (1, 2, "taps"),
-        (1, 4, "taps"),
-        (2, 2, "taps"),
-        (2, 4, "taps"),
-        (4, 2, "taps"),
-        (8, 1, "gemm"),
-        (1, 8, "gemm"),
-        (4, 4, "gemm"),
-        (4, 8, "gemm"),
-        (32, 64, "gemm"),
-        (1, 64, "gemm"),
+        (1, 1, 16, "taps"),
+        (1, 1, 32, "taps"),
+        (1, 1, 8, "gemm"),
+        (1, 1, 2, "gemm"),
+        (1, 2, 16, "taps"),
+        (2, 1, 32, "taps"),
+        (2, 2, 16, "taps"),
+        (1, 4, 16, "taps"),
+        (4, 1, 64, "taps"),
+        (1, 3, 16, "taps"),
+        (2, 2, 8, "gemm"),
+        (4, 1, 15, "gemm"),
+        (2, 4, 16, "gemm"),
+        (4, 2, 32, "gemm"),
+        (8, 1, 32, "gemm"),
+        (1, 8, 32, "gemm"),
+        (4, 4, 16, "gemm"),
+        (32, 64, 1, "gemm"),
+        (1, 64, 32, "gemm"),
     ],
 )
-def test_forward_rule(cg, cog, expected):
-    """The documented rule: taps when Cg <= 4, Cog <= 4 and Cg * Cog <= 8."""
-    assert conv_module.forward_formulation(9, cg, cog) == expected
-    assert refws.grads.weight_grad_formulation(9, cg, cog) == expected
-    assert refws.grads.input_grad_formulation(9, cg, cog) == expected  # symmetric rule
+def test_forward_rule(cg, cog, groups, expected):
+    """The documented rule: taps when Cg * Cog <= 4 and there are at least 16 groups; symmetric, so
+    the conv derivation's dx (roles exchanged) gets the same answer."""
+    assert conv_module.forward_formulation(9, cg, cog, groups) == expected
+    assert conv_module.forward_formulation(9, cog, cg, groups) == expected
+
+
+@pytest.mark.parametrize(
+    "cg, cog, groups, dw, dx",
+    [
+        (1, 1, 1, "taps", "taps"),  # depthwise without multiplier: dw by taps for any number of groups
+        (1, 1, 4, "taps", "taps"),
+        (1, 2, 8, "taps", "taps"),
+        (1, 2, 4, "gemm", "taps"),
+        (2, 2, 2, "gemm", "taps"),
+        (2, 2, 8, "taps", "taps"),
+        (2, 4, 8, "taps", "taps"),
+        (4, 2, 16, "taps", "taps"),
+        (4, 1, 4, "gemm", "taps"),
+        (1, 4, 7, "gemm", "taps"),
+        (8, 1, 32, "gemm", "gemm"),
+        (1, 8, 32, "gemm", "gemm"),
+        (4, 4, 16, "gemm", "gemm"),
+        (5, 1, 64, "gemm", "gemm"),
+        (32, 64, 1, "gemm", "gemm"),
+    ],
+)
+def test_col2im_rules(cg, cog, groups, dw, dx):
+    """The documented col2im rules: taps when Cg <= 4, Cog <= 4 and Cg * Cog <= 8; for dw also 8
+    groups or more, or Cg = Cog = 1; for dx with any number of groups (and symmetric)."""
+    assert refws.grads.weight_grad_formulation(9, cg, cog, groups) == dw
+    assert refws.grads.input_grad_formulation(9, cg, cog) == dx
+    assert refws.grads.input_grad_formulation(9, cog, cg) == dx
 
 
 @pytest.mark.parametrize("stride, expected", [(1, "conv"), ((1, 1), "conv"), ((1, 2), "col2im"), (3, "col2im")])
