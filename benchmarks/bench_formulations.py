@@ -92,7 +92,7 @@ def chosen(case: P.Case) -> dict:
     """The path the rules pick for each part."""
     g, G = case.geometry(), case.groups
     k, cg, cog = math.prod(g.kernel_spatial), case.w_shape[-2], case.w_shape[-1] // G
-    dx_method = grads.input_grad_method(g, G, cg, cog)
+    dx_method = grads.input_grad_method(g, G, cg, cog, case.x_shape[0])
     dw_method = grads.weight_grad_method(g, G, cg, cog)
     return {
         "forward": conv_module.forward_formulation(k, cg, cog, G),

@@ -57,7 +57,8 @@ def auto_choice(case: P.Case) -> str:
         return "-"
     g, G, w_shape = case.geometry(), case.groups, case.w_shape
     cg, cog = w_shape[-2], w_shape[-1] // G
-    return f"dx {grads.input_grad_method(g, G, cg, cog)}, dw {grads.weight_grad_method(g, G, cg, cog)}"
+    dx = grads.input_grad_method(g, G, cg, cog, case.x_shape[0])
+    return f"dx {dx}, dw {grads.weight_grad_method(g, G, cg, cog)}"
 
 
 def jax_vjp(case: P.Case, x, w, dy):

@@ -346,10 +346,32 @@ def test_col2im_rules(cg, cog, groups, dw, dx):
 
 @pytest.mark.parametrize("stride, expected", [(1, "conv"), ((1, 1), "conv"), ((1, 2), "col2im"), (3, "col2im")])
 def test_auto_rule(stride, expected):
-    """dx by the conv derivation exactly when every stride is 1; dw always by col2im."""
+    """dx by the conv derivation when every stride is 1 (and the kernel is no larger than the
+    columns); dw always by col2im."""
     g = refws.conv_geometry((9, 8), (3, 3), stride, "SAME", 1, 2)
-    assert refws.grads.input_grad_method(g, 2, 3, 4) == expected
+    assert refws.grads.input_grad_method(g, 2, 3, 4, 2) == expected
     assert refws.grads.weight_grad_method(g, 2, 3, 4) == "col2im"
+
+
+@pytest.mark.parametrize(
+    "spatial, kernel, n_batch, cog, expected",
+    [
+        ((7, 7), (3, 3), 2, 512, "col2im"),  # Cog 512 > N*O = 98
+        ((7, 7), (3, 3), 2, 98, "conv"),  # Cog = N*O: not more
+        ((7, 7), (3, 3), 2, 99, "col2im"),
+        ((7, 7), (3, 3), 1, 50, "col2im"),  # N*O = 49
+        ((7, 7), (1, 1), 2, 512, "conv"),  # one tap: nothing to flip
+        ((14, 14), (3, 3), 2, 256, "conv"),  # N*O = 392
+        ((4, 4, 4), (3, 3, 3), 1, 65, "col2im"),  # N*O = 64
+        ((4, 4, 4), (3, 3, 3), 1, 64, "conv"),
+    ],
+)
+def test_auto_rule_large_kernels(spatial, kernel, n_batch, cog, expected):
+    """Stride 1: col2im when the kernel has more than one tap and Cog > N * prod(out_spatial)
+    (the flipped kernel would outweigh the columns)."""
+    g = refws.conv_geometry(spatial, kernel, 1, "SAME", 1, 1)
+    assert refws.grads.input_grad_method(g, 1, 8, cog, n_batch) == expected
+    assert refws.grads.input_grad_method(g, 4, 8, cog, n_batch) == expected  # per group: Cog
 
 
 def test_auto_is_the_default_and_refuses_nothing_else():
