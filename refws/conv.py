@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .arrays import as_float64, from_canonical, to_canonical
-from .geometry import ConvGeometry, conv_geometry
+from .geometry import ConvGeometry, _plain_key, conv_geometry
 from .im2col import (
     _tap_slices,
     chunk_plan,
@@ -354,6 +354,9 @@ def conv_canonical(
         return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
     if formulation is None:
         formulation = forward_formulation(g.taps, c_in // groups, c_out // groups, groups)
+        tiny = _tiny_gemm(g, x.shape, c_out) if formulation == "gemm" and groups == 1 else None
+        if tiny is not None:
+            return tiny.forward(x, w)
     elif formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r}: expected one of {FORMULATIONS} or None (chosen by shape)")
     y = np.empty((n_batch, *g.out_spatial, c_out), dtype=np.float64)  # every element is written below
@@ -371,6 +374,63 @@ def conv_canonical(
 
     run_parts(work, items, workers)
     return y
+
+
+# --- tiny problems: the gemm formulation with its buffers kept per problem -------------------
+#
+# A small dense problem (one chunk, gemm) spends most of a call finding its workspaces, building
+# the window view and zeroing the pad borders. Kept per problem shape and thread, the padded
+# buffer's borders (and lhs-dilation holes) stay zero (each call writes only where the input
+# lands), and the window view into it and the columns are built once: the call is the copy in,
+# the gather and one product, the same ones GemmChunk.forward runs on one chunk.
+
+#: A problem takes the tiny path when its padded input and columns fit in this many bytes (and in
+#: the workspace budget); each thread keeps at most TINY_PLANS of them (TINY_PLANS * TINY_BYTES).
+TINY_BYTES, TINY_PLANS = 2**15, 128
+_tiny = threading.local()
+
+
+class _TinyGemm:
+    """One tiny dense problem's buffers: ``forward(x, w)`` is :meth:`GemmChunk.forward` on the
+    whole problem (the same columns, the same product)."""
+
+    def __init__(self, g: ConvGeometry, x_shape: tuple):
+        sizes, self.src, self.dst = padded_plan(g)
+        self.padded = np.zeros((x_shape[0], *sizes, x_shape[-1]))
+        self.view = window_view(self.padded, g.kernel_spatial, g.out_spatial, g.stride, g.rhs_dilation)
+        self.cols = np.empty(self.view.shape)
+        self.rows, self.inner = x_shape[0] * math.prod(g.out_spatial), math.prod(self.view.shape[-g.ndim - 1 :])
+        self.out_shape = (x_shape[0], *g.out_spatial)
+        self.nbytes = self.padded.nbytes + self.cols.nbytes
+
+    def forward(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        self.padded[self.dst] = x[self.src]
+        np.copyto(self.cols, self.view)
+        y = np.empty((*self.out_shape, w.shape[-1]))
+        np.matmul(self.cols.reshape(self.rows, self.inner), w.reshape(self.inner, -1), out=y.reshape(self.rows, -1))
+        return y
+
+
+def _tiny_gemm(g: ConvGeometry, x_shape: tuple, c_out: int) -> _TinyGemm | None:
+    """The kept buffers of a tiny dense problem on this thread (made at its first call), or None
+    when the problem is larger than TINY_BYTES or than the workspace budget."""
+    plans = getattr(_tiny, "plans", None)
+    if plans is None:
+        plans = _tiny.plans = {}
+    key = (g, x_shape, c_out)
+    plan = plans.get(key)
+    if plan is None:
+        n_batch, c_in = x_shape[0], x_shape[-1]
+        nbytes = 8 * n_batch * c_in * (math.prod(padded_plan(g)[0]) + math.prod(g.out_spatial) * g.taps)
+        if nbytes > TINY_BYTES:
+            plans[key] = False
+            return None
+        if nbytes > get_workspace_bytes():
+            return None  # not kept: the budget may grow
+        if len(plans) >= TINY_PLANS:
+            plans.clear()
+        plan = plans[key] = _TinyGemm(g, x_shape)
+    return plan if plan and plan.nbytes <= get_workspace_bytes() else None
 
 
 def parallel_workers(formulation: str, n_parts: int, size: int, taps_reads: int) -> int:
@@ -724,7 +784,8 @@ def conv(
     NaN and Inf propagate as IEEE arithmetic does; padding zeros multiplied by an infinite weight
     give NaN, as in a framework's convolution over an explicitly padded input.
     Extra memory stays within :func:`refws.get_workspace_bytes` (see :func:`refws.set_workspace_bytes`;
-    up to 32 MiB of it is kept per thread for the next call).
+    up to 32 MiB of it is kept per thread for the next call, and the buffers of up to 128 small
+    dense problems, 32 KiB each at most).
     The sums are evaluated by im2col and BLAS, or, with at least 16 groups of at most 4 channel
     pairs each (depthwise, small groups; :func:`forward_formulation`), tap by tap on as many
     threads as the process may use; both form every product once, and the result does not depend on the threads.
@@ -736,6 +797,35 @@ def conv(
     >>> refws.conv(x, w, stride=2).shape
     (2, 3, 3, 4)
     """
-    x_cl, w, unbatched = check_conv_operands(x, w, groups, channel_first)
-    g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
-    return from_canonical(conv_canonical(x_cl, w, g, int(groups)), channel_first, unbatched)
+    key = _checked_key(x, w, (stride, padding, lhs_dilation, rhs_dilation), groups, channel_first)
+    checked = _CHECKED.get(key) if key is not None else None
+    if checked is None:
+        x_cl, w, unbatched = check_conv_operands(x, w, groups, channel_first)
+        g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
+        if key is not None:
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[key] = g, unbatched
+    else:
+        g, unbatched = checked
+        x_cl = to_canonical(x, channel_first, unbatched)
+    return from_canonical(conv_canonical(x_cl, w, g, groups), channel_first, unbatched)
+
+
+# Calls already checked, by everything the checks read: the shapes of float64 ndarrays, exact-int
+# groups, a bool layout flag and geometry arguments of exact ints and strings (as conv_geometry's
+# memo). On a small problem the checks and the geometry were a sixth of a call; a key determines
+# their outcome, so a hit skips them; anything else (other dtypes, array-likes, True, 1.0,
+# np.int64(1), ...) is checked every time.
+_CHECKED: dict = {}
+_CHECKED_MAX = 4096
+
+
+def _checked_key(x, w, geometry_args: tuple, groups, channel_first) -> tuple | None:
+    """The memo key of a call of :func:`conv`, or None when the call must be checked."""
+    if type(x) is not np.ndarray or type(w) is not np.ndarray or type(groups) is not int:
+        return None
+    if x.dtype != np.float64 or w.dtype != np.float64 or type(channel_first) is not bool:
+        return None
+    args = _plain_key(geometry_args)
+    return None if args is None else (x.shape, w.shape, args, groups, channel_first)

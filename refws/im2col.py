@@ -64,7 +64,9 @@ def set_workspace_bytes(n: int) -> int:
     formulation, its repeated channel and product, shared among its threads); the output array
     itself is not counted. One output row of one sample is the smallest unit of work, so a
     budget below that is exceeded by that much. Between calls each thread keeps up to
-    ``min(budget, refws.conv.RETAIN_BYTES)`` (32 MiB) of workspace for the next call.
+    ``min(budget, refws.conv.RETAIN_BYTES)`` (32 MiB) of workspace for the next call, and the
+    buffers of up to ``refws.conv.TINY_PLANS`` (128) small dense problems of at most
+    ``refws.conv.TINY_BYTES`` (32 KiB) each (a problem uses them only within the budget).
     """
     global _workspace_bytes
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 import tracemalloc
 from contextlib import ExitStack, contextmanager
 from unittest import mock
@@ -32,7 +33,14 @@ from hypothesis import strategies as st
 
 import refws
 import refws.grads
-from .naive import from_channels_last, naive_conv, naive_conv_transpose_weight_grad, naive_conv_vjp, to_channels_last
+from .naive import (
+    from_channels_last,
+    naive_conv,
+    naive_conv_transpose_weight_grad,
+    naive_conv_vjp,
+    naive_explicit_pads,
+    to_channels_last,
+)
 from .strategies import conv_problems, geometry_args
 from .test_conv_transpose import transpose_problems
 from .test_grads import assert_bound, n_terms, vjp_problem
@@ -517,6 +525,49 @@ def test_geometry_memo_skips_no_check(name, value, error):
         refws.conv(x, w, **kw)
 
 
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (dict(groups=True), TypeError),
+        (dict(groups=1.0), TypeError),
+        (dict(x=np.ones((1, 5, 5, 1), dtype=complex)), TypeError),
+        (dict(x=np.ones((1, 5, 5, 2))), ValueError),
+        (dict(w=np.ones((3, 3, 1, 1), dtype=object)), TypeError),
+        (dict(w=np.ones((0, 3, 1, 1))), ValueError),
+    ],
+)
+def test_checked_call_memo_skips_no_check(change, error):
+    """refws.conv skips its operand checks only for a call whose float64 shapes and exact-int
+    arguments were checked before; the same shapes with another dtype, another argument type or
+    other shapes are checked (and refused) after such a call."""
+    kw = dict(x=np.ones((1, 5, 5, 1)), w=np.ones((3, 3, 1, 1)), groups=1)
+    refws.conv(**kw)
+    refws.conv(**kw)
+    with pytest.raises(error):
+        refws.conv(**{**kw, **change})
+
+
+def test_checked_call_memo_equal_values_of_other_types():
+    """np.int64 groups, an int layout flag and array-likes are accepted as before, checked every time."""
+    x, w = np.arange(50.0).reshape(2, 5, 5, 1), np.ones((3, 3, 1, 2))
+    expected = refws.conv(x, w)
+    for y in (
+        refws.conv(x, w, groups=np.int64(1)),
+        refws.conv(x.tolist(), w),
+        refws.conv(x.astype(np.float32), w),
+        refws.conv(x, w, channel_first=0),
+    ):
+        np.testing.assert_array_equal(y, expected)
+
+
+def test_checked_call_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(conv_module, "_CHECKED_MAX", 8)
+    conv_module._CHECKED.clear()
+    for n in range(1, 30):
+        assert refws.conv(np.ones((1, n, 1)), np.ones((1, 1, 1)), padding="VALID").shape == (1, n, 1)
+        assert len(conv_module._CHECKED) <= 8
+
+
 def test_geometry_memo_converts_integer_types_as_before():
     """numpy integers are accepted as ints (not memoised by value, computed each time), with the
     same result as plain ints."""
@@ -531,6 +582,105 @@ def test_geometry_memo_is_bounded(monkeypatch):
     for n in range(1, 30):
         assert refws.conv_geometry((n,), (1,), 1, "VALID").out_spatial == (n,)
         assert len(geometry_module._GEOMETRIES) <= 8
+
+
+# --- tiny problems: the gemm formulation with its buffers kept -----------------------------------
+
+TINY_CASES = [
+    ((2, 7, 7, 3), (3, 3, 3, 4), dict()),
+    ((2, 7, 7, 3), (3, 3, 3, 4), dict(stride=2, padding="VALID")),
+    ((1, 6, 5, 2), (2, 3, 2, 3), dict(padding=((2, -1), (0, 3)), lhs_dilation=(2, 1), rhs_dilation=(1, 2))),
+    ((3, 9, 2), (4, 2, 5), dict(padding="SAME_LOWER", stride=3)),
+    ((1, 4, 3, 5, 2), (2, 2, 3, 2, 3), dict(padding=1, rhs_dilation=(1, 1, 2))),
+    ((2, 5, 5, 4), (1, 1, 4, 6), dict(padding="VALID")),
+    ((5, 6, 2), (3, 6, 2), dict(channel_first=True, padding=2)),  # unbatched, channel-first
+]
+
+
+def _tiny_expected(x, w, kw):
+    """The definition loop on a TINY_CASES problem (its layout and padding form read test-side)."""
+    channel_first = kw.get("channel_first", False)
+    batched = x.ndim == w.ndim
+    x_cl = to_channels_last(x, channel_first, batched)
+    geometry = {k: v for k, v in kw.items() if k in ("stride", "lhs_dilation", "rhs_dilation")}
+    pads = naive_explicit_pads(kw.get("padding", "SAME"), x_cl.shape[1:-1], w.shape[:-2], **geometry)
+    return from_channels_last(naive_conv(x_cl, w, pads=pads, **geometry), channel_first, batched)
+
+
+def _tiny_spy():
+    return mock.patch.object(conv_module._TinyGemm, "forward", autospec=True, side_effect=conv_module._TinyGemm.forward)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", TINY_CASES)
+def test_tiny_path_matches_definition_after_other_data(x_shape, w_shape, kw):
+    """A small dense problem runs on buffers kept from its earlier calls: after a call with NaN and
+    inf everywhere (which lands only where the next input is written), integer data is exact
+    against the definition loop and real data byte-identical to the chunked gemm path."""
+    rng = np.random.default_rng(11)
+    x, w = rng.integers(-8, 9, size=x_shape).astype(float), rng.integers(-8, 9, size=w_shape).astype(float)
+    with _tiny_spy() as spy:
+        refws.conv(x, w, **kw)
+        poison = np.where(rng.random(x_shape) < 0.5, np.nan, np.inf)
+        with np.errstate(invalid="ignore"):
+            assert not np.isfinite(refws.conv(poison, w, **kw)).all()
+        got = refws.conv(x, w, **kw)
+    assert spy.call_count == 3
+    np.testing.assert_array_equal(got, _tiny_expected(x, w, kw))
+    xr, wr = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    tiny = refws.conv(xr, wr, **kw)
+    channel_first = kw.get("channel_first", False)
+    x_cl, w_c, unbatched = conv_module.check_conv_operands(xr, wr, 1, channel_first)
+    geometry_kw = {k: v for k, v in kw.items() if k != "channel_first"}
+    g = refws.conv_geometry(x_cl.shape[1:-1], w_c.shape[:-2], **geometry_kw)
+    chunked = from_channels_last(conv_module.conv_canonical(x_cl, w_c, g, 1, "gemm"), channel_first, not unbatched)
+    assert tiny.tobytes() == chunked.tobytes()
+
+
+def test_tiny_path_respects_the_budget_and_groups(restore_budget):
+    """Not taken under a budget below the problem's buffers, nor for groups or the tap formulation;
+    the results are the same."""
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((2, 6, 6, 4)), rng.standard_normal((3, 3, 4, 4))
+    with _tiny_spy() as spy:
+        expected = refws.conv(x, w)
+        refws.set_workspace_bytes(1024)
+        small_budget = refws.conv(x, w)
+        refws.set_workspace_bytes(2**30)
+        refws.conv(x, w[:, :, :2], groups=2)
+        with forced("taps"):
+            refws.conv(x, w)
+    assert spy.call_count == 1
+    np.testing.assert_allclose(small_budget, expected, rtol=0, atol=1e-13)
+
+
+def test_tiny_path_buffers_are_per_thread():
+    """Threads running the same small shape at once each have their own kept buffers."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((3, 3, 3, 4))
+    xs = [rng.standard_normal((2, 7, 7, 3)) for _ in range(4)]
+    expected = [_tiny_expected(x, w, {}) for x in xs]
+    results: list = [None] * 4
+
+    def run(i):
+        results[i] = [refws.conv(xs[i], w) for _ in range(300)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        for y in got:
+            np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-13)
+
+
+def test_tiny_plans_are_bounded(monkeypatch):
+    monkeypatch.setattr(conv_module, "TINY_PLANS", 4)
+    monkeypatch.setattr(conv_module._tiny, "plans", {}, raising=False)
+    w = np.ones((1, 1, 1))
+    for n in range(1, 12):
+        np.testing.assert_array_equal(refws.conv(np.ones((1, n, 1)), w, padding="VALID"), np.ones((1, n, 1)))
+        assert len(conv_module._tiny.plans) <= 4
 
 
 @pytest.mark.parametrize("spatial", [(4, 5), (40, 50)])  # below and above ZERO_WHOLE_MAX elements
