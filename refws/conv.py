@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .arrays import as_float64, from_canonical, to_canonical
-from .geometry import ConvGeometry, _plain_key, conv_geometry
+from .geometry import ConvGeometry, _plain_key, conv_geometry, remember
 from .im2col import (
     _tap_slices,
     chunk_plan,
@@ -423,13 +423,11 @@ def _tiny_gemm(g: ConvGeometry, x_shape: tuple, c_out: int) -> _TinyGemm | None:
         n_batch, c_in = x_shape[0], x_shape[-1]
         nbytes = 8 * n_batch * c_in * (math.prod(padded_plan(g)[0]) + math.prod(g.out_spatial) * g.taps)
         if nbytes > TINY_BYTES:
-            plans[key] = False
+            remember(plans, key, False, TINY_PLANS)
             return None
         if nbytes > get_workspace_bytes():
             return None  # not kept: the budget may grow
-        if len(plans) >= TINY_PLANS:
-            plans.clear()
-        plan = plans[key] = _TinyGemm(g, x_shape)
+        plan = remember(plans, key, _TinyGemm(g, x_shape), TINY_PLANS)
     return plan if plan and plan.nbytes <= get_workspace_bytes() else None
 
 
@@ -803,9 +801,7 @@ def conv(
         x_cl, w, unbatched = check_conv_operands(x, w, groups, channel_first)
         g = conv_geometry(x_cl.shape[1:-1], w.shape[:-2], stride, padding, lhs_dilation, rhs_dilation)
         if key is not None:
-            if len(_CHECKED) >= _CHECKED_MAX:
-                _CHECKED.clear()
-            _CHECKED[key] = g, unbatched
+            remember(_CHECKED, key, (g, unbatched), _CHECKED_MAX)
     else:
         g, unbatched = checked
         x_cl = to_canonical(x, channel_first, unbatched)

@@ -247,10 +247,17 @@ def conv_geometry(in_spatial, kernel_spatial, stride=1, padding="SAME", lhs_dila
     if g is None:
         g = _compute_geometry(in_spatial, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation)
         if key is not None:
-            if len(_GEOMETRIES) >= _GEOMETRIES_MAX:
-                _GEOMETRIES.clear()
-            _GEOMETRIES[key] = g
+            remember(_GEOMETRIES, key, g, _GEOMETRIES_MAX)
     return g
+
+
+def remember(memo: dict, key, value, limit: int):
+    """``memo[key] = value``, the memo emptied first when it already holds ``limit`` entries (the
+    bound of refws's memos: a full one starts over rather than tracking use); returns ``value``."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _compute_geometry(in_spatial, kernel_spatial, stride, padding, lhs_dilation, rhs_dilation) -> ConvGeometry:

@@ -46,7 +46,6 @@ from .conv import (
     row_windows,
     run_parts,
     taps_channels,
-    whole_window,
     workspace,
 )
 from .geometry import ConvGeometry, as_int_tuple, conv_geometry
@@ -209,10 +208,6 @@ def _dw_col2im(
     items = chunks(x_cl.shape[0], g.out_spatial[0], batch_step, row_step)
 
     shared = evaluator(formulation, g, groups, c_in, c_out, row_step)
-    if len(items) == 1:  # the small problems: no more bookkeeping
-        dw = np.empty(w_shape)
-        shared.weight_grad(whole_window(x_cl, g), dy_cl, dw, first=True)
-        return dw
     workers = parallel_workers(formulation, len(items), dy_cl.size, taps * (c_in // groups))
     if workers == 1:  # every chunk added into dw in chunk order: the additions of the loop below
         dw = np.empty(w_shape)
