@@ -238,6 +238,13 @@ def time_interleaved(fns: dict, repeat: int) -> dict:
     return {label: t.median for label, t in timings.items()}
 
 
+def time_per_call(fns: dict, repeat: int, calls: int) -> dict:
+    """:func:`time_interleaved` with each sample ``calls`` calls long (:func:`per_call`), as
+    median seconds per call."""
+    times = time_interleaved({label: per_call(fn, calls) for label, fn in fns.items()}, repeat)
+    return {label: t / calls for label, t in times.items()}
+
+
 # --wait-idle: before each timed call, wait (at most IDLE_MAX_WAIT seconds) until the machine's
 # cores were idle for at least this fraction of IDLE_WINDOW seconds (Linux /proc/stat), so that
 # on a shared machine the samples come from quiet moments; IDLE_STATS counts quiet and not.

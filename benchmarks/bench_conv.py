@@ -45,8 +45,7 @@ def run_case(case: P.Case, repeat: int):
             diffs[label] = P.max_abs_diff(y, y_peer)
     if case.dense:
         fns[BOUND] = product_alone(case, x, w)
-    times = P.time_interleaved({k: P.per_call(f, case.calls) for k, f in fns.items()}, repeat)
-    times = {k: t / case.calls for k, t in times.items()}
+    times = P.time_per_call(fns, repeat, case.calls)
     return times, status, diffs, float(abs(y).max()) if y.size else 0.0
 
 

@@ -112,8 +112,7 @@ def main(argv=None):
         x, w = case.operands()
         dy = np.random.default_rng(1).standard_normal(case.out_shape())
         fns = paths(case, x, w, dy)
-        times = P.time_interleaved({k: P.per_call(f, case.calls) for k, f in fns.items()}, repeat)
-        times = {k: t / case.calls for k, t in times.items()}
+        times = P.time_per_call(fns, repeat, case.calls)
         pick = chosen(case)
         cells = []
         for part in ("forward", "dx", "dw"):

@@ -129,8 +129,7 @@ def run_case(case: P.Case, repeat: int):
         for part, fn in prepared[0].items():
             fns[(label, part)] = fn
         results[label] = prepared[1]
-    times = P.time_interleaved({k: P.per_call(f, case.calls) for k, f in fns.items()}, repeat)
-    return {k: t / case.calls for k, t in times.items()}, status, results
+    return P.time_per_call(fns, repeat, case.calls), status, results
 
 
 def main(argv=None):
