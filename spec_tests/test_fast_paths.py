@@ -431,6 +431,27 @@ def test_results_do_not_depend_on_the_number_of_threads(restore_budget):
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_run_parts_cuts_the_items_into_parts_in_order(workers):
+    """The taps' threads: ``workers`` contiguous parts, every item in exactly one, results in order."""
+    items = tuple(range(23))
+    parts = conv_module.run_parts(lambda part: (threading.current_thread().name, list(part)), items, workers)
+    assert len(parts) == workers
+    assert [v for _, part in parts for v in part] == list(items)
+    assert len({name for name, _ in parts}) == workers  # each part on a thread of its own
+
+
+@pytest.mark.parametrize("failing", [0, 11, 22])
+def test_run_parts_raises_a_failure_of_any_part(failing):
+    def work(part):
+        if failing in part:
+            raise ValueError(f"item {failing}")
+        return part
+
+    with pytest.raises(ValueError, match=f"item {failing}"):
+        conv_module.run_parts(work, tuple(range(23)), 3)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_taps_peak_memory_stays_under_budget(restore_budget, threads):
     """The taps' workspaces (padded rows, one input channel repeated over the output channels, the
