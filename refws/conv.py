@@ -36,6 +36,7 @@ from .im2col import (
     gather_windows_shape,
     get_workspace_bytes,
     padded_plan,
+    window_runs_view,
     window_view,
 )
 
@@ -620,6 +621,7 @@ class TapsChunk(_Chunk):
             per_written = w_plain.reshape(taps, a, groups, rep).transpose(3, 0, 2, 1)
             self.w_reads = np.ascontiguousarray(per_written).reshape(rep, *k, groups * a)
             self.w_writes = np.ascontiguousarray(w_plain.transpose(1, 0, 2)).reshape(a, *k, written)
+            self._repeated: dict = {}  # the weights of _sums_over_taps repeated along runs
 
     def _weights(self, chunk_out) -> np.ndarray:
         w = self.w
@@ -647,27 +649,49 @@ class TapsChunk(_Chunk):
 
     def _forward_per_written(self, window: np.ndarray, out: np.ndarray) -> None:
         """``out[..., g*R + r] = sum_a S_r[..., g*A + a]``, ``S_r = sum_t window_t * w_reads[r]``."""
-        lead, subscripts = out.shape[:-1], _taps_subscripts(self.g.ndim)
-        view = self._window_view(window, out.shape[1:-1])
+        lead = out.shape[:-1]
         if self.per_group_read == 1 and self.repeat == 1:  # depthwise: the einsum is all
-            np.einsum(subscripts, view, self.w_reads[0], out=out)
+            self._sums_over_taps(window, ("reads", 0), out)
             return
         sums = self._buffer("product", (*lead, window.shape[-1]))
         per_read = sums.reshape(*lead, self.groups, self.per_group_read)
         per_written = out.reshape(*lead, self.groups, self.repeat)
         for r in range(self.repeat):
-            np.einsum(subscripts, view, self.w_reads[r], out=sums)
+            self._sums_over_taps(window, ("reads", r), sums)
             _sum_last_axis(per_read, per_written[..., r])
 
     def _forward_per_read(self, window: np.ndarray, out: np.ndarray) -> None:
         """``out = sum_a sum_t E_a,t * w_writes[a]`` (``E_a``: :meth:`_expanded`)."""
-        subscripts = _taps_subscripts(self.g.ndim)
         sums = self._buffer("product", out.shape) if self.per_group_read > 1 else out
         for a in range(self.per_group_read):
-            view = self._window_view(self._expanded(window, a), out.shape[1:-1])
-            np.einsum(subscripts, view, self.w_writes[a], out=out if a == 0 else sums)
+            self._sums_over_taps(self._expanded(window, a), ("writes", a), out if a == 0 else sums)
             if a > 0:
                 np.add(out, sums, out=out)
+
+    def _sums_over_taps(self, window: np.ndarray, weights: tuple, out: np.ndarray) -> None:
+        """``out[n, o, z] = sum_t window[n, o*s + t*d, z] * v[t, z]`` by one einsum, ``v`` being
+        ``w_reads[r]`` or ``w_writes[a]`` (``weights``: ``("reads", r)`` or ``("writes", a)``).
+
+        numpy's einsum runs one inner loop per output position and tap, over the ``z`` channels:
+        with few channels the loop's own cost dominates. With stride 1 along the last axis, ``run``
+        neighbouring outputs along it read ``run`` neighbouring windows, whose channels lie side
+        by side in the window: the einsum then runs over :func:`refws.im2col.window_runs_view`
+        (runs of ``run * z`` channels) with ``v`` repeated ``run`` times, the same products and
+        sums (depthwise 3x3 on 8x64x64x32: 2.7x faster on one core, bit-identical).
+        """
+        g, chunk_out = self.g, out.shape[1:-1]
+        kind, index = weights
+        v = (self.w_reads if kind == "reads" else self.w_writes)[index]
+        run = taps_run(chunk_out[-1], out.shape[-1]) if g.stride[-1] == 1 else 1
+        if run > 1 and _runs_fit(window) and _runs_fit(out):
+            view = window_runs_view(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation, run)
+            key = (kind, index, run)
+            repeated = self._repeated.get(key)
+            if repeated is None:  # v repeated run times along z: (*k, run * z)
+                repeated = self._repeated[key] = np.tile(v, run)
+            np.einsum(_taps_subscripts(g.ndim), view, repeated, out=output_runs(out, run))
+            return
+        np.einsum(_taps_subscripts(g.ndim), self._window_view(window, chunk_out), v, out=out)
 
     def scatter(self, dy: np.ndarray, window: np.ndarray) -> None:
         chunk_out, w = dy.shape[1:-1], self._weights(dy.shape[1:-1])
@@ -710,6 +734,34 @@ def _taps_weight_subscripts(ndim: int) -> str:
 
 
 _LETTERS = "abcdefghijklmopqrstuvwxy"  # neither n nor z
+
+
+#: TapsChunk's forward einsum runs over runs of neighbouring outputs of about this many elements
+#: (run * channels; see TapsChunk._sums_over_taps): 512 and 2048 measured the same, 32 2.7x slower.
+TAPS_RUN_ELEMENTS = 1024
+
+
+def taps_run(last: int, channels: int) -> int:
+    """Outputs per run along the last axis: the largest divisor of ``last`` (the chunk's last
+    output axis) with ``run * channels <= TAPS_RUN_ELEMENTS``, at least 1."""
+    return _largest_divisor(last, max(1, TAPS_RUN_ELEMENTS // max(channels, 1)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _largest_divisor(n: int, most: int) -> int:
+    return max((d for d in range(1, min(n, most) + 1) if n % d == 0), default=1)
+
+
+def _runs_fit(a: np.ndarray) -> bool:
+    """The last two axes (last spatial axis, channels) of ``a`` lie contiguously in memory."""
+    return a.ndim >= 3 and a.strides[-1] == a.itemsize and a.strides[-2] == a.shape[-1] * a.itemsize
+
+
+def output_runs(out: np.ndarray, run: int) -> np.ndarray:
+    """``out (n, *o, z)`` viewed as ``(n, *o[:-1], o[-1] // run, run * z)`` (its last two axes contiguous)."""
+    shape = (*out.shape[:-2], out.shape[-2] // run, run * out.shape[-1])
+    strides = (*out.strides[:-2], run * out.strides[-2], out.strides[-1])
+    return np.lib.stride_tricks.as_strided(out, shape, strides)
 
 
 def _sum_last_axis(a: np.ndarray, out: np.ndarray) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "im2col",
     "col2im",
     "window_view",
+    "window_runs_view",
     "gather_windows",
     "gather_windows_by_taps",
     "gather_windows_shape",
@@ -244,6 +245,37 @@ def window_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dil
     view = np.ndarray(shape, padded.dtype, buffer=padded, strides=strides)
     view.flags.writeable = False
     return view
+
+
+def window_runs_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rhs_dilation, run: int) -> np.ndarray:
+    """:func:`window_view` with the last output axis cut into runs of ``run`` neighbouring outputs,
+    each run's windows side by side along the channel axis (stride 1 along the last axis).
+
+    ``view[n, o', q, t, r*C + c] = padded[n, o'*stride + t'*rhs_dilation, q*run + r + t_last*d_last, c]``
+    (``o'``, ``t'``: the axes before the last). With stride 1, output ``q*run + r`` reads the
+    window of output ``q*run`` shifted by ``r`` positions, i.e. by ``r*C`` elements when the
+    last spatial axis and the channels of ``padded`` are contiguous: so ``(r, c)`` is one axis of
+    ``run * C`` elements with the channels' stride. Shape ``(N, *out_spatial[:-1],
+    out_spatial[-1] // run, *kernel_spatial, run * C)``; requires ``out_spatial[-1] % run == 0``,
+    stride 1 along the last axis and ``padded.strides[-2] == C * padded.strides[-1]``.
+    """
+    c = padded.shape[-1]
+    if stride[-1] != 1 or out_spatial[-1] % run or padded.strides[-2] != c * padded.strides[-1]:
+        raise ValueError(
+            f"window_runs_view: stride {tuple(stride)}, last output size {out_spatial[-1]}, run {run}, "
+            f"strides {padded.strides}: expected stride 1 along the last axis, runs dividing it, and "
+            "the last spatial axis and the channels contiguous"
+        )
+    sn, *sp, sc = padded.strides
+    shape = (padded.shape[0], *out_spatial[:-1], out_spatial[-1] // run, *kernel_spatial, run * c)
+    strides = (
+        sn,
+        *(st * s for st, s in zip(sp[:-1], stride[:-1])),
+        run * sp[-1],
+        *(st * d for st, d in zip(sp, rhs_dilation)),
+        sc,
+    )
+    return np.lib.stride_tricks.as_strided(padded, shape, strides, writeable=False)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -54,11 +54,15 @@ FEW = settings(max_examples=max(10, settings.default.max_examples // 3))
 
 
 @contextmanager
-def forced(formulation=None, method=None, threads=None):
+def forced(formulation=None, method=None, threads=None, runs=None):
     """Run refws with every formulation rule (forward, dx and dw by col2im) and/or both
     ``method="auto"`` rules replaced by a constant choice; ``threads``: the tap formulation runs
-    every problem with more than one part on that many threads, however small."""
+    every problem with more than one part on that many threads, however small; ``runs``: the
+    taps' forward einsum over runs of outputs as long as the last axis allows (True) or never
+    (False)."""
     with ExitStack() as stack:
+        if runs is not None:
+            stack.enter_context(mock.patch.object(conv_module, "TAPS_RUN_ELEMENTS", 2**30 if runs else 1))
         if threads is not None:
             stack.enter_context(mock.patch.object(conv_module, "TAPS_THREADS", threads))
             stack.enter_context(mock.patch.object(conv_module, "TAPS_PARALLEL_MIN_OPS", 0))
@@ -85,31 +89,34 @@ def restore_budget():
 # --- the forward formulations -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("formulation, runs", [("gemm", None), ("taps", False), ("taps", True)])
 @given(p=conv_problems())
-def test_forward_formulation_matches_definition(formulation, p):
-    with forced(formulation):
+def test_forward_formulation_matches_definition(formulation, runs, p):
+    with forced(formulation, runs=runs):
         got = refws.conv(p.x, p.w, **p.kwargs)
-    p.assert_close(got, err_msg=formulation)
+    p.assert_close(got, err_msg=f"{formulation} runs={runs}")
 
 
-@pytest.mark.parametrize("formulation, threads", [("gemm", None), ("taps", 1), ("taps", 3)])
+@pytest.mark.parametrize(
+    "formulation, threads, runs", [("gemm", None, None), ("taps", 1, False), ("taps", 1, True), ("taps", 3, True)]
+)
 @given(p=conv_problems(exact=True), budget=st.sampled_from([1, 700, 4096, 64 * 1024]))
-def test_chunked_formulation_matches_definition(formulation, threads, p, budget):
+def test_chunked_formulation_matches_definition(formulation, threads, runs, p, budget):
     """Small budgets split every problem into chunks of samples and output rows that reuse one
     workspace per thread (the last chunk smaller); the 1-D taps repeat their weights along the
-    chunked axis; three threads share the chunks out."""
+    chunked axis (and cut it into runs of the chunk's length); three threads share the chunks out."""
     old = refws.set_workspace_bytes(budget)
     try:
-        with forced(formulation, threads=threads):
+        with forced(formulation, threads=threads, runs=runs):
             got = refws.conv(p.x, p.w, **p.kwargs)
     finally:
         refws.set_workspace_bytes(old)
     np.testing.assert_array_equal(got, p.expected())
 
 
+@pytest.mark.parametrize("runs", [False, True])
 @given(p=conv_problems(exact=True, channel_first=False, batched=True), data=st.data())
-def test_taps_propagate_nan_and_inf_like_ieee(p, data):
+def test_taps_propagate_nan_and_inf_like_ieee(runs, p, data):
     """NaN/Inf in x give the definition's IEEE result by taps too (NaN where a term is NaN,
     inf * 0 or inf - inf), whatever order the taps sum in."""
     x = p.x.copy()
@@ -119,10 +126,70 @@ def test_taps_propagate_nan_and_inf_like_ieee(p, data):
         x[tuple(data.draw(st.integers(0, s - 1)) for s in x.shape)] = data.draw(
             st.sampled_from([np.nan, np.inf, -np.inf])
         )
-    with np.errstate(invalid="ignore", over="ignore"), forced("taps"):
+    with np.errstate(invalid="ignore", over="ignore"), forced("taps", runs=runs):
         expected = naive_conv(x, p.w, **p.naive_kwargs)
         got = refws.conv(x, p.w, **p.kwargs)
     np.testing.assert_array_equal(got, expected)
+
+
+@given(data=st.data())
+def test_window_runs_view_matches_its_definition(data):
+    """``view[n, o', q, t, r*C + c] = padded[n, o'*s + t'*d, q*run + r + t_last*d_last, c]``, element by element."""
+    ndim = data.draw(st.integers(1, 3))
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    dil = tuple(data.draw(st.integers(1, 2)) for _ in range(ndim))
+    stride = (*(data.draw(st.integers(1, 3)) for _ in range(ndim - 1)), 1)
+    out = tuple(data.draw(st.integers(1, 4)) for _ in range(ndim - 1))
+    run = data.draw(st.integers(1, 3))
+    out = (*out, run * data.draw(st.integers(1, 3)))
+    sizes = tuple(
+        (o - 1) * s + (k - 1) * d + 1 + data.draw(st.integers(0, 1)) for o, s, k, d in zip(out, stride, kernel, dil)
+    )
+    c, n = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    padded = np.arange(n * math.prod(sizes) * c, dtype=np.float64).reshape(n, *sizes, c)
+    view = im2col_module.window_runs_view(padded, kernel, out, stride, dil, run)
+    assert view.shape == (n, *out[:-1], out[-1] // run, *kernel, run * c)
+    for index in np.ndindex(*view.shape):
+        b, o, q, t, z = index[0], index[1:ndim], index[ndim], index[ndim + 1 : 2 * ndim + 1], index[-1]
+        r, ch = divmod(z, c)
+        src = (*(oi * si + ti * di for oi, si, ti, di in zip(o, stride, t, dil)), q * run + r + t[-1] * dil[-1])
+        assert view[index] == padded[(b, *src, ch)], index
+
+
+@pytest.mark.parametrize(
+    "padded, stride, out, run",
+    [
+        (np.zeros((1, 5, 6, 2)), (1, 2), (3, 2), 2),  # stride 2 along the last axis
+        (np.zeros((1, 5, 6, 2)), (1, 1), (3, 4), 3),  # runs of 3 do not divide 4 outputs
+        (np.zeros((1, 5, 12, 2))[:, :, ::2], (1, 1), (3, 4), 2),  # last spatial axis not contiguous
+    ],
+)
+def test_window_runs_view_refuses_what_it_cannot_view(padded, stride, out, run):
+    with pytest.raises(ValueError, match="window_runs_view"):
+        im2col_module.window_runs_view(padded, (3, 3), out, stride, (1, 1), run)
+
+
+def test_taps_run_is_the_largest_divisor_within_the_run_length():
+    for last in range(1, 70):
+        for channels in (1, 3, 32, 100, 2000):
+            run = conv_module.taps_run(last, channels)
+            most = max(1, conv_module.TAPS_RUN_ELEMENTS // channels)
+            fitting = [d for d in range(1, last + 1) if last % d == 0 and d <= most]
+            assert run == max(fitting, default=1), (last, channels)
+
+
+@pytest.mark.parametrize("stride, runs_used", [(1, True), ((2, 1), True), ((1, 2), False)])
+def test_taps_forward_reads_runs_where_the_last_stride_is_one(stride, runs_used):
+    """Depthwise 3x3: the einsum reads runs of outputs exactly when the last axis has stride 1;
+    either way the result is the definition's."""
+    rng = np.random.default_rng(15)
+    x, w = rng.integers(-8, 9, (2, 9, 12, 16)).astype(float), rng.integers(-8, 9, (3, 3, 1, 16)).astype(float)
+    assert conv_module.forward_formulation(9, 1, 1, 16) == "taps"
+    with mock.patch.object(conv_module, "window_runs_view", wraps=conv_module.window_runs_view) as spy:
+        got = refws.conv(x, w, stride=stride, padding="SAME", groups=16)
+    assert (spy.call_count > 0) == runs_used
+    pads = naive_explicit_pads("SAME", (9, 12), (3, 3), stride)
+    np.testing.assert_array_equal(got, naive_conv(x, w, stride=stride, pads=pads, groups=16))
 
 
 @pytest.mark.parametrize(
