@@ -124,31 +124,38 @@ def check_conv_operands(x, w, groups, channel_first: bool):
 FORMULATIONS = ("gemm", "taps")
 
 
-def forward_formulation(kernel_taps: int, cg: int, cog: int, groups: int) -> str:
+def forward_formulation(
+    kernel_taps: int, cg: int, cog: int, groups: int, last_stride: int = 1, outputs: int = 0
+) -> str:
     """The formulation :func:`conv_canonical` uses: ``"taps"`` when ``Cg * Cog <= 4`` and there
-    are at least 16 groups, else ``"gemm"``.
+    are at least 16 groups, or when the last axis has stride 1 (``last_stride``), there are at
+    least 4 groups, ``Cog <= 2``, ``Cg * Cog <= 8`` and at least 1024 output positions
+    (``outputs = N * prod(out_spatial)``); else ``"gemm"``.
 
     ``"taps"`` sums over the kernel taps with one einsum per channel of the narrower side of a
     group, its inner loop running over every group's channels at once (``G * max(Cg, Cog)``
-    numbers, repeated along the last output axis); ``"gemm"`` gathers the columns once and runs
-    one product per group of inner size ``K * Cg`` and width ``Cog``, which BLAS runs well only
-    when both are large. Measured (bench_formulations.py, the table is in benchmarks/README.md;
-    3x3 kernels, 64x64 maps, batch 8, 32 input channels), one thread: taps is 1.9x to 3.6x faster
-    for depthwise with multiplier 1 or 2 (also strided and 3-D), equal for 2 -> 2 and 1 -> 4,
-    gemm 1.1x faster for 4 -> 1 and 1.6x to 1.8x for 4 -> 2 and 2 -> 4; two threads (the library
-    defaults): taps 1.8x faster for 2 -> 2, 2.5x for 4 -> 1, gemm 1.3x faster for 1 -> 4, within
-    10% either way for 2 -> 4 and 4 -> 2; from 8 channel pairs on one side gemm is faster on both
-    (1 -> 8: 1.6x, 4 -> 4: 3.4x). With fewer groups the taps' inner loops are short and gemm wins
-    at every size measured (2-D and 3-D, 8 to 64 channels, a 2x7x7 map to 2x48x48 and 1x16^3, two
-    threads): with 8 or fewer groups, gemm is 1.2x to 4x faster for 2 -> 2, 4 -> 1, 1 -> 4 and
-    3-D depthwise (a tiny grouped 3-D call: 76 us against 446 us), about equal for 1 -> 2 and
-    2 -> 1; from 16 groups on taps wins (1 -> 1: 1.4x to 4.6x, 1 -> 2 and 2 -> 1: 1.1x to 3.6x)
-    or comes within 1.2x. The rule is symmetric in ``Cg`` and ``Cog``: the input gradient by the
+    numbers, and over runs of neighbouring outputs where the last axis has stride 1); ``"gemm"``
+    gathers the columns once and runs one product per group of inner size ``K * Cg`` and width
+    ``Cog``, which BLAS runs well only when both are large. Measured (bench_formulations.py, the
+    tables are in benchmarks/README.md; 3x3 kernels, 64x64 maps, batch 8, 32 input channels):
+    with at least 16 groups taps is 1.3x to 6x faster for depthwise with multiplier 1 or 2 (also
+    strided and 3-D) and 2 -> 2 on one core and two, 1 -> 4 is split (gemm 1.4x faster on one
+    core, taps 1.3x on two); from 8 channel pairs on one side gemm is faster (one core: 1 -> 8
+    1.4x, 4 -> 4 1.4x). With the runs (since 83be968) taps also wins with 4 and 8 groups when a
+    group writes at most 2 channels: 4 -> 1 with 8 groups 1.9x (one core) and 2.4x (two), 4 -> 2
+    1.2x to 1.3x, 8 -> 1 with 4 groups 1.4x to 1.5x, and 1.5x to 3x on 2x32x32 and 1x10^3 maps;
+    but on tiny maps (98 to 392 outputs, 4 groups) gemm is as fast or up to 2.5x faster (30-82 us
+    against 42-132 us), and with 2 groups (a 2x7x7 map: 27 us against 72 us). Without the runs (a
+    strided last axis) the einsum's inner loops are short and the 16-group rule holds (measured
+    before 83be968: with 8 or fewer groups gemm 1.2x to 4x faster). The input gradient by the
     conv derivation, which reads ``Cog`` channels per group and writes ``Cg``, is a forward
-    convolution and asks it with the roles exchanged. ``kernel_taps`` is part of the signature
-    for rules that weigh it; this one does not need it.
+    convolution and asks this rule with the roles exchanged. ``kernel_taps`` is part of the
+    signature for rules that weigh it; this one does not need it.
     """
-    return "taps" if cg * cog <= FORWARD_TAPS_MAX_CHANNEL_PAIRS and groups >= FORWARD_TAPS_MIN_GROUPS else "gemm"
+    if cg * cog <= FORWARD_TAPS_MAX_CHANNEL_PAIRS and groups >= FORWARD_TAPS_MIN_GROUPS:
+        return "taps"
+    runs = last_stride == 1 and outputs >= FORWARD_RUNS_MIN_OUTPUTS and groups >= FORWARD_RUNS_MIN_GROUPS
+    return "taps" if runs and cog <= FORWARD_RUNS_MAX_WRITTEN and cg * cog <= FORWARD_RUNS_MAX_PAIRS else "gemm"
 
 
 def taps_channels(cg: int, cog: int) -> bool:
@@ -159,8 +166,10 @@ def taps_channels(cg: int, cog: int) -> bool:
 
 
 #: The forward rule's thresholds (see forward_formulation): channel pairs ``Cg * Cog`` per group,
-#: and groups.
+#: and groups; with runs (last axis of stride 1): groups, output positions, written channels per
+#: group and channel pairs.
 FORWARD_TAPS_MAX_CHANNEL_PAIRS, FORWARD_TAPS_MIN_GROUPS = 4, 16
+FORWARD_RUNS_MIN_GROUPS, FORWARD_RUNS_MIN_OUTPUTS, FORWARD_RUNS_MAX_WRITTEN, FORWARD_RUNS_MAX_PAIRS = 4, 1024, 2, 8
 #: The col2im halves' thresholds (see taps_channels): channels per group on either side, and
 #: channel pairs ``Cg * Cog`` per group.
 TAPS_MAX_PER_GROUP, TAPS_MAX_CHANNEL_PAIRS = 4, 8
@@ -354,7 +363,8 @@ def conv_canonical(
     if 0 in g.out_spatial or n_batch == 0 or c_out == 0:
         return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
     if formulation is None:
-        formulation = forward_formulation(g.taps, c_in // groups, c_out // groups, groups)
+        outputs = n_batch * math.prod(g.out_spatial)
+        formulation = forward_formulation(g.taps, c_in // groups, c_out // groups, groups, g.stride[-1], outputs)
         tiny = _tiny_gemm(g, x.shape, c_out) if formulation == "gemm" and groups == 1 else None
         if tiny is not None:
             return tiny.forward(x, w)
@@ -836,9 +846,9 @@ def conv(
     Extra memory stays within :func:`refws.get_workspace_bytes` (see :func:`refws.set_workspace_bytes`;
     up to 32 MiB of it is kept per thread for the next call, and the buffers of up to 128 small
     dense problems, 32 KiB each at most).
-    The sums are evaluated by im2col and BLAS, or, with at least 16 groups of at most 4 channel
-    pairs each (depthwise, small groups; :func:`forward_formulation`), tap by tap on as many
-    threads as the process may use; both form every product once, and the result does not depend on the threads.
+    The sums are evaluated by im2col and BLAS, or, with many groups of few channels (depthwise,
+    small groups; :func:`forward_formulation` says which), tap by tap on as many threads as the
+    process may use; both form every product once, and the result does not depend on the threads.
 
     Examples
     --------

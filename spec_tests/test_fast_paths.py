@@ -385,10 +385,50 @@ def test_conv_transpose_vjp_paths(formulation, p):
     ],
 )
 def test_forward_rule(cg, cog, groups, expected):
-    """The documented rule: taps when Cg * Cog <= 4 and there are at least 16 groups; symmetric, so
-    the conv derivation's dx (roles exchanged) gets the same answer."""
-    assert conv_module.forward_formulation(9, cg, cog, groups) == expected
-    assert conv_module.forward_formulation(9, cog, cg, groups) == expected
+    """The documented rule without runs (a strided last axis): taps when Cg * Cog <= 4 and there
+    are at least 16 groups; symmetric, so the conv derivation's dx (roles exchanged) gets the same."""
+    for last_stride, outputs in ((2, 10**6), (1, 0)):
+        assert conv_module.forward_formulation(9, cg, cog, groups, last_stride, outputs) == expected
+        assert conv_module.forward_formulation(9, cog, cg, groups, last_stride, outputs) == expected
+
+
+@pytest.mark.parametrize(
+    "cg, cog, groups, last_stride, outputs, expected",
+    [
+        (4, 1, 8, 1, 2048, "taps"),
+        (4, 2, 8, 1, 2048, "taps"),
+        (8, 1, 4, 1, 2048, "taps"),
+        (2, 2, 8, 1, 1024, "taps"),
+        (1, 1, 4, 1, 1024, "taps"),
+        (1, 2, 4, 1, 4096, "taps"),
+        (2, 2, 8, 1, 1023, "gemm"),  # too few outputs
+        (2, 2, 8, 2, 4096, "gemm"),  # strided last axis: no runs
+        (4, 1, 2, 1, 4096, "gemm"),  # 2 groups
+        (1, 4, 8, 1, 4096, "gemm"),  # 4 written per group
+        (8, 2, 4, 1, 4096, "gemm"),  # 16 channel pairs
+        (1, 1, 16, 2, 1, "taps"),  # the 16-group rule needs no runs
+    ],
+)
+def test_forward_rule_with_runs(cg, cog, groups, last_stride, outputs, expected):
+    """With stride 1 along the last axis, at least 4 groups and 1024 output positions: taps when a
+    group writes at most 2 channels and has at most 8 channel pairs."""
+    assert conv_module.forward_formulation(9, cg, cog, groups, last_stride, outputs) == expected
+
+
+@pytest.mark.parametrize(
+    "x_shape, stride, expected",
+    [((2, 32, 32, 32), 1, "taps"), ((2, 32, 32, 32), (1, 2), "gemm"), ((2, 7, 7, 32), 1, "gemm")],
+)
+def test_conv_asks_the_forward_rule_with_its_last_stride_and_outputs(x_shape, stride, expected):
+    """refws.conv passes the last axis's stride and N * prod(out_spatial): 4 -> 1 with 8 groups is
+    taps on a 2x32x32 map, gemm with a strided last axis or on a 2x7x7 map; the result is the definition's."""
+    rng = np.random.default_rng(16)
+    x, w = rng.integers(-8, 9, x_shape).astype(float), rng.integers(-8, 9, (3, 3, 4, 8)).astype(float)
+    with mock.patch.object(conv_module, "forward_formulation", wraps=conv_module.forward_formulation) as spy:
+        got = refws.conv(x, w, stride=stride, padding="SAME", groups=8)
+    assert [conv_module.forward_formulation(*c.args) for c in spy.call_args_list] == [expected]
+    pads = naive_explicit_pads("SAME", x_shape[1:3], (3, 3), stride)
+    np.testing.assert_array_equal(got, naive_conv(x, w, stride=stride, pads=pads, groups=8))
 
 
 @pytest.mark.parametrize(
