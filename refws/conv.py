@@ -129,7 +129,7 @@ def forward_formulation(
 ) -> str:
     """The formulation :func:`conv_canonical` uses: ``"taps"`` when ``Cg * Cog <= 4`` and there
     are at least 16 groups, or when the last axis has stride 1 (``last_stride``), there are at
-    least 4 groups, ``Cog <= 2``, ``Cg * Cog <= 8`` and at least 1024 output positions
+    least 4 groups, ``Cog <= 2``, ``Cg * Cog <= 8`` and at least 512 output positions
     (``outputs = N * prod(out_spatial)``); else ``"gemm"``.
 
     ``"taps"`` sums over the kernel taps with one einsum per channel of the narrower side of a
@@ -143,9 +143,9 @@ def forward_formulation(
     core, taps 1.3x on two); from 8 channel pairs on one side gemm is faster (one core: 1 -> 8
     1.4x, 4 -> 4 1.4x). With the runs (since 83be968) taps also wins with 4 and 8 groups when a
     group writes at most 2 channels: 4 -> 1 with 8 groups 1.9x (one core) and 2.4x (two), 4 -> 2
-    1.2x to 1.3x, 8 -> 1 with 4 groups 1.4x to 1.5x, and 1.5x to 3x on 2x32x32 and 1x10^3 maps;
-    but on tiny maps (98 to 392 outputs, 4 groups) gemm is as fast or up to 2.5x faster (30-82 us
-    against 42-132 us), and with 2 groups (a 2x7x7 map: 27 us against 72 us). Without the runs (a
+    1.2x to 1.3x, 8 -> 1 with 4 groups 1.4x to 1.5x, and 1.5x to 3x on 2x32x32 and 1x10^3 maps
+    (1000 outputs); but on tiny maps (98 to 392 outputs, 4 groups) gemm is as fast or up to 2.5x
+    faster (30-82 us against 42-132 us), and with 2 groups (a 2x7x7 map: 27 us against 72 us). Without the runs (a
     strided last axis) the einsum's inner loops are short and the 16-group rule holds (measured
     before 83be968: with 8 or fewer groups gemm 1.2x to 4x faster). The input gradient by the
     conv derivation, which reads ``Cog`` channels per group and writes ``Cg``, is a forward
@@ -169,7 +169,7 @@ def taps_channels(cg: int, cog: int) -> bool:
 #: and groups; with runs (last axis of stride 1): groups, output positions, written channels per
 #: group and channel pairs.
 FORWARD_TAPS_MAX_CHANNEL_PAIRS, FORWARD_TAPS_MIN_GROUPS = 4, 16
-FORWARD_RUNS_MIN_GROUPS, FORWARD_RUNS_MIN_OUTPUTS, FORWARD_RUNS_MAX_WRITTEN, FORWARD_RUNS_MAX_PAIRS = 4, 1024, 2, 8
+FORWARD_RUNS_MIN_GROUPS, FORWARD_RUNS_MIN_OUTPUTS, FORWARD_RUNS_MAX_WRITTEN, FORWARD_RUNS_MAX_PAIRS = 4, 512, 2, 8
 #: The col2im halves' thresholds (see taps_channels): channels per group on either side, and
 #: channel pairs ``Cg * Cog`` per group.
 TAPS_MAX_PER_GROUP, TAPS_MAX_CHANNEL_PAIRS = 4, 8

@@ -398,10 +398,10 @@ def test_forward_rule(cg, cog, groups, expected):
         (4, 1, 8, 1, 2048, "taps"),
         (4, 2, 8, 1, 2048, "taps"),
         (8, 1, 4, 1, 2048, "taps"),
-        (2, 2, 8, 1, 1024, "taps"),
-        (1, 1, 4, 1, 1024, "taps"),
+        (2, 2, 8, 1, 512, "taps"),
+        (1, 1, 4, 1, 1000, "taps"),
         (1, 2, 4, 1, 4096, "taps"),
-        (2, 2, 8, 1, 1023, "gemm"),  # too few outputs
+        (2, 2, 8, 1, 511, "gemm"),  # too few outputs
         (2, 2, 8, 2, 4096, "gemm"),  # strided last axis: no runs
         (4, 1, 2, 1, 4096, "gemm"),  # 2 groups
         (1, 4, 8, 1, 4096, "gemm"),  # 4 written per group
@@ -410,7 +410,7 @@ def test_forward_rule(cg, cog, groups, expected):
     ],
 )
 def test_forward_rule_with_runs(cg, cog, groups, last_stride, outputs, expected):
-    """With stride 1 along the last axis, at least 4 groups and 1024 output positions: taps when a
+    """With stride 1 along the last axis, at least 4 groups and 512 output positions: taps when a
     group writes at most 2 channels and has at most 8 channel pairs."""
     assert conv_module.forward_formulation(9, cg, cog, groups, last_stride, outputs) == expected
 
