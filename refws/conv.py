@@ -360,7 +360,7 @@ def conv_canonical(
     float64 ``(N, *g.out_spatial, C_out)``
     """
     n_batch, c_in, c_out = x.shape[0], x.shape[-1], w.shape[-1]
-    if 0 in g.out_spatial or n_batch == 0 or c_out == 0:
+    if 0 in g.out_spatial or n_batch == 0 or c_out == 0 or c_in == 0:  # no terms: every sum is empty
         return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
     if formulation is None:
         outputs = n_batch * math.prod(g.out_spatial)

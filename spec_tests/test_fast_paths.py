@@ -132,6 +132,19 @@ def test_taps_propagate_nan_and_inf_like_ieee(runs, p, data):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("formulation", [None, *FORMULATIONS])
+@pytest.mark.parametrize("groups, c_out", [(1, 8), (4, 8), (16, 32)])
+def test_no_input_channels_give_empty_sums(formulation, groups, c_out):
+    """C_in = 0 (Cg = 0): every output is a sum of no terms, 0, whichever formulation (it used to
+    raise from deep inside gemm and return uninitialised memory by taps); the definition agrees."""
+    x, w = np.ones((2, 32, 32, 0)), np.ones((3, 3, 0, c_out))
+    with forced(formulation):
+        got = refws.conv(x, w, padding="SAME", groups=groups)
+    np.testing.assert_array_equal(got, np.zeros((2, 32, 32, c_out)))
+    pads = naive_explicit_pads("SAME", (32, 32), (3, 3))
+    np.testing.assert_array_equal(got, naive_conv(x, w, pads=pads, groups=groups))
+
+
 @given(data=st.data())
 def test_window_runs_view_matches_its_definition(data):
     """``view[n, o', q, t, r*C + c] = padded[n, o'*s + t'*d, q*run + r + t_last*d_last, c]``, element by element."""
