@@ -95,9 +95,7 @@ def chosen(case: P.Case) -> dict:
     dx_method = grads.input_grad_method(g, G, cg, cog, case.x_shape[0])
     dw_method = grads.weight_grad_method(g, G, cg, cog)
     return {
-        "forward": conv_module.forward_formulation(
-            k, cg, cog, G, g.stride[-1], case.x_shape[0] * math.prod(g.out_spatial)
-        ),
+        "forward": conv_module.formulation_of(g, case.x_shape[0], case.x_shape[-1], case.w_shape[-1], G),
         "dx": "conv" if dx_method == "conv" else f"col2im/{grads.input_grad_formulation(k, cg, cog)}",
         "dw": "conv" if dw_method == "conv" else f"col2im/{grads.weight_grad_formulation(k, cg, cog, G)}",
     }

@@ -36,6 +36,7 @@ from .im2col import (
     gather_windows_shape,
     get_workspace_bytes,
     padded_plan,
+    runs_fit,
     window_runs_view,
     window_view,
 )
@@ -156,6 +157,13 @@ def forward_formulation(
         return "taps"
     runs = last_stride == 1 and outputs >= FORWARD_RUNS_MIN_OUTPUTS and groups >= FORWARD_RUNS_MIN_GROUPS
     return "taps" if runs and cog <= FORWARD_RUNS_MAX_WRITTEN and cg * cog <= FORWARD_RUNS_MAX_PAIRS else "gemm"
+
+
+def formulation_of(g: ConvGeometry, n_batch: int, c_in: int, c_out: int, groups: int) -> str:
+    """:func:`forward_formulation` of a convolution: its channels per group, groups, last stride
+    and output positions ``n_batch * prod(g.out_spatial)``."""
+    outputs = n_batch * math.prod(g.out_spatial)
+    return forward_formulation(g.taps, c_in // groups, c_out // groups, groups, g.stride[-1], outputs)
 
 
 def taps_channels(cg: int, cog: int) -> bool:
@@ -363,8 +371,7 @@ def conv_canonical(
     if 0 in g.out_spatial or n_batch == 0 or c_out == 0 or c_in == 0:  # no terms: every sum is empty
         return np.zeros((n_batch, *g.out_spatial, c_out), dtype=np.float64)
     if formulation is None:
-        outputs = n_batch * math.prod(g.out_spatial)
-        formulation = forward_formulation(g.taps, c_in // groups, c_out // groups, groups, g.stride[-1], outputs)
+        formulation = formulation_of(g, n_batch, c_in, c_out, groups)
         tiny = _tiny_gemm(g, x.shape, c_out) if formulation == "gemm" and groups == 1 else None
         if tiny is not None:
             return tiny.forward(x, w)
@@ -659,49 +666,59 @@ class TapsChunk(_Chunk):
 
     def _forward_per_written(self, window: np.ndarray, out: np.ndarray) -> None:
         """``out[..., g*R + r] = sum_a S_r[..., g*A + a]``, ``S_r = sum_t window_t * w_reads[r]``."""
-        lead = out.shape[:-1]
+        lead, taps = out.shape[:-1], self._taps_view(window, out.shape[1:-1])
         if self.per_group_read == 1 and self.repeat == 1:  # depthwise: the einsum is all
-            self._sums_over_taps(window, ("reads", 0), out)
+            self._sums_over_taps(taps, ("reads", 0), out)
             return
         sums = self._buffer("product", (*lead, window.shape[-1]))
         per_read = sums.reshape(*lead, self.groups, self.per_group_read)
         per_written = out.reshape(*lead, self.groups, self.repeat)
         for r in range(self.repeat):
-            self._sums_over_taps(window, ("reads", r), sums)
+            self._sums_over_taps(taps, ("reads", r), sums)
             _sum_last_axis(per_read, per_written[..., r])
 
     def _forward_per_read(self, window: np.ndarray, out: np.ndarray) -> None:
         """``out = sum_a sum_t E_a,t * w_writes[a]`` (``E_a``: :meth:`_expanded`)."""
         sums = self._buffer("product", out.shape) if self.per_group_read > 1 else out
         for a in range(self.per_group_read):
-            self._sums_over_taps(self._expanded(window, a), ("writes", a), out if a == 0 else sums)
+            taps = self._taps_view(self._expanded(window, a), out.shape[1:-1])
+            self._sums_over_taps(taps, ("writes", a), out if a == 0 else sums)
             if a > 0:
                 np.add(out, sums, out=out)
 
-    def _sums_over_taps(self, window: np.ndarray, weights: tuple, out: np.ndarray) -> None:
-        """``out[n, o, z] = sum_t window[n, o*s + t*d, z] * v[t, z]`` by one einsum, ``v`` being
-        ``w_reads[r]`` or ``w_writes[a]`` (``weights``: ``("reads", r)`` or ``("writes", a)``).
+    def _taps_view(self, window: np.ndarray, chunk_out) -> tuple:
+        """``(view, run)``: the window's taps for :meth:`_sums_over_taps`, over runs of ``run``
+        neighbouring outputs (:func:`refws.im2col.window_runs_view`) where the last axis has
+        stride 1 and the window's last spatial axis and channels form one run; else ``run = 1``
+        and the plain window view.
 
         numpy's einsum runs one inner loop per output position and tap, over the ``z`` channels:
         with few channels the loop's own cost dominates. With stride 1 along the last axis, ``run``
-        neighbouring outputs along it read ``run`` neighbouring windows, whose channels lie side
-        by side in the window: the einsum then runs over :func:`refws.im2col.window_runs_view`
-        (runs of ``run * z`` channels) with ``v`` repeated ``run`` times, the same products and
-        sums (depthwise 3x3 on 8x64x64x32: 2.7x faster on one core, bit-identical).
+        neighbouring outputs read ``run`` neighbouring windows, whose channels lie side by side
+        in the window: over the runs view (``run * z`` channels), with the weights repeated ``run``
+        times, the einsum forms the same products and sums (depthwise 3x3 on 8x64x64x32: 2.7x
+        faster on one core, bit-identical). Built once per window, for every written channel.
         """
-        g, chunk_out = self.g, out.shape[1:-1]
+        g = self.g
+        run = taps_run(chunk_out[-1], window.shape[-1]) if g.stride[-1] == 1 else 1
+        if run > 1 and runs_fit(window):
+            return window_runs_view(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation, run), run
+        return self._window_view(window, chunk_out), 1
+
+    def _sums_over_taps(self, taps: tuple, weights: tuple, out: np.ndarray) -> None:
+        """``out[n, o, z] = sum_t window[n, o*s + t*d, z] * v[t, z]`` by one einsum over ``taps``
+        (:meth:`_taps_view` of the window), ``v`` being ``w_reads[r]`` or ``w_writes[a]``
+        (``weights``: ``("reads", r)`` or ``("writes", a)``)."""
+        view, run = taps
         kind, index = weights
         v = (self.w_reads if kind == "reads" else self.w_writes)[index]
-        run = taps_run(chunk_out[-1], out.shape[-1]) if g.stride[-1] == 1 else 1
-        if run > 1 and _runs_fit(window) and _runs_fit(out):
-            view = window_runs_view(window, g.kernel_spatial, chunk_out, g.stride, g.rhs_dilation, run)
+        if run > 1:
             key = (kind, index, run)
             repeated = self._repeated.get(key)
             if repeated is None:  # v repeated run times along z: (*k, run * z)
                 repeated = self._repeated[key] = np.tile(v, run)
-            np.einsum(_taps_subscripts(g.ndim), view, repeated, out=output_runs(out, run))
-            return
-        np.einsum(_taps_subscripts(g.ndim), self._window_view(window, chunk_out), v, out=out)
+            v, out = repeated, output_runs(out, run)
+        np.einsum(_taps_subscripts(self.g.ndim), view, v, out=out)
 
     def scatter(self, dy: np.ndarray, window: np.ndarray) -> None:
         chunk_out, w = dy.shape[1:-1], self._weights(dy.shape[1:-1])
@@ -762,13 +779,14 @@ def _largest_divisor(n: int, most: int) -> int:
     return max((d for d in range(1, min(n, most) + 1) if n % d == 0), default=1)
 
 
-def _runs_fit(a: np.ndarray) -> bool:
-    """The last two axes (last spatial axis, channels) of ``a`` lie contiguously in memory."""
-    return a.ndim >= 3 and a.strides[-1] == a.itemsize and a.strides[-2] == a.shape[-1] * a.itemsize
-
-
 def output_runs(out: np.ndarray, run: int) -> np.ndarray:
-    """``out (n, *o, z)`` viewed as ``(n, *o[:-1], o[-1] // run, run * z)`` (its last two axes contiguous)."""
+    """``out (n, *o, z)`` viewed as ``(n, *o[:-1], o[-1] // run, run * z)``, the output side of
+    :func:`refws.im2col.window_runs_view` (its last spatial axis and channels one run)."""
+    if out.shape[-2] % run or not runs_fit(out):
+        raise ValueError(
+            f"output_runs: shape {out.shape}, strides {out.strides}, run {run}: expected runs dividing the "
+            "last spatial axis, and that axis and the channels as one run"
+        )
     shape = (*out.shape[:-2], out.shape[-2] // run, run * out.shape[-1])
     strides = (*out.strides[:-2], run * out.strides[-2], out.strides[-1])
     return np.lib.stride_tricks.as_strided(out, shape, strides)

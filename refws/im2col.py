@@ -260,7 +260,7 @@ def window_runs_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rh
     stride 1 along the last axis and ``padded.strides[-2] == C * padded.strides[-1]``.
     """
     c = padded.shape[-1]
-    if stride[-1] != 1 or out_spatial[-1] % run or padded.strides[-2] != c * padded.strides[-1]:
+    if stride[-1] != 1 or out_spatial[-1] % run or not runs_fit(padded):
         raise ValueError(
             f"window_runs_view: stride {tuple(stride)}, last output size {out_spatial[-1]}, run {run}, "
             f"strides {padded.strides}: expected stride 1 along the last axis, runs dividing it, and "
@@ -276,6 +276,13 @@ def window_runs_view(padded: np.ndarray, kernel_spatial, out_spatial, stride, rh
         sc,
     )
     return np.lib.stride_tricks.as_strided(padded, shape, strides, writeable=False)
+
+
+def runs_fit(a: np.ndarray) -> bool:
+    """Whether the last spatial axis and the channels of ``a`` (its last two axes) lie as one
+    evenly strided run, so that neighbouring positions' channels can be read as one axis
+    (:func:`window_runs_view`, ``refws.conv.output_runs``)."""
+    return a.ndim >= 2 and a.strides[-2] == a.shape[-1] * a.strides[-1]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -159,7 +159,9 @@ def test_window_runs_view_matches_its_definition(data):
         (o - 1) * s + (k - 1) * d + 1 + data.draw(st.integers(0, 1)) for o, s, k, d in zip(out, stride, kernel, dil)
     )
     c, n = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
-    padded = np.arange(n * math.prod(sizes) * c, dtype=np.float64).reshape(n, *sizes, c)
+    step = data.draw(st.integers(1, 2))  # every other channel of a wider array: evenly strided, not contiguous
+    padded = np.arange(n * math.prod(sizes) * c * step, dtype=np.float64).reshape(n, *sizes, c * step)[..., ::step]
+    assert im2col_module.runs_fit(padded)
     view = im2col_module.window_runs_view(padded, kernel, out, stride, dil, run)
     assert view.shape == (n, *out[:-1], out[-1] // run, *kernel, run * c)
     for index in np.ndindex(*view.shape):
@@ -180,6 +182,19 @@ def test_window_runs_view_matches_its_definition(data):
 def test_window_runs_view_refuses_what_it_cannot_view(padded, stride, out, run):
     with pytest.raises(ValueError, match="window_runs_view"):
         im2col_module.window_runs_view(padded, (3, 3), out, stride, (1, 1), run)
+
+
+def test_output_runs_views_the_output_side_and_refuses_what_it_cannot():
+    """``output_runs(out, run)[n, a, q, r*C + c] = out[n, a, q*run + r, c]``, written through."""
+    out = np.zeros((2, 3, 6, 4))
+    runs = conv_module.output_runs(out, 3)
+    assert runs.shape == (2, 3, 2, 12)
+    runs[1, 2, 1, 2 * 4 + 3] = 7.0
+    assert out[1, 2, 1 * 3 + 2, 3] == 7.0 and np.count_nonzero(out) == 1
+    with pytest.raises(ValueError, match="output_runs"):
+        conv_module.output_runs(out, 4)  # runs of 4 do not divide 6
+    with pytest.raises(ValueError, match="output_runs"):
+        conv_module.output_runs(np.zeros((2, 3, 12, 4))[:, :, ::2], 3)  # positions not next to each other
 
 
 def test_taps_run_is_the_largest_divisor_within_the_run_length():
