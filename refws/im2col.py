@@ -37,6 +37,7 @@ __all__ = [
     "col2im",
     "window_view",
     "window_runs_view",
+    "runs_fit",
     "gather_windows",
     "gather_windows_by_taps",
     "gather_windows_shape",
